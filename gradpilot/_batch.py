@@ -1,0 +1,97 @@
+"""How a batch becomes a loss: tuples, dicts, Hugging Face outputs, or a user's own step function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradpilot.errors import GradpilotError
+
+StepFn = Callable[[nn.Module, Any], torch.Tensor]
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+# Keys users put their targets under in dict batches, in the order we look for them.
+TARGET_KEYS = ("labels", "label", "targets", "target", "y")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor inside a (nested) batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _logits(output: Any) -> Any:
+    # Hugging Face models return a ModelOutput; the prediction lives in `.logits`.
+    return getattr(output, "logits", output)
+
+
+def compute_loss(model: nn.Module, batch: Any, loss_fn: LossFn | None, step_fn: StepFn | None) -> torch.Tensor:
+    """Forward one batch and return its scalar loss, whatever shape the batch has."""
+    if step_fn is not None:
+        loss = step_fn(model, batch)
+    elif isinstance(batch, Mapping):
+        key = next((k for k in TARGET_KEYS if k in batch), None)
+        if loss_fn is None or key is None:
+            # A model that computes its own loss from the batch (Hugging Face style).
+            output = model(**batch)
+            loss = getattr(output, "loss", None)
+            if loss is None:
+                raise GradpilotError(
+                    f"dict batch with keys {sorted(batch)} gave no loss: put the targets under one of "
+                    f"{list(TARGET_KEYS)} and pass loss_fn, or pass step_fn(model, batch) -> loss"
+                )
+        else:
+            inputs = {k: v for k, v in batch.items() if k != key}
+            loss = loss_fn(_logits(model(**inputs)), batch[key])
+    elif isinstance(batch, (list, tuple)) and len(batch) == 2:
+        if loss_fn is None:
+            raise GradpilotError("loss_fn is None: pass a loss function, or step_fn(model, batch) -> loss")
+        inputs, targets = batch
+        loss = loss_fn(_logits(model(inputs)), targets)
+    else:
+        raise GradpilotError(
+            f"cannot read a batch of type {type(batch).__name__}: yield (inputs, targets) tuples or dicts "
+            f"with a {TARGET_KEYS[0]!r} key, or pass step_fn(model, batch) -> loss"
+        )
+    return check_scalar(loss)
+
+
+def check_scalar(loss: Any) -> torch.Tensor:
+    """Return ``loss`` if it is a scalar tensor, else raise an error that says how to fix it."""
+    if not isinstance(loss, torch.Tensor):
+        raise GradpilotError(f"the loss must be a scalar tensor, got {type(loss).__name__}")
+    if loss.numel() != 1:
+        raise GradpilotError(
+            f"the loss must be a scalar, got a tensor of shape {tuple(loss.shape)}: "
+            "use reduction='mean' in the loss function or call .mean() in step_fn"
+        )
+    return loss.reshape(())
+
+
+def cycle(loader: Any) -> Iterator[Any]:
+    """Yield batches forever, starting the loader again when it runs out; fail fast if it is empty."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise GradpilotError("the data loader yielded no batches: check the dataset is not empty "
+                                 "and that drop_last does not drop its only batch")

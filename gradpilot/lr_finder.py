@@ -1,0 +1,176 @@
+"""The LR range test: sweep the learning rate exponentially, watch the loss, suggest a learning rate."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradpilot import suggest
+from gradpilot._batch import LossFn, StepFn, compute_loss, cycle, model_device, to_device
+from gradpilot.errors import GradpilotError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LRFinderResult:
+    """What a range test saw: the swept LRs, raw and smoothed losses, and the suggested LR."""
+
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    smoothed_losses: tuple[float, ...]
+    suggestion: float
+    rule: str
+    alternatives: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+    stop_reason: str = "reached end_lr"
+
+    def plot(self, path: str | Path) -> Path:
+        """Draw the curve with every rule's pick marked and save it as an image at ``path``."""
+        from gradpilot.report import plot_lr_curve
+
+        return plot_lr_curve(self, Path(path))
+
+
+@contextmanager
+def preserved(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Run a block, then put the model, the optimizer and torch's RNGs back exactly as they were."""
+    params = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict(keep_vars=True).items()}
+    grads = {n: None if p.grad is None else p.grad.detach().clone() for n, p in model.named_parameters()}
+    modes = {n: m.training for n, m in model.named_modules()}
+    opt_state = copy.deepcopy(optimizer.state_dict())
+    rng = torch.random.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        model.load_state_dict(params)
+        for n, p in model.named_parameters():
+            p.grad = grads[n]
+        for n, m in model.named_modules():
+            m.training = modes[n]
+        optimizer.load_state_dict(opt_state)
+        torch.random.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def _check_args(start_lr: float, end_lr: float, num_steps: int, accumulation_steps: int,
+                diverge_threshold: float, smoothing: float) -> None:
+    if not (math.isfinite(start_lr) and math.isfinite(end_lr)) or start_lr <= 0:
+        raise GradpilotError(f"start_lr and end_lr must be positive finite numbers, got {start_lr=}, {end_lr=}")
+    if start_lr >= end_lr:
+        raise GradpilotError(f"start_lr must be below end_lr, got {start_lr=} >= {end_lr=}; swap them")
+    if num_steps < 10:
+        raise GradpilotError(f"num_steps must be at least 10 to draw a curve, got {num_steps=}")
+    if accumulation_steps < 1:
+        raise GradpilotError(f"accumulation_steps must be at least 1, got {accumulation_steps=}")
+    if diverge_threshold <= 1:
+        raise GradpilotError(f"diverge_threshold must be above 1, got {diverge_threshold=}")
+    if not 0 <= smoothing < 1:
+        raise GradpilotError(f"smoothing must be in [0, 1), got {smoothing=}")
+
+
+def find_lr(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn | None,
+    train_loader: Iterable[Any],
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_steps: int = 100,
+    step_fn: StepFn | None = None,
+    device: str | torch.device | None = None,
+    accumulation_steps: int = 1,
+    smoothing: float = 0.98,
+    diverge_threshold: float = 4.0,
+    rule: str = suggest.DEFAULT_RULE,
+    progress: Callable[[int, int, float, float], None] | None = None,
+) -> LRFinderResult:
+    """Run an LR range test and suggest a learning rate; the model and optimizer are left untouched.
+
+    The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_steps`` optimizer steps and the
+    sweep stops once the smoothed loss passes ``diverge_threshold`` times its best or is not finite.
+    """
+    _check_args(start_lr, end_lr, num_steps, accumulation_steps, diverge_threshold, smoothing)
+    chosen = suggest.get_rule(rule)
+    device = torch.device(device) if device is not None else model_device(model)
+    base = [g["lr"] for g in optimizer.param_groups]
+    # Param groups keep their ratios to the first group (fine-tuning often uses a smaller LR for the body).
+    ratios = [b / base[0] if base[0] > 0 else 1.0 for b in base]
+    growth = (end_lr / start_lr) ** (1 / (num_steps - 1))
+
+    lrs: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    avg, best = 0.0, math.inf
+    stop_reason = "reached end_lr"
+    batches = cycle(train_loader)
+    with preserved(model, optimizer):
+        model.train()
+        for step in range(num_steps):
+            lr = start_lr * growth**step
+            for group, ratio in zip(optimizer.param_groups, ratios):
+                group["lr"] = lr * ratio
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for _ in range(accumulation_steps):
+                loss = compute_loss(model, to_device(next(batches), device), loss_fn, step_fn)
+                (loss / accumulation_steps).backward()
+                total += loss.item() / accumulation_steps
+            lrs.append(lr)
+            losses.append(total)
+            if not math.isfinite(total):
+                stop_reason = f"loss became {total} at lr={lr:.3g}"
+                break
+            avg = smoothing * avg + (1 - smoothing) * total
+            smoothed.append(avg / (1 - smoothing ** (step + 1)))
+            if progress is not None:
+                progress(step + 1, num_steps, lr, smoothed[-1])
+            best = min(best, smoothed[-1])
+            if step > 0 and _diverged(smoothed[-1], best, smoothed[0], diverge_threshold):
+                stop_reason = f"loss diverged at lr={lr:.3g} ({smoothed[-1]:.4g} vs best {best:.4g})"
+                break
+            optimizer.step()
+
+    finite = len(smoothed)
+    if finite < 5:
+        raise GradpilotError(
+            f"the range test stopped after {finite} usable steps ({stop_reason}): lower start_lr "
+            f"(now {start_lr:g}) so the sweep starts where training is stable"
+        )
+    x, y = np.array(lrs[:finite]), np.array(smoothed)
+    alternatives = {name: f(x, y) for name, f in suggest.RULES.items()}
+    log.info("range test: %d steps, %s; suggestion %.3g (%s)", len(lrs), stop_reason, alternatives[rule], rule)
+    return LRFinderResult(
+        lrs=tuple(lrs),
+        losses=tuple(losses),
+        smoothed_losses=tuple(smoothed),
+        suggestion=chosen(x, y),
+        rule=rule,
+        alternatives=alternatives,
+        stopped_early=stop_reason != "reached end_lr",
+        stop_reason=stop_reason,
+    )
+
+
+def _diverged(current: float, best: float, first: float, threshold: float) -> bool:
+    """True once the smoothed loss has risen ``threshold`` times as far above its best as makes sense.
+
+    For positive losses this is the usual ``current > threshold * best``; for losses that can go negative
+    the rise is measured against the distance the loss has already fallen from where it started.
+    """
+    if best > 0:
+        return current > threshold * best
+    return current - best > (threshold - 1) * max(abs(first - best), abs(best), 1e-12)

@@ -1,0 +1,46 @@
+"""Rendering: turns gradpilot's results into pictures. Analysis lives elsewhere; this module only draws."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gradpilot.lr_finder import LRFinderResult
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a core dependency
+        raise ImportError("plotting needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def plot_lr_curve(result: LRFinderResult, path: Path) -> Path:
+    """Save the range-test curve (raw and smoothed loss over log-LR) with each rule's pick marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    n = len(result.smoothed_losses)
+    ax.plot(result.lrs[:n], result.losses[:n], color="0.75", lw=0.8, label="loss")
+    ax.plot(result.lrs[:n], result.smoothed_losses, color="C0", lw=1.8, label="smoothed loss")
+    for i, (name, lr) in enumerate(sorted(result.alternatives.items())):
+        chosen = name == result.rule
+        ax.axvline(lr, color="C3" if chosen else f"C{i + 1}", lw=2 if chosen else 1,
+                   ls="-" if chosen else "--", label=f"{name}: {lr:.2g}" + (" (suggested)" if chosen else ""))
+    ax.set_xscale("log")
+    lo, hi = min(result.smoothed_losses), result.smoothed_losses[0]
+    pad = 0.15 * max(hi - lo, abs(lo) * 0.05, 1e-8)
+    ax.set_ylim(lo - pad, max(result.smoothed_losses[: max(n // 2, 1)]) + 3 * pad)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"LR range test — suggestion {result.suggestion:.3g}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
