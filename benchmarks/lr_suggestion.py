@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gradpilot  # noqa: E402
 from gradpilot import suggest  # noqa: E402
 from gradpilot._batch import compute_loss, cycle  # noqa: E402
+from gradpilot.scaling import optimizer_family  # noqa: E402
 from lr_tasks import TASKS, BenchTask  # noqa: E402
 
 CACHE = Path(__file__).parent / "results" / "lr_suggestion.json"
@@ -116,15 +117,16 @@ def torch_lr_finder_pick(bt: BenchTask, seed: int) -> float:
 def picks(bt: BenchTask, cache: Cache, seed: int) -> dict[str, float]:
     curve = cache.get(f"{bt.name}|range|{seed}", lambda: range_test(bt, seed))
     n = len(curve["smoothed"])
-    lrs, smoothed = np.array(curve["lrs"][:n]), np.array(curve["smoothed"])
-    out = {name: float(rule(lrs, smoothed)) for name, rule in suggest.RULES.items()}
+    family = optimizer_family(bt.make(seed).optimizer_name)
+    c = suggest.Curve(np.array(curve["lrs"][:n]), np.array(curve["losses"][:n]), np.array(curve["smoothed"]), family)
+    out = {name: float(rule(c)) for name, rule in suggest.RULES.items()}
     out["pytorch-lr-finder"] = cache.get(f"{bt.name}|tlf|{seed}", lambda: torch_lr_finder_pick(bt, seed))
     return out
 
 
 def metric_at(bt: BenchTask, cache: Cache, lr: float | None) -> float:
     key = "untrained" if lr is None else f"{lr:.4e}"
-    values = [cache.get(f"{bt.name}|{key}|{s}", lambda s=s: train_eval(bt, lr, s)) for s in TRAIN_SEEDS]
+    values = [cache.get(f"{bt.name}@{bt.steps}|{key}|{s}", lambda s=s: train_eval(bt, lr, s)) for s in TRAIN_SEEDS]
     return float("nan") if any(v is None or math.isnan(v) for v in values) else float(np.mean(values))
 
 
@@ -142,7 +144,10 @@ def run(tasks: list[BenchTask], cache: Cache) -> None:
     for r in rules:
         table.add_column(r + (" (default)" if r == suggest.DEFAULT_RULE else ""), justify="right")
     per_rule: dict[str, list[float]] = {r: [] for r in rules}
-    for bt in tasks:
+    held: dict[str, list[float]] = {r: [] for r in rules}
+    for bt in sorted(tasks, key=lambda t: t.held_out):
+        if bt.held_out and not any(held.values()):
+            table.add_section()
         t0 = time.time()
         untrained = metric_at(bt, cache, None)
         grid = {lr: metric_at(bt, cache, lr) for lr in bt.grid}
@@ -156,13 +161,16 @@ def run(tasks: list[BenchTask], cache: Cache) -> None:
                 lr = picks(bt, cache, seed)[r]
                 lrs.append(lr)
                 scores.append(regret(best, untrained, metric_at(bt, cache, lr)))
-            per_rule[r].append(float(np.mean(scores)))
+            (held if bt.held_out else per_rule)[r].append(float(np.mean(scores)))
             cells.append(f"{np.mean(scores):.2f} @{np.exp(np.mean(np.log(lrs))):.1e}")
-        table.add_row(bt.name, f"{best_lr:.1e}", *cells)
+        table.add_row(bt.name + (" (held out)" if bt.held_out else ""), f"{best_lr:.1e}", *cells)
         console.log(f"{bt.name}: best {best:.4f} at {best_lr:.1e}, untrained {untrained:.4f} ({time.time() - t0:.0f}s)")
-    table.add_section()
-    for label, fn in (("mean", statistics.mean), ("median", statistics.median), ("worst", max)):
-        table.add_row(label, "", *[f"{fn(per_rule[r]):.3f}" for r in rules])
+    for title, group in (("", per_rule), ("held out: ", held), ("all: ", {r: per_rule[r] + held[r] for r in rules})):
+        if not group[rules[0]]:
+            continue
+        table.add_section()
+        for label, fn in (("mean", statistics.mean), ("median", statistics.median), ("worst", max)):
+            table.add_row(title + label, "", *[f"{fn(group[r]):.3f}" for r in rules])
     console.print(table)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from gradpilot import suggest
 from gradpilot._batch import LossFn, StepFn, compute_loss, cycle, model_device, to_device
 from gradpilot.errors import GradpilotError
+from gradpilot.scaling import optimizer_family
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +97,21 @@ def find_lr(
     smoothing: float = 0.98,
     diverge_threshold: float = 4.0,
     rule: str = suggest.DEFAULT_RULE,
+    family: str | None = None,
     progress: Callable[[int, int, float, float], None] | None = None,
 ) -> LRFinderResult:
     """Run an LR range test and suggest a learning rate; the model and optimizer are left untouched.
 
     The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_steps`` optimizer steps and the
     sweep stops once the smoothed loss passes ``diverge_threshold`` times its best or is not finite.
+    ``family`` ("sgd" or "adaptive") tells the rules how the optimizer steps; by default it is read off the
+    optimizer's class name.
     """
     _check_args(start_lr, end_lr, num_steps, accumulation_steps, diverge_threshold, smoothing)
-    chosen = suggest.get_rule(rule)
+    suggest.get_rule(rule)  # fail fast on an unknown name
+    family = family or optimizer_family(type(optimizer).__name__)
+    if family not in ("sgd", "adaptive"):
+        raise GradpilotError(f"family must be 'sgd' or 'adaptive', got {family!r}")
     device = torch.device(device) if device is not None else model_device(model)
     base = [g["lr"] for g in optimizer.param_groups]
     # Param groups keep their ratios to the first group (fine-tuning often uses a smaller LR for the body).
@@ -150,14 +157,14 @@ def find_lr(
             f"the range test stopped after {finite} usable steps ({stop_reason}): lower start_lr "
             f"(now {start_lr:g}) so the sweep starts where training is stable"
         )
-    x, y = np.array(lrs[:finite]), np.array(smoothed)
-    alternatives = {name: f(x, y) for name, f in suggest.RULES.items()}
+    curve = suggest.Curve(np.array(lrs[:finite]), np.array(losses[:finite]), np.array(smoothed), family)
+    alternatives = {name: f(curve) for name, f in suggest.RULES.items()}
     log.info("range test: %d steps, %s; suggestion %.3g (%s)", len(lrs), stop_reason, alternatives[rule], rule)
     return LRFinderResult(
         lrs=tuple(lrs),
         losses=tuple(losses),
         smoothed_losses=tuple(smoothed),
-        suggestion=chosen(x, y),
+        suggestion=alternatives[rule],
         rule=rule,
         alternatives=alternatives,
         stopped_early=stop_reason != "reached end_lr",

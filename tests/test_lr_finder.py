@@ -304,3 +304,14 @@ def test_non_scalar_loss_is_a_clear_error():
     with pytest.raises(GradpilotError, match=r"must be a scalar.*reduction='mean'"):
         find_lr(model, torch.optim.Adam(model.parameters()), nn.MSELoss(reduction="none"),
                 DataLoader(regression_data(), batch_size=8))
+
+
+def test_family_is_read_from_the_optimizer_and_can_be_overridden():
+    task = example_task(0)
+    kwargs = dict(num_steps=60)
+    adaptive = find_lr(task.model, task.make_optimizer(), task.loss_fn, task.train_loader(), **kwargs)
+    as_sgd = find_lr(task.model, task.make_optimizer(), task.loss_fn, task.train_loader(), family="sgd", **kwargs)
+    assert adaptive.alternatives["valley"] == as_sgd.alternatives["valley"]  # same curve
+    assert adaptive.suggestion != as_sgd.suggestion
+    with pytest.raises(GradpilotError, match="family must be 'sgd' or 'adaptive'"):
+        find_lr(task.model, task.make_optimizer(), task.loss_fn, task.train_loader(), family="lbfgs")
