@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,7 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from gradpilot import suggest
+from gradpilot import scaling, suggest
+from gradpilot.batch_size import Trial, estimate_noise_scale, find_batch_size
 from gradpilot.errors import GradpilotError
 from gradpilot.examples import example_task
 from gradpilot.lr_finder import LRFinderResult, find_lr
@@ -89,6 +91,90 @@ def _print_result(result: LRFinderResult, task: Task, plot: Path) -> None:
     console.print(table)
     console.print(f"{len(result.lrs)} steps, {result.stop_reason}. Curve written to {plot}")
     console.print(f"[bold]Suggested learning rate: {result.suggestion:.3g}[/]")
+
+
+@app.command("plan")
+def plan_command(
+    lr: Annotated[Optional[float], typer.Option(help="the LR tuned at --batch-size")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="the effective batch that LR was tuned at")] = None,
+    optimizer: Annotated[str, typer.Option(help="optimizer name: picks linear (SGD) or sqrt (Adam family)")] = "adamw",
+    target: Annotated[Optional[int], typer.Option(help="effective batch to reach (default: max micro-batch × world size)")] = None,
+    max_micro_batch: Annotated[Optional[int], typer.Option(help="largest micro-batch that fits on one device")] = None,
+    world_size: Annotated[int, typer.Option(help="data-parallel processes")] = 1,
+    rule: Annotated[str, typer.Option(help="LR rule: auto, linear, sqrt, none")] = "auto",
+    total_steps: Annotated[Optional[int], typer.Option(help="optimizer steps in the run, to size the warmup")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
+) -> None:
+    """Micro-batch, accumulation steps, effective batch, LR and warmup for a target batch."""
+    try:
+        if max_micro_batch is None:
+            raise GradpilotError("give --max-micro-batch, the largest micro-batch that fits "
+                                 "(`gradpilot find-batch-size` measures it)")
+        result = scaling.plan(target if target is not None else max_micro_batch * world_size, max_micro_batch,
+                              world_size, lr=lr, batch_size=batch_size, optimizer=optimizer, rule=rule,
+                              total_steps=total_steps)
+    except GradpilotError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(result)))
+        return
+    table = Table(title="Batch plan")
+    for col in ("micro-batch", "accumulation", "world size", "effective batch", "learning rate", "warmup"):
+        table.add_column(col, justify="right")
+    lr_cell = "—" if result.lr is None else f"{lr:.3g} → {result.lr:.3g} ({result.lr_rule})"
+    warm = "none" if not result.warmup_ratio else (
+        f"{result.warmup_steps} steps" if result.warmup_steps is not None else f"{result.warmup_ratio:.1%} of steps")
+    table.add_row(str(result.micro_batch_size), str(result.accumulation_steps), str(result.world_size),
+                  str(result.effective_batch_size), lr_cell, warm)
+    console.print(table)
+    console.print(result.note if result.exact else f"[yellow]{result.note}[/]")
+
+
+@app.command("find-batch-size")
+def find_batch_size_command(
+    task_file: Annotated[Optional[Path], typer.Argument(help="Python file defining task(seed); omit for the built-in example")] = None,
+    max_memory_mib: Annotated[Optional[float], typer.Option("--max-memory-mib", help="memory budget per trial (the limit on CPU)")] = None,
+    max_batch_size: Annotated[Optional[int], typer.Option(help="stop doubling here")] = None,
+    start: Annotated[int, typer.Option(help="first size tried")] = 1,
+    noise_scale: Annotated[bool, typer.Option("--noise-scale/--no-noise-scale", help="also estimate the critical batch")] = True,
+    seed: Annotated[int, typer.Option(help="seed passed to task() and torch")] = 0,
+) -> None:
+    """The largest micro-batch that fits (OOM-safe), its throughput, and the batch the gradient noise suggests."""
+    try:
+        task = _load(task_file, seed)
+        torch.manual_seed(seed)
+        data = getattr(task.train_data, "dataset", task.train_data)
+        if max_memory_mib is None and max_batch_size is None and not torch.cuda.is_available():
+            raise GradpilotError("on CPU nothing runs out of memory: give --max-memory-mib or --max-batch-size")
+        with console.status("trying batch sizes…") as status:
+            def tick(trial: Trial) -> None:
+                status.update(f"batch {trial.batch_size}: {'fits' if trial.fits else 'does not fit'}")
+
+            result = find_batch_size(task.model, task.make_optimizer(), task.loss_fn, data, start=start,
+                                     max_batch_size=max_batch_size,
+                                     max_memory=None if max_memory_mib is None else int(max_memory_mib * 2**20),
+                                     progress=tick)
+            noise = None
+            if noise_scale:
+                status.update("estimating the gradient noise scale…")
+                big = min(len(data), max(result.batch_size, 16))
+                noise = estimate_noise_scale(task.model, task.loss_fn, data, small_batch=max(1, big // 16),
+                                             big_batch=big, seed=seed)
+    except GradpilotError as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title=f"Batch sizes tried on {task.name}")
+    for col in ("batch", "fits", "samples/s", "peak memory (MiB)", "why not"):
+        table.add_column(col, justify="right" if col != "why not" else "left")
+    for t in result.trials:
+        table.add_row(str(t.batch_size), "yes" if t.fits else "no",
+                      "" if t.samples_per_second is None else f"{t.samples_per_second:,.0f}",
+                      "" if t.peak_memory is None else f"{t.peak_memory / 2**20:,.1f}", t.error or "")
+    console.print(table)
+    console.print(f"[bold]Largest micro-batch that fits: {result.batch_size}[/]")
+    if noise is not None:
+        console.print(f"Gradient noise scale B_simple ≈ {noise.b_simple:,.0f}: an effective batch near "
+                      f"{noise.recommended_batch_size} uses data and steps efficiently "
+                      f"(`gradpilot plan --target {noise.recommended_batch_size} --max-micro-batch {result.batch_size}`).")
 
 
 def main() -> None:  # pragma: no cover - console entry point

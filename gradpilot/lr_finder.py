@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +15,7 @@ from torch import nn
 
 from gradpilot import suggest
 from gradpilot._batch import LossFn, StepFn, compute_loss, cycle, model_device, to_device
+from gradpilot._state import preserved
 from gradpilot.errors import GradpilotError
 from gradpilot.scaling import optimizer_family
 
@@ -41,29 +40,6 @@ class LRFinderResult:
         from gradpilot.report import plot_lr_curve
 
         return plot_lr_curve(self, Path(path))
-
-
-@contextmanager
-def preserved(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[None]:
-    """Run a block, then put the model, the optimizer and torch's RNGs back exactly as they were."""
-    params = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict(keep_vars=True).items()}
-    grads = {n: None if p.grad is None else p.grad.detach().clone() for n, p in model.named_parameters()}
-    modes = {n: m.training for n, m in model.named_modules()}
-    opt_state = copy.deepcopy(optimizer.state_dict())
-    rng = torch.random.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        model.load_state_dict(params)
-        for n, p in model.named_parameters():
-            p.grad = grads[n]
-        for n, m in model.named_modules():
-            m.training = modes[n]
-        optimizer.load_state_dict(opt_state)
-        torch.random.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 def _check_args(start_lr: float, end_lr: float, num_steps: int, accumulation_steps: int,

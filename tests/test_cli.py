@@ -42,3 +42,45 @@ def test_bad_sweep_bounds_are_a_one_line_error():
     result = runner.invoke(app, ["find-lr", "--start-lr", "1", "--end-lr", "0.1"])
     assert result.exit_code == 2
     assert "start_lr must be below end_lr" in result.output
+
+
+def test_plan_prints_the_table_and_json():
+    result = runner.invoke(app, ["plan", "--lr", "3e-5", "--batch-size", "16", "--optimizer", "adamw",
+                                 "--target", "64", "--max-micro-batch", "16"])
+    assert result.exit_code == 0, result.output
+    assert "6e-05" in result.output and "sqrt" in result.output
+    result = runner.invoke(app, ["plan", "--lr", "0.1", "--batch-size", "256", "--optimizer", "sgd", "--target", "1024",
+                                 "--max-micro-batch", "96", "--world-size", "2", "--total-steps", "5000",
+                                 "--rule", "auto", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["micro_batch_size"], out["accumulation_steps"], out["world_size"]) == (64, 8, 2)
+    assert out["lr"] == 0.4 and out["lr_rule"] == "linear" and out["warmup_steps"] > 0
+
+
+def test_plan_without_target_uses_the_whole_micro_batch_and_errors_are_one_line():
+    result = runner.invoke(app, ["plan", "--max-micro-batch", "48", "--world-size", "2", "--json"])
+    assert json.loads(result.stdout)["effective_batch_size"] == 96
+    result = runner.invoke(app, ["plan", "--target", "64"])
+    assert result.exit_code == 2 and "give --max-micro-batch" in result.output
+    result = runner.invoke(app, ["plan", "--max-micro-batch", "8", "--lr", "1e-3", "--batch-size", "8", "--rule", "cube"])
+    assert result.exit_code == 2 and "unknown LR scaling rule 'cube'" in result.output
+
+
+def test_find_batch_size_on_a_task_file(tmp_path):
+    path = write(tmp_path, TASK_FILE)
+    result = runner.invoke(app, ["find-batch-size", str(path), "--max-batch-size", "40", "--start", "5", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Largest micro-batch that fits: 40" in result.output
+    assert "Gradient noise scale" in result.output
+
+
+def test_find_batch_size_memory_budget_and_no_noise_scale():
+    result = runner.invoke(app, ["find-batch-size", "--max-memory-mib", "2", "--no-noise-scale"])
+    assert result.exit_code == 0, result.output
+    assert "Largest micro-batch that fits" in result.output and "noise scale" not in result.output
+
+
+def test_find_batch_size_on_cpu_needs_a_limit():
+    result = runner.invoke(app, ["find-batch-size"])
+    assert result.exit_code == 2 and "give --max-memory-mib or --max-batch-size" in result.output

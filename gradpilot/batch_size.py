@@ -1,0 +1,266 @@
+"""The largest micro-batch that fits, and the gradient noise scale that says which batch is worth it."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from gradpilot import scaling
+from gradpilot._batch import LossFn, StepFn, compute_loss, model_device, to_device
+from gradpilot._state import preserved
+from gradpilot.errors import GradpilotError
+
+log = logging.getLogger(__name__)
+
+OOM_MESSAGES = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed",
+                "can't allocate memory", "failed to allocate")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for an out-of-memory error from any torch backend (CUDA, MPS, CPU)."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_MESSAGES)
+
+
+def free_memory() -> None:
+    """Give freed memory back: Python's garbage, CUDA's cache, and glibc's heap."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: fall back to the lifetime peak, which only ever grows
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextmanager
+def peak_memory_growth(device: torch.device) -> Iterator[list[int]]:
+    """Measure the peak memory a block adds: CUDA's allocator peak, or sampled process RSS on CPU."""
+    out = [0]
+    free_memory()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            yield out
+        finally:
+            torch.cuda.synchronize(device)
+            out[0] = torch.cuda.max_memory_allocated(device) - base
+        return
+    base = _rss()
+    peak = [base]
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=poll, daemon=True)
+    sampler.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        sampler.join()
+        out[0] = max(peak[0], _rss()) - base
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One size tried: whether it fit, its throughput and the peak memory it added."""
+
+    batch_size: int
+    fits: bool
+    samples_per_second: float | None
+    peak_memory: int | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchSizeResult:
+    """The largest micro-batch that fits, with every trial in the order tried."""
+
+    batch_size: int
+    trials: tuple[Trial, ...]
+
+    @property
+    def fastest(self) -> Trial | None:
+        """The fitting trial with the highest samples per second."""
+        ok = [t for t in self.trials if t.fits and t.samples_per_second]
+        return max(ok, key=lambda t: t.samples_per_second or 0.0) if ok else None
+
+
+def _sample_batch(dataset: Dataset[Any], size: int, collate_fn: Callable[[list[Any]], Any]) -> Any:
+    n = len(dataset)  # type: ignore[arg-type]
+    return collate_fn([dataset[i % n] for i in range(size)])
+
+
+def find_batch_size(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn | None,
+    dataset: Dataset[Any],
+    *,
+    start: int = 1,
+    max_batch_size: int | None = None,
+    max_memory: int | None = None,
+    steps_per_trial: int = 2,
+    device: str | torch.device | None = None,
+    step_fn: StepFn | None = None,
+    collate_fn: Callable[[list[Any]], Any] = default_collate,
+    progress: Callable[[Trial], None] | None = None,
+) -> BatchSizeResult:
+    """The largest micro-batch that runs forward, backward and an optimizer step without running out of memory.
+
+    Sizes double from ``start`` until one fails, then bisect. Out-of-memory errors are caught and memory freed;
+    ``max_memory`` (bytes) also fails a size whose peak memory growth exceeds it — on CPU, where nothing
+    raises, that budget is the only limit. The model and optimizer are restored afterwards.
+    """
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise GradpilotError("the dataset is empty: find_batch_size needs items to build batches from")
+    if steps_per_trial < 1:
+        raise GradpilotError(f"steps_per_trial must be at least 1, got {steps_per_trial=}")
+    if max_memory is not None and max_memory <= 0:
+        raise GradpilotError(f"max_memory must be a positive number of bytes, got {max_memory=}")
+    device = torch.device(device) if device is not None else model_device(model)
+    trials: list[Trial] = []
+
+    def fits(size: int) -> bool:
+        trial = _trial(model, optimizer, loss_fn, step_fn, dataset, size, steps_per_trial, device, collate_fn,
+                       max_memory)
+        trials.append(trial)
+        log.info("batch %d: %s", size, "fits" if trial.fits else f"does not fit ({trial.error})")
+        if progress is not None:
+            progress(trial)
+        return trial.fits
+
+    with preserved(model, optimizer):
+        model.train()
+        best, _ = scaling.search_batch_size(fits, start=start, max_size=max_batch_size)
+    free_memory()
+    if best == 0:
+        raise GradpilotError(f"even a batch of {start} does not fit ({trials[0].error}): use a smaller model, "
+                             "mixed precision, or a larger max_memory")
+    return BatchSizeResult(best, tuple(trials))
+
+
+def _trial(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn | None, step_fn: StepFn | None,
+           dataset: Dataset[Any], size: int, steps: int, device: torch.device,
+           collate_fn: Callable[[list[Any]], Any], max_memory: int | None) -> Trial:
+    elapsed = 0.0
+    try:
+        with peak_memory_growth(device) as grown:
+            batch = to_device(_sample_batch(dataset, size, collate_fn), device)
+            for i in range(steps + 1):  # the first step warms up (allocator, optimizer state) and is not timed
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                compute_loss(model, batch, loss_fn, step_fn).backward()
+                optimizer.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i > 0:
+                    elapsed += time.perf_counter() - t0
+            del batch
+            optimizer.zero_grad(set_to_none=True)
+    except Exception as exc:  # noqa: BLE001 - anything that is not an OOM is re-raised below
+        if not is_oom(exc):
+            raise
+        optimizer.zero_grad(set_to_none=True)
+        free_memory()
+        return Trial(size, False, None, None, str(exc).splitlines()[0][:200])
+    if max_memory is not None and grown[0] > max_memory:
+        over = f"peak memory grew {grown[0] / 2**20:.0f} MiB, over the {max_memory / 2**20:.0f} MiB budget"
+        return Trial(size, False, None, grown[0], over)
+    return Trial(size, True, size * steps / elapsed if elapsed > 0 else math.inf, grown[0])
+
+
+@dataclass(frozen=True)
+class NoiseScaleResult:
+    """The gradient noise scale measured on a model, and the effective batch it recommends."""
+
+    b_simple: float
+    grad_sq: float
+    trace_cov: float
+    small_batch: int
+    big_batch: int
+    batches: int
+
+    @property
+    def recommended_batch_size(self) -> int:
+        """The critical batch: beyond about B_simple, doubling the batch no longer halves the steps."""
+        return max(1, round(self.b_simple))
+
+
+def estimate_noise_scale(
+    model: nn.Module,
+    loss_fn: LossFn | None,
+    dataset: Dataset[Any],
+    *,
+    small_batch: int = 8,
+    big_batch: int = 128,
+    batches: int = 16,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    step_fn: StepFn | None = None,
+    collate_fn: Callable[[list[Any]], Any] = default_collate,
+) -> NoiseScaleResult:
+    """Estimate B_simple = tr(Σ)/|G|² from squared gradient norms at two batch sizes (McCandlish et al. 2018).
+
+    Averages ``batches`` random batches of each size at the current parameters; nothing is stepped and the
+    parameters' gradients are put back as they were.
+    """
+    if len(dataset) < big_batch:  # type: ignore[arg-type]
+        raise GradpilotError(f"the dataset has {len(dataset)} items, fewer than big_batch={big_batch}")  # type: ignore[arg-type]
+    if batches < 1:
+        raise GradpilotError(f"batches must be at least 1, got {batches=}")
+    device = torch.device(device) if device is not None else model_device(model)
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [None if p.grad is None else p.grad.clone() for p in params]
+
+    def mean_sq_norm(size: int) -> float:
+        total = 0.0
+        for _ in range(batches):
+            idx = torch.randperm(len(dataset), generator=gen)[:size].tolist()  # type: ignore[arg-type]
+            batch = to_device(collate_fn([dataset[i] for i in idx]), device)
+            grads = torch.autograd.grad(compute_loss(model, batch, loss_fn, step_fn), params, allow_unused=True)
+            total += sum(float(g.pow(2).sum()) for g in grads if g is not None)
+        return total / batches
+
+    small, big = mean_sq_norm(small_batch), mean_sq_norm(big_batch)
+    for p, g in zip(params, saved):
+        p.grad = g
+    est = scaling.noise_scale(small, big, small_batch, big_batch)
+    return NoiseScaleResult(est.b_simple, est.grad_sq, est.trace_cov, small_batch, big_batch, batches)
