@@ -2,12 +2,16 @@
 
 from gradpilot import scaling
 from gradpilot.batch_size import BatchSizeResult, NoiseScaleResult, estimate_noise_scale, find_batch_size
+from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError
 from gradpilot.lr_finder import LRFinderResult, find_lr
 from gradpilot.task import Task, load_task
+from gradpilot.training import FitResult, fit
 
 __all__ = [
     "BatchSizeResult",
+    "EarlyStopping",
+    "FitResult",
     "GradpilotError",
     "LRFinderResult",
     "NoiseScaleResult",
@@ -15,6 +19,7 @@ __all__ = [
     "estimate_noise_scale",
     "find_batch_size",
     "find_lr",
+    "fit",
     "load_task",
     "scaling",
 ]

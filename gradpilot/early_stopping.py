@@ -1,0 +1,44 @@
+"""Early stopping on a validation metric: a pure rule over the metric's history."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gradpilot.errors import GradpilotError
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop once the metric has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    ``mode`` is ``"min"`` or ``"max"``; None takes the direction of the metric being watched.
+    """
+
+    patience: int = 3
+    min_delta: float = 0.0
+    mode: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.patience < 1:
+            raise GradpilotError(f"patience must be at least 1, got patience={self.patience}")
+        if self.min_delta < 0:
+            raise GradpilotError(f"min_delta must be non-negative, got min_delta={self.min_delta}")
+        if self.mode not in (None, "min", "max"):
+            raise GradpilotError(f"mode must be 'min' or 'max', got mode={self.mode!r}")
+
+    def best_epoch(self, history: Sequence[float], mode: str = "min") -> int | None:
+        """Index of the best value, counting only improvements larger than ``min_delta``; NaN never wins."""
+        sign = 1.0 if (self.mode or mode) == "min" else -1.0
+        best_i, best = None, math.inf
+        for i, value in enumerate(history):
+            if math.isfinite(value) and sign * value < best - self.min_delta:
+                best_i, best = i, sign * value
+        return best_i
+
+    def should_stop(self, history: Sequence[float], mode: str = "min") -> bool:
+        """True when the last ``patience`` epochs brought no improvement over the best before them."""
+        best = self.best_epoch(history, mode)
+        since = len(history) - 1 - (best if best is not None else -1)
+        return since >= self.patience

@@ -1,0 +1,138 @@
+"""Learning-rate schedules by name, built on ``torch.optim.lr_scheduler`` (nothing re-derived)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.optim import lr_scheduler
+
+from gradpilot.errors import GradpilotError
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A torch scheduler and how the loop drives it: every optimizer ``"step"`` or every ``"epoch"``."""
+
+    scheduler: Any
+    interval: str
+    needs_metric: bool = False
+
+    def step(self, metric: float | None = None) -> None:
+        """Advance the scheduler; plateau schedulers are given the validation metric."""
+        if self.needs_metric:
+            if metric is None:
+                raise GradpilotError("the plateau scheduler needs a validation metric: pass val_loader")
+            self.scheduler.step(metric)
+        else:
+            self.scheduler.step()
+
+
+def _constant(opt: torch.optim.Optimizer, total_steps: int, epochs: int) -> Schedule:
+    return Schedule(lr_scheduler.LambdaLR(opt, lambda _: 1.0), "step")
+
+
+def _step(opt: torch.optim.Optimizer, total_steps: int, epochs: int, *, step_size: int = 1, gamma: float = 0.1) -> Schedule:
+    return Schedule(lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma), "epoch")
+
+
+def _cosine(opt: torch.optim.Optimizer, total_steps: int, epochs: int, *, T_max: int | None = None,
+            eta_min: float = 0.0) -> Schedule:
+    return Schedule(lr_scheduler.CosineAnnealingLR(opt, T_max=T_max or total_steps, eta_min=eta_min), "step")
+
+
+def _plateau(opt: torch.optim.Optimizer, total_steps: int, epochs: int, *, mode: str = "min", patience: int = 2,
+             factor: float = 0.5, min_lr: float = 0.0) -> Schedule:
+    sched = lr_scheduler.ReduceLROnPlateau(opt, mode=mode, patience=patience, factor=factor, min_lr=min_lr)
+    return Schedule(sched, "epoch", needs_metric=True)
+
+
+def _onecycle(opt: torch.optim.Optimizer, total_steps: int, epochs: int, *, max_lr: float | None = None,
+              pct_start: float = 0.3, div_factor: float = 25.0, final_div_factor: float = 1e4) -> Schedule:
+    peak = max_lr if max_lr is not None else [g["lr"] for g in opt.param_groups]
+    sched = lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=total_steps, pct_start=pct_start,
+                                    div_factor=div_factor, final_div_factor=final_div_factor)
+    return Schedule(sched, "step")
+
+
+def _warmup_cosine(opt: torch.optim.Optimizer, total_steps: int, epochs: int, *, warmup_ratio: float = 0.05,
+                   warmup_steps: int | None = None, eta_min: float = 0.0) -> Schedule:
+    warm = warmup_steps if warmup_steps is not None else round(warmup_ratio * total_steps)
+    if not 0 < warm < total_steps:
+        raise GradpilotError(f"warmup must last between 1 and {total_steps - 1} steps, got {warm}: "
+                             "adjust warmup_ratio or warmup_steps")
+    warmup = lr_scheduler.LinearLR(opt, start_factor=1.0 / warm, end_factor=1.0, total_iters=warm)
+    decay = lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps - warm, eta_min=eta_min)
+    return Schedule(lr_scheduler.SequentialLR(opt, [warmup, decay], milestones=[warm]), "step")
+
+
+BUILDERS: dict[str, Callable[..., Schedule]] = {
+    "constant": _constant,
+    "step": _step,
+    "cosine": _cosine,
+    "plateau": _plateau,
+    "onecycle": _onecycle,
+    "warmup_cosine": _warmup_cosine,
+}
+
+
+def options_of(name: str) -> list[str]:
+    """The options a named schedule accepts."""
+    return [p for p in inspect.signature(_builder(name)).parameters if p not in ("opt", "total_steps", "epochs")]
+
+
+def _builder(name: str) -> Callable[..., Schedule]:
+    try:
+        return BUILDERS[name]
+    except KeyError:
+        raise GradpilotError(f"unknown scheduler {name!r}; choose one of {list(BUILDERS)}") from None
+
+
+def make_schedule(name: str, optimizer: torch.optim.Optimizer, *, total_steps: int, epochs: int = 1,
+                  **options: Any) -> Schedule:
+    """Build the named schedule for a run of ``total_steps`` optimizer steps over ``epochs`` epochs."""
+    builder = _builder(name)
+    unknown = set(options) - set(options_of(name))
+    if unknown:
+        raise GradpilotError(f"scheduler {name!r} takes no option {sorted(unknown)}; it takes {options_of(name)}")
+    if total_steps < 1:
+        raise GradpilotError(f"total_steps must be at least 1, got {total_steps=}")
+    return builder(optimizer, total_steps, epochs, **options)
+
+
+def wrap(scheduler: Any) -> Schedule:
+    """A user's own torch scheduler: plateau ones step per epoch on the metric, all others per optimizer step."""
+    if isinstance(scheduler, Schedule):
+        return scheduler
+    if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
+        return Schedule(scheduler, "epoch", needs_metric=True)
+    if isinstance(scheduler, lr_scheduler.LRScheduler):
+        return Schedule(scheduler, "step")
+    raise GradpilotError(f"scheduler must be a name ({list(BUILDERS)}) or a torch LR scheduler, "
+                         f"got {type(scheduler).__name__}")
+
+
+def lr_curve(name: str, *, steps: int, lr: float = 1e-3, steps_per_epoch: int = 1, metrics: list[float] | None = None,
+             **options: Any) -> list[float]:
+    """The LR at each optimizer step of a run under the named schedule, for printing and plotting.
+
+    Epoch schedules advance every ``steps_per_epoch`` steps; plateau schedules read ``metrics`` (one per epoch).
+    """
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=lr)
+    epochs = -(-steps // steps_per_epoch)
+    sched = make_schedule(name, opt, total_steps=steps, epochs=epochs, **options)
+    if sched.needs_metric and (metrics is None or len(metrics) < epochs):
+        raise GradpilotError(f"the plateau schedule needs one metric per epoch ({epochs}) to draw its curve")
+    out = []
+    for i in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if sched.interval == "step":
+            sched.step()
+        elif (i + 1) % steps_per_epoch == 0:
+            sched.step(metrics[(i + 1) // steps_per_epoch - 1] if sched.needs_metric else None)  # type: ignore[index]
+    return out

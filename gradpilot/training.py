@@ -1,0 +1,324 @@
+"""``fit``: the training loop every gradpilot recommendation runs in, with exact accumulation and resume."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from gradpilot import _checkpoint, schedules
+from gradpilot._batch import TARGET_KEYS, LossFn, StepFn, compute_loss, model_device, to_device
+from gradpilot.accumulation import NumItems, comm_device, item_counter, micro_weights, sync_context, windows
+from gradpilot.early_stopping import EarlyStopping
+from gradpilot.errors import GradpilotError
+from gradpilot.task import Task
+
+log = logging.getLogger(__name__)
+
+Metric = Callable[[Any, Any], float]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a run did: per-step loss and LR, per-epoch validation metric, best epoch and why it stopped.
+
+    Epochs are counted from 1. ``train_losses[i]`` is the item-weighted mean loss of optimizer step ``i``.
+    """
+
+    train_losses: tuple[float, ...]
+    lrs: tuple[float, ...]
+    val_metrics: tuple[float, ...]
+    best_epoch: int | None
+    stop_reason: str
+    epochs_completed: int
+    steps: int
+    effective_batch_size: int
+    resumed_from_step: int | None = None
+    restored_best: bool = False
+
+    @property
+    def best_metric(self) -> float | None:
+        """The validation metric at the best epoch."""
+        return None if self.best_epoch is None else self.val_metrics[self.best_epoch - 1]
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def evaluate(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn | None, metric: Metric | None = None, *,
+             step_fn: StepFn | None = None, num_items: NumItems | None = None,
+             device: torch.device | None = None) -> float:
+    """Mean validation metric (or loss when ``metric`` is None) over ``loader``, weighted by items per batch."""
+    device = device or model_device(model)
+    count = item_counter(loss_fn, num_items)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    items = torch.zeros((), dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for batch in loader:
+            n = count(batch)
+            batch = to_device(batch, device)
+            if metric is None:
+                value = compute_loss(model, batch, loss_fn, step_fn).double()
+            else:
+                inputs, targets = _split_batch(batch)
+                out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+                value = torch.as_tensor(metric(getattr(out, "logits", out), targets), dtype=torch.float64)
+            total += value.to(device) * n
+            items += n
+    model.train(was_training)
+    if _world()[0] > 1:
+        both = torch.stack([total, items])
+        dist.all_reduce(both)
+        total, items = both[0], both[1]
+    if items.item() == 0:
+        raise GradpilotError("the validation loader yielded no items")
+    return (total / items).item()
+
+
+def _split_batch(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, dict):
+        key = next((k for k in TARGET_KEYS if k in batch), None)
+        if key is not None:
+            return {k: v for k, v in batch.items() if k != key}, batch[key]
+    elif isinstance(batch, (list, tuple)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise GradpilotError("a validation metric needs (inputs, targets) or dict batches with a 'labels' key; "
+                         "pass metric=None to validate on the loss")
+
+
+def fit(
+    model: nn.Module | Task,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: LossFn | None = None,
+    train_loader: Iterable[Any] | None = None,
+    *,
+    epochs: int | None = None,
+    accumulation_steps: int = 1,
+    scheduler: str | Any | None = None,
+    scheduler_options: dict[str, Any] | None = None,
+    val_loader: Iterable[Any] | None = None,
+    metric: Metric | None = None,
+    higher_is_better: bool = False,
+    early_stopping: EarlyStopping | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    num_items: NumItems | None = None,
+    step_fn: StepFn | None = None,
+    max_grad_norm: float | None = None,
+    device: str | torch.device | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> FitResult:
+    """Train for ``epochs`` with exact gradient accumulation, a schedule, validation, early stopping and resume.
+
+    ``model`` may be a ``gradpilot.Task``, which supplies the optimizer, loss, loaders, metric and epochs.
+    ``scheduler`` is a name from ``schedules.BUILDERS`` (options in ``scheduler_options``) or a torch scheduler.
+    With ``checkpoint_dir`` the run saves every epoch (and every ``checkpoint_every`` optimizer steps) and
+    a run started again with the same arguments continues where the last checkpoint left off.
+    ``on_step(step, lr)`` is called after every optimizer step.
+    """
+    if isinstance(model, Task):
+        task = model
+        model, optimizer = task.model, optimizer or task.make_optimizer()
+        loss_fn = loss_fn or task.loss_fn
+        train_loader = train_loader or task.train_loader()
+        val_loader = val_loader if val_loader is not None else task.val_loader()
+        metric = metric or task.metric
+        higher_is_better = task.higher_is_better if metric is task.metric else higher_is_better
+        epochs = epochs or task.epochs
+    if optimizer is None or train_loader is None:
+        raise GradpilotError("fit needs an optimizer and a train_loader (or a gradpilot.Task)")
+    if epochs is None or epochs < 1:
+        raise GradpilotError(f"epochs must be at least 1, got {epochs=}")
+    if accumulation_steps < 1:
+        raise GradpilotError(f"accumulation_steps must be at least 1, got {accumulation_steps=}")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise GradpilotError(f"checkpoint_every must be at least 1, got {checkpoint_every=}")
+    if early_stopping is not None and val_loader is None:
+        raise GradpilotError("early stopping watches the validation metric: pass val_loader")
+    if max_grad_norm is not None and max_grad_norm <= 0:
+        raise GradpilotError(f"max_grad_norm must be positive, got {max_grad_norm=}")
+
+    device = torch.device(device) if device is not None else model_device(model)
+    world, rank = _world()
+    base = model.module if isinstance(model, DistributedDataParallel) else model
+    train_model = model if world == 1 or isinstance(model, DistributedDataParallel) else DistributedDataParallel(model)
+    try:
+        batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise GradpilotError("train_loader has no len(): fit needs to know how many batches an epoch holds") from None
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulation_steps)
+    if steps_per_epoch == 0:
+        raise GradpilotError("train_loader yielded no batches: check the dataset is not empty")
+    mode = "max" if higher_is_better else "min"
+    schedule = _make_schedule(scheduler, scheduler_options or {}, optimizer, steps_per_epoch * epochs, epochs, mode)
+    if schedule is not None and schedule.needs_metric and val_loader is None:
+        raise GradpilotError("the plateau scheduler reduces the LR when the validation metric stalls: pass val_loader")
+    count = item_counter(loss_fn, num_items)
+    micro = getattr(train_loader, "batch_size", None) or 0
+    fingerprint = {"epochs": epochs, "accumulation_steps": accumulation_steps, "batches_per_epoch": batches_per_epoch,
+                   "scheduler": repr((scheduler if isinstance(scheduler, str) else type(scheduler).__name__,
+                                      sorted((scheduler_options or {}).items()))), "world_size": world}
+
+    run = _Run()
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    resume = _checkpoint.load(ckpt_dir) if ckpt_dir is not None else None
+    if resume is not None:
+        if resume["fingerprint"] != fingerprint:
+            raise GradpilotError(f"{ckpt_dir} holds a run with other settings ({resume['fingerprint']}); "
+                                 "use a new checkpoint_dir or the same arguments")
+        run = _restore(resume, base, optimizer, schedule)
+        log.info("resuming from %s at epoch %d, step %d", ckpt_dir, run.epoch + 1, run.step)
+    resumed_from = None if resume is None else run.step
+
+    def checkpoint(epoch_rng: dict[str, Any], epoch_losses: list[torch.Tensor]) -> None:
+        if ckpt_dir is not None and rank == 0:
+            state = _snapshot(run, base, optimizer, schedule, fingerprint, epoch_rng, epoch_losses, train_loader)
+            _checkpoint.save(state, ckpt_dir)
+
+    stop_reason = f"completed {epochs} epochs"
+    base.train()
+    while run.epoch < epochs:
+        skip = 0
+        epoch_losses: list[torch.Tensor] = []
+        if resume is not None and run.windows_done:
+            # mid-epoch: replay the epoch's shuffle, skip the windows already trained, then pick up the RNGs
+            epoch_rng, skip = resume["epoch_rng"], run.windows_done
+            _checkpoint.set_rng_state(epoch_rng, train_loader)
+            epoch_losses = [torch.tensor(v) for v in resume["epoch_losses"]]
+        else:
+            if resume is not None:
+                _checkpoint.set_rng_state(resume["rng"], train_loader)
+            epoch_rng = _checkpoint.rng_state(train_loader)
+        for w, window in enumerate(windows(train_loader, accumulation_steps)):
+            if w < skip:
+                if w == skip - 1:
+                    _checkpoint.set_rng_state(resume["rng"], train_loader)  # type: ignore[index]
+                continue
+            weights = micro_weights([count(b) for b in window], world)
+            window_loss: torch.Tensor | float = 0.0
+            for j, batch in enumerate(window):
+                with sync_context(train_model, j == len(window) - 1):
+                    loss = compute_loss(train_model, to_device(batch, device), loss_fn, step_fn)
+                    # weight = this micro-batch's share of the window's items: the sum equals the large batch's mean
+                    scaled = loss if isinstance(weights[j], float) and weights[j] == 1.0 else loss * weights[j]
+                    scaled.backward()
+                window_loss = window_loss + scaled.detach()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(base.parameters(), max_grad_norm)
+            run.lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if schedule is not None and schedule.interval == "step":
+                schedule.step()
+            epoch_losses.append(torch.as_tensor(window_loss))
+            run.step += 1
+            run.windows_done = w + 1
+            if on_step is not None:
+                on_step(run.step, run.lrs[-1])
+            if checkpoint_every is not None and run.step % checkpoint_every == 0:
+                checkpoint(epoch_rng, epoch_losses)
+        resume = None
+        run.losses.extend(_gather_losses(epoch_losses, world))
+        run.epoch += 1
+        run.windows_done = 0
+        value = None
+        if val_loader is not None:
+            value = evaluate(base, val_loader, loss_fn, metric, step_fn=step_fn, num_items=num_items, device=device)
+            run.val.append(value)
+            log.info("epoch %d: validation %s %.5g", run.epoch, "metric" if metric else "loss", value)
+            if early_stopping is not None and early_stopping.best_epoch(run.val, mode) == len(run.val) - 1:
+                run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in base.state_dict().items()}
+        if schedule is not None and schedule.interval == "epoch":
+            schedule.step(value)
+        checkpoint(epoch_rng, [])
+        if early_stopping is not None and early_stopping.should_stop(run.val, mode):
+            best = early_stopping.best_epoch(run.val, mode)
+            stop_reason = (f"early stopping at epoch {run.epoch}: no improvement in the validation metric for "
+                           f"{early_stopping.patience} epochs (best {run.val[best]:.5g} at epoch {best + 1})"
+                           if best is not None else f"early stopping at epoch {run.epoch}: validation metric not finite")
+            break
+
+    restored = early_stopping is not None and run.best_state is not None
+    if restored:
+        base.load_state_dict(run.best_state)  # type: ignore[arg-type]
+    best_index = (early_stopping or EarlyStopping()).best_epoch(run.val, mode) if run.val else None
+    return FitResult(
+        train_losses=tuple(run.losses), lrs=tuple(run.lrs), val_metrics=tuple(run.val),
+        best_epoch=None if best_index is None else best_index + 1, stop_reason=stop_reason,
+        epochs_completed=run.epoch, steps=run.step, effective_batch_size=micro * accumulation_steps * world,
+        resumed_from_step=resumed_from, restored_best=restored,
+    )
+
+
+@dataclass
+class _Run:
+    """The loop's progress: everything a checkpoint must carry besides model, optimizer and scheduler."""
+
+    epoch: int = 0
+    windows_done: int = 0
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    val: list[float] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+def _gather_losses(losses: list[torch.Tensor], world: int) -> list[float]:
+    """One host sync per epoch (not per step); under DDP the processes' shares are summed to the global mean."""
+    if not losses:
+        return []
+    stacked = torch.stack([loss.double().reshape(()) for loss in losses])
+    if world > 1:
+        stacked = stacked.to(comm_device())
+        dist.all_reduce(stacked)
+        stacked = stacked / world
+    return stacked.tolist()
+
+
+def _make_schedule(scheduler: Any, options: dict[str, Any], optimizer: torch.optim.Optimizer, total_steps: int,
+                   epochs: int, mode: str) -> schedules.Schedule | None:
+    if scheduler is None:
+        if options:
+            raise GradpilotError("scheduler_options given without a scheduler name")
+        return None
+    if isinstance(scheduler, str):
+        if scheduler == "plateau":
+            options = {"mode": mode, **options}
+        return schedules.make_schedule(scheduler, optimizer, total_steps=total_steps, epochs=epochs, **options)
+    return schedules.wrap(scheduler)
+
+
+def _snapshot(run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: schedules.Schedule | None,
+              fingerprint: dict[str, Any], epoch_rng: dict[str, Any], epoch_losses: list[torch.Tensor],
+              loader: Any) -> dict[str, Any]:
+    return {
+        "fingerprint": fingerprint, "epoch": run.epoch, "windows_done": run.windows_done, "step": run.step,
+        "losses": list(run.losses), "lrs": list(run.lrs), "val": list(run.val), "best_state": run.best_state,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": None if schedule is None else schedule.scheduler.state_dict(),
+        "epoch_rng": epoch_rng, "rng": _checkpoint.rng_state(loader),
+        "epoch_losses": _gather_losses(epoch_losses, 1),
+    }
+
+
+def _restore(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+             schedule: schedules.Schedule | None) -> _Run:
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if schedule is not None and saved["scheduler"] is not None:
+        schedule.scheduler.load_state_dict(saved["scheduler"])
+    return _Run(epoch=saved["epoch"], windows_done=saved["windows_done"], step=saved["step"],
+                losses=saved["losses"], lrs=saved["lrs"], val=saved["val"], best_state=saved["best_state"])

@@ -1,0 +1,142 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from gradpilot import GradpilotError, fit
+from gradpilot.accumulation import item_counter, micro_weights, windows
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+
+
+def classification(n):
+    gen = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.randn(n, 6, generator=gen, dtype=torch.float64), torch.randint(0, 3, (n,), generator=gen))
+
+
+def train(model, loader, k, epochs=1, **kw):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return fit(model, opt, kw.pop("loss_fn", nn.CrossEntropyLoss()), loader, epochs=epochs, accumulation_steps=k, **kw)
+
+
+def assert_same_params(a, b, tol=1e-6):
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=tol, rtol=0), name
+
+
+def test_micro_batches_equal_the_large_batch_for_mean_losses():
+    small, large = mlp(), mlp()
+    r_small = train(small, DataLoader(classification(64), batch_size=8), k=4, epochs=2)
+    r_large = train(large, DataLoader(classification(64), batch_size=32), k=1, epochs=2)
+    assert_same_params(small, large)
+    assert r_small.steps == r_large.steps == 4
+    assert r_small.train_losses == pytest.approx(r_large.train_losses, abs=1e-12)
+    assert r_small.effective_batch_size == r_large.effective_batch_size == 32
+
+
+def test_short_last_window_and_short_last_batch_are_stepped_with_their_weight():
+    # 60 items, micro 8: batches 8,8,8,8 | 8,8,8,4 -> windows of 32 and 28 items, like large batches of 32
+    small, large = mlp(), mlp()
+    r = train(small, DataLoader(classification(60), batch_size=8), k=4, epochs=3)
+    train(large, DataLoader(classification(60), batch_size=32), k=1, epochs=3)
+    assert_same_params(small, large)
+    assert r.steps == 6  # 2 windows per epoch, never mixed across epochs
+    # 10 batches with k=4 -> windows 4, 4, 2 batches: the last short window is stepped too
+    small, large = mlp(), mlp()
+    r = train(small, DataLoader(classification(80), batch_size=8), k=4)
+    train(large, DataLoader(classification(80), batch_size=32), k=1)
+    assert r.steps == 3
+    assert_same_params(small, large)
+
+
+class Tagger(nn.Module):
+    """Per-token classification; outputs (batch, classes, time) for CrossEntropyLoss."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(10, 8).double()
+        self.head = nn.Linear(8, 4).double()
+
+    def forward(self, tokens):
+        return self.head(self.embed(tokens)).transpose(1, 2)
+
+
+def padded_sequences(n=32, length=12):
+    gen = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 10, (n, length), generator=gen)
+    labels = torch.randint(0, 4, (n, length), generator=gen)
+    lengths = torch.randint(1, length + 1, (n,), generator=gen)
+    labels[torch.arange(length)[None, :] >= lengths[:, None]] = -100  # padding, very uneven per sequence
+    return TensorDataset(tokens, labels)
+
+
+def test_ignore_index_tokens_are_weighted_by_their_count_not_one_over_k():
+    loss = nn.CrossEntropyLoss(ignore_index=-100)
+    small, large = Tagger(), Tagger()
+    train(small, DataLoader(padded_sequences(), batch_size=4), k=4, loss_fn=loss)
+    train(large, DataLoader(padded_sequences(), batch_size=16), k=1, loss_fn=loss)
+    assert_same_params(small, large)
+    # the naive 1/k average really differs here, so the test above can fail
+    naive = Tagger()
+    opt = torch.optim.SGD(naive.parameters(), lr=0.1, momentum=0.9)
+    for start in (0, 16):
+        for i in range(4):
+            x, y = padded_sequences()[start + 4 * i:start + 4 * i + 4]
+            (loss(naive(x), y) / 4).backward()
+        opt.step()
+        opt.zero_grad()
+    assert max((p - q).abs().max().item() for p, q in zip(naive.parameters(), large.parameters())) > 1e-4
+
+
+def test_user_num_items_for_a_masked_loss():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(48, 6, dtype=torch.float64, generator=gen)
+    y = torch.randn(48, 3, dtype=torch.float64, generator=gen)
+    mask = (torch.rand(48, 3, generator=gen) > 0.6).double()
+    data = TensorDataset(x, y, mask)
+
+    def step_fn(model, batch):
+        xb, yb, mb = batch
+        return ((model(xb) - yb).pow(2) * mb).sum() / mb.sum()
+
+    def num_items(batch):
+        return batch[2].sum()
+
+    results = []
+    for bs, k in ((6, 4), (24, 1)):
+        model = mlp()
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        fit(model, opt, None, DataLoader(data, batch_size=bs), epochs=2, accumulation_steps=k, step_fn=step_fn,
+            num_items=num_items)
+        results.append(model)
+    assert_same_params(*results)
+
+
+def test_windows_and_weights_are_plain_arithmetic():
+    assert [len(w) for w in windows(range(10), 4)] == [4, 4, 2]
+    assert micro_weights([8, 8, 8, 4]) == pytest.approx([8 / 28, 8 / 28, 8 / 28, 4 / 28])
+    assert sum(micro_weights([3, 5])) == pytest.approx(1.0)
+    count = item_counter(nn.CrossEntropyLoss(ignore_index=0), None)
+    assert int(count((torch.zeros(3, 2), torch.tensor([[0, 1], [2, 0], [0, 0]])))) == 2
+    assert item_counter(nn.MSELoss(), None)((torch.zeros(5, 2), torch.zeros(5, 1))) == 5
+    assert item_counter(None, lambda b: 7)(object()) == 7
+
+
+def test_uncountable_batches_and_non_mean_losses_are_clear_errors():
+    count = item_counter(None, None)
+    with pytest.raises(GradpilotError, match="pass num_items"):
+        count({"text": "hello"})
+    with pytest.raises(GradpilotError, match="mean-reduced loss"):
+        item_counter(nn.CrossEntropyLoss(reduction="sum"), None)
+
+
+def test_accumulation_steps_below_one_fails_at_once():
+    model = mlp()
+    with pytest.raises(GradpilotError, match="accumulation_steps must be at least 1"):
+        train(model, DataLoader(classification(16), batch_size=8), k=0)

@@ -1,0 +1,113 @@
+import pytest
+import torch
+from torch import nn
+from torch.optim import lr_scheduler
+from torch.utils.data import DataLoader, TensorDataset
+
+from gradpilot import GradpilotError, fit
+from gradpilot.schedules import BUILDERS, lr_curve, make_schedule, options_of, wrap
+
+STEPS_PER_EPOCH, EPOCHS = 5, 4
+TOTAL = STEPS_PER_EPOCH * EPOCHS
+
+
+def setup(lr=0.1):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(20, 3, generator=gen), torch.randn(20, 1, generator=gen))
+    return model, torch.optim.SGD(model.parameters(), lr=lr), DataLoader(data, batch_size=4)
+
+
+def torch_sequence(build, per_epoch=False, metrics=None):
+    """The LR before each optimizer step when torch's scheduler is driven by hand."""
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.1)
+    sched = build(opt)
+    out = []
+    for i in range(TOTAL):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if not per_epoch:
+            sched.step()
+        elif (i + 1) % STEPS_PER_EPOCH == 0:
+            sched.step(metrics[(i + 1) // STEPS_PER_EPOCH - 1]) if metrics else sched.step()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "build", "per_epoch"),
+    [
+        ("constant", {}, lambda o: lr_scheduler.LambdaLR(o, lambda _: 1.0), False),
+        ("step", {"step_size": 2, "gamma": 0.5}, lambda o: lr_scheduler.StepLR(o, step_size=2, gamma=0.5), True),
+        ("cosine", {"eta_min": 1e-3}, lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=TOTAL, eta_min=1e-3), False),
+        ("cosine", {"T_max": 7}, lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=7), False),
+        ("onecycle", {"pct_start": 0.25}, lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=TOTAL, pct_start=0.25), False),
+        ("onecycle", {"max_lr": 0.5, "div_factor": 10.0, "final_div_factor": 100.0},
+         lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.5, total_steps=TOTAL, div_factor=10.0, final_div_factor=100.0), False),
+        ("warmup_cosine", {"warmup_steps": 4, "eta_min": 1e-4},
+         lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.LinearLR(o, 0.25, 1.0, total_iters=4),
+                                                 lr_scheduler.CosineAnnealingLR(o, T_max=TOTAL - 4, eta_min=1e-4)], [4]), False),
+        ("warmup_cosine", {"warmup_ratio": 0.1},
+         lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.LinearLR(o, 0.5, 1.0, total_iters=2),
+                                                 lr_scheduler.CosineAnnealingLR(o, T_max=TOTAL - 2)], [2]), False),
+    ],
+)
+def test_fit_drives_each_named_schedule_exactly_like_torch(name, options, build, per_epoch):
+    model, opt, loader = setup()
+    result = fit(model, opt, nn.MSELoss(), loader, epochs=EPOCHS, scheduler=name, scheduler_options=options)
+    assert list(result.lrs) == torch_sequence(build, per_epoch)
+    assert lr_curve(name, steps=TOTAL, lr=0.1, steps_per_epoch=STEPS_PER_EPOCH, **options) == torch_sequence(build, per_epoch)
+
+
+def test_plateau_gets_the_validation_metric_each_epoch():
+    model, opt, loader = setup()
+    result = fit(model, opt, nn.MSELoss(), loader, epochs=EPOCHS, scheduler="plateau",
+                 scheduler_options={"patience": 0, "factor": 0.5}, val_loader=loader)
+    expected = torch_sequence(lambda o: lr_scheduler.ReduceLROnPlateau(o, mode="min", patience=0, factor=0.5),
+                              per_epoch=True, metrics=list(result.val_metrics))
+    assert list(result.lrs) == expected
+    # mode follows the metric's direction unless given
+    model, opt, loader = setup()
+    metric = lambda out, y: -nn.functional.mse_loss(out, y).item()  # noqa: E731
+    result = fit(model, opt, nn.MSELoss(), loader, epochs=EPOCHS, scheduler="plateau", val_loader=loader,
+                 metric=metric, higher_is_better=True, scheduler_options={"patience": 1, "min_lr": 0.01})
+    assert result.lrs[0] == 0.1 and min(result.lrs) >= 0.01
+
+
+def test_a_users_own_torch_scheduler_is_driven_too():
+    model, opt, loader = setup()
+    sched = lr_scheduler.ExponentialLR(opt, gamma=0.9)
+    result = fit(model, opt, nn.MSELoss(), loader, epochs=2, scheduler=sched)
+    assert result.lrs == pytest.approx([0.1 * 0.9**i for i in range(10)])
+    model, opt, loader = setup()
+    plateau = lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+    assert wrap(plateau).interval == "epoch" and wrap(plateau).needs_metric
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scheduler": "cosinus"}, "unknown scheduler 'cosinus'; choose one of"),
+        ({"scheduler": "plateau"}, "plateau scheduler .* pass val_loader"),
+        ({"scheduler": "cosine", "scheduler_options": {"gamma": 0.1}}, "takes no option \\['gamma'\\]"),
+        ({"scheduler_options": {"eta_min": 0.1}}, "without a scheduler name"),
+        ({"scheduler": "warmup_cosine", "scheduler_options": {"warmup_steps": 500}}, "warmup must last"),
+        ({"scheduler": 42}, "must be a name"),
+    ],
+)
+def test_bad_scheduler_arguments_fail_at_once(kwargs, message):
+    model, opt, loader = setup()
+    with pytest.raises(GradpilotError, match=message):
+        fit(model, opt, nn.MSELoss(), loader, epochs=1, **kwargs)
+
+
+def test_schedule_helpers():
+    assert set(BUILDERS) == {"constant", "step", "cosine", "plateau", "onecycle", "warmup_cosine"}
+    assert options_of("step") == ["step_size", "gamma"]
+    with pytest.raises(GradpilotError, match="total_steps"):
+        make_schedule("cosine", torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=0)
+    with pytest.raises(GradpilotError, match="one metric per epoch"):
+        lr_curve("plateau", steps=10)
+    curve = lr_curve("plateau", steps=6, steps_per_epoch=2, metrics=[1.0, 1.0, 1.0], patience=0, factor=0.5)
+    assert curve == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4])  # the first metric only sets the best

@@ -1,0 +1,146 @@
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from gradpilot import EarlyStopping, GradpilotError, fit
+from gradpilot.examples import example_task
+from gradpilot.training import evaluate
+
+
+def data(n=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=gen)
+    return TensorDataset(x, (x.sum(1, keepdim=True) > 0).float())
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+
+
+def test_fit_a_task_trains_and_reports_its_history():
+    task = example_task(0)
+    before = evaluate(task.model, task.val_loader(), task.loss_fn, task.metric)
+    result = fit(task, epochs=3)
+    steps = 3 * len(task.train_loader())
+    assert result.steps == len(result.train_losses) == len(result.lrs) == steps
+    assert len(result.val_metrics) == result.epochs_completed == 3
+    assert result.val_metrics[-1] > before + 0.1  # accuracy went up
+    assert result.best_epoch == 1 + max(range(3), key=lambda i: result.val_metrics[i])
+    assert result.best_metric == max(result.val_metrics)
+    assert result.stop_reason == "completed 3 epochs" and result.effective_batch_size == 64
+    assert result.resumed_from_step is None and not result.restored_best
+
+
+def scripted_run(values, stopping, higher_is_better=False):
+    net = model()
+    seen = []
+    epoch = {"i": 0}
+
+    def metric(outputs, targets):
+        return values[epoch["i"]]
+
+    def on_step(step, lr):
+        if step % 2 == 0:  # 2 steps per epoch: the epoch just ended, record its weights for the check
+            seen.append({k: v.clone() for k, v in net.state_dict().items()})
+            epoch["i"] = step // 2 - 1
+
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loader = DataLoader(data(64), batch_size=32)
+    val = DataLoader(data(8, seed=1), batch_size=8)
+    result = fit(net, opt, nn.BCEWithLogitsLoss(), loader, epochs=len(values), val_loader=val, metric=metric,
+                 higher_is_better=higher_is_better, early_stopping=stopping, on_step=on_step)
+    return net, seen, result
+
+
+def test_early_stopping_stops_and_restores_the_best_weights():
+    net, seen, result = scripted_run([3.0, 2.0, 1.0, 1.5, 2.5, 0.5, 0.1], EarlyStopping(patience=2))
+    assert result.epochs_completed == 5 and result.best_epoch == 3
+    assert "early stopping at epoch 5" in result.stop_reason and "epoch 3" in result.stop_reason
+    assert result.restored_best
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, seen[2][k])  # the weights of epoch 3, not of epoch 5
+
+
+def test_min_delta_and_mode():
+    # improvements of 0.05 are not larger than min_delta=0.1: epoch 1 stays best
+    _, _, result = scripted_run([1.0, 0.95, 0.9, 0.85], EarlyStopping(patience=2, min_delta=0.1))
+    assert result.epochs_completed == 3 and result.best_epoch == 1
+    _, _, result = scripted_run([0.1, 0.5, 0.4, 0.3], EarlyStopping(patience=2, mode="max"))
+    assert result.best_epoch == 2 and result.epochs_completed == 4
+    _, _, result = scripted_run([0.1, 0.5, 0.4, 0.3, 0.2], EarlyStopping(patience=2), higher_is_better=True)
+    assert result.best_epoch == 2 and result.epochs_completed == 4
+
+
+def test_early_stopping_rules_are_plain_functions_of_the_history():
+    rule = EarlyStopping(patience=2)
+    assert not rule.should_stop([3, 2, 1])
+    assert rule.should_stop([3, 2, 1, 1, 1])
+    assert rule.best_epoch([float("nan"), 2.0, 3.0]) == 1
+    assert EarlyStopping(patience=1).should_stop([float("nan")])
+    for bad, message in (({"patience": 0}, "patience"), ({"min_delta": -1}, "min_delta"), ({"mode": "up"}, "mode")):
+        with pytest.raises(GradpilotError, match=message):
+            EarlyStopping(**bad)
+
+
+def test_max_grad_norm_on_step_and_device():
+    net = model()
+    start = [p.clone() for p in net.parameters()]
+    calls = []
+    fit(net, torch.optim.SGD(net.parameters(), lr=1.0), nn.BCEWithLogitsLoss(), DataLoader(data(), batch_size=16),
+        epochs=1, max_grad_norm=1e-6, device="cpu", on_step=lambda step, lr: calls.append((step, lr)))
+    moved = sum((p - q).norm() ** 2 for p, q in zip(net.parameters(), start)) ** 0.5
+    assert moved <= 4 * 1e-6 + 1e-7  # four steps of at most lr * 1e-6 each
+    assert calls == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0)]
+
+
+def test_validation_on_dict_batches_and_on_the_loss():
+    class DictData(torch.utils.data.Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            x, y = data(16)[i]
+            return {"x": x, "labels": y}
+
+    class DictModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model()
+
+        def forward(self, x):
+            return self.net(x)
+
+    net = DictModel()
+    loader = DataLoader(DictData(), batch_size=4)
+    acc = lambda out, y: ((out > 0).float() == y).float().mean().item()  # noqa: E731
+    result = fit(net, torch.optim.Adam(net.parameters(), lr=0.01), nn.BCEWithLogitsLoss(), loader, epochs=2,
+                 val_loader=loader, metric=acc, higher_is_better=True)
+    assert all(0 <= v <= 1 for v in result.val_metrics)
+    loss = evaluate(net, loader, nn.BCEWithLogitsLoss())
+    assert loss == pytest.approx(evaluate(net, DataLoader(DictData(), batch_size=16), nn.BCEWithLogitsLoss()), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"epochs": 1, "checkpoint_every": 0}, "checkpoint_every"),
+        ({"epochs": 1, "early_stopping": EarlyStopping()}, "pass val_loader"),
+        ({"epochs": 1, "max_grad_norm": 0.0}, "max_grad_norm"),
+    ],
+)
+def test_bad_fit_arguments_fail_at_once(kwargs, message):
+    net = model()
+    with pytest.raises(GradpilotError, match=message):
+        fit(net, torch.optim.SGD(net.parameters(), lr=0.1), nn.MSELoss(), DataLoader(data(), batch_size=8), **kwargs)
+
+
+def test_missing_optimizer_or_empty_loader():
+    with pytest.raises(GradpilotError, match="needs an optimizer"):
+        fit(model(), None, nn.MSELoss(), DataLoader(data()), epochs=1)
+    net = model()
+    empty = DataLoader(TensorDataset(torch.zeros(0, 4), torch.zeros(0, 1)))
+    with pytest.raises(GradpilotError, match="yielded no batches"):
+        fit(net, torch.optim.SGD(net.parameters(), lr=0.1), nn.MSELoss(), empty, epochs=1)
