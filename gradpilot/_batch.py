@@ -20,7 +20,9 @@ TARGET_KEYS = ("labels", "label", "targets", "target", "y")
 def to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor inside a (nested) batch to ``device``."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return batch if batch.device == device else batch.to(device, non_blocking=True)
+    if type(batch) in (tuple, list):  # the common case, checked before the slower ABC tests below
+        return type(batch)(to_device(v, device) for v in batch)
     if isinstance(batch, Mapping):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
@@ -39,13 +41,15 @@ def model_device(model: nn.Module) -> torch.device:
 
 def _logits(output: Any) -> Any:
     # Hugging Face models return a ModelOutput; the prediction lives in `.logits`.
-    return getattr(output, "logits", output)
+    return output if isinstance(output, torch.Tensor) else getattr(output, "logits", output)
 
 
 def compute_loss(model: nn.Module, batch: Any, loss_fn: LossFn | None, step_fn: StepFn | None) -> torch.Tensor:
     """Forward one batch and return its scalar loss, whatever shape the batch has."""
     if step_fn is not None:
         loss = step_fn(model, batch)
+    elif type(batch) in (tuple, list) and len(batch) == 2:
+        loss = _tuple_loss(model, batch, loss_fn)
     elif isinstance(batch, Mapping):
         key = next((k for k in TARGET_KEYS if k in batch), None)
         if loss_fn is None or key is None:
@@ -61,16 +65,20 @@ def compute_loss(model: nn.Module, batch: Any, loss_fn: LossFn | None, step_fn: 
             inputs = {k: v for k, v in batch.items() if k != key}
             loss = loss_fn(_logits(model(**inputs)), batch[key])
     elif isinstance(batch, (list, tuple)) and len(batch) == 2:
-        if loss_fn is None:
-            raise GradpilotError("loss_fn is None: pass a loss function, or step_fn(model, batch) -> loss")
-        inputs, targets = batch
-        loss = loss_fn(_logits(model(inputs)), targets)
+        loss = _tuple_loss(model, batch, loss_fn)
     else:
         raise GradpilotError(
             f"cannot read a batch of type {type(batch).__name__}: yield (inputs, targets) tuples or dicts "
             f"with a {TARGET_KEYS[0]!r} key, or pass step_fn(model, batch) -> loss"
         )
     return check_scalar(loss)
+
+
+def _tuple_loss(model: nn.Module, batch: Any, loss_fn: LossFn | None) -> torch.Tensor:
+    if loss_fn is None:
+        raise GradpilotError("loss_fn is None: pass a loss function, or step_fn(model, batch) -> loss")
+    inputs, targets = batch
+    return loss_fn(_logits(model(inputs)), targets)
 
 
 def check_scalar(loss: Any) -> torch.Tensor:
@@ -82,7 +90,7 @@ def check_scalar(loss: Any) -> torch.Tensor:
             f"the loss must be a scalar, got a tensor of shape {tuple(loss.shape)}: "
             "use reduction='mean' in the loss function or call .mean() in step_fn"
         )
-    return loss.reshape(())
+    return loss if loss.dim() == 0 else loss.reshape(())
 
 
 def cycle(loader: Any) -> Iterator[Any]:

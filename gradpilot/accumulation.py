@@ -68,6 +68,8 @@ def micro_weights(counts: list[int | torch.Tensor], world_size: int = 1) -> list
     Under data parallel the window's items are summed over all processes, and the shares are multiplied by
     the world size because DDP averages gradients across processes.
     """
+    if len(counts) == 1 and world_size == 1:
+        return [1.0]  # a lone batch's mean is already the window's mean
     total: int | torch.Tensor = sum(counts)  # type: ignore[assignment]
     if world_size > 1:
         reduced = torch.as_tensor(total, dtype=torch.float64, device=comm_device())
@@ -82,9 +84,12 @@ def comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def sync_context(model: nn.Module, last_micro_step: bool) -> contextlib.AbstractContextManager[Any]:
-    """``model.no_sync()`` on the micro-steps that do not step the optimizer, so DDP all-reduces once per window."""
-    no_sync = getattr(model, "no_sync", None)
-    if last_micro_step or no_sync is None:
-        return contextlib.nullcontext()
-    return no_sync()
+def sync_contexts(model: nn.Module) -> Callable[[bool], contextlib.AbstractContextManager[Any]]:
+    """For a window's micro-steps: ``model.no_sync()`` unless it is the last one, so DDP all-reduces once per window."""
+    no_sync = model.no_sync if isinstance(model, nn.parallel.DistributedDataParallel) else None
+    null = contextlib.nullcontext()
+
+    def context(last_micro_step: bool) -> contextlib.AbstractContextManager[Any]:
+        return null if last_micro_step or no_sync is None else no_sync()
+
+    return context

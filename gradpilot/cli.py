@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from gradpilot import scaling, suggest
+from gradpilot import report, scaling, schedules, suggest
 from gradpilot.batch_size import Trial, estimate_noise_scale, find_batch_size
 from gradpilot.errors import GradpilotError
 from gradpilot.examples import example_task
@@ -175,6 +175,45 @@ def find_batch_size_command(
         console.print(f"Gradient noise scale B_simple ≈ {noise.b_simple:,.0f}: an effective batch near "
                       f"{noise.recommended_batch_size} uses data and steps efficiently "
                       f"(`gradpilot plan --target {noise.recommended_batch_size} --max-micro-batch {result.batch_size}`).")
+
+
+def _parse_option(text: str) -> tuple[str, float | int]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise GradpilotError(f"--option takes KEY=VALUE, got {text!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise GradpilotError(f"--option {key} needs a number, got {value!r}") from None
+    return key, int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+
+
+@app.command("schedule")
+def schedule_command(
+    name: Annotated[str, typer.Argument(help=f"one of {', '.join(schedules.BUILDERS)}")],
+    steps: Annotated[int, typer.Option(help="optimizer steps in the run")],
+    lr: Annotated[float, typer.Option(help="the optimizer's base LR")] = 1e-3,
+    steps_per_epoch: Annotated[int, typer.Option(help="for schedules stepped per epoch (step, plateau)")] = 1,
+    option: Annotated[Optional[list[str]], typer.Option(help="schedule option KEY=VALUE, repeatable (e.g. warmup_ratio=0.1)")] = None,
+    metrics: Annotated[Optional[str], typer.Option(help="plateau only: validation metric per epoch, comma-separated")] = None,
+    plot: Annotated[Path, typer.Option("--plot", help="where to write the curve (PNG)")] = Path("schedule.png"),
+) -> None:
+    """Print and plot the LR curve of a named schedule."""
+    try:
+        options = dict(_parse_option(o) for o in option or [])
+        values = None if metrics is None else [float(v) for v in metrics.split(",")]
+        lrs = schedules.lr_curve(name, steps=steps, lr=lr, steps_per_epoch=steps_per_epoch, metrics=values, **options)
+    except (GradpilotError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title=f"{name} over {steps} steps (base LR {lr:g})")
+    table.add_column("step", justify="right")
+    table.add_column("learning rate", justify="right")
+    marks = sorted({0, steps - 1, *(round(i * (steps - 1) / 10) for i in range(11))})
+    for i in marks:
+        table.add_row(str(i), f"{lrs[i]:.4g}")
+    console.print(table)
+    report.plot_schedule(lrs, plot, f"{name} ({', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'})")
+    console.print(f"Curve written to {plot}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

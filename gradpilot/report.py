@@ -44,3 +44,19 @@ def plot_lr_curve(result: LRFinderResult, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_schedule(lrs: list[float], path: Path, title: str) -> Path:
+    """Save an LR schedule (LR against optimizer step) as an image."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot(range(len(lrs)), lrs, color="C0", lw=1.8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gradpilot import _checkpoint, schedules
 from gradpilot._batch import TARGET_KEYS, LossFn, StepFn, compute_loss, model_device, to_device
-from gradpilot.accumulation import NumItems, comm_device, item_counter, micro_weights, sync_context, windows
+from gradpilot.accumulation import NumItems, comm_device, item_counter, micro_weights, sync_contexts, windows
 from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError
 from gradpilot.task import Task
@@ -167,6 +167,7 @@ def fit(
     if schedule is not None and schedule.needs_metric and val_loader is None:
         raise GradpilotError("the plateau scheduler reduces the LR when the validation metric stalls: pass val_loader")
     count = item_counter(loss_fn, num_items)
+    sync_context = sync_contexts(train_model)
     micro = getattr(train_loader, "batch_size", None) or 0
     fingerprint = {"epochs": epochs, "accumulation_steps": accumulation_steps, "batches_per_epoch": batches_per_epoch,
                    "scheduler": repr((scheduler if isinstance(scheduler, str) else type(scheduler).__name__,
@@ -207,15 +208,16 @@ def fit(
                 if w == skip - 1:
                     _checkpoint.set_rng_state(resume["rng"], train_loader)  # type: ignore[index]
                 continue
-            weights = micro_weights([count(b) for b in window], world)
-            window_loss: torch.Tensor | float = 0.0
+            single = len(window) == 1 and world == 1
+            weights = [1.0] if single else micro_weights([count(b) for b in window], world)
+            window_loss: torch.Tensor | None = None
             for j, batch in enumerate(window):
-                with sync_context(train_model, j == len(window) - 1):
+                with sync_context(j == len(window) - 1):
                     loss = compute_loss(train_model, to_device(batch, device), loss_fn, step_fn)
                     # weight = this micro-batch's share of the window's items: the sum equals the large batch's mean
-                    scaled = loss if isinstance(weights[j], float) and weights[j] == 1.0 else loss * weights[j]
+                    scaled = loss if single else loss * weights[j]
                     scaled.backward()
-                window_loss = window_loss + scaled.detach()
+                window_loss = scaled.detach() if window_loss is None else window_loss + scaled.detach()
             if max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(base.parameters(), max_grad_norm)
             run.lrs.append(optimizer.param_groups[0]["lr"])
@@ -223,7 +225,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             if schedule is not None and schedule.interval == "step":
                 schedule.step()
-            epoch_losses.append(torch.as_tensor(window_loss))
+            epoch_losses.append(window_loss)  # type: ignore[arg-type]
             run.step += 1
             run.windows_done = w + 1
             if on_step is not None:

@@ -84,3 +84,24 @@ def test_find_batch_size_memory_budget_and_no_noise_scale():
 def test_find_batch_size_on_cpu_needs_a_limit():
     result = runner.invoke(app, ["find-batch-size"])
     assert result.exit_code == 2 and "give --max-memory-mib or --max-batch-size" in result.output
+
+
+def test_schedule_prints_and_plots_the_curve(tmp_path):
+    png = tmp_path / "s.png"
+    result = runner.invoke(app, ["schedule", "warmup_cosine", "--steps", "100", "--lr", "0.01", "--option",
+                                 "warmup_steps=10", "--option", "eta_min=1e-4", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "0.001" in result.output and "0.0001" in result.output  # first warmup step and the floor
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    result = runner.invoke(app, ["schedule", "plateau", "--steps", "4", "--steps-per-epoch", "2", "--metrics", "1,1",
+                                 "--option", "patience=0", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+
+
+def test_schedule_errors_are_one_line():
+    for args, message in ((["schedule", "cosinus", "--steps", "10"], "unknown scheduler 'cosinus'"),
+                          (["schedule", "cosine", "--steps", "10", "--option", "eta_min"], "KEY=VALUE"),
+                          (["schedule", "cosine", "--steps", "10", "--option", "eta_min=low"], "needs a number"),
+                          (["schedule", "plateau", "--steps", "10"], "one metric per epoch")):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
