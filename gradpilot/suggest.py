@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradpilot._signal import centred_smooth, robust_noise
 from gradpilot.errors import GradpilotError
 
 
@@ -63,14 +64,6 @@ def valley(curve: Curve) -> float:
     return float(x[best_start + int(third) + int(third / 2)])
 
 
-def _centred_smooth(y: np.ndarray, width: float) -> np.ndarray:
-    """Gaussian smoothing over neighbouring points: unlike a moving average it does not lag to the right."""
-    half = math.ceil(3 * width)
-    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / width) ** 2)
-    window = slice(half, half + len(y))  # the centred part of the full convolution, whatever the lengths
-    return np.convolve(y, kernel)[window] / np.convolve(np.ones(len(y)), kernel)[window]
-
-
 def descent_edge(curve: Curve) -> float:
     """gradpilot's rule: read the descent and the edge of stability off a noise-aware fit of the curve.
 
@@ -84,8 +77,8 @@ def descent_edge(curve: Curve) -> float:
     """
     lrs, y = curve.lrs, curve.losses
     width = max(2.0, len(y) / 25)
-    s = _centred_smooth(y, width)
-    noise = 1.4826 * float(np.median(np.abs(y - s))) / math.sqrt(2 * math.sqrt(math.pi) * width)
+    s = centred_smooth(y, width)
+    noise = robust_noise(y, s) / math.sqrt(2 * math.sqrt(math.pi) * width)
     low_i = int(np.argmin(s))
     low = s[low_i]
     edge = lrs[int(np.flatnonzero(s <= low + 3 * noise)[-1])]

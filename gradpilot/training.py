@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gradpilot import _checkpoint, schedules
-from gradpilot._batch import TARGET_KEYS, LossFn, StepFn, compute_loss, model_device, to_device
+from gradpilot._batch import TARGET_KEYS, LossFn, StepFn, _logits, check_scalar, compute_loss, model_device, to_device
 from gradpilot.accumulation import NumItems, comm_device, item_counter, micro_weights, sync_contexts, windows
 from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError
@@ -41,6 +41,8 @@ class FitResult:
     epochs_completed: int
     steps: int
     effective_batch_size: int
+    val_losses: tuple[float, ...] = ()
+    epoch_steps: tuple[int, ...] = ()
     resumed_from_step: int | None = None
     restored_best: bool = False
 
@@ -60,32 +62,40 @@ def evaluate(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn | None, me
              step_fn: StepFn | None = None, num_items: NumItems | None = None,
              device: torch.device | None = None) -> float:
     """Mean validation metric (or loss when ``metric`` is None) over ``loader``, weighted by items per batch."""
+    loss, value = evaluate_both(model, loader, loss_fn, metric, step_fn=step_fn, num_items=num_items, device=device)
+    return loss if metric is None else value  # type: ignore[return-value]
+
+
+def evaluate_both(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn | None, metric: Metric | None = None, *,
+                  step_fn: StepFn | None = None, num_items: NumItems | None = None,
+                  device: torch.device | None = None) -> tuple[float, float | None]:
+    """Validation loss and metric from one pass over ``loader`` (the metric is None when not asked for)."""
     device = device or model_device(model)
     count = item_counter(loss_fn, num_items)
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    items = torch.zeros((), dtype=torch.float64, device=device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss × items, metric × items, items
     with torch.no_grad():
         for batch in loader:
             n = count(batch)
             batch = to_device(batch, device)
-            if metric is None:
-                value = compute_loss(model, batch, loss_fn, step_fn).double()
-            else:
+            if metric is None or step_fn is not None or loss_fn is None:
+                loss = compute_loss(model, batch, loss_fn, step_fn).double()
+                value = torch.zeros((), dtype=torch.float64, device=device)
+            if metric is not None:
                 inputs, targets = _split_batch(batch)
-                out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
-                value = torch.as_tensor(metric(getattr(out, "logits", out), targets), dtype=torch.float64)
-            total += value.to(device) * n
-            items += n
+                out = _logits(model(**inputs) if isinstance(inputs, dict) else model(inputs))
+                if loss_fn is not None and step_fn is None:
+                    loss = check_scalar(loss_fn(out, targets)).double()
+                value = torch.as_tensor(metric(out, targets), dtype=torch.float64, device=device)
+            sums += torch.stack([loss * n, value * n, torch.as_tensor(n, dtype=torch.float64, device=device)])
     model.train(was_training)
     if _world()[0] > 1:
-        both = torch.stack([total, items])
-        dist.all_reduce(both)
-        total, items = both[0], both[1]
-    if items.item() == 0:
+        dist.all_reduce(sums)
+    if sums[2].item() == 0:
         raise GradpilotError("the validation loader yielded no items")
-    return (total / items).item()
+    loss_mean, metric_mean = (sums[:2] / sums[2]).tolist()
+    return loss_mean, (metric_mean if metric is not None else None)
 
 
 def _split_batch(batch: Any) -> tuple[Any, Any]:
@@ -237,9 +247,13 @@ def fit(
         run.epoch += 1
         run.windows_done = 0
         value = None
+        run.epoch_steps.append(run.step)
         if val_loader is not None:
-            value = evaluate(base, val_loader, loss_fn, metric, step_fn=step_fn, num_items=num_items, device=device)
+            val_loss, val_metric = evaluate_both(base, val_loader, loss_fn, metric, step_fn=step_fn,
+                                                 num_items=num_items, device=device)
+            value = val_loss if val_metric is None else val_metric
             run.val.append(value)
+            run.val_losses.append(val_loss)
             log.info("epoch %d: validation %s %.5g", run.epoch, "metric" if metric else "loss", value)
             if early_stopping is not None and early_stopping.best_epoch(run.val, mode) == len(run.val) - 1:
                 run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in base.state_dict().items()}
@@ -261,7 +275,7 @@ def fit(
         train_losses=tuple(run.losses), lrs=tuple(run.lrs), val_metrics=tuple(run.val),
         best_epoch=None if best_index is None else best_index + 1, stop_reason=stop_reason,
         epochs_completed=run.epoch, steps=run.step, effective_batch_size=micro * accumulation_steps * world,
-        resumed_from_step=resumed_from, restored_best=restored,
+        val_losses=tuple(run.val_losses), epoch_steps=tuple(run.epoch_steps), resumed_from_step=resumed_from, restored_best=restored,
     )
 
 
@@ -275,6 +289,8 @@ class _Run:
     losses: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
     val: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    epoch_steps: list[int] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
 
 
@@ -308,7 +324,8 @@ def _snapshot(run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, sch
               loader: Any) -> dict[str, Any]:
     return {
         "fingerprint": fingerprint, "epoch": run.epoch, "windows_done": run.windows_done, "step": run.step,
-        "losses": list(run.losses), "lrs": list(run.lrs), "val": list(run.val), "best_state": run.best_state,
+        "losses": list(run.losses), "lrs": list(run.lrs), "val": list(run.val), "val_losses": list(run.val_losses),
+        "epoch_steps": list(run.epoch_steps), "best_state": run.best_state,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": None if schedule is None else schedule.scheduler.state_dict(),
         "epoch_rng": epoch_rng, "rng": _checkpoint.rng_state(loader),
@@ -323,4 +340,5 @@ def _restore(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Opt
     if schedule is not None and saved["scheduler"] is not None:
         schedule.scheduler.load_state_dict(saved["scheduler"])
     return _Run(epoch=saved["epoch"], windows_done=saved["windows_done"], step=saved["step"],
-                losses=saved["losses"], lrs=saved["lrs"], val=saved["val"], best_state=saved["best_state"])
+                losses=saved["losses"], lrs=saved["lrs"], val=saved["val"], val_losses=saved["val_losses"],
+                epoch_steps=saved["epoch_steps"], best_state=saved["best_state"])

@@ -30,6 +30,10 @@ def test_fit_a_task_trains_and_reports_its_history():
     assert result.best_epoch == 1 + max(range(3), key=lambda i: result.val_metrics[i])
     assert result.best_metric == max(result.val_metrics)
     assert result.stop_reason == "completed 3 epochs" and result.effective_batch_size == 64
+    per_epoch = len(task.train_loader())
+    assert result.epoch_steps == (per_epoch, 2 * per_epoch, 3 * per_epoch)
+    assert len(result.val_losses) == 3 and result.val_losses[-1] < result.val_losses[0]  # the loss alongside the metric
+    assert result.val_losses[-1] == evaluate(task.model, task.val_loader(), task.loss_fn)
     assert result.resumed_from_step is None and not result.restored_best
 
 

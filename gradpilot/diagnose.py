@@ -1,0 +1,325 @@
+"""Say what is wrong with a run and what to change, from its curves.
+
+Each detector is a plain function ``detector(history) -> list[Finding]``; ``diagnose`` runs them all and
+answers the question users ask first: was the learning rate too high, too low, or about right?
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradpilot._signal import centred_smooth, robust_noise
+from gradpilot.history import History
+
+KINDS = ("divergence", "nan", "oscillation", "plateau", "slow_convergence", "overfitting", "underfitting", "healthy")
+TOO_HIGH = ("nan", "divergence", "oscillation")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the run shows, where (``start``–``end`` in ``unit``), the numbers behind it, and what to change.
+
+    ``remedy`` holds the concrete new values under the plan's names (``learning_rate``, ``num_train_epochs``,
+    ``lr_scheduler_type``, ...); ``advice`` says the same in words.
+    """
+
+    kind: str
+    start: float
+    end: float
+    evidence: str
+    confidence: float
+    remedy: dict[str, Any] = field(default_factory=dict)
+    advice: str = ""
+    unit: str = "step"
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape ``gradpilot diagnose --json`` prints."""
+        return {"kind": self.kind, "start": self.start, "end": self.end, "unit": self.unit, "evidence": self.evidence,
+                "confidence": round(self.confidence, 3), "remedy": self.remedy, "advice": self.advice}
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """All findings, and the verdict on the learning rate: ``too high``, ``too low``, ``about right`` or ``unknown``."""
+
+    findings: tuple[Finding, ...]
+    lr_verdict: str
+    lr_reason: str
+
+    @property
+    def kinds(self) -> set[str]:
+        """The kinds found."""
+        return {f.kind for f in self.findings}
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"findings": [...], "learning_rate": {"verdict", "reason"}}``."""
+        return {"findings": [f.to_json() for f in self.findings],
+                "learning_rate": {"verdict": self.lr_verdict, "reason": self.lr_reason}}
+
+
+Detector = Callable[[History], list[Finding]]
+
+
+# --- shared measurements ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Curve:
+    steps: np.ndarray
+    raw: np.ndarray
+    smooth: np.ndarray
+    noise: float  # of one logged point around the trend
+    start: float  # typical loss at the start
+    end: float  # typical loss at the end
+    low: float  # lowest point of the trend
+    low_step: float
+
+    @property
+    def scale(self) -> float:
+        """How far the loss came down: the yardstick for noise and spikes (relative to the loss itself they
+        blow up as the loss nears zero)."""
+        return max(self.start - self.low, 1e-12)
+
+    @property
+    def late_share(self) -> float:
+        """Share of the run's decrease that came in its second half: high when progress, not stability, limits it."""
+        s = self.smooth
+        return float((s[len(s) // 2] - s[-1]) / max(s[0] - s[-1], 1e-12))
+
+    @property
+    def early_jump(self) -> float:
+        """The highest loss in the first tenth of the run, in multiples of the first losses."""
+        head = self.raw[: max(3, len(self.raw) // 10)]
+        return float(np.max(head) / max(abs(float(np.median(self.raw[:3]))), 1e-12))
+
+    @property
+    def spikes(self) -> int:
+        """Points at over three times the trend and half the run's progress above it."""
+        return int(np.sum((self.raw > 3 * np.abs(self.smooth)) & (self.raw - self.smooth > 0.5 * self.scale)))
+
+    @property
+    def moved(self) -> float:
+        """How far the trend came down, as a share of the starting loss."""
+        return (self.start - self.low) / max(abs(self.start), 1e-12)
+
+
+def _curve(values: np.ndarray, steps: np.ndarray) -> _Curve | None:
+    finite = np.isfinite(values)
+    n = int(np.argmin(finite)) if not finite.all() else len(values)
+    if n < 8:
+        return None
+    y, x = values[:n], steps[:n]
+    s = centred_smooth(y, max(2.0, n / 40))
+    edge = max(3, n // 20)
+    low_i = int(np.argmin(s))
+    return _Curve(x, y, s, robust_noise(y, s), float(np.median(y[:edge])), float(np.median(y[-edge:])),
+                  float(s[low_i]), float(x[low_i]))
+
+
+TOO_LOW_SHARE = 1 / 3  # a third of the progress still in the second half: the LR, not stability, limits the run
+
+
+def _lr(history: History) -> tuple[float | None, bool]:
+    """The run's peak LR, and whether it was held constant."""
+    if history.lr is None or not len(history.lr):
+        return None, False
+    v = history.lr.values[np.isfinite(history.lr.values)]
+    if not len(v):
+        return None, False
+    return float(v.max()), bool(v.min() >= 0.99 * v.max())
+
+
+def _fmt(lr: float) -> str:
+    return f"{lr:.2g}"
+
+
+def _lr_remedy(history: History, factor: float) -> tuple[dict[str, Any], str]:
+    peak, _ = _lr(history)
+    if peak is None:
+        verb = "lower" if factor < 1 else "raise"
+        return {}, f"{verb} the learning rate about {max(factor, 1 / factor):.0f}× (the log has no learning rate)"
+    new = float(f"{peak * factor:.2g}")
+    return {"learning_rate": new}, f"lr {_fmt(peak)} → {_fmt(new)}"
+
+
+# --- detectors -------------------------------------------------------------------------------------------------
+def detect_nan(history: History) -> list[Finding]:
+    """A loss that became NaN or infinite."""
+    y, x = history.train_loss.values, history.train_loss.steps
+    bad = np.flatnonzero(~np.isfinite(y))
+    if not len(bad):
+        return []
+    i = int(bad[0])
+    before = f"; the last finite loss was {y[i - 1]:.4g} at step {x[i - 1]:g}" if i > 0 else ""
+    remedy, advice = _lr_remedy(history, 0.1)
+    return [Finding("nan", float(x[i]), float(x[-1]), f"the training loss is {y[i]} from step {x[i]:g}{before}",
+                    1.0, remedy, advice + "; clip gradients (max_grad_norm=1.0)")]
+
+
+def detect_divergence(history: History) -> list[Finding]:
+    """A loss that climbs back above where it started, or gives back most of what it had gained."""
+    c = _curve(history.train_loss.values, history.train_loss.steps)
+    if c is None:
+        return []
+    drop, rise = c.start - c.low, c.end - c.low
+    above_start = c.end > c.start + 2 * c.noise and c.end > c.start * 1.02
+    gave_back = drop > 3 * c.noise and rise > 0.5 * drop
+    if not (above_start or gave_back):
+        return []
+    evidence = (f"loss went from {c.start:.4g} to a low of {c.low:.4g} at step {c.low_step:g}, then rose to "
+                f"{c.end:.4g} by step {c.steps[-1]:g}")
+    confidence = min(1.0, 0.6 + 0.4 * min(1.0, rise / max(abs(drop), c.noise, 1e-12) / 2))
+    remedy, advice = _lr_remedy(history, 0.3)
+    return [Finding("divergence", c.low_step, float(c.steps[-1]), evidence, confidence, remedy,
+                    advice + f"; or restart from the checkpoint near step {c.low_step:g}")]
+
+
+def detect_oscillation(history: History) -> list[Finding]:
+    """A loss that swings far more than minibatch noise explains: early overshoot, heavy noise or big spikes."""
+    c = _curve(history.train_loss.values, history.train_loss.steps)
+    if c is None or c.moved < 0.03 or c.late_share >= TOO_LOW_SHARE or detect_divergence(history):
+        return []  # a loss that never moved is a plateau; one still falling steadily is not oscillating
+    n = len(c.raw)
+    rel_noise = c.noise / c.scale
+    signs = []
+    if c.early_jump > 5:
+        signs.append(f"the loss jumped to {c.early_jump:.0f}× its starting value in the first tenth of the run")
+    if rel_noise >= 0.35:
+        signs.append(f"the step-to-step noise is {rel_noise:.0%} of the whole decrease")
+    if c.spikes >= max(8, n // 50):
+        signs.append(f"{c.spikes} spikes to over three times the trend")
+    if not signs:
+        return []
+    remedy, advice = _lr_remedy(history, 0.5)
+    return [Finding("oscillation", float(c.steps[0]), float(c.steps[-1]), "; ".join(signs), min(1.0, 0.5 + 0.2 * len(signs)),
+                    remedy, advice + " (or a larger batch)")]
+
+
+def detect_plateau(history: History) -> list[Finding]:
+    """A loss that hardly moves from where it started."""
+    c = _curve(history.train_loss.values, history.train_loss.steps)
+    if c is None or detect_divergence(history):
+        return []
+    progress = c.moved
+    if progress > 0.03:
+        return []
+    evidence = f"the loss moved {progress:.1%} over {len(c.raw)} logged steps ({c.start:.4g} → {c.end:.4g})"
+    early_jump = float(np.max(c.raw[: max(3, len(c.raw) // 10)])) > 2 * abs(c.start)
+    remedy, advice = _lr_remedy(history, 0.1 if early_jump else 10.0)
+    why = "an early jump suggests the LR broke the model" if early_jump else "too small an LR barely moves it"
+    return [Finding("plateau", float(c.steps[0]), float(c.steps[-1]), evidence + f"; {why}", 0.7, remedy, advice)]
+
+
+def detect_overfitting(history: History) -> list[Finding]:
+    """Validation loss rising while the training loss keeps falling."""
+    v = history.val_loss
+    if v is None or len(v) < 3:
+        return []
+    y = v.values
+    best = int(np.nanargmin(y)) if np.isfinite(y).any() else -1
+    if best < 0 or best == len(y) - 1:
+        return []
+    rise = (y[-1] - y[best]) / max(abs(y[best]), 1e-12)
+    c = _curve(history.train_loss.values, history.train_loss.steps)
+    if c is None or rise < 0.1 or best >= 0.8 * len(y):
+        return []
+    at_best = float(np.interp(v.steps[best], c.steps, c.smooth))
+    train_end = float(c.smooth[-1])
+    if train_end - at_best > 0.1 * c.scale:  # the training loss rose too: that is divergence, not overfitting
+        return []
+    epoch = best + 1
+    evidence = (f"validation loss was lowest ({y[best]:.4g}) at evaluation {epoch} (step {v.steps[best]:g}) and rose "
+                f"{rise:.0%} to {y[-1]:.4g}, while the training loss fell from {at_best:.4g} to {train_end:.4g}")
+    return [Finding("overfitting", float(v.steps[best]), float(v.steps[-1]), evidence, min(1.0, 0.5 + rise),
+                    {"num_train_epochs": epoch}, f"stop at epoch {epoch}, where validation loss was lowest "
+                    "(or use early stopping, more data, or regularisation)", unit="step")]
+
+
+def detect_underfitting(history: History) -> list[Finding]:
+    """Validation still improving when the run ended: it stopped too soon."""
+    v = history.val_loss
+    if v is None or len(v) < 3 or not np.isfinite(v.values).all():
+        return []
+    y = v.values
+    total = y[0] - y.min()
+    last = y[-2] - y[-1]
+    if total <= 0 or int(np.argmin(y)) != len(y) - 1 or last < 0.1 * total:
+        return []
+    epochs = len(y)
+    evidence = (f"validation loss was still falling at the end: {y[-2]:.4g} → {y[-1]:.4g} in the last evaluation, "
+                f"{last / total:.0%} of its whole improvement")
+    c = _curve(history.train_loss.values, history.train_loss.steps)
+    if c is not None and c.late_share >= TOO_LOW_SHARE:
+        remedy, advice = _lr_remedy(history, 3.0)
+        evidence += f"; {c.late_share:.0%} of the training loss's decrease came in the second half"
+        return [Finding("underfitting", float(v.steps[-2]), float(v.steps[-1]), evidence, 0.7, remedy,
+                        advice + f", or train longer ({epochs} → {2 * epochs} epochs)")]
+    return [Finding("underfitting", float(v.steps[-2]), float(v.steps[-1]), evidence, 0.6,
+                    {"num_train_epochs": 2 * epochs}, f"train longer: {epochs} → {2 * epochs} epochs")]
+
+
+def detect_slow_convergence(history: History) -> list[Finding]:
+    """A constant LR whose loss has stopped falling and bounces at a noise floor: decay would lower the floor."""
+    peak, constant = _lr(history)
+    c = _curve(history.train_loss.values, history.train_loss.steps)
+    if c is None or not constant or c.moved < 0.03 or detect_divergence(history) or detect_oscillation(history):
+        return []
+    n = len(c.smooth)
+    rel_noise = c.noise / c.scale
+    if c.late_share >= 0.15 or rel_noise < 0.12:
+        return []
+    start = float(c.steps[n // 2])
+    floor = peak / 100 if peak is not None else None
+    evidence = (f"the LR stayed at {_fmt(peak) if peak else '?'}; over the second half the loss trend moved "
+                f"{c.late_share:.0%} of its decrease while steps scatter {rel_noise:.0%} of it around the trend")
+    advice = f"add cosine decay to {_fmt(floor) if floor else 'lr/100'} over the last {int(c.steps[-1] - start)} steps"
+    return [Finding("slow_convergence", start, float(c.steps[-1]), evidence, 0.5, {"lr_scheduler_type": "cosine"}, advice)]
+
+
+DETECTORS: dict[str, Detector] = {
+    "nan": detect_nan,
+    "divergence": detect_divergence,
+    "oscillation": detect_oscillation,
+    "plateau": detect_plateau,
+    "overfitting": detect_overfitting,
+    "underfitting": detect_underfitting,
+    "slow_convergence": detect_slow_convergence,
+}
+
+
+def diagnose(history: History) -> Diagnosis:
+    """Run every detector on ``history``; a run with nothing wrong gets one ``healthy`` finding."""
+    findings: list[Finding] = []
+    for detector in DETECTORS.values():
+        findings.extend(detector(history))
+    kinds = {f.kind for f in findings}
+    if "nan" in kinds:  # a NaN run's other symptoms are the NaN's
+        findings = [f for f in findings if f.kind in ("nan", "divergence")]
+    verdict, reason = _lr_verdict(history, findings)
+    if not findings:
+        c = _curve(history.train_loss.values, history.train_loss.steps)
+        end = float(history.train_loss.steps[-1])
+        evidence = "" if c is None else f"the loss fell from {c.start:.4g} to {c.end:.4g} and settled"
+        findings.append(Finding("healthy", float(history.train_loss.steps[0]), end, evidence, 0.6, {}, "keep going"))
+    return Diagnosis(tuple(findings), verdict, reason)
+
+
+def _lr_verdict(history: History, findings: list[Finding]) -> tuple[str, str]:
+    peak, _ = _lr(history)
+    named = f" ({_fmt(peak)})" if peak is not None else ""
+    high = [f for f in findings if f.kind in TOO_HIGH or (f.kind == "plateau" and f.remedy.get("learning_rate", 1e9) < (peak or 0))]
+    if high:
+        return "too high", f"the learning rate{named} is too high: {high[0].kind} — {high[0].evidence}"
+    low = [f for f in findings if f.kind == "plateau" or (f.kind == "underfitting" and "learning_rate" in f.remedy)]
+    if low:
+        return "too low", f"the learning rate{named} is too low: {low[0].evidence}"
+    c = _curve(history.train_loss.values, history.train_loss.steps)
+    if c is not None and c.late_share >= TOO_LOW_SHARE and not findings:
+        return "too low", (f"the learning rate{named} is too low: {c.late_share:.0%} of the loss's decrease came in "
+                           "the second half — it is still falling about as fast as it was")
+    if peak is None:
+        return "unknown", "the log has no learning-rate column, so the verdict rests on the loss alone: no LR problem seen"
+    return "about right", f"the learning rate{named} shows none of the signs of too high or too low"
