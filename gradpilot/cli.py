@@ -216,6 +216,37 @@ def schedule_command(
     console.print(f"Curve written to {plot}")
 
 
+@app.command("diagnose")
+def diagnose_command(
+    path: Annotated[Path, typer.Argument(help="a log file or run folder: CSV, JSON lines, TensorBoard, trainer_state.json")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="write the curves with the findings marked (PNG)")] = None,
+) -> None:
+    """Say what went wrong in a run and what to change, from its log."""
+    from gradpilot.diagnose import diagnose
+    from gradpilot.logs import read_log
+
+    try:
+        history = read_log(path)
+        result = diagnose(history)
+        if plot is not None:
+            report.plot_diagnosis(history, result, plot)
+    except GradpilotError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(result.to_json()))
+        return
+    table = Table(title=f"Diagnosis of {history.source}", show_lines=True)
+    for col in ("finding", "where", "evidence", "confidence", "what to change"):
+        table.add_column(col, overflow="fold")
+    for f in result.findings:
+        table.add_row(f.kind, f"{f.unit} {f.start:g}–{f.end:g}", f.evidence, f"{f.confidence:.0%}", f.advice)
+    console.print(table)
+    console.print(f"[bold]Learning rate {result.lr_verdict}.[/] {result.lr_reason}")
+    if plot is not None:
+        console.print(f"Curves written to {plot}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

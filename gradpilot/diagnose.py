@@ -102,8 +102,9 @@ class _Curve:
 
     @property
     def moved(self) -> float:
-        """How far the trend came down, as a share of the starting loss."""
-        return (self.start - self.low) / max(abs(self.start), 1e-12)
+        """How far the loss came down from start to end (medians of the first and last twentieth: unlike the
+        trend's lowest point, neither is pulled down by noise), as a share of the starting loss."""
+        return max(0.0, self.start - self.end) / max(abs(self.start), 1e-12)
 
 
 def _curve(values: np.ndarray, steps: np.ndarray) -> _Curve | None:
@@ -178,17 +179,16 @@ def detect_divergence(history: History) -> list[Finding]:
 
 
 def detect_oscillation(history: History) -> list[Finding]:
-    """A loss that swings far more than minibatch noise explains: early overshoot, heavy noise or big spikes."""
+    """A loss that swings far more than minibatch noise explains: an early overshoot, or many big spikes.
+
+    (Noise that is large next to the progress made is no sign: a too-small LR makes little progress too.)"""
     c = _curve(history.train_loss.values, history.train_loss.steps)
     if c is None or c.moved < 0.03 or c.late_share >= TOO_LOW_SHARE or detect_divergence(history):
         return []  # a loss that never moved is a plateau; one still falling steadily is not oscillating
     n = len(c.raw)
-    rel_noise = c.noise / c.scale
     signs = []
     if c.early_jump > 5:
         signs.append(f"the loss jumped to {c.early_jump:.0f}× its starting value in the first tenth of the run")
-    if rel_noise >= 0.35:
-        signs.append(f"the step-to-step noise is {rel_noise:.0%} of the whole decrease")
     if c.spikes >= max(8, n // 50):
         signs.append(f"{c.spikes} spikes to over three times the trend")
     if not signs:
@@ -228,11 +228,11 @@ def detect_overfitting(history: History) -> list[Finding]:
         return []
     at_best = float(np.interp(v.steps[best], c.steps, c.smooth))
     train_end = float(c.smooth[-1])
-    if train_end - at_best > 0.1 * c.scale:  # the training loss rose too: that is divergence, not overfitting
+    if train_end > at_best * 1.5 or train_end - at_best > 0.1 * c.scale:  # training loss rose too: not overfitting
         return []
     epoch = best + 1
     evidence = (f"validation loss was lowest ({y[best]:.4g}) at evaluation {epoch} (step {v.steps[best]:g}) and rose "
-                f"{rise:.0%} to {y[-1]:.4g}, while the training loss fell from {at_best:.4g} to {train_end:.4g}")
+                f"{rise:.0%} to {y[-1]:.4g}, while the training loss went from {at_best:.4g} to {train_end:.4g}")
     return [Finding("overfitting", float(v.steps[best]), float(v.steps[-1]), evidence, min(1.0, 0.5 + rise),
                     {"num_train_epochs": epoch}, f"stop at epoch {epoch}, where validation loss was lowest "
                     "(or use early stopping, more data, or regularisation)", unit="step")]
@@ -252,9 +252,10 @@ def detect_underfitting(history: History) -> list[Finding]:
     evidence = (f"validation loss was still falling at the end: {y[-2]:.4g} → {y[-1]:.4g} in the last evaluation, "
                 f"{last / total:.0%} of its whole improvement")
     c = _curve(history.train_loss.values, history.train_loss.steps)
-    if c is not None and c.late_share >= TOO_LOW_SHARE:
+    if c is not None and (c.late_share >= TOO_LOW_SHARE or c.moved < 0.3):
         remedy, advice = _lr_remedy(history, 3.0)
-        evidence += f"; {c.late_share:.0%} of the training loss's decrease came in the second half"
+        evidence += (f"; {c.late_share:.0%} of the training loss's decrease came in the second half"
+                     if c.late_share >= TOO_LOW_SHARE else f"; the training loss fell only {c.moved:.0%} in the whole run")
         return [Finding("underfitting", float(v.steps[-2]), float(v.steps[-1]), evidence, 0.7, remedy,
                         advice + f", or train longer ({epochs} → {2 * epochs} epochs)")]
     return [Finding("underfitting", float(v.steps[-2]), float(v.steps[-1]), evidence, 0.6,
@@ -262,10 +263,10 @@ def detect_underfitting(history: History) -> list[Finding]:
 
 
 def detect_slow_convergence(history: History) -> list[Finding]:
-    """A constant LR whose loss has stopped falling and bounces at a noise floor: decay would lower the floor."""
+    """A constant LR whose loss came well down, stopped falling and bounces at a noise floor: decay lowers the floor."""
     peak, constant = _lr(history)
     c = _curve(history.train_loss.values, history.train_loss.steps)
-    if c is None or not constant or c.moved < 0.03 or detect_divergence(history) or detect_oscillation(history):
+    if c is None or not constant or c.moved < 0.3 or detect_divergence(history) or detect_oscillation(history):
         return []
     n = len(c.smooth)
     rel_noise = c.noise / c.scale

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from gradpilot.diagnose import Diagnosis
+    from gradpilot.history import History
     from gradpilot.lr_finder import LRFinderResult
 
 
@@ -55,6 +57,46 @@ def plot_schedule(lrs: list[float], path: Path, title: str) -> Path:
     ax.set_ylabel("learning rate")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_diagnosis(history: History, diagnosis: Diagnosis, path: Path) -> Path:
+    """Save the run's curves (train and validation loss, LR) with each finding's span shaded and named."""
+    import numpy as np
+
+    from gradpilot._signal import centred_smooth
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    t = history.train_loss
+    ax.plot(t.steps, t.values, color="0.75", lw=0.7, label="train loss")
+    finite = np.isfinite(t.values)
+    if finite.sum() > 8:
+        ax.plot(t.steps[finite], centred_smooth(t.values[finite], max(2.0, finite.sum() / 40)), color="C0", lw=1.8,
+                label="train loss (trend)")
+    if history.val_loss is not None:
+        ax.plot(history.val_loss.steps, history.val_loss.values, "o-", color="C1", lw=1.5, label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if finite.any():
+        lo, hi = np.nanpercentile(t.values[finite], [1, 99])
+        ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo))
+    colours = {"divergence": "C3", "nan": "C3", "oscillation": "C4", "plateau": "C7", "slow_convergence": "C8",
+               "overfitting": "C1", "underfitting": "C9", "healthy": "C2"}
+    for i, f in enumerate(diagnosis.findings):
+        ax.axvspan(f.start, max(f.end, f.start + 1e-9), color=colours.get(f.kind, "C5"), alpha=0.12)
+        ax.annotate(f.kind, xy=(f.start, 1.0 - 0.06 * i), xycoords=("data", "axes fraction"), fontsize=8,
+                    color=colours.get(f.kind, "C5"), va="top")
+    if history.lr is not None:
+        lr_ax = ax.twinx()
+        lr_ax.plot(history.lr.steps, history.lr.values, color="C2", lw=1, ls="--", label="learning rate")
+        lr_ax.set_ylabel("learning rate")
+    ax.set_title(f"learning rate {diagnosis.lr_verdict}: " + ", ".join(sorted(diagnosis.kinds)), fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

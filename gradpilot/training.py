@@ -19,6 +19,7 @@ from gradpilot._batch import TARGET_KEYS, LossFn, StepFn, _logits, check_scalar,
 from gradpilot.accumulation import NumItems, comm_device, item_counter, micro_weights, sync_contexts, windows
 from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError
+from gradpilot.monitor import Monitor, Snapshot, scale_lr
 from gradpilot.task import Task
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class FitResult:
     epoch_steps: tuple[int, ...] = ()
     resumed_from_step: int | None = None
     restored_best: bool = False
+    findings: tuple[Any, ...] = ()  # what a Monitor raised while training (gradpilot.diagnose.Finding)
+    actions: tuple[Any, ...] = ()  # what its autopilot did (gradpilot.monitor.Action)
 
     @property
     def best_metric(self) -> float | None:
@@ -130,6 +133,7 @@ def fit(
     max_grad_norm: float | None = None,
     device: str | torch.device | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    monitor: Monitor | None = None,
 ) -> FitResult:
     """Train for ``epochs`` with exact gradient accumulation, a schedule, validation, early stopping and resume.
 
@@ -137,7 +141,9 @@ def fit(
     ``scheduler`` is a name from ``schedules.BUILDERS`` (options in ``scheduler_options``) or a torch scheduler.
     With ``checkpoint_dir`` the run saves every epoch (and every ``checkpoint_every`` optimizer steps) and
     a run started again with the same arguments continues where the last checkpoint left off.
-    ``on_step(step, lr)`` is called after every optimizer step.
+    ``on_step(step, lr)`` is called after every optimizer step. A ``Monitor`` watches the run and raises
+    findings; with ``autopilot=True`` fit acts on them (lower the LR on oscillation, roll back to the last
+    good state and lower it on divergence or NaN, stop and restore the best weights on overfitting).
     """
     if isinstance(model, Task):
         task = model
@@ -200,6 +206,11 @@ def fit(
             _checkpoint.save(state, ckpt_dir)
 
     stop_reason = f"completed {epochs} epochs"
+    autopilot = monitor is not None and monitor.autopilot
+    keep_best = early_stopping is not None or autopilot
+    good = Snapshot()
+    if autopilot:
+        good.take(run.step, base, optimizer)
     base.train()
     while run.epoch < epochs:
         skip = 0
@@ -240,6 +251,10 @@ def fit(
             run.windows_done = w + 1
             if on_step is not None:
                 on_step(run.step, run.lrs[-1])
+            if monitor is not None:
+                new = monitor.update(run.step, window_loss, run.lrs[-1])  # type: ignore[arg-type]
+                if autopilot:
+                    _steer(new, monitor, good, run.step, base, optimizer, schedule)
             if checkpoint_every is not None and run.step % checkpoint_every == 0:
                 checkpoint(epoch_rng, epoch_losses)
         resume = None
@@ -255,11 +270,17 @@ def fit(
             run.val.append(value)
             run.val_losses.append(val_loss)
             log.info("epoch %d: validation %s %.5g", run.epoch, "metric" if metric else "loss", value)
-            if early_stopping is not None and early_stopping.best_epoch(run.val, mode) == len(run.val) - 1:
+            if keep_best and (early_stopping or EarlyStopping()).best_epoch(run.val, mode) == len(run.val) - 1:
                 run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in base.state_dict().items()}
         if schedule is not None and schedule.interval == "epoch":
             schedule.step(value)
         checkpoint(epoch_rng, [])
+        if monitor is not None and val_loader is not None:
+            overfit = monitor.end_epoch(run.step, run.val_losses[-1])
+            if autopilot and overfit:
+                monitor.record(run.step, "overfitting", f"stopped after epoch {run.epoch}: {overfit[0].evidence}")
+                stop_reason = f"autopilot stopped at epoch {run.epoch}: overfitting"
+                break
         if early_stopping is not None and early_stopping.should_stop(run.val, mode):
             best = early_stopping.best_epoch(run.val, mode)
             stop_reason = (f"early stopping at epoch {run.epoch}: no improvement in the validation metric for "
@@ -267,7 +288,7 @@ def fit(
                            if best is not None else f"early stopping at epoch {run.epoch}: validation metric not finite")
             break
 
-    restored = early_stopping is not None and run.best_state is not None
+    restored = keep_best and run.best_state is not None
     if restored:
         base.load_state_dict(run.best_state)  # type: ignore[arg-type]
     best_index = (early_stopping or EarlyStopping()).best_epoch(run.val, mode) if run.val else None
@@ -275,8 +296,30 @@ def fit(
         train_losses=tuple(run.losses), lrs=tuple(run.lrs), val_metrics=tuple(run.val),
         best_epoch=None if best_index is None else best_index + 1, stop_reason=stop_reason,
         epochs_completed=run.epoch, steps=run.step, effective_batch_size=micro * accumulation_steps * world,
-        val_losses=tuple(run.val_losses), epoch_steps=tuple(run.epoch_steps), resumed_from_step=resumed_from, restored_best=restored,
+        val_losses=tuple(run.val_losses), epoch_steps=tuple(run.epoch_steps), resumed_from_step=resumed_from,
+        restored_best=restored,
+        findings=tuple(monitor.findings) if monitor else (), actions=tuple(monitor.actions) if monitor else (),
     )
+
+
+def _steer(new: list[Any], monitor: Monitor, good: Snapshot, step: int, model: nn.Module,
+           optimizer: torch.optim.Optimizer, schedule: schedules.Schedule | None) -> None:
+    """The autopilot: act on new findings; after a clean check, remember the state as good."""
+    checked = len(monitor.steps) % monitor.check_every == 0
+    sched = schedule.scheduler if schedule is not None else None
+    for finding in new:
+        if finding.kind in ("nan", "divergence"):
+            back = good.step
+            restored = good.restore(model, optimizer)
+            before, after = scale_lr(optimizer, sched, monitor.lr_factor_divergence)
+            where = f"rolled back to step {back}" if restored else "no good state to roll back to"
+            monitor.record(step, finding.kind, f"{finding.kind}: {where}, lr {before:.3g} → {after:.3g}")
+            return
+        if finding.kind == "oscillation":
+            before, after = scale_lr(optimizer, sched, monitor.lr_factor_oscillation)
+            monitor.record(step, finding.kind, f"oscillation: lr {before:.3g} → {after:.3g}")
+    if checked and not new:
+        good.take(step, model, optimizer)
 
 
 @dataclass

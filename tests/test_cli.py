@@ -105,3 +105,43 @@ def test_schedule_errors_are_one_line():
                           (["schedule", "plateau", "--steps", "10"], "one metric per epoch")):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)
+
+
+def write_run_csv(path, diverge=False):
+    import math
+
+    rows = ["step,train_loss,val_loss,lr"]
+    for s in range(300):
+        loss = 2.0 * math.exp(-s / 40) + 0.2 + 0.02 * math.sin(s)
+        if diverge and s > 150:
+            loss *= math.exp((s - 150) / 20)
+        rows.append(f"{s},{loss},{0.3 if s % 50 == 49 else ''},0.001")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_diagnose_prints_findings_and_the_lr_verdict(tmp_path):
+    path = write_run_csv(tmp_path / "run.csv", diverge=True)
+    png = tmp_path / "d.png"
+    result = runner.invoke(app, ["diagnose", str(path), "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "divergence" in result.output and "Learning rate too high" in result.output
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_diagnose_json_uses_the_plan_names(tmp_path):
+    result = runner.invoke(app, ["diagnose", str(write_run_csv(tmp_path / "run.csv", diverge=True)), "--json"])
+    out = json.loads(result.stdout)
+    finding = next(f for f in out["findings"] if f["kind"] == "divergence")
+    assert set(finding) >= {"kind", "start", "end", "evidence", "confidence", "remedy"}
+    assert finding["remedy"] == {"learning_rate": 0.0003}
+    assert out["learning_rate"]["verdict"] == "too high"
+
+
+def test_diagnose_a_corrupt_log_is_one_line_naming_file_and_line(tmp_path):
+    path = tmp_path / "broken.csv"
+    path.write_text("step,loss\n1,2.0\n2,1.9,7\n")
+    result = runner.invoke(app, ["diagnose", str(path)])
+    assert result.exit_code == 2
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and "broken.csv:3:" in lines[0] and "Traceback" not in result.output

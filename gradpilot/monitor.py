@@ -1,0 +1,160 @@
+"""Watch a run while it trains: one call per step raises findings as they appear; with ``autopilot`` the
+training loop applies the remedy (lower the LR, roll back a divergence, stop on overfitting)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradpilot.diagnose import (Diagnosis, Finding, detect_divergence, detect_nan, detect_oscillation, detect_overfitting,
+                                diagnose)
+from gradpilot.errors import GradpilotError
+from gradpilot.history import History, Series
+
+log = logging.getLogger(__name__)
+
+LIVE_DETECTORS = (detect_nan, detect_divergence, detect_oscillation)
+
+
+@dataclass(frozen=True)
+class Action:
+    """Something the autopilot did, and why."""
+
+    step: int
+    kind: str
+    description: str
+
+
+class Monitor:
+    """Collects loss, LR and validation loss as training runs and checks them every ``check_every`` steps.
+
+    ``update(step, loss, lr)`` once per optimizer step (``loss`` may stay a tensor: it is read only at checks,
+    so there is no host sync per step), ``end_epoch(step, val_loss)`` after each validation. Both return
+    the findings that are new. ``on_finding`` is called with each. With ``autopilot=True``, ``gradpilot.fit``
+    acts on them.
+    """
+
+    def __init__(self, *, check_every: int = 25, autopilot: bool = False,
+                 on_finding: Callable[[Finding], None] | None = None, lr_factor_oscillation: float = 0.5,
+                 lr_factor_divergence: float = 0.3) -> None:
+        if check_every < 1:
+            raise GradpilotError(f"check_every must be at least 1, got {check_every=}")
+        for name, value in (("lr_factor_oscillation", lr_factor_oscillation), ("lr_factor_divergence", lr_factor_divergence)):
+            if not 0 < value < 1:
+                raise GradpilotError(f"{name} must be between 0 and 1, got {value}")
+        self.check_every = check_every
+        self.autopilot = autopilot
+        self.on_finding = on_finding
+        self.lr_factor_oscillation = lr_factor_oscillation
+        self.lr_factor_divergence = lr_factor_divergence
+        self.steps: list[int] = []
+        self.losses: list[Any] = []
+        self.lrs: list[float] = []
+        self.val_steps: list[int] = []
+        self.val_losses: list[float] = []
+        self.findings: list[Finding] = []
+        self.actions: list[Action] = []
+        self._since = 0  # detectors look at the steps after the last action only
+        self._raised: set[str] = set()
+
+    def update(self, step: int, loss: float | torch.Tensor, lr: float | None = None) -> list[Finding]:
+        """Record one optimizer step; every ``check_every`` steps run the live detectors."""
+        self.steps.append(step)
+        self.losses.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        self.lrs.append(float("nan") if lr is None else lr)
+        if len(self.steps) % self.check_every:
+            return []
+        return self._check(LIVE_DETECTORS)
+
+    def end_epoch(self, step: int, val_loss: float) -> list[Finding]:
+        """Record a validation loss; check for overfitting."""
+        self.val_steps.append(step)
+        self.val_losses.append(val_loss)
+        return self._check((detect_overfitting,))
+
+    def history(self, since: int = 0) -> History:
+        """The run so far as a ``History`` (from the ``since``-th recorded step)."""
+        values = np.array([float(v) for v in self.losses[since:]], float)
+        steps = np.array(self.steps[since:], float)
+        lrs = np.array(self.lrs[since:], float)
+        val = Series(np.array(self.val_steps, float), np.array(self.val_losses, float)) if self.val_steps else None
+        return History(Series(steps, values), val_loss=val,
+                       lr=Series(steps, lrs) if np.isfinite(lrs).any() else None, source="monitor")
+
+    def diagnosis(self) -> Diagnosis:
+        """A full diagnosis of everything recorded so far."""
+        return diagnose(self.history())
+
+    def record(self, step: int, kind: str, description: str) -> None:
+        """Note an action taken on a finding; later checks look only at what comes after it."""
+        self.actions.append(Action(step, kind, description))
+        log.warning("autopilot at step %d: %s", step, description)
+        self._since = len(self.steps)
+        self._raised.discard(kind)
+
+    def _check(self, detectors: tuple[Callable[[History], list[Finding]], ...]) -> list[Finding]:
+        if len(self.steps) - self._since < max(8, 2 * self.check_every if self.actions else 0):
+            return []  # after an action, give the change two check intervals before judging again
+        history = self.history(self._since)
+        new = []
+        for detector in detectors:
+            for finding in detector(history):
+                if finding.kind not in self._raised:
+                    self._raised.add(finding.kind)
+                    new.append(finding)
+        for finding in new:
+            self.findings.append(finding)
+            if self.on_finding is not None:
+                self.on_finding(finding)
+        return new
+
+
+def scale_lr(optimizer: torch.optim.Optimizer, scheduler: Any, factor: float) -> tuple[float, float]:
+    """Multiply the LR by ``factor`` everywhere it lives: param groups and the scheduler's base LRs."""
+    before = optimizer.param_groups[0]["lr"]
+    for group in optimizer.param_groups:
+        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+            if key in group:
+                group[key] *= factor
+    stack = [scheduler] if scheduler is not None else []
+    while stack:
+        sched = stack.pop()
+        if hasattr(sched, "base_lrs"):
+            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+        if hasattr(sched, "_last_lr"):
+            sched._last_lr = [g["lr"] for g in optimizer.param_groups]
+        stack.extend(getattr(sched, "_schedulers", []))
+    return before, optimizer.param_groups[0]["lr"]
+
+
+class Snapshot:
+    """The last known-good model and optimizer state, for rolling back a divergence."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self._model: dict[str, torch.Tensor] | None = None
+        self._optimizer: dict[str, Any] | None = None
+
+    def take(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Remember the current state as good."""
+        self.step = step
+        self._model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._optimizer = copy.deepcopy(optimizer.state_dict())
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+        """Put the remembered state back; False when there is none."""
+        if self._model is None or self._optimizer is None:
+            return False
+        lrs = [g["lr"] for g in optimizer.param_groups]  # keep the (lowered) LRs, not the old ones
+        model.load_state_dict(self._model)
+        optimizer.load_state_dict(copy.deepcopy(self._optimizer))
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+        return True

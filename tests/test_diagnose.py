@@ -1,0 +1,147 @@
+"""Each kind of finding on a real short training run, plus the edge cases noise must not fool."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from gradpilot import History, diagnose, fit
+from gradpilot.diagnose import DETECTORS, KINDS
+from gradpilot.history import Series
+
+
+def regression(n, seed=0, noise=0.1):
+    """Inputs drawn by ``seed``; the same linear target for every seed, so validation data matches training."""
+    w = torch.randn(10, 1, generator=torch.Generator().manual_seed(1234))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 10, generator=g)
+    return TensorDataset(x, x @ w + noise * torch.randn(n, 1, generator=g))
+
+
+def classification(n, seed=0, flip=0.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 10, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    flipped = torch.rand(n, generator=g) < flip
+    y[flipped] = 1 - y[flipped]
+    return TensorDataset(x, y)
+
+
+def mlp(out=1, width=32, depth=1):
+    torch.manual_seed(0)
+    layers = [nn.Linear(10, width), nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(width, out))
+
+
+def run(model, opt, loss, train, val, epochs, batch=32):
+    loader = DataLoader(train, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(0))
+    result = fit(model, opt, loss, loader, epochs=epochs, val_loader=DataLoader(val, batch_size=256))
+    return diagnose(History.from_fit(result))
+
+
+def test_a_too_high_lr_really_diverges_and_is_found():
+    m = mlp(2, 64)
+    d = run(m, torch.optim.SGD(m.parameters(), lr=1.0, momentum=0.9), nn.CrossEntropyLoss(), classification(1024),
+            classification(256, 1), 4)
+    assert "divergence" in d.kinds and d.lr_verdict == "too high"
+    finding = next(f for f in d.findings if f.kind == "divergence")
+    assert finding.remedy == {"learning_rate": 0.3} and "lr 1 → 0.3" in finding.advice
+    assert "rose to" in finding.evidence and finding.start < finding.end
+
+
+def test_nan_is_found_with_the_step_it_started():
+    m = mlp()
+    d = run(m, torch.optim.SGD(m.parameters(), lr=0.6), nn.MSELoss(), regression(512), regression(256, 1), 4)
+    assert d.kinds == {"nan"} and d.lr_verdict == "too high"
+    assert d.findings[0].remedy["learning_rate"] == pytest.approx(0.06) and "max_grad_norm" in d.findings[0].advice
+
+
+def test_oscillation_from_an_adam_lr_far_too_high():
+    m = mlp(2, 64)
+    d = run(m, torch.optim.Adam(m.parameters(), lr=0.3), nn.CrossEntropyLoss(), classification(1024),
+            classification(256, 1), 4)
+    assert "oscillation" in d.kinds and d.lr_verdict == "too high"
+    assert next(f for f in d.findings if f.kind == "oscillation").remedy == {"learning_rate": 0.15}
+
+
+def test_plateau_when_the_lr_is_far_too_low():
+    m = mlp()
+    d = run(m, torch.optim.SGD(m.parameters(), lr=1e-7), nn.MSELoss(), regression(512), regression(256, 1), 4)
+    assert "plateau" in d.kinds and d.lr_verdict == "too low"
+    assert next(f for f in d.findings if f.kind == "plateau").remedy == {"learning_rate": 1e-6}
+
+
+def test_underfitting_with_a_low_lr_says_raise_it():
+    m = mlp()
+    d = run(m, torch.optim.SGD(m.parameters(), lr=2e-3), nn.MSELoss(), regression(512), regression(256, 1), 4)
+    assert d.kinds == {"underfitting"} and d.lr_verdict == "too low"
+    assert d.findings[0].remedy == {"learning_rate": 0.006}
+
+
+def test_overfitting_names_the_epoch_to_stop_at():
+    m = mlp(2, 256, depth=2)
+    d = run(m, torch.optim.Adam(m.parameters(), lr=1e-3), nn.CrossEntropyLoss(), classification(64, 0, flip=0.3),
+            classification(512, 1), 40, batch=16)
+    assert "overfitting" in d.kinds and d.lr_verdict == "about right"
+    f = next(f for f in d.findings if f.kind == "overfitting")
+    assert 1 <= f.remedy["num_train_epochs"] < 40 and f"stop at epoch {f.remedy['num_train_epochs']}" in f.advice
+
+
+def test_slow_convergence_at_a_constant_lr_noise_floor():
+    m = mlp()
+    d = run(m, torch.optim.SGD(m.parameters(), lr=0.02), nn.MSELoss(), regression(2048, noise=0.5),
+            regression(512, 1, noise=0.5), 4, batch=8)
+    assert "slow_convergence" in d.kinds and d.lr_verdict == "about right"
+    f = next(f for f in d.findings if f.kind == "slow_convergence")
+    assert f.remedy == {"lr_scheduler_type": "cosine"} and "decay to 0.0002" in f.advice
+
+
+def test_a_good_run_is_healthy():
+    m = mlp()
+    d = run(m, torch.optim.Adam(m.parameters(), lr=1e-2), nn.MSELoss(), regression(1024), regression(256, 1), 6)
+    assert d.kinds == {"healthy"} and d.lr_verdict == "about right"
+
+
+def synthetic(values, lr=1e-3, val=None):
+    steps = np.arange(1, len(values) + 1, dtype=float)
+    return History(Series(steps, np.asarray(values, float)), val_loss=val,
+                   lr=None if lr is None else Series(steps, np.full(len(values), lr)))
+
+
+def test_ordinary_minibatch_noise_is_not_oscillation():
+    rng = np.random.default_rng(0)
+    steps = np.arange(1000)
+    for noise in (0.1, 0.3, 0.45):
+        trend = 0.3 + 2 * np.exp(-steps / 150)
+        d = diagnose(synthetic(np.abs(trend * (1 + noise * rng.standard_normal(1000)))))
+        assert "oscillation" not in d.kinds, noise
+
+
+def test_big_spikes_are_oscillation():
+    rng = np.random.default_rng(1)
+    y = 0.3 + 2 * np.exp(-np.arange(1000) / 150)
+    y[rng.choice(1000, 30, replace=False)] *= 6
+    assert "oscillation" in diagnose(synthetic(y)).kinds
+
+
+def test_without_an_lr_column_the_verdict_says_so():
+    y = 0.3 + 2 * np.exp(-np.arange(500) / 50)
+    d = diagnose(synthetic(y, lr=None))
+    assert d.lr_verdict == "unknown" and "no learning-rate column" in d.lr_reason
+    y[300:] = y[300:] * np.exp(np.arange(200) / 30)
+    d = diagnose(synthetic(y, lr=None))
+    assert d.lr_verdict == "too high"
+    assert next(f for f in d.findings if f.kind == "divergence").remedy == {}  # no LR to name a new value from
+
+
+def test_json_shape_and_registry():
+    d = diagnose(synthetic(0.3 + 2 * np.exp(-np.arange(500) / 50)))
+    out = json.loads(json.dumps(d.to_json()))
+    assert set(out["findings"][0]) >= {"kind", "start", "end", "evidence", "confidence", "remedy"}
+    assert out["learning_rate"]["verdict"] in ("too high", "too low", "about right", "unknown")
+    assert set(DETECTORS) | {"healthy"} == set(KINDS)

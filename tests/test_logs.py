@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import pytest
+
+from gradpilot import GradpilotError, diagnose, read_log
+from gradpilot.history import classify
+
+LOSS = [2.3 * np.exp(-s / 30) + 0.2 for s in range(120)]
+
+
+def test_column_names_as_users_write_them():
+    expected = {
+        "loss": "train_loss", "train_loss": "train_loss", "train/loss": "train_loss", "Loss/train": "train_loss",
+        "train_loss_step": "train_loss", "train_loss_epoch": "train_loss_epoch", "eval_loss": "val_loss",
+        "val/loss": "val_loss", "val_loss": "val_loss", "Loss/val": "val_loss", "lr-Adam": "lr", "lr-AdamW/pg1": "lr",
+        "learning_rate": "lr", "train/learning_rate": "lr", "lr": "lr", "step": "step", "global_step": "step",
+        "train/global_step": "step", "epoch": "epoch", "val_acc": "val_metric", "eval_accuracy": "val_metric",
+        "eval_runtime": None, "grad_norm": None, "total_flos": None,
+    }
+    assert {name: classify(name) for name in expected} == expected
+
+
+def test_lightning_csv_logger_layout_with_sparse_rows(tmp_path):
+    folder = tmp_path / "lightning_logs" / "version_0"
+    folder.mkdir(parents=True)
+    (folder / "hparams.yaml").write_text("lr: 0.001\n")
+    rows = ["epoch,step,train_loss_step,lr-Adam,val_loss,val_acc,train_loss_epoch"]
+    for s, loss in enumerate(LOSS):
+        rows.append(f"{s // 40},{s},{loss},0.001,,,")
+        if s % 40 == 39:
+            rows.append(f"{s // 40},{s},,,{0.5 + 0.01 * s // 40},{0.8},{loss}")
+    (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+    h = read_log(folder)  # the run's folder, as users point at it
+    assert len(h.train_loss) == 120 and h.train_loss.values[0] == pytest.approx(2.5)
+    assert list(h.val_loss.steps) == [39, 79, 119] and h.metric_name == "val_acc" and h.higher_is_better
+    assert set(h.lr.values) == {0.001}
+
+
+def test_plain_csv_and_jsonl(tmp_path):
+    csv = tmp_path / "run.csv"
+    csv.write_text("step,train_loss,val_loss,lr\n" + "".join(f"{s},{l},{'' if s % 30 else 0.4},0.01\n"
+                                                           for s, l in enumerate(LOSS)))
+    jsonl = tmp_path / "run.jsonl"
+    jsonl.write_text("".join(json.dumps({"step": s, "loss": l, "learning_rate": 0.01}) + "\n" for s, l in enumerate(LOSS)))
+    for path in (csv, jsonl):
+        h = read_log(path)
+        assert len(h.train_loss) == 120 and h.lr is not None and h.source == str(path)
+    assert len(read_log(csv).val_loss) == 4
+
+
+def test_tensorboard_event_files_written_by_the_real_writer(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tmp_path / "runs" / "exp"))
+    for s, loss in enumerate(LOSS):
+        writer.add_scalar("train/loss", loss, s)
+        writer.add_scalar("train/learning_rate", 1e-3, s)
+        if s % 40 == 39:
+            writer.add_scalar("eval/loss", 0.5, s)
+    writer.close()
+    h = read_log(tmp_path / "runs")  # a log dir with the events one level down
+    assert len(h.train_loss) == 120 and h.train_loss.values[5] == pytest.approx(LOSS[5], rel=1e-6)
+    assert len(h.val_loss) == 3 and h.lr.values[0] == pytest.approx(1e-3)
+
+
+def trainer_state(path, history):
+    path.write_text(json.dumps({"best_metric": None, "epoch": 3.0, "global_step": 120, "log_history": history,
+                                "max_steps": 120, "num_train_epochs": 3, "total_flos": 1.0, "trial_name": None}))
+
+
+def test_trainer_state_json_of_the_documented_shape(tmp_path):
+    history = []
+    for s, loss in enumerate(LOSS, start=1):
+        if s % 5 == 0:
+            history.append({"epoch": s / 40, "grad_norm": 1.3, "learning_rate": 5e-5, "loss": loss, "step": s})
+        if s % 40 == 0:
+            history.append({"epoch": s / 40, "eval_loss": 0.4, "eval_accuracy": 0.9, "eval_runtime": 1.2,
+                            "eval_samples_per_second": 100.0, "step": s})
+    history.append({"epoch": 3.0, "step": 120, "total_flos": 1.0, "train_loss": 9.9, "train_runtime": 30.0,
+                    "train_samples_per_second": 10.0})
+    folder = tmp_path / "checkpoint-120"
+    folder.mkdir()
+    trainer_state(folder / "trainer_state.json", history)
+    h = read_log(folder)
+    assert len(h.train_loss) == 24 and 9.9 not in h.train_loss.values  # the run summary is not a step
+    assert len(h.val_loss) == 3 and h.metric_name == "eval_accuracy" and h.lr.values[0] == 5e-5
+    assert diagnose(h).lr_verdict in ("about right", "too low", "too high")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.csv", "", "is empty"),
+        ("trunc.csv", "step,loss,lr\n1,2.0,0.1\n2,1.9", r"trunc.csv:3: expected 3 fields"),
+        ("bad.csv", "step,loss\n1,2.0\n2,oops\n", r"bad.csv:3: 'loss' is 'oops', not a number"),
+        ("bad.jsonl", '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n{"step": 3, "lo', r"bad.jsonl:3: not valid JSON"),
+        ("list.jsonl", "[1, 2]\n", r"list.jsonl:1: expected a JSON object"),
+        ("trainer_state.json", '{"log_history": [\n  {"loss": 2.0, "step": 1},\n  {"loss"', r"trainer_state.json:\d+: not valid JSON"),
+        ("other.json", '{"something": 1}', "no 'log_history' list"),
+        ("noloss.csv", "step,accuracy\n1,0.5\n", "no training-loss column"),
+        ("run.txt", "hello", "unknown log format"),
+    ],
+)
+def test_corrupt_empty_or_truncated_logs_name_the_file_and_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(GradpilotError, match=message) as err:
+        read_log(path)
+    assert "\n" not in str(err.value) and name in str(err.value)
+
+
+def test_truncated_tensorboard_file_and_missing_paths(tmp_path):
+    (tmp_path / "events.out.tfevents.1.host").write_bytes(b"\x00\x01\x02truncated")
+    with pytest.raises(GradpilotError, match="no scalars|cannot be read"):
+        read_log(tmp_path)
+    with pytest.raises(GradpilotError, match="does not exist"):
+        read_log(tmp_path / "nope.csv")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(GradpilotError, match="holds no log"):
+        read_log(tmp_path / "empty_dir")
