@@ -22,6 +22,14 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_lr_curve(result: LRFinderResult, path: Path) -> Path:
     """Save the range-test curve (raw and smoothed loss over log-LR) with each rule's pick marked."""
     plt = _pyplot()
@@ -41,11 +49,7 @@ def plot_lr_curve(result: LRFinderResult, path: Path) -> Path:
     ax.set_ylabel("training loss")
     ax.set_title(f"LR range test — suggestion {result.suggestion:.3g}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_schedule(lrs: list[float], path: Path, title: str) -> Path:
@@ -57,11 +61,7 @@ def plot_schedule(lrs: list[float], path: Path, title: str) -> Path:
     ax.set_ylabel("learning rate")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_diagnosis(history: History, diagnosis: Diagnosis, path: Path) -> Path:
@@ -97,8 +97,4 @@ def plot_diagnosis(history: History, diagnosis: Diagnosis, path: Path) -> Path:
         lr_ax.set_ylabel("learning rate")
     ax.set_title(f"learning rate {diagnosis.lr_verdict}: " + ", ".join(sorted(diagnosis.kinds)), fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
