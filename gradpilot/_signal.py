@@ -12,7 +12,16 @@ def centred_smooth(y: np.ndarray, width: float) -> np.ndarray:
     half = math.ceil(3 * width)
     kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / width) ** 2)
     window = slice(half, half + len(y))  # the centred part of the full convolution, whatever the lengths
-    return np.convolve(y, kernel)[window] / np.convolve(np.ones(len(y)), kernel)[window]
+    return _convolve(y, kernel)[window] / _convolve(np.ones(len(y)), kernel)[window]
+
+
+def _convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Full convolution; through the FFT once the kernel is long (long runs would make it quadratic)."""
+    if len(b) <= 64:
+        return np.convolve(a, b)
+    size = len(a) + len(b) - 1
+    n = 1 << (size - 1).bit_length()
+    return np.fft.irfft(np.fft.rfft(a, n) * np.fft.rfft(b, n), n)[:size]
 
 
 def robust_noise(y: np.ndarray, smooth: np.ndarray) -> float:

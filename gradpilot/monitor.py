@@ -63,6 +63,7 @@ class Monitor:
         self.actions: list[Action] = []
         self._since = 0  # detectors look at the steps after the last action only
         self._raised: set[str] = set()
+        self._floated = 0  # losses before this index are already floats
 
     def update(self, step: int, loss: float | torch.Tensor, lr: float | None = None) -> list[Finding]:
         """Record one optimizer step; every ``check_every`` steps run the live detectors."""
@@ -81,12 +82,19 @@ class Monitor:
 
     def history(self, since: int = 0) -> History:
         """The run so far as a ``History`` (from the ``since``-th recorded step)."""
-        values = np.array([float(v) for v in self.losses[since:]], float)
+        self._to_floats()
+        values = np.array(self.losses[since:], float)
         steps = np.array(self.steps[since:], float)
         lrs = np.array(self.lrs[since:], float)
         val = Series(np.array(self.val_steps, float), np.array(self.val_losses, float)) if self.val_steps else None
         return History(Series(steps, values), val_loss=val,
                        lr=Series(steps, lrs) if np.isfinite(lrs).any() else None, source="monitor")
+
+    def _to_floats(self) -> None:
+        # read each recorded loss tensor once (one host sync), not at every check
+        for i in range(self._floated, len(self.losses)):
+            self.losses[i] = float(self.losses[i])
+        self._floated = len(self.losses)
 
     def diagnosis(self) -> Diagnosis:
         """A full diagnosis of everything recorded so far."""
