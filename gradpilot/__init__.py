@@ -1,27 +1,46 @@
-"""gradpilot: learning rate, batch size, accumulation, epochs and schedules for PyTorch, measured."""
+"""gradpilot: learning rate, batch size, accumulation, epochs and schedules for PyTorch, measured.
 
+Names are imported on first use, so that reading logs (``gradpilot.diagnose``, ``gradpilot.read_log``)
+never pays for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# torch-free: imported now
 from gradpilot import scaling
-from gradpilot.batch_size import BatchSizeResult, NoiseScaleResult, estimate_noise_scale, find_batch_size
 from gradpilot.diagnose import Diagnosis, Finding, diagnose
 from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError
 from gradpilot.history import History
 from gradpilot.logs import read_log
-from gradpilot.lr_finder import LRFinderResult, find_lr
-from gradpilot.monitor import Monitor
-from gradpilot.task import Task, load_task
-from gradpilot.training import FitResult, fit
+
+if TYPE_CHECKING:  # need torch: imported on first use, through __getattr__ below
+    from gradpilot.batch_size import BatchSizeResult, NoiseScaleResult, estimate_noise_scale, find_batch_size
+    from gradpilot.lr_finder import LRFinderResult, find_lr
+    from gradpilot.monitor import Monitor
+    from gradpilot.task import Task, load_task
+    from gradpilot.training import FitResult, fit
+
+_WHERE = {
+    "BatchSizeResult": "batch_size", "NoiseScaleResult": "batch_size", "estimate_noise_scale": "batch_size",
+    "find_batch_size": "batch_size", "LRFinderResult": "lr_finder",
+    "find_lr": "lr_finder", "Monitor": "monitor", "Task": "task", "load_task": "task", "FitResult": "training",
+    "fit": "training",
+}
 
 __all__ = [
     "BatchSizeResult",
     "Diagnosis",
-    "Finding",
-    "History",
-    "Monitor",
     "EarlyStopping",
     "FitResult",
+    "Finding",
     "GradpilotError",
+    "History",
     "LRFinderResult",
+    "Monitor",
     "NoiseScaleResult",
     "Task",
     "diagnose",
@@ -34,3 +53,11 @@ __all__ = [
     "scaling",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"gradpilot.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gradpilot' has no attribute {name!r}")

@@ -16,7 +16,9 @@ import numpy as np
 from gradpilot._signal import centred_smooth, robust_noise
 from gradpilot.history import History
 
-KINDS = ("divergence", "nan", "oscillation", "plateau", "slow_convergence", "overfitting", "underfitting", "healthy")
+KINDS = ("divergence", "nan", "oscillation", "plateau", "slow_convergence", "overfitting", "underfitting", "healthy",
+         "insufficient_data")
+MIN_POINTS = 8  # logged training losses needed to judge a curve's shape
 TOO_HIGH = ("nan", "divergence", "oscillation")
 
 
@@ -58,8 +60,21 @@ class Diagnosis:
 
     def to_json(self) -> dict[str, Any]:
         """``{"findings": [...], "learning_rate": {"verdict", "reason"}}``."""
-        return {"findings": [f.to_json() for f in self.findings],
-                "learning_rate": {"verdict": self.lr_verdict, "reason": self.lr_reason}}
+        return json_safe({"findings": [f.to_json() for f in self.findings],
+                          "learning_rate": {"verdict": self.lr_verdict, "reason": self.lr_reason}})
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None, so that it prints as valid JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 Detector = Callable[[History], list[Finding]]
@@ -107,12 +122,22 @@ class _Curve:
         return max(0.0, self.start - self.end) / max(abs(self.start), 1e-12)
 
 
-def _curve(values: np.ndarray, steps: np.ndarray) -> _Curve | None:
+def _usable(values: np.ndarray) -> np.ndarray:
+    """Indices of the finite losses before the run went non-finite for good; a NaN the run recovered from
+    (an fp16 overflow skipped by the scaler, a bad batch) is left out rather than ending the curve."""
     finite = np.isfinite(values)
-    n = int(np.argmin(finite)) if not finite.all() else len(values)
-    if n < 8:
+    end = len(values)
+    while end and not finite[end - 1]:
+        end -= 1
+    return np.flatnonzero(finite[:end])
+
+
+def _curve(values: np.ndarray, steps: np.ndarray) -> _Curve | None:
+    keep = _usable(values)
+    n = len(keep)
+    if n < MIN_POINTS:
         return None
-    y, x = values[:n], steps[:n]
+    y, x = values[keep], steps[keep]
     s = centred_smooth(y, max(2.0, n / 40))
     edge = max(3, n // 20)
     low_i = int(np.argmin(s))
@@ -148,12 +173,13 @@ def _lr_remedy(history: History, factor: float) -> tuple[dict[str, Any], str]:
 
 # --- detectors -------------------------------------------------------------------------------------------------
 def detect_nan(history: History) -> list[Finding]:
-    """A loss that became NaN or infinite."""
+    """A loss that became NaN or infinite and stayed so to the end of the log."""
     y, x = history.train_loss.values, history.train_loss.steps
-    bad = np.flatnonzero(~np.isfinite(y))
-    if not len(bad):
+    if not len(y) or np.isfinite(y[-1]):
         return []
-    i = int(bad[0])
+    i = len(y) - 1
+    while i > 0 and not np.isfinite(y[i - 1]):
+        i -= 1
     before = f"; the last finite loss was {y[i - 1]:.4g} at step {x[i - 1]:g}" if i > 0 else ""
     remedy, advice = _lr_remedy(history, 0.1)
     return [Finding("nan", float(x[i]), float(x[-1]), f"the training loss is {y[i]} from step {x[i]:g}{before}",
@@ -230,12 +256,25 @@ def detect_overfitting(history: History) -> list[Finding]:
     train_end = float(c.smooth[-1])
     if train_end > at_best * 1.5 or train_end - at_best > 0.1 * c.scale:  # training loss rose too: not overfitting
         return []
-    epoch = best + 1
-    evidence = (f"validation loss was lowest ({y[best]:.4g}) at evaluation {epoch} (step {v.steps[best]:g}) and rose "
+    where, remedy, stop = _stop_at(history, best)
+    evidence = (f"validation loss was lowest ({y[best]:.4g}) at {where} and rose "
                 f"{rise:.0%} to {y[-1]:.4g}, while the training loss went from {at_best:.4g} to {train_end:.4g}")
     return [Finding("overfitting", float(v.steps[best]), float(v.steps[-1]), evidence, min(1.0, 0.5 + rise),
-                    {"num_train_epochs": epoch}, f"stop at epoch {epoch}, where validation loss was lowest "
-                    "(or use early stopping, more data, or regularisation)", unit="step")]
+                    remedy, f"{stop}, where validation loss was lowest (or use early stopping, more data, or "
+                    "regularisation)", unit="step")]
+
+
+def _stop_at(history: History, i: int) -> tuple[str, dict[str, Any], str]:
+    """Where the ``i``-th validation happened, and the remedy that stops training there: by epoch when the
+    log counts epochs, else by step (an evaluation is not an epoch)."""
+    assert history.val_loss is not None
+    step = history.val_loss.steps[i]
+    epochs = history.val_epochs
+    if epochs is not None and len(epochs) == len(history.val_loss) and epochs[i] >= 1:
+        epoch = int(epochs[i])
+        return f"epoch {epoch} (step {step:g})", {"num_train_epochs": epoch}, f"stop at epoch {epoch}"
+    return (f"evaluation {i + 1} (step {step:g})", {"max_steps": int(step)},
+            f"stop at step {step:g} (the log does not say which epoch that is)")
 
 
 def detect_underfitting(history: History) -> list[Finding]:
@@ -248,7 +287,7 @@ def detect_underfitting(history: History) -> list[Finding]:
     last = y[-2] - y[-1]
     if total <= 0 or int(np.argmin(y)) != len(y) - 1 or last < 0.1 * total:
         return []
-    epochs = len(y)
+    longer = _train_longer(history)
     evidence = (f"validation loss was still falling at the end: {y[-2]:.4g} → {y[-1]:.4g} in the last evaluation, "
                 f"{last / total:.0%} of its whole improvement")
     c = _curve(history.train_loss.values, history.train_loss.steps)
@@ -257,9 +296,19 @@ def detect_underfitting(history: History) -> list[Finding]:
         evidence += (f"; {c.late_share:.0%} of the training loss's decrease came in the second half"
                      if c.late_share >= TOO_LOW_SHARE else f"; the training loss fell only {c.moved:.0%} in the whole run")
         return [Finding("underfitting", float(v.steps[-2]), float(v.steps[-1]), evidence, 0.7, remedy,
-                        advice + f", or train longer ({epochs} → {2 * epochs} epochs)")]
-    return [Finding("underfitting", float(v.steps[-2]), float(v.steps[-1]), evidence, 0.6,
-                    {"num_train_epochs": 2 * epochs}, f"train longer: {epochs} → {2 * epochs} epochs")]
+                        advice + f", or train longer ({longer[1]})")]
+    return [Finding("underfitting", float(v.steps[-2]), float(v.steps[-1]), evidence, 0.6, longer[0],
+                    f"train longer: {longer[1]}")]
+
+
+def _train_longer(history: History) -> tuple[dict[str, Any], str]:
+    """Twice the run, in epochs when the log counts them, else in steps."""
+    epochs = history.val_epochs
+    if epochs is not None and len(epochs) and epochs[-1] >= 1:
+        n = int(epochs[-1])
+        return {"num_train_epochs": 2 * n}, f"{n} → {2 * n} epochs"
+    steps = int(history.train_loss.steps[-1])
+    return {"max_steps": 2 * steps}, f"{steps} → {2 * steps} steps"
 
 
 def detect_slow_convergence(history: History) -> list[Finding]:
@@ -292,13 +341,22 @@ DETECTORS: dict[str, Detector] = {
 
 
 def diagnose(history: History) -> Diagnosis:
-    """Run every detector on ``history``; a run with nothing wrong gets one ``healthy`` finding."""
+    """Run every detector on ``history``; a run with nothing wrong gets one ``healthy`` finding, one too short
+    to judge an ``insufficient_data`` finding."""
     findings: list[Finding] = []
     for detector in DETECTORS.values():
         findings.extend(detector(history))
     kinds = {f.kind for f in findings}
     if "nan" in kinds:  # a NaN run's other symptoms are the NaN's
         findings = [f for f in findings if f.kind in ("nan", "divergence")]
+    points = len(_usable(history.train_loss.values))
+    if not findings and points < MIN_POINTS:
+        evidence = (f"only {points} finite training-loss point{'s' if points != 1 else ''} in the log; "
+                    f"at least {MIN_POINTS} are needed to judge a curve")
+        return Diagnosis((Finding("insufficient_data", float(history.train_loss.steps[0]),
+                                  float(history.train_loss.steps[-1]), evidence, 1.0, {},
+                                  "log the loss more often (logging_steps, log_every_n_steps) or train longer"),),
+                         "unknown", f"too little to judge: {evidence}")
     verdict, reason = _lr_verdict(history, findings)
     if not findings:
         c = _curve(history.train_loss.values, history.train_loss.steps)

@@ -1,15 +1,30 @@
 """Readers for the logs runs leave behind: CSV (Lightning's CSVLogger too), JSON lines, TensorBoard event
-files and Hugging Face Trainer's ``trainer_state.json``. Each returns a ``History``."""
+files and Hugging Face Trainer's ``trainer_state.json``. Each returns a ``History``.
+
+Damaged files (bytes that are not UTF-8, a cut last line, a truncated event file, JSON nested too deep)
+end in one ``GradpilotError`` naming the file and line, or are read as far as they are whole with a
+warning in ``History.warnings``. Rows are streamed: memory grows with the columns diagnosis reads, not
+with the file.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gradpilot._columns import Columns, classify, from_records, tokens
 from gradpilot.errors import GradpilotError
-from gradpilot.history import History, from_records
+from gradpilot.history import History
+
+__all__ = ["classify", "read_csv", "read_jsonl", "read_log", "read_tensorboard", "read_trainer_state", "tokens"]
+
+_PATTERNS = (("trainer_state.json", 0), ("metrics.csv", 0), ("events.out.tfevents*", 0), ("*.jsonl", 0),
+             ("*.csv", 0), ("trainer_state.json", 1), ("events.out.tfevents*", None), ("metrics.csv", None))
 
 
 def read_log(path: str | Path) -> History:
@@ -20,6 +35,8 @@ def read_log(path: str | Path) -> History:
         raise GradpilotError(f"{path} does not exist")
     if path.is_dir():
         path = _pick_file(path)
+    if not path.is_file():
+        raise GradpilotError(f"{path} is not a regular file")
     if path.stat().st_size == 0:
         raise GradpilotError(f"{path} is empty")
     name = path.name
@@ -35,69 +52,114 @@ def read_log(path: str | Path) -> History:
                          "TensorBoard event files")
 
 
+def _files_inside(folder: Path) -> Iterator[tuple[Path, int]]:
+    """Every regular file under ``folder`` with its depth; symlinks leading out of the folder are skipped."""
+    root = folder.resolve()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames.sort()
+        depth = len(Path(dirpath).relative_to(folder).parts)
+        for name in filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink() and not p.resolve().is_relative_to(root):
+                continue
+            if p.is_file():
+                yield p, depth
+
+
 def _pick_file(folder: Path) -> Path:
-    for pattern in ("trainer_state.json", "metrics.csv", "events.out.tfevents*", "*.jsonl", "*.csv",
-                    "*/trainer_state.json", "**/events.out.tfevents*", "**/metrics.csv"):
-        found = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime)
+    files = list(_files_inside(folder))
+    for pattern, depth in _PATTERNS:
+        found = [p for p, d in files if (depth is None or d == depth) and p.match(pattern)]
         if found:
-            return found[-1]
+            return max(found, key=lambda p: p.stat().st_mtime)
     raise GradpilotError(f"{folder} holds no log gradpilot can read (trainer_state.json, metrics.csv, "
                          "TensorBoard events, .jsonl or .csv)")
 
 
+def _text_lines(path: Path) -> Iterator[str]:
+    """The file's lines; bytes that are not UTF-8 become U+FFFD (and then fail as numbers where it matters)."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        yield from f
+
+
 def read_csv(path: Path) -> History:
-    """A CSV with a header row; sparse rows (Lightning logs train and validation on separate rows) are fine."""
-    with open(path, newline="") as f:
-        lines = list(csv.reader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
-    if not lines or not any(cell.strip() for cell in lines[0]):
-        raise GradpilotError(f"{path}:1: no header row")
-    header = [h.strip() for h in lines[0]]
-    records = []
-    for lineno, row in enumerate(lines[1:], start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise GradpilotError(f"{path}:{lineno}: expected {len(header)} fields as in the header, found {len(row)}"
-                                 " (a truncated or corrupt file?)")
-        record: dict[str, Any] = {}
-        for name, cell in zip(header, row):
-            cell = cell.strip()
-            if cell and cell.lower() not in ("nan", "inf", "-inf"):
-                try:
-                    float(cell)
-                except ValueError:
-                    if name.lower() not in ("timestamp", "time", "date", "datetime", "tag", "name"):
-                        raise GradpilotError(f"{path}:{lineno}: {name!r} is {cell!r}, not a number") from None
-            record[name] = cell
-        records.append(record)
-    if not records:
+    """A CSV with a header row; sparse rows (Lightning logs train and validation on separate rows) are fine.
+    A last line cut short (a run killed while writing) is skipped with a warning."""
+    reader = csv.reader(_text_lines(path), delimiter="\t" if path.suffix == ".tsv" else ",")
+    columns, warnings = Columns(str(path)), []
+    try:
+        header = [h.strip().lstrip("\ufeff") for h in next(reader, [])]
+        if not any(header):
+            raise GradpilotError(f"{path}:1: no header row")
+        pending: tuple[int, list[str]] | None = None
+        for row in reader:
+            if pending is not None:
+                _bad_row(path, *pending, len(header))
+            if not row:
+                continue
+            if len(row) != len(header):
+                pending = (reader.line_num, row)
+                continue
+            columns.add(dict(zip(header, row)), f"{path}:{reader.line_num}")
+    except csv.Error as exc:
+        raise GradpilotError(f"{path}:{reader.line_num}: not a readable CSV line ({exc})") from None
+    if pending is not None:
+        if _ends_with_newline(path):
+            _bad_row(path, *pending, len(header))
+        warnings.append(f"{path}:{pending[0]}: the last line is cut short (a run killed while writing?); "
+                        "read the complete rows before it")
+    if not columns.rows:
         raise GradpilotError(f"{path}: a header but no rows")
-    return from_records(records, str(path))
+    return columns.history(warnings)
+
+
+def _bad_row(path: Path, lineno: int, row: list[str], expected: int) -> None:
+    raise GradpilotError(f"{path}:{lineno}: expected {expected} fields as in the header, found {len(row)}"
+                         " (a truncated or corrupt file?)")
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) in (b"\n", b"\r")
+
+
+def _parse_json(text: str, where: str, *, whole_file: bool = False) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        at = f"{where}:{exc.lineno}" if whole_file else where
+        raise GradpilotError(f"{at}: not valid JSON ({exc.msg}); a truncated {'file' if whole_file else 'line'}?") from None
+    except RecursionError:
+        raise GradpilotError(f"{where}: JSON nested too deeply to be a log") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise GradpilotError(f"{where}: not a log value ({str(exc)[:80]})") from None
 
 
 def read_jsonl(path: Path) -> History:
     """One JSON object per line, e.g. ``{"step": 10, "loss": 0.9, "lr": 0.001}``."""
-    records = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise GradpilotError(f"{path}:{lineno}: not valid JSON ({exc.msg}); a truncated line?") from None
-            if not isinstance(record, dict):
-                raise GradpilotError(f"{path}:{lineno}: expected a JSON object, found {type(record).__name__}")
-            records.append(record)
-    return from_records(records, str(path))
+    columns, warnings = Columns(str(path)), []
+    for lineno, line in enumerate(_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = _parse_json(line, f"{path}:{lineno}")
+        except GradpilotError:
+            if not line.endswith("\n") and columns.rows:  # the last line, cut short by a kill
+                warnings.append(f"{path}:{lineno}: the last line is cut short; read the complete lines before it")
+                break
+            raise
+        if not isinstance(record, dict):
+            raise GradpilotError(f"{path}:{lineno}: expected a JSON object, found {type(record).__name__}")
+        columns.add(record)
+    if not columns.rows:
+        raise GradpilotError(f"{path}: no JSON objects")
+    return columns.history(warnings)
 
 
 def read_trainer_state(path: Path) -> History:
     """Hugging Face Trainer's ``trainer_state.json``: its ``log_history`` holds train and eval entries."""
-    try:
-        state = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise GradpilotError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); a truncated file?") from None
+    state = _parse_json(path.read_bytes().decode("utf-8", errors="replace"), str(path), whole_file=True)
     history = state.get("log_history") if isinstance(state, dict) else None
     if not isinstance(history, list):
         raise GradpilotError(f"{path}: no 'log_history' list; is this a Trainer's trainer_state.json?")
@@ -113,11 +175,12 @@ def read_tensorboard(folder: Path) -> History:
     except ImportError:
         raise GradpilotError("reading TensorBoard logs needs the tensorboard package: "
                              "pip install 'gradpilot[tensorboard]'") from None
+    warnings = [w for f in sorted(folder.glob("events.out.tfevents*")) if (w := _truncation(f))]
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     try:
         acc.Reload()
     except Exception as exc:  # noqa: BLE001 - the reader raises many kinds on corrupt files
-        raise GradpilotError(f"{folder}: the TensorBoard event file cannot be read ({exc})") from None
+        raise GradpilotError(f"{folder}: the TensorBoard event file cannot be read ({str(exc)[:120]})") from None
     tags = acc.Tags().get("scalars", [])
     if not tags:
         raise GradpilotError(f"{folder}: the TensorBoard events hold no scalars (empty or truncated file?)")
@@ -125,4 +188,25 @@ def read_tensorboard(folder: Path) -> History:
     for tag in tags:
         for event in acc.Scalars(tag):
             rows.setdefault(event.step, {"step": event.step})[tag] = event.value
-    return from_records([rows[s] for s in sorted(rows)], str(folder))
+    return from_records([rows[s] for s in sorted(rows)], str(folder), warnings)
+
+
+def _truncation(path: Path) -> str | None:
+    """A warning when an event file ends inside a record (a run killed mid-write): TFRecord framing is a
+    length (8 bytes), its CRC (4), the data, and the data's CRC (4)."""
+    size, at, records = path.stat().st_size, 0, 0
+    with open(path, "rb") as f:
+        while at < size:
+            head = f.read(12)
+            if len(head) < 12:
+                break
+            (length,) = struct.unpack("<Q", head[:8])
+            if at + 12 + length + 4 > size:
+                break
+            f.seek(length + 4, os.SEEK_CUR)
+            at += 12 + length + 4
+            records += 1
+    if at == size:
+        return None
+    return (f"{path}: the event file is truncated after {records} complete records (a run killed while "
+            "writing?); read what was complete")

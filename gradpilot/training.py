@@ -1,4 +1,9 @@
-"""``fit``: the training loop every gradpilot recommendation runs in, with exact accumulation and resume."""
+"""``fit``: the training loop every gradpilot recommendation runs in, with exact accumulation and resume.
+
+``fit`` is a driver: check the arguments, start (or resume) a run, then epoch after epoch train its
+accumulation windows and close the epoch (validate, keep the best weights, step the schedule, decide whether
+to stop, checkpoint). Each of those is a named step below.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +19,19 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gradpilot import _checkpoint, schedules
-from gradpilot._batch import TARGET_KEYS, LossFn, StepFn, _logits, check_scalar, compute_loss, model_device, to_device
+from gradpilot import _checkpoint, _fingerprint, _validate, schedules
+from gradpilot._batch import LossFn, StepFn, compute_loss, model_device, to_device
+from gradpilot._metrics_log import MetricsLog, metric_column
 from gradpilot.accumulation import NumItems, comm_device, item_counter, micro_weights, sync_contexts, windows
 from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError
+from gradpilot.evaluation import Metric, evaluate, evaluate_both, world
 from gradpilot.monitor import Monitor, Snapshot, scale_lr
 from gradpilot.task import Task
 
-log = logging.getLogger(__name__)
+__all__ = ["FitResult", "evaluate", "evaluate_both", "fit"]
 
-Metric = Callable[[Any, Any], float]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,61 +62,48 @@ class FitResult:
         return None if self.best_epoch is None else self.val_metrics[self.best_epoch - 1]
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
+@dataclass(frozen=True)
+class _Setup:
+    """Everything a run needs, checked once before any work."""
+
+    model: nn.Module  # the user's model (unwrapped)
+    train_model: nn.Module  # what the forward runs through (DDP-wrapped under data parallel)
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn | None
+    train_loader: Iterable[Any]
+    val_loader: Iterable[Any] | None
+    metric: Metric | None
+    mode: str
+    epochs: int
+    accumulation_steps: int
+    checkpoint_every: int | None
+    max_grad_norm: float | None
+    early_stopping: EarlyStopping | None
+    schedule: schedules.Schedule | None
+    device: torch.device
+    step_fn: StepFn | None
+    num_items: NumItems | None
+    on_step: Callable[[int, float], None] | None
+    monitor: Monitor | None
+    checkpoint_dir: Path | None
+    fingerprint: dict[str, Any]
+    effective_batch_size: int
 
 
-def evaluate(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn | None, metric: Metric | None = None, *,
-             step_fn: StepFn | None = None, num_items: NumItems | None = None,
-             device: torch.device | None = None) -> float:
-    """Mean validation metric (or loss when ``metric`` is None) over ``loader``, weighted by items per batch."""
-    loss, value = evaluate_both(model, loader, loss_fn, metric, step_fn=step_fn, num_items=num_items, device=device)
-    return loss if metric is None else value  # type: ignore[return-value]
+@dataclass
+class _Run:
+    """The loop's progress: everything a checkpoint must carry besides model, optimizer and scheduler."""
 
-
-def evaluate_both(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn | None, metric: Metric | None = None, *,
-                  step_fn: StepFn | None = None, num_items: NumItems | None = None,
-                  device: torch.device | None = None) -> tuple[float, float | None]:
-    """Validation loss and metric from one pass over ``loader`` (the metric is None when not asked for)."""
-    device = device or model_device(model)
-    count = item_counter(loss_fn, num_items)
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss × items, metric × items, items
-    with torch.no_grad():
-        for batch in loader:
-            n = count(batch)
-            batch = to_device(batch, device)
-            if metric is None or step_fn is not None or loss_fn is None:
-                loss = compute_loss(model, batch, loss_fn, step_fn).double()
-                value = torch.zeros((), dtype=torch.float64, device=device)
-            if metric is not None:
-                inputs, targets = _split_batch(batch)
-                out = _logits(model(**inputs) if isinstance(inputs, dict) else model(inputs))
-                if loss_fn is not None and step_fn is None:
-                    loss = check_scalar(loss_fn(out, targets)).double()
-                value = torch.as_tensor(metric(out, targets), dtype=torch.float64, device=device)
-            sums += torch.stack([loss * n, value * n, torch.as_tensor(n, dtype=torch.float64, device=device)])
-    model.train(was_training)
-    if _world()[0] > 1:
-        dist.all_reduce(sums)
-    if sums[2].item() == 0:
-        raise GradpilotError("the validation loader yielded no items")
-    loss_mean, metric_mean = (sums[:2] / sums[2]).tolist()
-    return loss_mean, (metric_mean if metric is not None else None)
-
-
-def _split_batch(batch: Any) -> tuple[Any, Any]:
-    if isinstance(batch, dict):
-        key = next((k for k in TARGET_KEYS if k in batch), None)
-        if key is not None:
-            return {k: v for k, v in batch.items() if k != key}, batch[key]
-    elif isinstance(batch, (list, tuple)) and len(batch) == 2:
-        return batch[0], batch[1]
-    raise GradpilotError("a validation metric needs (inputs, targets) or dict batches with a 'labels' key; "
-                         "pass metric=None to validate on the loss")
+    epoch: int = 0
+    windows_done: int = 0
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    val: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    epoch_steps: list[int] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    stop_reason: str | None = None
 
 
 def fit(
@@ -137,169 +131,298 @@ def fit(
 ) -> FitResult:
     """Train for ``epochs`` with exact gradient accumulation, a schedule, validation, early stopping and resume.
 
-    ``model`` may be a ``gradpilot.Task``, which supplies the optimizer, loss, loaders, metric and epochs.
-    ``scheduler`` is a name from ``schedules.BUILDERS`` (options in ``scheduler_options``) or a torch scheduler.
-    With ``checkpoint_dir`` the run saves every epoch (and every ``checkpoint_every`` optimizer steps) and
-    a run started again with the same arguments continues where the last checkpoint left off.
+    ``model`` may be a ``gradpilot.Task``, which supplies the optimizer, loss, loaders, metric and epochs
+    (each argument given here wins). ``scheduler`` is a name from ``schedules.BUILDERS`` (options in
+    ``scheduler_options``) or a torch scheduler. With ``checkpoint_dir`` the run saves every epoch (and every
+    ``checkpoint_every`` optimizer steps) with a ``metrics.csv`` log beside it, and a run started again with
+    the same arguments continues where the last checkpoint left off (other arguments are refused).
     ``on_step(step, lr)`` is called after every optimizer step. A ``Monitor`` watches the run and raises
     findings; with ``autopilot=True`` fit acts on them (lower the LR on oscillation, roll back to the last
     good state and lower it on divergence or NaN, stop and restore the best weights on overfitting).
     """
+    args = dict(optimizer=optimizer, loss_fn=loss_fn, train_loader=train_loader, epochs=epochs,
+                val_loader=val_loader, metric=metric, higher_is_better=higher_is_better)
     if isinstance(model, Task):
-        task = model
-        model, optimizer = task.model, optimizer or task.make_optimizer()
-        loss_fn = loss_fn or task.loss_fn
-        train_loader = train_loader or task.train_loader()
-        val_loader = val_loader if val_loader is not None else task.val_loader()
-        metric = metric or task.metric
-        higher_is_better = task.higher_is_better if metric is task.metric else higher_is_better
-        epochs = epochs or task.epochs
-    if optimizer is None or train_loader is None:
-        raise GradpilotError("fit needs an optimizer and a train_loader (or a gradpilot.Task)")
-    if epochs is None or epochs < 1:
-        raise GradpilotError(f"epochs must be at least 1, got {epochs=}")
-    if accumulation_steps < 1:
-        raise GradpilotError(f"accumulation_steps must be at least 1, got {accumulation_steps=}")
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise GradpilotError(f"checkpoint_every must be at least 1, got {checkpoint_every=}")
-    if early_stopping is not None and val_loader is None:
-        raise GradpilotError("early stopping watches the validation metric: pass val_loader")
-    if max_grad_norm is not None and max_grad_norm <= 0:
-        raise GradpilotError(f"max_grad_norm must be positive, got {max_grad_norm=}")
+        model, args = model.model, _task_defaults(model, args)
+    setup = _setup(model, args, accumulation_steps=accumulation_steps, scheduler=scheduler,
+                   scheduler_options=scheduler_options or {}, early_stopping=early_stopping,
+                   checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, num_items=num_items,
+                   step_fn=step_fn, max_grad_norm=max_grad_norm, device=device, on_step=on_step, monitor=monitor)
+    loop = _Loop(setup)
+    loop.start()
+    while loop.run.epoch < setup.epochs and loop.run.stop_reason is None:
+        loop.train_epoch()
+        loop.end_epoch()
+    return loop.finish()
 
-    device = torch.device(device) if device is not None else model_device(model)
-    world, rank = _world()
+
+def _task_defaults(task: Task, args: dict[str, Any]) -> dict[str, Any]:
+    """A task's own optimizer, loss, loaders, metric and epochs, for each argument left as None."""
+    out = dict(args)
+    out["optimizer"] = args["optimizer"] if args["optimizer"] is not None else task.make_optimizer()
+    out["loss_fn"] = args["loss_fn"] if args["loss_fn"] is not None else task.loss_fn
+    out["train_loader"] = args["train_loader"] if args["train_loader"] is not None else task.train_loader()
+    out["val_loader"] = args["val_loader"] if args["val_loader"] is not None else task.val_loader()
+    if args["metric"] is None:
+        out["metric"], out["higher_is_better"] = task.metric, task.higher_is_better
+    out["epochs"] = args["epochs"] if args["epochs"] is not None else task.epochs
+    return out
+
+
+def _setup(model: nn.Module, args: dict[str, Any], **opts: Any) -> _Setup:
+    """Check every argument and every output path, build the schedule and the run's fingerprint."""
+    optimizer, train_loader, val_loader = args["optimizer"], args["train_loader"], args["val_loader"]
+    if not isinstance(model, nn.Module):
+        raise GradpilotError(f"model must be a torch.nn.Module or a gradpilot.Task, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer) or train_loader is None:
+        raise GradpilotError("fit needs an optimizer (a torch.optim.Optimizer) and a train_loader, or a gradpilot.Task")
+    epochs = _validate.positive_int("epochs", args["epochs"])
+    accumulation = _validate.positive_int("accumulation_steps", opts["accumulation_steps"])
+    every = None if opts["checkpoint_every"] is None else _validate.positive_int("checkpoint_every", opts["checkpoint_every"])
+    clip = None if opts["max_grad_norm"] is None else _validate.positive_float("max_grad_norm", opts["max_grad_norm"])
     base = model.module if isinstance(model, DistributedDataParallel) else model
-    train_model = model if world == 1 or isinstance(model, DistributedDataParallel) else DistributedDataParallel(model)
+    _check_optimizer_trains(base, optimizer)
+    batches = _length("train_loader", train_loader)
+    if val_loader is not None and _length("val_loader", val_loader, required=False) == 0:
+        raise GradpilotError("val_loader yields no batches: check the validation dataset is not empty")
+    if val_loader is None and (opts["early_stopping"] is not None or opts["scheduler"] == "plateau"):
+        raise GradpilotError("early stopping and the plateau scheduler watch the validation metric: pass val_loader")
+    ckpt = None if opts["checkpoint_dir"] is None else _validate.writable_folder(Path(opts["checkpoint_dir"]),
+                                                                                 "checkpoint_dir")
+    world_size, _ = world()
+    steps_per_epoch = math.ceil(batches / accumulation)
+    mode = "max" if args["higher_is_better"] else "min"
+    fingerprint = {"epochs": epochs, "accumulation_steps": accumulation, "batches_per_epoch": batches,
+                   "scheduler": repr((opts["scheduler"] if isinstance(opts["scheduler"], str) or opts["scheduler"] is None
+                                      else type(opts["scheduler"]).__name__, sorted(opts["scheduler_options"].items()))),
+                   "world_size": world_size, "max_grad_norm": clip, "early_stopping": repr(opts["early_stopping"]),
+                   "model": _fingerprint.model_layout(base), "train_data": _fingerprint.data_digest(train_loader),
+                   **_fingerprint.optimizer_settings(optimizer)}  # before a scheduler touches the LRs
+    schedule = _make_schedule(opts["scheduler"], opts["scheduler_options"], optimizer, steps_per_epoch * epochs, mode)
+    train_model = model if world_size == 1 or isinstance(model, DistributedDataParallel) else DistributedDataParallel(model)
+    device = torch.device(opts["device"]) if opts["device"] is not None else model_device(base)
+    return _Setup(base, train_model, optimizer, args["loss_fn"], train_loader, val_loader, args["metric"], mode, epochs,
+                  accumulation, every, clip, opts["early_stopping"], schedule, device, opts["step_fn"], opts["num_items"],
+                  opts["on_step"], opts["monitor"], ckpt, fingerprint,
+                  _micro_batch(train_loader, batches) * accumulation * world_size)
+
+
+def _check_optimizer_trains(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    own = {id(p) for p in model.parameters()}
+    params = [p for g in optimizer.param_groups for p in g["params"] if id(p) in own]
+    if not params:
+        raise GradpilotError("the optimizer holds none of the model's parameters: build it from model.parameters()")
+    if not any(p.requires_grad for p in params):
+        raise GradpilotError("none of the model's parameters the optimizer holds requires grad (a frozen model): "
+                             "unfreeze what should train")
+
+
+def _length(name: str, loader: Any, required: bool = True) -> int | None:
     try:
-        batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
+        n = len(loader)
     except TypeError:
-        raise GradpilotError("train_loader has no len(): fit needs to know how many batches an epoch holds") from None
-    steps_per_epoch = math.ceil(batches_per_epoch / accumulation_steps)
-    if steps_per_epoch == 0:
-        raise GradpilotError("train_loader yielded no batches: check the dataset is not empty")
-    mode = "max" if higher_is_better else "min"
-    schedule = _make_schedule(scheduler, scheduler_options or {}, optimizer, steps_per_epoch * epochs, epochs, mode)
-    if schedule is not None and schedule.needs_metric and val_loader is None:
-        raise GradpilotError("the plateau scheduler reduces the LR when the validation metric stalls: pass val_loader")
-    count = item_counter(loss_fn, num_items)
-    sync_context = sync_contexts(train_model)
-    micro = getattr(train_loader, "batch_size", None) or 0
-    fingerprint = {"epochs": epochs, "accumulation_steps": accumulation_steps, "batches_per_epoch": batches_per_epoch,
-                   "scheduler": repr((scheduler if isinstance(scheduler, str) else type(scheduler).__name__,
-                                      sorted((scheduler_options or {}).items()))), "world_size": world}
+        if required:
+            raise GradpilotError(f"{name} has no len(): fit needs to know how many batches an epoch holds") from None
+        return None
+    if n == 0 and required:
+        raise GradpilotError(f"{name} yields no batches: check the dataset is not empty "
+                             "and that drop_last does not drop its only batch")
+    return n
 
-    run = _Run()
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    resume = _checkpoint.load(ckpt_dir) if ckpt_dir is not None else None
-    if resume is not None:
-        if resume["fingerprint"] != fingerprint:
-            raise GradpilotError(f"{ckpt_dir} holds a run with other settings ({resume['fingerprint']}); "
-                                 "use a new checkpoint_dir or the same arguments")
-        run = _restore(resume, base, optimizer, schedule)
-        log.info("resuming from %s at epoch %d, step %d", ckpt_dir, run.epoch + 1, run.step)
-    resumed_from = None if resume is None else run.step
 
-    def checkpoint(epoch_rng: dict[str, Any], epoch_losses: list[torch.Tensor]) -> None:
-        if ckpt_dir is not None and rank == 0:
-            state = _snapshot(run, base, optimizer, schedule, fingerprint, epoch_rng, epoch_losses, train_loader)
-            _checkpoint.save(state, ckpt_dir)
+def _micro_batch(loader: Any, batches: int | None) -> int:
+    """Items per micro-batch: the loader's batch size, its batch sampler's, or the dataset's average per batch."""
+    size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    if size:
+        return int(size)
+    dataset = getattr(loader, "dataset", None)
+    try:
+        return max(1, round(len(dataset) / batches)) if dataset is not None and batches else 0  # type: ignore[arg-type]
+    except TypeError:
+        return 0
 
-    stop_reason = f"completed {epochs} epochs"
-    autopilot = monitor is not None and monitor.autopilot
-    keep_best = early_stopping is not None or autopilot
-    good = Snapshot()
-    if autopilot:
-        good.take(run.step, base, optimizer)
-    base.train()
-    while run.epoch < epochs:
-        skip = 0
-        epoch_losses: list[torch.Tensor] = []
-        if resume is not None and run.windows_done:
-            # mid-epoch: replay the epoch's shuffle, skip the windows already trained, then pick up the RNGs
-            epoch_rng, skip = resume["epoch_rng"], run.windows_done
-            _checkpoint.set_rng_state(epoch_rng, train_loader)
-            epoch_losses = [torch.tensor(v) for v in resume["epoch_losses"]]
+
+def _make_schedule(scheduler: Any, options: dict[str, Any], optimizer: torch.optim.Optimizer, total_steps: int,
+                   mode: str) -> schedules.Schedule | None:
+    if scheduler is None:
+        if options:
+            raise GradpilotError("scheduler_options given without a scheduler name")
+        return None
+    if isinstance(scheduler, str):
+        if scheduler == "plateau":
+            options = {"mode": mode, **options}
+        return schedules.make_schedule(scheduler, optimizer, total_steps=total_steps, **options)
+    return schedules.wrap(scheduler)
+
+
+class _Loop:
+    """One run of ``fit``: its setup, its progress, and the steps the driver calls in turn."""
+
+    def __init__(self, setup: _Setup) -> None:
+        self.s = setup
+        self.run = _Run()
+        self.resume: dict[str, Any] | None = None
+        self.resumed_from: int | None = None
+        self.count = item_counter(setup.loss_fn, setup.num_items)
+        self.sync_context = sync_contexts(setup.train_model)
+        self.world, self.rank = world()
+        self.autopilot = setup.monitor is not None and setup.monitor.autopilot
+        self.keep_best = setup.early_stopping is not None or self.autopilot
+        self.good = Snapshot()
+        self.epoch_rng: dict[str, Any] = {}
+        self.epoch_losses: list[torch.Tensor] = []
+        name = getattr(setup.metric, "__name__", None)
+        column = None if setup.metric is None else metric_column(None if str(name).startswith("<") else name,
+                                                                 setup.mode == "max")
+        self.log = None if setup.checkpoint_dir is None else MetricsLog(setup.checkpoint_dir, column)
+
+    def start(self) -> None:
+        """Continue from the checkpoint in ``checkpoint_dir`` if there is one (with the same settings)."""
+        s = self.s
+        if s.checkpoint_dir is not None:
+            _checkpoint.remove_stale_temporaries(s.checkpoint_dir)
+            self.resume = _checkpoint.load(s.checkpoint_dir)
+        if self.resume is not None:
+            _fingerprint.check_same(self.resume["fingerprint"], s.fingerprint, str(s.checkpoint_dir))
+            self.run = _restore(self.resume, s.model, s.optimizer, s.schedule)
+            self.resumed_from = self.run.step
+            self._write_log(rewrite=True, partial=self.resume["epoch_losses"])
+            log.info("resuming from %s at epoch %d, step %d", s.checkpoint_dir, self.run.epoch + 1, self.run.step)
+        if self.autopilot:
+            self.good.take(self.run.step, s.model, s.optimizer)
+        s.model.train()
+
+    def train_epoch(self) -> None:
+        """Train one epoch's accumulation windows; on resume mid-epoch, replay its shuffle and skip what was done."""
+        s, run, skip = self.s, self.run, 0
+        self.epoch_losses = []
+        if self.resume is not None and run.windows_done:
+            self.epoch_rng, skip = self.resume["epoch_rng"], run.windows_done
+            _checkpoint.set_rng_state(self.epoch_rng, s.train_loader)
+            self.epoch_losses = [torch.tensor(v) for v in self.resume["epoch_losses"]]
         else:
-            if resume is not None:
-                _checkpoint.set_rng_state(resume["rng"], train_loader)
-            epoch_rng = _checkpoint.rng_state(train_loader)
-        for w, window in enumerate(windows(train_loader, accumulation_steps)):
+            if self.resume is not None:
+                _checkpoint.set_rng_state(self.resume["rng"], s.train_loader)
+            self.epoch_rng = _checkpoint.rng_state(s.train_loader)
+        for w, window in enumerate(windows(s.train_loader, s.accumulation_steps)):
             if w < skip:
-                if w == skip - 1:
-                    _checkpoint.set_rng_state(resume["rng"], train_loader)  # type: ignore[index]
+                if w == skip - 1 and self.resume is not None:
+                    _checkpoint.set_rng_state(self.resume["rng"], s.train_loader)
                 continue
-            single = len(window) == 1 and world == 1
-            weights = [1.0] if single else micro_weights([count(b) for b in window], world)
-            window_loss: torch.Tensor | None = None
-            for j, batch in enumerate(window):
-                with sync_context(j == len(window) - 1):
-                    loss = compute_loss(train_model, to_device(batch, device), loss_fn, step_fn)
-                    # weight = this micro-batch's share of the window's items: the sum equals the large batch's mean
-                    scaled = loss if single else loss * weights[j]
-                    scaled.backward()
-                window_loss = scaled.detach() if window_loss is None else window_loss + scaled.detach()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(base.parameters(), max_grad_norm)
-            run.lrs.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if schedule is not None and schedule.interval == "step":
-                schedule.step()
-            epoch_losses.append(window_loss)  # type: ignore[arg-type]
-            run.step += 1
+            self.epoch_losses.append(self.train_window(window))
             run.windows_done = w + 1
-            if on_step is not None:
-                on_step(run.step, run.lrs[-1])
-            if monitor is not None:
-                new = monitor.update(run.step, window_loss, run.lrs[-1])  # type: ignore[arg-type]
-                if autopilot:
-                    _steer(new, monitor, good, run.step, base, optimizer, schedule)
-            if checkpoint_every is not None and run.step % checkpoint_every == 0:
-                checkpoint(epoch_rng, epoch_losses)
-        resume = None
-        run.losses.extend(_gather_losses(epoch_losses, world))
+            self.after_step()
+        self.resume = None
+
+    def train_window(self, window: list[Any]) -> torch.Tensor:
+        """One optimizer step over a window of micro-batches, each weighted by its share of the window's items."""
+        s = self.s
+        single = len(window) == 1 and self.world == 1
+        weights = [1.0] if single else micro_weights([self.count(b) for b in window], self.world)
+        total: torch.Tensor | None = None
+        for j, batch in enumerate(window):
+            with self.sync_context(j == len(window) - 1):  # DDP all-reduces on the window's last micro-batch only
+                loss = compute_loss(s.train_model, to_device(batch, s.device), s.loss_fn, s.step_fn)
+                scaled = loss if single else loss * weights[j]  # the weighted sum is the large batch's mean
+                scaled.backward()
+            total = scaled.detach() if total is None else total + scaled.detach()
+        if s.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.max_grad_norm)
+        self.run.lrs.append(s.optimizer.param_groups[0]["lr"])
+        s.optimizer.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        if s.schedule is not None and s.schedule.interval == "step":
+            s.schedule.step()
+        assert total is not None  # a window holds at least one batch
+        return total
+
+    def after_step(self) -> None:
+        """Count the step, tell the callback and the monitor, checkpoint when due."""
+        s, run = self.s, self.run
+        run.step += 1
+        if s.on_step is not None:
+            s.on_step(run.step, run.lrs[-1])
+        if s.monitor is not None:
+            new = s.monitor.update(run.step, self.epoch_losses[-1], run.lrs[-1])
+            if self.autopilot:
+                _steer(new, s.monitor, self.good, run.step, s.model, s.optimizer, s.schedule)
+        if s.checkpoint_every is not None and run.step % s.checkpoint_every == 0:
+            self.checkpoint()
+
+    def end_epoch(self) -> None:
+        """Validate, keep the best weights, step an epoch schedule, decide whether to stop, checkpoint."""
+        s, run = self.s, self.run
+        run.losses.extend(_gather_losses(self.epoch_losses, self.world))
+        self.epoch_losses = []
         run.epoch += 1
         run.windows_done = 0
-        value = None
         run.epoch_steps.append(run.step)
-        if val_loader is not None:
-            val_loss, val_metric = evaluate_both(base, val_loader, loss_fn, metric, step_fn=step_fn,
-                                                 num_items=num_items, device=device)
-            value = val_loss if val_metric is None else val_metric
-            run.val.append(value)
-            run.val_losses.append(val_loss)
-            log.info("epoch %d: validation %s %.5g", run.epoch, "metric" if metric else "loss", value)
-            if keep_best and (early_stopping or EarlyStopping()).best_epoch(run.val, mode) == len(run.val) - 1:
-                run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in base.state_dict().items()}
-        if schedule is not None and schedule.interval == "epoch":
-            schedule.step(value)
-        checkpoint(epoch_rng, [])
-        if monitor is not None and val_loader is not None:
-            overfit = monitor.end_epoch(run.step, run.val_losses[-1])
-            if autopilot and overfit:
-                monitor.record(run.step, "overfitting", f"stopped after epoch {run.epoch}: {overfit[0].evidence}")
-                stop_reason = f"autopilot stopped at epoch {run.epoch}: overfitting"
-                break
-        if early_stopping is not None and early_stopping.should_stop(run.val, mode):
-            best = early_stopping.best_epoch(run.val, mode)
-            stop_reason = (f"early stopping at epoch {run.epoch}: no improvement in the validation metric for "
-                           f"{early_stopping.patience} epochs (best {run.val[best]:.5g} at epoch {best + 1})"
-                           if best is not None else f"early stopping at epoch {run.epoch}: validation metric not finite")
-            break
+        value = self.validate() if s.val_loader is not None else None
+        if s.schedule is not None and s.schedule.interval == "epoch":
+            s.schedule.step(value)
+        run.stop_reason = self.stop_reason()
+        self.checkpoint()
 
-    restored = keep_best and run.best_state is not None
-    if restored:
-        base.load_state_dict(run.best_state)  # type: ignore[arg-type]
-    best_index = (early_stopping or EarlyStopping()).best_epoch(run.val, mode) if run.val else None
-    return FitResult(
-        train_losses=tuple(run.losses), lrs=tuple(run.lrs), val_metrics=tuple(run.val),
-        best_epoch=None if best_index is None else best_index + 1, stop_reason=stop_reason,
-        epochs_completed=run.epoch, steps=run.step, effective_batch_size=micro * accumulation_steps * world,
-        val_losses=tuple(run.val_losses), epoch_steps=tuple(run.epoch_steps), resumed_from_step=resumed_from,
-        restored_best=restored,
-        findings=tuple(monitor.findings) if monitor else (), actions=tuple(monitor.actions) if monitor else (),
-    )
+    def validate(self) -> float:
+        s, run = self.s, self.run
+        val_loss, val_metric = evaluate_both(s.model, s.val_loader or [], s.loss_fn, s.metric, step_fn=s.step_fn,
+                                             num_items=s.num_items, device=s.device)
+        value = val_loss if val_metric is None else val_metric
+        run.val.append(value)
+        run.val_losses.append(val_loss)
+        log.info("epoch %d: validation %s %.5g", run.epoch, "metric" if s.metric else "loss", value)
+        if self.keep_best and (s.early_stopping or EarlyStopping()).best_epoch(run.val, s.mode) == len(run.val) - 1:
+            run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.model.state_dict().items()}
+        return value
+
+    def stop_reason(self) -> str | None:
+        """Why the run ends after this epoch, or None to go on."""
+        s, run = self.s, self.run
+        if s.monitor is not None and s.val_loader is not None:
+            overfit = s.monitor.end_epoch(run.step, run.val_losses[-1])
+            if self.autopilot and overfit:
+                s.monitor.record(run.step, "overfitting", f"stopped after epoch {run.epoch}: {overfit[0].evidence}")
+                return f"autopilot stopped at epoch {run.epoch}: overfitting"
+        if s.early_stopping is not None and s.early_stopping.should_stop(run.val, s.mode):
+            best = s.early_stopping.best_epoch(run.val, s.mode)
+            if best is None:
+                return f"early stopping at epoch {run.epoch}: validation metric not finite"
+            return (f"early stopping at epoch {run.epoch}: no improvement in the validation metric for "
+                    f"{s.early_stopping.patience} epochs (best {run.val[best]:.5g} at epoch {best + 1})")
+        return f"completed {s.epochs} epochs" if run.epoch >= s.epochs else None
+
+    def checkpoint(self) -> None:
+        """Write the metrics log, then the checkpoint (rank 0 only); a restart rewrites the log from the checkpoint."""
+        s = self.s
+        if s.checkpoint_dir is None or self.rank != 0:
+            return
+        partial = _gather_losses(self.epoch_losses, 1)
+        self._write_log(partial=partial)
+        state = _snapshot(self.run, s, self.epoch_rng, partial)
+        _checkpoint.save(state, s.checkpoint_dir)
+
+    def _write_log(self, *, partial: list[float], rewrite: bool = False) -> None:
+        if self.log is not None and self.rank == 0:
+            run = self.run
+            self.log.write(run.losses + partial, run.lrs, run.epoch_steps, run.val_losses,
+                           run.val if self.s.metric is not None else [], rewrite=rewrite)
+
+    def finish(self) -> FitResult:
+        """Put the best weights back when the run kept them, and report."""
+        s, run = self.s, self.run
+        restored = self.keep_best and run.best_state is not None
+        if restored:
+            s.model.load_state_dict(run.best_state)  # type: ignore[arg-type]
+        best_index = (s.early_stopping or EarlyStopping()).best_epoch(run.val, s.mode) if run.val else None
+        monitor = s.monitor
+        return FitResult(
+            train_losses=tuple(run.losses), lrs=tuple(run.lrs), val_metrics=tuple(run.val),
+            best_epoch=None if best_index is None else best_index + 1,
+            stop_reason=run.stop_reason or f"completed {s.epochs} epochs", epochs_completed=run.epoch, steps=run.step,
+            effective_batch_size=s.effective_batch_size, val_losses=tuple(run.val_losses),
+            epoch_steps=tuple(run.epoch_steps), resumed_from_step=self.resumed_from, restored_best=restored,
+            findings=tuple(monitor.findings) if monitor else (), actions=tuple(monitor.actions) if monitor else (),
+        )
 
 
 def _steer(new: list[Any], monitor: Monitor, good: Snapshot, step: int, model: nn.Module,
@@ -322,66 +445,39 @@ def _steer(new: list[Any], monitor: Monitor, good: Snapshot, step: int, model: n
         good.take(step, model, optimizer)
 
 
-@dataclass
-class _Run:
-    """The loop's progress: everything a checkpoint must carry besides model, optimizer and scheduler."""
-
-    epoch: int = 0
-    windows_done: int = 0
-    step: int = 0
-    losses: list[float] = field(default_factory=list)
-    lrs: list[float] = field(default_factory=list)
-    val: list[float] = field(default_factory=list)
-    val_losses: list[float] = field(default_factory=list)
-    epoch_steps: list[int] = field(default_factory=list)
-    best_state: dict[str, torch.Tensor] | None = None
-
-
-def _gather_losses(losses: list[torch.Tensor], world: int) -> list[float]:
+def _gather_losses(losses: list[torch.Tensor], world_size: int) -> list[float]:
     """One host sync per epoch (not per step); under DDP the processes' shares are summed to the global mean."""
     if not losses:
         return []
     stacked = torch.stack([loss.double().reshape(()) for loss in losses])
-    if world > 1:
+    if world_size > 1:
         stacked = stacked.to(comm_device())
         dist.all_reduce(stacked)
-        stacked = stacked / world
-    return stacked.tolist()
+        stacked = stacked / world_size
+    return list(stacked.tolist())
 
 
-def _make_schedule(scheduler: Any, options: dict[str, Any], optimizer: torch.optim.Optimizer, total_steps: int,
-                   epochs: int, mode: str) -> schedules.Schedule | None:
-    if scheduler is None:
-        if options:
-            raise GradpilotError("scheduler_options given without a scheduler name")
-        return None
-    if isinstance(scheduler, str):
-        if scheduler == "plateau":
-            options = {"mode": mode, **options}
-        return schedules.make_schedule(scheduler, optimizer, total_steps=total_steps, epochs=epochs, **options)
-    return schedules.wrap(scheduler)
-
-
-def _snapshot(run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: schedules.Schedule | None,
-              fingerprint: dict[str, Any], epoch_rng: dict[str, Any], epoch_losses: list[torch.Tensor],
-              loader: Any) -> dict[str, Any]:
+def _snapshot(run: _Run, s: _Setup, epoch_rng: dict[str, Any], partial: list[float]) -> dict[str, Any]:
     return {
-        "fingerprint": fingerprint, "epoch": run.epoch, "windows_done": run.windows_done, "step": run.step,
+        "fingerprint": s.fingerprint, "epoch": run.epoch, "windows_done": run.windows_done, "step": run.step,
         "losses": list(run.losses), "lrs": list(run.lrs), "val": list(run.val), "val_losses": list(run.val_losses),
-        "epoch_steps": list(run.epoch_steps), "best_state": run.best_state,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": None if schedule is None else schedule.scheduler.state_dict(),
-        "epoch_rng": epoch_rng, "rng": _checkpoint.rng_state(loader),
-        "epoch_losses": _gather_losses(epoch_losses, 1),
+        "epoch_steps": list(run.epoch_steps), "best_state": run.best_state, "stop_reason": run.stop_reason,
+        "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+        "scheduler": None if s.schedule is None else s.schedule.scheduler.state_dict(),
+        "epoch_rng": epoch_rng, "rng": _checkpoint.rng_state(s.train_loader), "epoch_losses": partial,
     }
 
 
 def _restore(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
              schedule: schedules.Schedule | None) -> _Run:
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    if schedule is not None and saved["scheduler"] is not None:
-        schedule.scheduler.load_state_dict(saved["scheduler"])
-    return _Run(epoch=saved["epoch"], windows_done=saved["windows_done"], step=saved["step"],
-                losses=saved["losses"], lrs=saved["lrs"], val=saved["val"], val_losses=saved["val_losses"],
-                epoch_steps=saved["epoch_steps"], best_state=saved["best_state"])
+    try:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if schedule is not None and saved["scheduler"] is not None:
+            schedule.scheduler.load_state_dict(saved["scheduler"])
+        return _Run(epoch=saved["epoch"], windows_done=saved["windows_done"], step=saved["step"],
+                    losses=saved["losses"], lrs=saved["lrs"], val=saved["val"], val_losses=saved["val_losses"],
+                    epoch_steps=saved["epoch_steps"], best_state=saved["best_state"], stop_reason=saved["stop_reason"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise GradpilotError(f"the checkpoint does not fit this run ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:160]}); use a new checkpoint_dir") from None

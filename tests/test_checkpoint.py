@@ -48,7 +48,9 @@ def test_killed_run_resumes_bit_identical(tmp_path, reference, kill, flag):
 def test_half_written_checkpoint_is_never_read_back(tmp_path):
     _checkpoint.save({"step": 1}, tmp_path)
     (tmp_path / ".last.pt.123.tmp").write_bytes(b"half")  # what a crash mid-write leaves behind
-    assert _checkpoint.load(tmp_path) == {"step": 1}
+    assert _checkpoint.load(tmp_path) == {"format": _checkpoint.FORMAT, "step": 1}
+    _checkpoint.remove_stale_temporaries(tmp_path)  # what the next run does first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
 def test_unreadable_checkpoint_and_other_settings_are_clear_errors(tmp_path):

@@ -144,4 +144,4 @@ def test_json_shape_and_registry():
     out = json.loads(json.dumps(d.to_json()))
     assert set(out["findings"][0]) >= {"kind", "start", "end", "evidence", "confidence", "remedy"}
     assert out["learning_rate"]["verdict"] in ("too high", "too low", "about right", "unknown")
-    assert set(DETECTORS) | {"healthy"} == set(KINDS)
+    assert set(DETECTORS) | {"healthy", "insufficient_data"} == set(KINDS)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gradpilot import GradpilotError, diagnose, read_log
-from gradpilot.history import classify
+from gradpilot.logs import classify
 
 LOSS = [2.3 * np.exp(-s / 30) + 0.2 for s in range(120)]
 
@@ -92,9 +92,9 @@ def test_trainer_state_json_of_the_documented_shape(tmp_path):
     ("name", "content", "message"),
     [
         ("empty.csv", "", "is empty"),
-        ("trunc.csv", "step,loss,lr\n1,2.0,0.1\n2,1.9", r"trunc.csv:3: expected 3 fields"),
+        ("trunc.csv", "step,loss,lr\n1,2.0,0.1\n2,1.9\n3,1.8,0.1\n", r"trunc.csv:3: expected 3 fields"),
         ("bad.csv", "step,loss\n1,2.0\n2,oops\n", r"bad.csv:3: 'loss' is 'oops', not a number"),
-        ("bad.jsonl", '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n{"step": 3, "lo', r"bad.jsonl:3: not valid JSON"),
+        ("bad.jsonl", '{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.9}\n', r"bad.jsonl:2: not valid JSON"),
         ("list.jsonl", "[1, 2]\n", r"list.jsonl:1: expected a JSON object"),
         ("trainer_state.json", '{"log_history": [\n  {"loss": 2.0, "step": 1},\n  {"loss"', r"trainer_state.json:\d+: not valid JSON"),
         ("other.json", '{"something": 1}', "no 'log_history' list"),

@@ -146,5 +146,5 @@ def test_missing_optimizer_or_empty_loader():
         fit(model(), None, nn.MSELoss(), DataLoader(data()), epochs=1)
     net = model()
     empty = DataLoader(TensorDataset(torch.zeros(0, 4), torch.zeros(0, 1)))
-    with pytest.raises(GradpilotError, match="yielded no batches"):
+    with pytest.raises(GradpilotError, match="yields no batches"):
         fit(net, torch.optim.SGD(net.parameters(), lr=0.1), nn.MSELoss(), empty, epochs=1)

@@ -1,0 +1,173 @@
+"""Recognising the columns users log, and building a ``History`` from logged rows.
+
+Rows stream in one at a time; only the columns diagnosis reads are kept, as float arrays, so a log of
+millions of rows costs a few bytes a row (not a dict a row).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from array import array
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from gradpilot.errors import GradpilotError
+from gradpilot.history import History, Series
+
+STEP_NAMES = ("step", "global_step", "train_global_step", "iteration", "iter", "steps", "trainer_global_step")
+EPOCH_NAMES = ("epoch", "epochs", "train_epoch")
+VAL_TOKENS = {"val", "valid", "validation", "eval", "evaluation", "test", "dev"}
+LOWER_IS_BETTER = {"loss", "error", "err", "mse", "mae", "rmse", "perplexity", "ppl", "wer", "cer"}
+IGNORED = {"runtime", "samples_per_second", "steps_per_second", "flos", "grad_norm", "time", "timestamp"}
+
+
+def tokens(name: str) -> list[str]:
+    """``"train/loss"`` → ``["train", "loss"]``; ``"lr-AdamW/pg1"`` → ``["lr", "adamw", "pg1"]``."""
+    return [t for t in re.split(r"[^a-z0-9]+", name.lower()) if t]
+
+
+def classify(name: str) -> str | None:
+    """What a logged column holds: ``step``, ``epoch``, ``train_loss``, ``train_loss_epoch``, ``val_loss``,
+    ``val_metric``, ``lr``, or None for anything else."""
+    norm = "_".join(tokens(name))
+    toks = set(norm.split("_"))
+    if norm in STEP_NAMES:
+        return "step"
+    if norm in EPOCH_NAMES:
+        return "epoch"
+    if any(norm.endswith(i) for i in IGNORED) or "runtime" in toks:
+        return None
+    if toks & {"lr", "learning"} and "loss" not in toks:
+        return "lr"
+    if "loss" in toks:
+        if toks & VAL_TOKENS:
+            return "val_loss"
+        if "epoch" in toks:
+            return "train_loss_epoch"
+        return "train_loss"
+    if toks & VAL_TOKENS and not toks & IGNORED:
+        return "val_metric"
+    return None
+
+
+def number(value: Any) -> float | None:
+    """A logged value as a float: None for an empty cell or text, NaN/inf as they are, huge ints as inf."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+    except (TypeError, ValueError):
+        return None
+
+
+class Columns:
+    """The columns of a log that diagnosis reads, filled row by row."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.rows = 0
+        self.kinds: dict[str, str | None] = {}
+        self.order: dict[str, list[str]] = {}  # kind -> its columns, in order of appearance
+        self.index: dict[str, array[int]] = {}
+        self.values: dict[str, array[float]] = {}
+        self.names: dict[str, None] = {}  # every column seen, for the error message
+
+    def kind(self, name: str) -> str | None:
+        """The column's kind (cached: classifying is the costly part of a row)."""
+        if name not in self.kinds:
+            kind = classify(name)
+            self.kinds[name] = kind
+            if len(self.names) < 50:
+                self.names[name] = None
+            if kind is not None:
+                self.order.setdefault(kind, []).append(name)
+                self.index[name], self.values[name] = array("q"), array("d")
+        return self.kinds[name]
+
+    def add(self, row: Mapping[str, Any], where: str = "") -> None:
+        """Keep the numbers of one logged row; text in a column diagnosis reads is an error naming ``where``."""
+        for name, value in row.items():
+            if not isinstance(name, str) or self.kind(name) is None:
+                continue
+            x = number(value)
+            if x is None:
+                if isinstance(value, str) and value.strip() and where:
+                    raise GradpilotError(f"{where}: {name!r} is {value.strip()[:40]!r}, not a number")
+                continue
+            self.index[name].append(self.rows)
+            self.values[name].append(x)
+        self.rows += 1
+
+    def history(self, warnings: Iterable[str] = ()) -> History:
+        """The run these rows describe."""
+        train_col = self._first("train_loss") or self._first("train_loss_epoch")
+        if train_col is None:
+            raise GradpilotError(f"{self.source}: no training-loss column among {sorted(self.names)[:20]}: "
+                                 "name it 'loss' or 'train_loss'")
+        x = self._dense(self._first("step") or self._first("epoch"))
+        train = self._series(train_col, x)
+        if train is None:
+            raise GradpilotError(f"{self.source}: the column {train_col!r} holds no numbers")
+        metric_col = next((c for c in self.order.get("val_metric", []) if not set(tokens(c)) & IGNORED), None)
+        lr_cols = sorted(self.order.get("lr", []), key=lambda c: (("pg" in c.lower()) and not c.lower().endswith("pg1"), c))
+        val_col = self._first("val_loss")
+        return History(
+            train_loss=train,
+            val_loss=self._series(val_col, x),
+            val_metric=self._series(metric_col, x),
+            metric_name=metric_col,
+            higher_is_better=metric_col is not None and not set(tokens(metric_col)) & LOWER_IS_BETTER,
+            lr=self._series(lr_cols[0] if lr_cols else None, x),
+            source=self.source,
+            val_epochs=self._epochs_at(val_col, x),
+            warnings=tuple(warnings),
+        )
+
+    def _first(self, kind: str) -> str | None:
+        return next(iter(self.order.get(kind, [])), None)
+
+    def _dense(self, col: str | None) -> np.ndarray:
+        """The column's value in every row (NaN where a row has none); the row number when there is no column."""
+        if col is None:
+            return np.arange(self.rows, dtype=float)
+        out = np.full(self.rows, np.nan)
+        out[np.frombuffer(self.index[col], dtype=np.int64)] = np.frombuffer(self.values[col], dtype=float)
+        return out
+
+    def _series(self, col: str | None, x: np.ndarray) -> Series | None:
+        if col is None or not len(self.values[col]):
+            return None
+        rows = np.frombuffer(self.index[col], dtype=np.int64)
+        at = x[rows]
+        at = np.where(np.isfinite(at), at, rows.astype(float))
+        order = np.argsort(at, kind="stable")
+        return Series(at[order], np.frombuffer(self.values[col], dtype=float)[order].copy())
+
+    def _epochs_at(self, val_col: str | None, x: np.ndarray) -> np.ndarray | None:
+        """Epochs completed at each validation point, whichever way the log counts them: Lightning and Keras
+        count from 0 (epoch 0 is the first), Hugging Face logs the epochs done (1.0, or 0.5 mid-epoch)."""
+        epoch_col = self._first("epoch")
+        if val_col is None or epoch_col is None:
+            return None
+        rows = np.frombuffer(self.index[val_col], dtype=np.int64)
+        epochs = self._dense(epoch_col)[rows]
+        if not len(epochs) or not np.isfinite(epochs).all():
+            return None
+        at = np.where(np.isfinite(x[rows]), x[rows], rows.astype(float))
+        epochs = epochs[np.argsort(at, kind="stable")]
+        if np.any(epochs != np.round(epochs)):
+            return np.ceil(epochs)
+        return epochs + 1 if epochs.min() == 0 else epochs
+
+
+def from_records(records: Iterable[Mapping[str, Any]], source: str, warnings: Iterable[str] = ()) -> History:
+    """Build a history from logged rows (dicts of column → value, any order, sparse rows allowed)."""
+    columns = Columns(source)
+    for row in records:
+        columns.add(row)
+    return columns.history(warnings)

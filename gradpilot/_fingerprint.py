@@ -1,0 +1,104 @@
+"""What makes a run the same run: the settings a checkpoint must match before a restart may continue it."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradpilot.errors import GradpilotError
+
+_SAMPLES = 8  # items hashed from a dataset: enough to tell two datasets apart, cheap for any size
+
+
+def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, str]:
+    """Each param group's hyperparameters (``lr``, ``weight_decay``, ``betas``, ...) as text, by name."""
+    out = {"optimizer": type(optimizer).__name__}
+    for i, group in enumerate(optimizer.param_groups):
+        prefix = "" if i == 0 else f"group{i}."
+        for key, value in group.items():
+            if key != "params":
+                out[prefix + key] = _text(value)
+        out[prefix + "parameters"] = str(sum(p.numel() for p in group["params"]))
+    return out
+
+
+def model_layout(model: nn.Module) -> str:
+    """A digest of the model's state-dict names, shapes and dtypes (not values: those are what training changes)."""
+    layout = [(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()]
+    return hashlib.blake2b(repr(layout).encode(), digest_size=8).hexdigest()
+
+
+def data_digest(loader: Any) -> str:
+    """Length and a digest of a few items of the loader's dataset (read under fixed seeds, so random
+    augmentations give the same digest every time); "unknown" when the data cannot be indexed."""
+    dataset = getattr(loader, "dataset", loader)
+    try:
+        n = len(dataset)
+        picks = sorted({round(i * (n - 1) / (_SAMPLES - 1)) for i in range(_SAMPLES)}) if n else []
+        with _fixed_seeds():
+            items = [dataset[i] for i in picks]
+    except Exception:  # noqa: BLE001 - an iterable dataset, or one that cannot be read out of order
+        return "unknown"
+    h = hashlib.blake2b(digest_size=8)
+    for item in items:
+        _feed(h, item)
+    return f"{n} items, {h.hexdigest()}"
+
+
+@contextmanager
+def _fixed_seeds() -> Iterator[None]:
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        random.seed(0)
+        np.random.seed(0)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def _feed(h: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, np.ndarray):
+        h.update(f"{value.dtype}{value.shape}".encode() + np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, Mapping):
+        for k in sorted(value, key=str):
+            h.update(str(k).encode())
+            _feed(h, value[k])
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _feed(h, v)
+    elif isinstance(value, (bool, int, float, complex, str, bytes, type(None))):
+        h.update(repr(value).encode())
+    else:  # images and other objects: their type only (a repr may hold a memory address)
+        h.update(type(value).__name__.encode())
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return repr(value.tolist())
+    if isinstance(value, float):
+        return repr(value)
+    return repr(value) if isinstance(value, (int, str, bool, tuple, list, type(None))) else type(value).__name__
+
+
+def check_same(saved: Mapping[str, Any], current: Mapping[str, Any], where: str) -> None:
+    """Refuse, in one line, to continue a run whose settings changed."""
+    keys = [k for k in dict.fromkeys([*saved, *current]) if saved.get(k) != current.get(k)]
+    if keys:
+        changes = "; ".join(f"{k}: {saved.get(k, 'unset')} → {current.get(k, 'unset')}" for k in keys[:4])
+        more = f" (and {len(keys) - 4} more)" if len(keys) > 4 else ""
+        raise GradpilotError(f"{where} holds a run with other settings ({changes}{more}); "
+                             "use a new checkpoint_dir, or the same arguments to continue it")

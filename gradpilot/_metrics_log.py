@@ -1,0 +1,73 @@
+"""The metrics log ``fit`` writes beside its checkpoints, in the layout of Lightning's ``CSVLogger``.
+
+Sparse rows: one per optimizer step (``step``, ``epoch``, ``lr``, ``train_loss``) and one per validation
+(``step``, ``epoch``, ``val_loss`` and the metric). Epochs count from 0, as Lightning counts them.
+``gradpilot diagnose DIR/metrics.csv`` reads it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+NAME = "metrics.csv"
+
+
+def metric_column(name: str | None, higher_is_better: bool) -> str:
+    """``val_<metric name>``; a lower-is-better metric whose name does not say so gets ``_error`` added, so
+    that a reader of the log knows its direction."""
+    words = re.sub(r"[^a-z0-9]+", "_", (name or "metric").lower()).strip("_") or "metric"
+    lower_words = {"loss", "error", "err", "mse", "mae", "rmse", "perplexity", "ppl", "wer", "cer"}
+    if not higher_is_better and not set(words.split("_")) & lower_words:
+        words += "_error"
+    return f"val_{words}"
+
+
+class MetricsLog:
+    """Append-only CSV, rewritten whole once when a run resumes (so a kill never leaves rows the checkpoint
+    does not know of)."""
+
+    def __init__(self, directory: Path, metric: str | None) -> None:
+        self.path = directory / NAME
+        self.columns = ["step", "epoch", "lr", "train_loss", "val_loss"] + ([metric] if metric else [])
+        self.steps_written = 0
+        self.evals_written = 0
+
+    def write(self, losses: Sequence[float], lrs: Sequence[float], epoch_steps: Sequence[int],
+              val_losses: Sequence[float], val_metrics: Sequence[float], *, rewrite: bool = False) -> None:
+        """Add the rows not yet written (every row from the start when ``rewrite``)."""
+        if rewrite or not self.path.exists():
+            self.steps_written = self.evals_written = 0
+        rows = []
+        evals = list(zip(epoch_steps, val_losses, val_metrics or [None] * len(val_losses)))
+        for step in range(self.steps_written + 1, len(losses) + 1):
+            epoch = sum(1 for s in epoch_steps if s < step)
+            rows.append([step, epoch, _cell(lrs[step - 1]), _cell(losses[step - 1]), ""] + [""] * (len(self.columns) - 5))
+            while self.evals_written < len(evals) and evals[self.evals_written][0] == step:
+                rows.append(self._eval_row(evals[self.evals_written], self.evals_written))
+                self.evals_written += 1
+        while self.evals_written < len(evals) and evals[self.evals_written][0] <= len(losses):
+            rows.append(self._eval_row(evals[self.evals_written], self.evals_written))
+            self.evals_written += 1
+        self.steps_written = len(losses)
+        fresh = rewrite or not self.path.exists()
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.path, "w" if fresh else "a", newline="") as f:
+            writer = csv.writer(f)
+            if fresh:
+                writer.writerow(self.columns)
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _eval_row(self, entry: tuple[int, float, float | None], epoch: int) -> list[object]:
+        step, loss, metric = entry
+        row: list[object] = [step, epoch, "", "", _cell(loss)]
+        return row + ([_cell(metric)] if len(self.columns) > 5 else [])
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else repr(float(value))  # 'nan' and 'inf' as the readers expect them

@@ -1,0 +1,98 @@
+"""A validation pass: mean loss and metric over a loader, weighted by the items in each batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gradpilot._batch import TARGET_KEYS, LossFn, StepFn, _logits, check_scalar, compute_loss, model_device, to_device
+from gradpilot.accumulation import NumItems, item_counter
+from gradpilot.errors import GradpilotError
+
+Metric = Callable[[Any, Any], float]
+
+
+def world() -> tuple[int, int]:
+    """(world size, rank) of the torch.distributed group, or (1, 0) outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def evaluate(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn | None, metric: Metric | None = None, *,
+             step_fn: StepFn | None = None, num_items: NumItems | None = None,
+             device: str | torch.device | None = None) -> float:
+    """Mean validation metric (or loss when ``metric`` is None) over ``loader``, weighted by items per batch."""
+    loss, value = evaluate_both(model, loader, loss_fn, metric, step_fn=step_fn, num_items=num_items, device=device)
+    return loss if value is None else value
+
+
+def evaluate_both(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn | None, metric: Metric | None = None, *,
+                  step_fn: StepFn | None = None, num_items: NumItems | None = None,
+                  device: str | torch.device | None = None) -> tuple[float, float | None]:
+    """Validation loss and metric from one pass over ``loader`` — one forward per batch (the metric is None
+    when not asked for)."""
+    dev = torch.device(device) if device is not None else model_device(model)
+    count = item_counter(loss_fn, num_items)
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss × items, metric × items, items
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                n = count(batch)
+                loss, value = _batch_loss_and_metric(model, to_device(batch, dev), loss_fn, metric, step_fn)
+                sums += torch.stack([loss.double() * n, torch.as_tensor(value, dtype=torch.float64, device=dev) * n,
+                                     torch.as_tensor(n, dtype=torch.float64, device=dev)])
+    finally:
+        model.train(was_training)
+    if world()[0] > 1:
+        dist.all_reduce(sums)
+    if sums[2].item() == 0:
+        raise GradpilotError("the validation loader yielded no items: check the validation dataset is not empty")
+    loss_mean, metric_mean = (sums[:2] / sums[2]).tolist()
+    return loss_mean, (metric_mean if metric is not None else None)
+
+
+def _batch_loss_and_metric(model: nn.Module, batch: Any, loss_fn: LossFn | None, metric: Metric | None,
+                           step_fn: StepFn | None) -> tuple[torch.Tensor, float]:
+    if metric is None:
+        return compute_loss(model, batch, loss_fn, step_fn), 0.0
+    inputs, targets = _split_batch(batch)
+    if step_fn is not None:  # the user's step computes the loss; the metric reads the outputs of that same forward
+        outputs: list[Any] = []
+        handle = model.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+        try:
+            loss = compute_loss(model, batch, loss_fn, step_fn)
+        finally:
+            handle.remove()
+        out = _logits(outputs[-1]) if outputs else _forward(model, inputs)
+        return loss, metric(out, targets)
+    if loss_fn is None and isinstance(batch, dict):  # a model that computes its own loss (Hugging Face style)
+        output = model(**batch)
+        if getattr(output, "loss", None) is None:
+            raise GradpilotError("the model returned no .loss for a dict batch: pass loss_fn, or step_fn")
+        return check_scalar(output.loss), metric(_logits(output), targets)
+    if loss_fn is None:
+        raise GradpilotError("loss_fn is None: pass a loss function, or step_fn(model, batch) -> loss")
+    out = _forward(model, inputs)
+    return check_scalar(loss_fn(out, targets)), metric(out, targets)
+
+
+def _forward(model: nn.Module, inputs: Any) -> Any:
+    return _logits(model(**inputs) if isinstance(inputs, dict) else model(inputs))
+
+
+def _split_batch(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, dict):
+        key = next((k for k in TARGET_KEYS if k in batch), None)
+        if key is not None:
+            return {k: v for k, v in batch.items() if k != key}, batch[key]
+    elif isinstance(batch, (list, tuple)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise GradpilotError("a validation metric needs (inputs, targets) or dict batches with a 'labels' key; "
+                         "pass metric=None to validate on the loss")
