@@ -16,24 +16,19 @@ from gradpilot.errors import GradpilotError
 
 
 def positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    """``value`` as an int, refusing bools, fractions, NaN and anything below ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            value = int(value)
-        else:
-            raise GradpilotError(f"{name} must be a whole number, got {name}={value!r}")
-    if value < minimum:
-        raise GradpilotError(f"{name} must be at least {minimum}, got {name}={value!r}")
+    """``value`` as an int, refusing bools, fractions (2.5 or 2.0), NaN and anything below ``minimum``."""
+    what = "a positive whole number" if minimum == 1 else f"a whole number of at least {minimum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise GradpilotError(f"{name} must be {what}, got {name}={value!r}")
     return int(value)
 
 
 def positive_float(name: str, value: Any, *, allow_zero: bool = False) -> float:
     """``value`` as a finite float above zero (or at least zero)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise GradpilotError(f"{name} must be a finite number, got {name}={value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = "at least 0" if allow_zero else "above 0"
-        raise GradpilotError(f"{name} must be {bound}, got {name}={value!r}")
+    what = "a finite number of at least 0" if allow_zero else "a positive finite number"
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value))
+            or value < 0 or (value == 0 and not allow_zero)):
+        raise GradpilotError(f"{name} must be {what}, got {name}={value!r}")
     return float(value)
 
 

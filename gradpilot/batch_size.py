@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from gradpilot import scaling
+from gradpilot import _validate, scaling
 from gradpilot._batch import LossFn, StepFn, compute_loss, model_device, to_device
 from gradpilot._state import preserved
 from gradpilot.errors import GradpilotError
@@ -112,6 +112,7 @@ class BatchSizeResult:
 
     batch_size: int
     trials: tuple[Trial, ...]
+    limit: str = ""  # what bounded the search besides memory (the dataset's size, max_batch_size, a default budget)
 
     @property
     def fastest(self) -> Trial | None:
@@ -146,13 +147,20 @@ def find_batch_size(
     ``max_memory`` (bytes) also fails a size whose peak memory growth exceeds it — on CPU, where nothing
     raises, that budget is the only limit. The model and optimizer are restored afterwards.
     """
-    if len(dataset) == 0:  # type: ignore[arg-type]
-        raise GradpilotError("the dataset is empty: find_batch_size needs items to build batches from")
-    if steps_per_trial < 1:
-        raise GradpilotError(f"steps_per_trial must be at least 1, got {steps_per_trial=}")
-    if max_memory is not None and max_memory <= 0:
-        raise GradpilotError(f"max_memory must be a positive number of bytes, got {max_memory=}")
+    n = _dataset_length(dataset)
+    _validate.positive_int("start", start)
+    _validate.positive_int("steps_per_trial", steps_per_trial)
+    if max_batch_size is not None:
+        _validate.positive_int("max_batch_size", max_batch_size)
+    if max_memory is not None:
+        _validate.positive_int("max_memory (bytes)", max_memory)
     device = torch.device(device) if device is not None else model_device(model)
+    cap, limit = _size_cap(n, max_batch_size)
+    if max_memory is None and device.type == "cpu":
+        max_memory = _default_cpu_budget()
+        limit += f"{'; ' if limit else ''}no max_memory on CPU: a budget of half the available memory, " \
+                 f"{max_memory / 2**20:,.0f} MiB"
+    start = min(start, cap)
     trials: list[Trial] = []
 
     def fits(size: int) -> bool:
@@ -166,12 +174,42 @@ def find_batch_size(
 
     with preserved(model, optimizer):
         model.train()
-        best, _ = scaling.search_batch_size(fits, start=start, max_size=max_batch_size)
+        best, _ = scaling.search_batch_size(fits, start=start, max_size=cap)
     free_memory()
     if best == 0:
         raise GradpilotError(f"even a batch of {start} does not fit ({trials[0].error}): use a smaller model, "
                              "mixed precision, or a larger max_memory")
-    return BatchSizeResult(best, tuple(trials))
+    return BatchSizeResult(best, tuple(trials), limit if best == cap else "")
+
+
+def _dataset_length(dataset: Dataset[Any]) -> int:
+    try:
+        n = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise GradpilotError("find_batch_size needs a map-style dataset with len(); "
+                             f"got {type(dataset).__name__}") from None
+    if n == 0:
+        raise GradpilotError("the dataset is empty: find_batch_size needs items to build batches from")
+    return int(n)
+
+
+def _size_cap(n: int, max_batch_size: int | None) -> tuple[int, str]:
+    """No batch larger than the dataset: beyond it a batch repeats items and says nothing about training."""
+    if max_batch_size is not None and max_batch_size <= n:
+        return max_batch_size, f"stopped at max_batch_size={max_batch_size}"
+    return n, f"stopped at the dataset's size, {n} items (a larger batch would repeat items)"
+
+
+def _default_cpu_budget() -> int:
+    """Half the memory available now: on CPU nothing raises an out-of-memory error before the OS kills us."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return 4 * 2**30
 
 
 def _trial(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn | None, step_fn: StepFn | None,
@@ -238,8 +276,8 @@ def estimate_noise_scale(
 ) -> NoiseScaleResult:
     """Estimate B_simple = tr(Σ)/|G|² from squared gradient norms at two batch sizes (McCandlish et al. 2018).
 
-    Averages ``batches`` random batches of each size at the current parameters; nothing is stepped and the
-    parameters' gradients are put back as they were.
+    Averages ``batches`` random batches of each size at the current parameters; nothing is stepped, and the
+    model (gradients, BatchNorm statistics) and torch's RNG are put back as they were.
     """
     if len(dataset) < big_batch:  # type: ignore[arg-type]
         raise GradpilotError(f"the dataset has {len(dataset)} items, fewer than big_batch={big_batch}")  # type: ignore[arg-type]
@@ -248,7 +286,6 @@ def estimate_noise_scale(
     device = torch.device(device) if device is not None else model_device(model)
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    saved = [None if p.grad is None else p.grad.clone() for p in params]
 
     def mean_sq_norm(size: int) -> float:
         total = 0.0
@@ -259,8 +296,7 @@ def estimate_noise_scale(
             total += sum(float(g.pow(2).sum()) for g in grads if g is not None)
         return total / batches
 
-    small, big = mean_sq_norm(small_batch), mean_sq_norm(big_batch)
-    for p, g in zip(params, saved):
-        p.grad = g
+    with preserved(model):  # BatchNorm statistics, gradients and RNG as they were
+        small, big = mean_sq_norm(small_batch), mean_sq_norm(big_batch)
     est = scaling.noise_scale(small, big, small_batch, big_batch)
     return NoiseScaleResult(est.b_simple, est.grad_sq, est.trace_cov, small_batch, big_batch, batches)

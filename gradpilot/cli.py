@@ -1,87 +1,162 @@
-"""The ``gradpilot`` command: the console belongs here, the analysis to the library."""
+"""The ``gradpilot`` command: the console belongs here, the analysis to the library.
+
+torch is imported inside the commands that train (never at start-up), so ``gradpilot diagnose`` and every
+``--help`` start in a fraction of a second. Bad input ends in one line and exit code 2; an unexpected error
+in one line and exit code 3 (``GRADPILOT_DEBUG=1`` shows its traceback); work already done is printed
+before anything that may still fail (a plot) is attempted.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
-import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from gradpilot import report, scaling, schedules, suggest
-from gradpilot.batch_size import Trial, estimate_noise_scale, find_batch_size
+from gradpilot import _validate
 from gradpilot.errors import GradpilotError
-from gradpilot.examples import example_task
-from gradpilot.lr_finder import LRFinderResult, find_lr
-from gradpilot.task import Task, load_task
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+if TYPE_CHECKING:
+    from gradpilot.diagnose import Diagnosis
+    from gradpilot.lr_finder import LRFinderResult
+    from gradpilot.task import Task
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Learning rate, batch size, accumulation, epochs and schedules for PyTorch, measured.")
 console = Console()
 err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+RULES = ("descent-edge", "valley", "steepest", "minimum/10")  # gradpilot.suggest.RULES, without importing it
+SCHEDULES = ("constant", "step", "cosine", "plateau", "onecycle", "warmup_cosine")  # schedules.BUILDERS
+
+
+def _version(value: bool) -> None:
+    if value:
+        from gradpilot import __version__
+
+        typer.echo(f"gradpilot {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
     """Learning rate, batch size, accumulation, epochs and schedules for PyTorch, measured."""
 
 
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    return typer.Exit(code=code)
+
+
+def _one_line_errors(command: F) -> F:
+    """Bad input → one line, exit 2; anything unexpected → one line, exit 3 (traceback with GRADPILOT_DEBUG=1)."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except GradpilotError as exc:
+            raise _fail(_escape(str(exc))) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the promise: never a deep traceback
+            if os.environ.get("GRADPILOT_DEBUG"):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise _fail(_escape(f"{type(exc).__name__}: {first} (GRADPILOT_DEBUG=1 shows where)"), code=3) from None
+    return run  # type: ignore[return-value]
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
 def _load(task_file: Path | None, seed: int) -> Task:
+    from gradpilot.examples import example_task
+    from gradpilot.task import load_task
+
     return example_task(seed) if task_file is None else load_task(task_file, seed=seed)
 
 
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
+def _dumps(value: Any) -> str:
+    from gradpilot.diagnose import json_safe
+
+    return json.dumps(json_safe(value), allow_nan=False)
+
+
+def _draw(draw: Callable[[], Any], path: Path) -> bool:
+    """Render after the results are out: a failure here costs the picture, never the work."""
+    try:
+        draw()
+        return True
+    except Exception as exc:  # noqa: BLE001 - matplotlib raises many kinds on extreme values or full disks
+        err_console.print(f"[bold red]error:[/] could not draw {path}: {_escape(str(exc).splitlines()[0][:200])}",
+                          highlight=False, soft_wrap=True)
+        return False
 
 
 @app.command("find-lr")
+@_one_line_errors
 def find_lr_command(
     task_file: Annotated[Optional[Path], typer.Argument(help="Python file defining task(seed); omit for the built-in example")] = None,
     start_lr: Annotated[float, typer.Option(help="first LR of the sweep")] = 1e-7,
     end_lr: Annotated[float, typer.Option(help="last LR of the sweep")] = 10.0,
     num_steps: Annotated[int, typer.Option(help="optimizer steps in the sweep")] = 100,
     accumulation_steps: Annotated[int, typer.Option(help="micro-batches per step")] = 1,
-    rule: Annotated[str, typer.Option(help=f"suggestion rule: {', '.join(suggest.RULES)}")] = suggest.DEFAULT_RULE,
+    rule: Annotated[str, typer.Option(help=f"suggestion rule: {', '.join(RULES)}")] = RULES[0],
+    family: Annotated[Optional[str], typer.Option(help="how the optimizer steps: sgd or adaptive (default: read off its class)")] = None,
     seed: Annotated[int, typer.Option(help="seed passed to task() and torch")] = 0,
-    plot: Annotated[Path, typer.Option("--plot", help="where to write the curve (PNG)")] = Path("lr_find.png"),
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="where to write the curve (PNG; default lr_find.png, none with --json)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON instead of a table")] = False,
 ) -> None:
     """Run an LR range test on a task and suggest a learning rate."""
-    try:
-        task = _load(task_file, seed)
-        torch.manual_seed(seed)
-        with Progress(TextColumn("[bold]range test"), BarColumn(), TextColumn("{task.description}"),
-                      TimeRemainingColumn(), console=err_console, transient=True, disable=as_json) as bar:
-            job = bar.add_task("", total=num_steps)
+    plot = plot if plot is not None or as_json else Path("lr_find.png")
+    if plot is not None:
+        _validate.writable_file(plot, "--plot")
+    _validate.choice("rule", rule, RULES)
+    if family is not None:
+        _validate.choice("--family", family, ("sgd", "adaptive"))
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            def tick(step: int, total: int, lr: float, loss: float) -> None:
-                bar.update(job, completed=step, description=f"lr {lr:.2e}  loss {loss:.4g}")
+    from gradpilot.lr_finder import find_lr
 
-            result = find_lr(task.model, task.make_optimizer(), task.loss_fn, task.train_loader(seed),
-                             start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
-                             accumulation_steps=accumulation_steps, rule=rule, progress=tick)
-        result.plot(plot)
-    except GradpilotError as exc:
-        raise _fail(str(exc)) from None
+    task = _load(task_file, seed)
+    import torch
+
+    torch.manual_seed(seed)
+    with Progress(TextColumn("[bold]range test"), BarColumn(), TextColumn("{task.description}"),
+                  TimeRemainingColumn(), console=err_console, transient=True, disable=as_json) as bar:
+        job = bar.add_task("", total=num_steps)
+
+        def tick(step: int, total: int, lr: float, loss: float) -> None:
+            bar.update(job, completed=step, description=f"lr {lr:.2e}  loss {loss:.4g}")
+
+        result = find_lr(task.model, task.make_optimizer(), task.loss_fn, task.train_loader(seed),
+                         start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
+                         accumulation_steps=accumulation_steps, rule=rule, family=family, progress=tick)
+    drawn = plot is not None and _draw(lambda: result.plot(plot), plot)
     if as_json:
-        typer.echo(json.dumps(_as_dict(result, task, plot)))
+        typer.echo(_dumps(_as_dict(result, task, plot if drawn else None)))
     else:
-        _print_result(result, task, plot)
+        _print_result(result, task, plot if drawn else None)
+    if plot is not None and not drawn:
+        raise typer.Exit(code=2)
 
 
-def _as_dict(result: LRFinderResult, task: Task, plot: Path) -> dict[str, object]:
+def _as_dict(result: LRFinderResult, task: Task, plot: Path | None) -> dict[str, object]:
     return {"task": task.name, "suggestion": result.suggestion, "rule": result.rule,
             "alternatives": result.alternatives, "steps": len(result.lrs), "stop_reason": result.stop_reason,
-            "plot": str(plot)}
+            "plot": None if plot is None else str(plot)}
 
 
-def _print_result(result: LRFinderResult, task: Task, plot: Path) -> None:
+def _print_result(result: LRFinderResult, task: Task, plot: Path | None) -> None:
     table = Table(title=f"LR range test on {task.name} ({task.optimizer_name})")
     table.add_column("rule")
     table.add_column("learning rate", justify="right")
@@ -89,11 +164,12 @@ def _print_result(result: LRFinderResult, task: Task, plot: Path) -> None:
         mark = " ← suggested" if name == result.rule else ""
         table.add_row(name + mark, f"{lr:.3g}", style="bold green" if mark else None)
     console.print(table)
-    console.print(f"{len(result.lrs)} steps, {result.stop_reason}. Curve written to {plot}")
+    console.print(f"{len(result.lrs)} steps, {result.stop_reason}." + (f" Curve written to {plot}" if plot else ""))
     console.print(f"[bold]Suggested learning rate: {result.suggestion:.3g}[/]")
 
 
 @app.command("plan")
+@_one_line_errors
 def plan_command(
     lr: Annotated[Optional[float], typer.Option(help="the LR tuned at --batch-size")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="the effective batch that LR was tuned at")] = None,
@@ -106,17 +182,24 @@ def plan_command(
     as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
 ) -> None:
     """Micro-batch, accumulation steps, effective batch, LR and warmup for a target batch."""
-    try:
-        if max_micro_batch is None:
-            raise GradpilotError("give --max-micro-batch, the largest micro-batch that fits "
-                                 "(`gradpilot find-batch-size` measures it)")
-        result = scaling.plan(target if target is not None else max_micro_batch * world_size, max_micro_batch,
-                              world_size, lr=lr, batch_size=batch_size, optimizer=optimizer, rule=rule,
-                              total_steps=total_steps)
-    except GradpilotError as exc:
-        raise _fail(str(exc)) from None
+    from gradpilot import scaling
+
+    if max_micro_batch is None:
+        raise GradpilotError("give --max-micro-batch, the largest micro-batch that fits "
+                             "(`gradpilot find-batch-size` measures it)")
+    for flag, value in (("--max-micro-batch", max_micro_batch), ("--world-size", world_size), ("--target", target),
+                        ("--batch-size", batch_size), ("--total-steps", total_steps)):
+        if value is not None:
+            _validate.positive_int(flag, value)
+    if lr is not None:
+        _validate.positive_float("--lr", lr)
+    if (lr is None) != (batch_size is None):
+        raise GradpilotError("to scale the LR give both --lr and --batch-size (the effective batch it was tuned at)")
+    result = scaling.plan(target if target is not None else max_micro_batch * world_size, max_micro_batch,
+                          world_size, lr=lr, batch_size=batch_size, optimizer=optimizer, rule=rule,
+                          total_steps=total_steps)
     if as_json:
-        typer.echo(json.dumps(dataclasses.asdict(result)))
+        typer.echo(_dumps(dataclasses.asdict(result)))
         return
     table = Table(title="Batch plan")
     for col in ("micro-batch", "accumulation", "world size", "effective batch", "learning rate", "warmup"):
@@ -131,37 +214,44 @@ def plan_command(
 
 
 @app.command("find-batch-size")
+@_one_line_errors
 def find_batch_size_command(
     task_file: Annotated[Optional[Path], typer.Argument(help="Python file defining task(seed); omit for the built-in example")] = None,
-    max_memory_mib: Annotated[Optional[float], typer.Option("--max-memory-mib", help="memory budget per trial (the limit on CPU)")] = None,
-    max_batch_size: Annotated[Optional[int], typer.Option(help="stop doubling here")] = None,
+    max_memory_mib: Annotated[Optional[float], typer.Option("--max-memory-mib", help="memory budget per trial (on CPU: default half the available memory)")] = None,
+    max_batch_size: Annotated[Optional[int], typer.Option(help="stop doubling here (never past the dataset's size)")] = None,
     start: Annotated[int, typer.Option(help="first size tried")] = 1,
     noise_scale: Annotated[bool, typer.Option("--noise-scale/--no-noise-scale", help="also estimate the critical batch")] = True,
     seed: Annotated[int, typer.Option(help="seed passed to task() and torch")] = 0,
 ) -> None:
     """The largest micro-batch that fits (OOM-safe), its throughput, and the batch the gradient noise suggests."""
-    try:
-        task = _load(task_file, seed)
-        torch.manual_seed(seed)
-        data = getattr(task.train_data, "dataset", task.train_data)
-        if max_memory_mib is None and max_batch_size is None and not torch.cuda.is_available():
-            raise GradpilotError("on CPU nothing runs out of memory: give --max-memory-mib or --max-batch-size")
-        with console.status("trying batch sizes…") as status:
-            def tick(trial: Trial) -> None:
-                status.update(f"batch {trial.batch_size}: {'fits' if trial.fits else 'does not fit'}")
+    if max_memory_mib is not None:
+        _validate.positive_float("--max-memory-mib", max_memory_mib)
+    for flag, value in (("--max-batch-size", max_batch_size), ("--start", start)):
+        if value is not None:
+            _validate.positive_int(flag, value)
+    import torch
+    from torch.utils.data import DataLoader, default_collate
 
-            result = find_batch_size(task.model, task.make_optimizer(), task.loss_fn, data, start=start,
-                                     max_batch_size=max_batch_size,
-                                     max_memory=None if max_memory_mib is None else int(max_memory_mib * 2**20),
-                                     progress=tick)
-            noise = None
-            if noise_scale:
-                status.update("estimating the gradient noise scale…")
-                big = min(len(data), max(result.batch_size, 16))
-                noise = estimate_noise_scale(task.model, task.loss_fn, data, small_batch=max(1, big // 16),
-                                             big_batch=big, seed=seed)
-    except GradpilotError as exc:
-        raise _fail(str(exc)) from None
+    from gradpilot.batch_size import Trial, estimate_noise_scale, find_batch_size
+
+    task = _load(task_file, seed)
+    torch.manual_seed(seed)
+    data = getattr(task.train_data, "dataset", task.train_data)
+    collate = task.train_data.collate_fn if isinstance(task.train_data, DataLoader) else default_collate
+    with console.status("trying batch sizes…") as status:
+        def tick(trial: Trial) -> None:
+            status.update(f"batch {trial.batch_size}: {'fits' if trial.fits else 'does not fit'}")
+
+        result = find_batch_size(task.model, task.make_optimizer(), task.loss_fn, data, start=start,
+                                 max_batch_size=max_batch_size, collate_fn=collate,
+                                 max_memory=None if max_memory_mib is None else int(max_memory_mib * 2**20),
+                                 progress=tick)
+        noise = None
+        if noise_scale:
+            status.update("estimating the gradient noise scale…")
+            big = min(len(data), max(result.batch_size, 16))
+            noise = estimate_noise_scale(task.model, task.loss_fn, data, small_batch=max(1, big // 16),
+                                         big_batch=big, seed=seed, collate_fn=collate)
     table = Table(title=f"Batch sizes tried on {task.name}")
     for col in ("batch", "fits", "samples/s", "peak memory (MiB)", "why not"):
         table.add_column(col, justify="right" if col != "why not" else "left")
@@ -170,7 +260,8 @@ def find_batch_size_command(
                       "" if t.samples_per_second is None else f"{t.samples_per_second:,.0f}",
                       "" if t.peak_memory is None else f"{t.peak_memory / 2**20:,.1f}", t.error or "")
     console.print(table)
-    console.print(f"[bold]Largest micro-batch that fits: {result.batch_size}[/]")
+    console.print(f"[bold]Largest micro-batch that fits: {result.batch_size}[/]" +
+                  (f" ({result.limit})" if result.limit else ""))
     if noise is not None:
         console.print(f"Gradient noise scale B_simple ≈ {noise.b_simple:,.0f}: an effective batch near "
                       f"{noise.recommended_batch_size} uses data and steps efficiently "
@@ -189,8 +280,9 @@ def _parse_option(text: str) -> tuple[str, float | int]:
 
 
 @app.command("schedule")
+@_one_line_errors
 def schedule_command(
-    name: Annotated[str, typer.Argument(help=f"one of {', '.join(schedules.BUILDERS)}")],
+    name: Annotated[str, typer.Argument(help=f"one of {', '.join(SCHEDULES)}")],
     steps: Annotated[int, typer.Option(help="optimizer steps in the run")],
     lr: Annotated[float, typer.Option(help="the optimizer's base LR")] = 1e-3,
     steps_per_epoch: Annotated[int, typer.Option(help="for schedules stepped per epoch (step, plateau)")] = 1,
@@ -199,52 +291,76 @@ def schedule_command(
     plot: Annotated[Path, typer.Option("--plot", help="where to write the curve (PNG)")] = Path("schedule.png"),
 ) -> None:
     """Print and plot the LR curve of a named schedule."""
+    _validate.choice("scheduler", name, SCHEDULES)
+    _validate.writable_file(plot, "--plot")
+    options = dict(_parse_option(o) for o in option or [])
     try:
-        options = dict(_parse_option(o) for o in option or [])
         values = None if metrics is None else [float(v) for v in metrics.split(",")]
+    except ValueError:
+        raise GradpilotError(f"--metrics takes numbers separated by commas, got {metrics!r}") from None
+    from gradpilot import report, schedules
+
+    with console.status(f"stepping {name} through {steps:,} steps…"):
         lrs = schedules.lr_curve(name, steps=steps, lr=lr, steps_per_epoch=steps_per_epoch, metrics=values, **options)
-    except (GradpilotError, ValueError) as exc:
-        raise _fail(str(exc)) from None
     table = Table(title=f"{name} over {steps} steps (base LR {lr:g})")
     table.add_column("step", justify="right")
     table.add_column("learning rate", justify="right")
-    marks = sorted({0, steps - 1, *(round(i * (steps - 1) / 10) for i in range(11))})
-    for i in marks:
+    for i in sorted({0, steps - 1, *(round(i * (steps - 1) / 10) for i in range(11))}):
         table.add_row(str(i), f"{lrs[i]:.4g}")
     console.print(table)
-    report.plot_schedule(lrs, plot, f"{name} ({', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'})")
+    title = f"{name} ({', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'})"
+    if not _draw(lambda: report.plot_schedule(lrs, plot, title), plot):
+        raise typer.Exit(code=2)
     console.print(f"Curve written to {plot}")
 
 
 @app.command("diagnose")
+@_one_line_errors
 def diagnose_command(
     path: Annotated[Path, typer.Argument(help="a log file or run folder: CSV, JSON lines, TensorBoard, trainer_state.json")],
     as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="write the curves with the findings marked (PNG)")] = None,
 ) -> None:
-    """Say what went wrong in a run and what to change, from its log."""
+    """Say what went wrong in a run and what to change, from its log.
+
+    Exit code 0 when the run looks healthy (or is too short to judge), 1 when something was found, 2 on bad input.
+    """
     from gradpilot.diagnose import diagnose
     from gradpilot.logs import read_log
 
-    try:
-        history = read_log(path)
-        result = diagnose(history)
-        if plot is not None:
-            report.plot_diagnosis(history, result, plot)
-    except GradpilotError as exc:
-        raise _fail(str(exc)) from None
+    if plot is not None:
+        _validate.writable_file(plot, "--plot")
+    history = read_log(path)
+    result = diagnose(history)
+    for warning in history.warnings:
+        err_console.print(f"[yellow]warning:[/] {_escape(warning)}", highlight=False, soft_wrap=True)
     if as_json:
-        typer.echo(json.dumps(result.to_json()))
-        return
-    table = Table(title=f"Diagnosis of {history.source}", show_lines=True)
+        typer.echo(_dumps({"source": history.source, "warnings": list(history.warnings), **result.to_json()}))
+    else:
+        _print_diagnosis(history.source, result)
+    drawn = plot is None or _draw(lambda: _plot_diagnosis(history, result, plot), plot)
+    if plot is not None and drawn and not as_json:
+        console.print(f"Curves written to {plot}")
+    if not drawn:
+        raise typer.Exit(code=2)
+    if result.kinds - {"healthy", "insufficient_data"}:
+        raise typer.Exit(code=1)
+
+
+def _plot_diagnosis(history: Any, result: Diagnosis, plot: Path) -> None:
+    from gradpilot import report
+
+    report.plot_diagnosis(history, result, plot)
+
+
+def _print_diagnosis(source: str, result: Diagnosis) -> None:
+    table = Table(title=f"Diagnosis of {source}", show_lines=True)
     for col in ("finding", "where", "evidence", "confidence", "what to change"):
         table.add_column(col, overflow="fold")
     for f in result.findings:
         table.add_row(f.kind, f"{f.unit} {f.start:g}–{f.end:g}", f.evidence, f"{f.confidence:.0%}", f.advice)
     console.print(table)
-    console.print(f"[bold]Learning rate {result.lr_verdict}.[/] {result.lr_reason}")
-    if plot is not None:
-        console.print(f"Curves written to {plot}")
+    console.print(f"[bold]Learning rate {result.lr_verdict}.[/] {_escape(result.lr_reason)}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

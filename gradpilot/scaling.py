@@ -9,30 +9,36 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gradpilot import _validate
 from gradpilot.errors import GradpilotError
 
 LR_RULES = ("linear", "sqrt", "none", "auto")
 WARMUP_ABOVE = 2.0  # recommend warmup when the LR grows by more than this factor
 
 
+SGD_FAMILY = {"sgd", "asgd", "lars", "nesterov", "momentum", "sgdw", "sgdnesterov", "sgdmomentum"}
+ADAPTIVE_FAMILY = {"adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad", "adadelta", "sparseadam",
+                   "lamb", "adafactor", "adabelief", "adan", "lion", "sophia", "adamwschedulefree", "fusedadam",
+                   "adam8bit", "adamw8bit", "pagedadamw", "pagedadamw8bit", "lomo", "adalomo"}
+
+
 def optimizer_family(name: str) -> str:
-    """``"sgd"`` for SGD-like optimizers (step = lr × gradient), ``"adaptive"`` for the rest (Adam, RMSprop, ...)."""
-    key = name.lower().replace("_", "").replace("-", "")
-    if "sgd" in key or key in ("lars", "nesterov", "momentum"):
+    """``"sgd"`` for SGD-like optimizers (step = lr × gradient), ``"adaptive"`` for those whose step is
+    normalised (Adam, RMSprop, Adafactor, Lion, ...), ``"unknown"`` for a name gradpilot does not know."""
+    key = "".join(c for c in name.lower() if c.isalnum())
+    if key in SGD_FAMILY or key.startswith("sgd"):
         return "sgd"
-    return "adaptive"
+    if key in ADAPTIVE_FAMILY or key.startswith(("adam", "nadam", "radam", "pagedadam")):
+        return "adaptive"
+    return "unknown"
 
 
 def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise GradpilotError(f"{name} must be a positive whole number, got {name}={value!r}")
-    return value
+    return _validate.positive_int(name, value)
 
 
 def _positive_lr(lr: float) -> float:
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise GradpilotError(f"the learning rate must be a positive finite number, got lr={lr!r}")
-    return float(lr)
+    return _validate.positive_float("lr", lr)
 
 
 def effective_batch_size(micro_batch_size: int, accumulation_steps: int = 1, world_size: int = 1) -> int:
@@ -49,7 +55,11 @@ def resolve_rule(rule: str, optimizer: str | None = None) -> str:
         return rule
     if optimizer is None:
         raise GradpilotError("rule='auto' needs the optimizer name (e.g. optimizer='adamw') to pick linear or sqrt")
-    return "linear" if optimizer_family(optimizer) == "sgd" else "sqrt"
+    family = optimizer_family(optimizer)
+    if family == "unknown":
+        raise GradpilotError(f"cannot tell whether optimizer {optimizer!r} scales like SGD or like Adam: "
+                             "choose the rule yourself, 'linear' (SGD-like) or 'sqrt' (Adam-like)")
+    return "linear" if family == "sgd" else "sqrt"
 
 
 def scale_lr(lr: float, from_batch: int, to_batch: int, rule: str = "auto", *, optimizer: str | None = None) -> float:
@@ -137,17 +147,23 @@ def plan(
 
 
 def _split(target: int, max_micro: int, world: int) -> tuple[int, int]:
-    """(micro, steps) whose product times ``world`` is closest to ``target``; fewest steps on ties."""
+    """(micro, steps) whose product times ``world`` is closest to ``target``; fewest steps on ties.
+
+    Step counts from the fewest that fit up to twice that are weighed (so an exact split with smaller
+    micro-batches can win); they are enumerated through whichever side is shorter, the step counts or the
+    micro-batch sizes, so the work stays near the square root of the target.
+    """
     per_device = max(target / world, 1.0)
     fewest = math.ceil(per_device / max_micro)
-    best: tuple[float, int, int] | None = None
-    # allow up to twice the fewest steps, so an exact split with smaller micro-batches can win
-    for steps in range(fewest, 2 * fewest + 1):
-        for micro in {math.floor(per_device / steps), math.ceil(per_device / steps)}:
-            if 1 <= micro <= max_micro:
-                key = (abs(micro * steps * world - target), steps, -micro)
-                if best is None or key < best:
-                    best = key
+    pairs: set[tuple[int, int]] = set()
+    if fewest <= max_micro:
+        for steps in range(fewest, 2 * fewest + 1):
+            pairs |= {(m, steps) for m in (math.floor(per_device / steps), math.ceil(per_device / steps))}
+    else:
+        for micro in range(max(1, math.floor(per_device / (2 * fewest))), max_micro + 1):
+            pairs |= {(micro, s) for s in (math.floor(per_device / micro), math.ceil(per_device / micro))}
+    best = min(((abs(m * s * world - target), s, -m) for m, s in pairs
+                if 1 <= m <= max_micro and fewest <= s <= 2 * fewest), default=None)
     assert best is not None  # steps = fewest always admits a micro-batch in range
     return -best[2], best[1]
 

@@ -10,7 +10,10 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
+from gradpilot import _validate
 from gradpilot.errors import GradpilotError
+
+MAX_CURVE_STEPS = 5_000_000  # about 10 s of torch scheduler steps
 
 
 @dataclass(frozen=True)
@@ -121,18 +124,24 @@ def lr_curve(name: str, *, steps: int, lr: float = 1e-3, steps_per_epoch: int = 
 
     Epoch schedules advance every ``steps_per_epoch`` steps; plateau schedules read ``metrics`` (one per epoch).
     """
+    _validate.positive_int("steps", steps)
+    _validate.positive_int("steps_per_epoch", steps_per_epoch)
+    _validate.positive_float("lr", lr)
+    if steps > MAX_CURVE_STEPS:
+        raise GradpilotError(f"steps={steps:,} is more than the {MAX_CURVE_STEPS:,} a curve is drawn for: "
+                             "the shape is the same at a tenth of the steps")
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=lr)
     epochs = -(-steps // steps_per_epoch)
     sched = make_schedule(name, opt, total_steps=steps, epochs=epochs, **options)
     if sched.needs_metric and (metrics is None or len(metrics) < epochs):
         raise GradpilotError(f"the plateau schedule needs one metric per epoch ({epochs}) to draw its curve")
+    opt.step()  # once, so torch sees the optimizer stepped; without gradients it changes nothing
     out = []
     for i in range(steps):
         out.append(opt.param_groups[0]["lr"])
-        opt.step()
         if sched.interval == "step":
             sched.step()
         elif (i + 1) % steps_per_epoch == 0:
-            sched.step(metrics[(i + 1) // steps_per_epoch - 1] if sched.needs_metric else None)  # type: ignore[index]
+            sched.step(metrics[(i + 1) // steps_per_epoch - 1] if metrics is not None and sched.needs_metric else None)
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from gradpilot import _validate
 from gradpilot.errors import GradpilotError
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
@@ -50,12 +52,39 @@ class Task:
     epochs: int = 1
     name: str = "task"
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise GradpilotError(f"Task.model must be a torch.nn.Module, got {type(self.model).__name__}")
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise GradpilotError("Task.model has no trainable parameters (all frozen, or none): unfreeze what should train")
+        if not callable(self.loss_fn):
+            raise GradpilotError(f"Task.loss_fn must be callable (e.g. nn.CrossEntropyLoss()), got {self.loss_fn!r}")
+        if self.metric is not None and not callable(self.metric):
+            raise GradpilotError(f"Task.metric must be callable(outputs, targets) -> float, got {self.metric!r}")
+        _validate.positive_float("Task.lr", self.lr)
+        _validate.positive_int("Task.batch_size", self.batch_size)
+        _validate.positive_int("Task.epochs", self.epochs)
+        if isinstance(self.optimizer, str):
+            _validate.choice("Task.optimizer", self.optimizer.lower(), sorted(OPTIMIZERS))
+        elif not callable(self.optimizer):
+            raise GradpilotError("Task.optimizer must be a name or a factory (params, lr) -> Optimizer")
+        if not isinstance(self.optimizer_kwargs, dict):
+            raise GradpilotError(f"Task.optimizer_kwargs must be a dict, got {type(self.optimizer_kwargs).__name__}")
+        for field_name in ("train_data", "val_data"):
+            _check_data(field_name, getattr(self, field_name))
+
     def make_optimizer(self, lr: float | None = None) -> torch.optim.Optimizer:
         """A fresh optimizer over the model's trainable parameters at ``lr`` (default: the task's)."""
         lr = self.lr if lr is None else lr
         params = [p for p in self.model.parameters() if p.requires_grad]
         if callable(self.optimizer):
-            return self.optimizer(params, lr)
+            try:
+                made = self.optimizer(params, lr)
+            except Exception as exc:  # noqa: BLE001 - the user's factory: say where it failed
+                raise GradpilotError(f"the task's optimizer factory failed: {type(exc).__name__}: {exc}") from None
+            if not isinstance(made, torch.optim.Optimizer):
+                raise GradpilotError(f"the task's optimizer factory returned {type(made).__name__}, not an Optimizer")
+            return made
         return build_optimizer(self.optimizer, params, lr, **self.optimizer_kwargs)
 
     def train_loader(self, seed: int = 0) -> DataLoader[Any]:
@@ -84,27 +113,59 @@ def build_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, **kwar
     cls = OPTIMIZERS.get(name.lower())
     if cls is None:
         raise GradpilotError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)} or pass a factory")
-    return cls(params, lr=lr, **kwargs)
+    try:
+        return cls(params, lr=lr, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise GradpilotError(f"optimizer {name!r} refused its options {kwargs}: {exc}") from None
+
+
+def _check_data(name: str, data: Any) -> None:
+    if data is None:
+        if name == "train_data":
+            raise GradpilotError("Task.train_data is None: give a Dataset or a DataLoader")
+        return
+    try:
+        n = len(data)
+    except TypeError:
+        return  # an iterable dataset: its length shows when it is read
+    if n == 0:
+        raise GradpilotError(f"Task.{name} is empty: give it at least one item")
 
 
 def load_task(path: str | Path, seed: int = 0) -> Task:
-    """Import a task file and call its ``task(seed)``; a missing file or function is a clear error."""
+    """Import a task file and call its ``task(seed)``; every mistake in the file is one clear error."""
     path = Path(path)
     if not path.is_file():
         raise GradpilotError(f"task file {path} does not exist")
+    if path.suffix != ".py":
+        raise GradpilotError(f"task file {path} is not a .py file")
     spec = importlib.util.spec_from_file_location(f"gradpilot_task_{path.stem}", path)
     if spec is None or spec.loader is None:
         raise GradpilotError(f"{path} is not a Python file gradpilot can import")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise GradpilotError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    _call(f"importing {path}", spec.loader.exec_module, module)
     factory = getattr(module, "task", None)
     if not callable(factory):
         raise GradpilotError(f"{path} defines no task() function: add `def task(seed: int = 0) -> gradpilot.Task`")
-    result = factory(seed=seed)
+    try:
+        inspect.signature(factory).bind(seed=seed)
+    except (TypeError, ValueError):
+        raise GradpilotError(f"task() in {path} must take the seed: `def task(seed: int = 0) -> gradpilot.Task`") from None
+    result = _call(f"task() in {path}", factory, seed=seed)
     if not isinstance(result, Task):
         raise GradpilotError(f"task() in {path} returned {type(result).__name__}, not a gradpilot.Task")
     return result
+
+
+def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run the user's code; anything it raises (even ``sys.exit``) becomes one line naming where."""
+    try:
+        return fn(*args, **kwargs)
+    except GradpilotError as exc:
+        raise GradpilotError(f"{what}: {exc}") from None
+    except SystemExit as exc:
+        raise GradpilotError(f"{what} called sys.exit({exc.code!r}): a task file must not exit") from None
+    except Exception as exc:  # noqa: BLE001 - the user's code: report it in one line
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise GradpilotError(f"{what} failed: {type(exc).__name__}: {first}") from None

@@ -138,5 +138,5 @@ def test_uncountable_batches_and_non_mean_losses_are_clear_errors():
 
 def test_accumulation_steps_below_one_fails_at_once():
     model = mlp()
-    with pytest.raises(GradpilotError, match="accumulation_steps must be at least 1"):
+    with pytest.raises(GradpilotError, match="accumulation_steps must be a positive whole number"):
         train(model, DataLoader(classification(16), batch_size=8), k=0)

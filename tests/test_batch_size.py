@@ -64,7 +64,7 @@ def test_start_max_batch_size_steps_and_step_fn():
 def test_custom_collate_fn_builds_the_batches():
     class Pairs(torch.utils.data.Dataset):
         def __len__(self):
-            return 10
+            return 40
 
         def __getitem__(self, i):
             return {"x": [float(i)] * 4, "y": i % 2}

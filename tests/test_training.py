@@ -129,7 +129,7 @@ def test_validation_on_dict_batches_and_on_the_loss():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"epochs": 0}, "epochs must be a positive whole number"),
         ({"epochs": 1, "checkpoint_every": 0}, "checkpoint_every"),
         ({"epochs": 1, "early_stopping": EarlyStopping()}, "pass val_loader"),
         ({"epochs": 1, "max_grad_norm": 0.0}, "max_grad_norm"),
