@@ -97,6 +97,8 @@ class Columns:
             x = number(value)
             if x is None:
                 if isinstance(value, str) and value.strip() and where:
+                    if "\ufffd" in value:
+                        raise GradpilotError(f"{where}: {name!r} holds bytes that are not UTF-8 text (a corrupt file?)")
                     raise GradpilotError(f"{where}: {name!r} is {value.strip()[:40]!r}, not a number")
                 continue
             self.index[name].append(self.rows)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradpilot import suggest
+from gradpilot import _validate, suggest
 from gradpilot._batch import LossFn, StepFn, compute_loss, cycle, model_device, to_device
 from gradpilot._state import preserved
 from gradpilot.errors import GradpilotError
@@ -44,17 +44,16 @@ class LRFinderResult:
 
 def _check_args(start_lr: float, end_lr: float, num_steps: int, accumulation_steps: int,
                 diverge_threshold: float, smoothing: float) -> None:
-    if not (math.isfinite(start_lr) and math.isfinite(end_lr)) or start_lr <= 0:
-        raise GradpilotError(f"start_lr and end_lr must be positive finite numbers, got {start_lr=}, {end_lr=}")
+    _validate.positive_float("start_lr", start_lr)
+    _validate.positive_float("end_lr", end_lr)
     if start_lr >= end_lr:
         raise GradpilotError(f"start_lr must be below end_lr, got {start_lr=} >= {end_lr=}; swap them")
-    if num_steps < 10:
+    if _validate.positive_int("num_steps", num_steps) < 10:
         raise GradpilotError(f"num_steps must be at least 10 to draw a curve, got {num_steps=}")
-    if accumulation_steps < 1:
-        raise GradpilotError(f"accumulation_steps must be at least 1, got {accumulation_steps=}")
-    if diverge_threshold <= 1:
+    _validate.positive_int("accumulation_steps", accumulation_steps)
+    if _validate.positive_float("diverge_threshold", diverge_threshold) <= 1:
         raise GradpilotError(f"diverge_threshold must be above 1, got {diverge_threshold=}")
-    if not 0 <= smoothing < 1:
+    if _validate.unit_interval("smoothing", smoothing, closed=True) == 1:
         raise GradpilotError(f"smoothing must be in [0, 1), got {smoothing=}")
 
 
@@ -84,8 +83,13 @@ def find_lr(
     optimizer's class name.
     """
     _check_args(start_lr, end_lr, num_steps, accumulation_steps, diverge_threshold, smoothing)
+    if not any(p.requires_grad for g in optimizer.param_groups for p in g["params"]):
+        raise GradpilotError("the optimizer holds no parameter that requires grad: nothing would train")
     suggest.get_rule(rule)  # fail fast on an unknown name
     family = family or optimizer_family(type(optimizer).__name__)
+    if family == "unknown":
+        raise GradpilotError(f"cannot tell whether {type(optimizer).__name__} steps like SGD or like Adam: "
+                             "pass family='sgd' or family='adaptive' (--family on the command line)")
     if family not in ("sgd", "adaptive"):
         raise GradpilotError(f"family must be 'sgd' or 'adaptive', got {family!r}")
     device = torch.device(device) if device is not None else model_device(model)

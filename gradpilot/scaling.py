@@ -18,13 +18,13 @@ WARMUP_ABOVE = 2.0  # recommend warmup when the LR grows by more than this facto
 
 SGD_FAMILY = {"sgd", "asgd", "lars", "nesterov", "momentum", "sgdw", "sgdnesterov", "sgdmomentum"}
 ADAPTIVE_FAMILY = {"adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad", "adadelta", "sparseadam",
-                   "lamb", "adafactor", "adabelief", "adan", "lion", "sophia", "adamwschedulefree", "fusedadam",
+                   "lamb", "adafactor", "adabelief", "adan", "adamwschedulefree", "fusedadam",
                    "adam8bit", "adamw8bit", "pagedadamw", "pagedadamw8bit", "lomo", "adalomo"}
 
 
 def optimizer_family(name: str) -> str:
     """``"sgd"`` for SGD-like optimizers (step = lr × gradient), ``"adaptive"`` for those whose step is
-    normalised (Adam, RMSprop, Adafactor, Lion, ...), ``"unknown"`` for a name gradpilot does not know."""
+    normalised (Adam, RMSprop, Adafactor, ...), ``"unknown"`` for a name gradpilot does not know (Lion, LBFGS)."""
     key = "".join(c for c in name.lower() if c.isalnum())
     if key in SGD_FAMILY or key.startswith("sgd"):
         return "sgd"

@@ -204,7 +204,7 @@ def _setup(model: nn.Module, args: dict[str, Any], **opts: Any) -> _Setup:
     return _Setup(base, train_model, optimizer, args["loss_fn"], train_loader, val_loader, args["metric"], mode, epochs,
                   accumulation, every, clip, opts["early_stopping"], schedule, device, opts["step_fn"], opts["num_items"],
                   opts["on_step"], opts["monitor"], ckpt, fingerprint,
-                  _micro_batch(train_loader, batches) * accumulation * world_size)
+                  _effective_batch(train_loader, steps_per_epoch, accumulation, world_size))
 
 
 def _check_optimizer_trains(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -230,16 +230,16 @@ def _length(name: str, loader: Any, required: bool = True) -> int | None:
     return n
 
 
-def _micro_batch(loader: Any, batches: int | None) -> int:
-    """Items per micro-batch: the loader's batch size, its batch sampler's, or the dataset's average per batch."""
+def _effective_batch(loader: Any, steps_per_epoch: int, accumulation: int, world_size: int) -> int:
+    """Items per optimizer step: micro-batch × accumulation × processes, or, when batches have no fixed size
+    (a batch sampler that buckets by length), the dataset's items over the epoch's optimizer steps."""
     size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
     if size:
-        return int(size)
-    dataset = getattr(loader, "dataset", None)
+        return int(size) * accumulation * world_size
     try:
-        return max(1, round(len(dataset) / batches)) if dataset is not None and batches else 0  # type: ignore[arg-type]
-    except TypeError:
-        return 0
+        return max(1, round(len(loader.dataset) / steps_per_epoch))
+    except (AttributeError, TypeError):
+        return 0  # unknown: an iterable loader of ready batches
 
 
 def _make_schedule(scheduler: Any, options: dict[str, Any], optimizer: torch.optim.Optimizer, total_steps: int,

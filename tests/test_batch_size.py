@@ -181,3 +181,42 @@ def test_noise_scale_collate_fn_and_bad_sizes():
         estimate_noise_scale(model, None, items[:10], big_batch=64)
     with pytest.raises(GradpilotError, match="batches must be at least 1"):
         estimate_noise_scale(model, None, items, batches=0)
+
+
+def test_the_search_never_goes_past_the_dataset_and_says_what_bounded_it():
+    model = OOMAbove(10**9)  # never runs out of memory: on CPU only the cap and the budget stop the search
+    result = find_batch_size(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), data(300))
+    assert result.batch_size == 300 and max(t.batch_size for t in result.trials) == 300
+    assert "the dataset's size, 300 items" in result.limit and "half the available memory" in result.limit
+    result = find_batch_size(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), data(300),
+                             max_batch_size=64, max_memory=2**40)
+    assert result.batch_size == 64 and result.limit == "stopped at max_batch_size=64"
+    result = find_batch_size(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), data(300),
+                             start=1000, max_memory=2**40)
+    assert [t.batch_size for t in result.trials] == [300]  # a start beyond the data is brought down to it
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"start": 2.5}, "start must be a positive whole number"),
+    ({"max_batch_size": 0}, "max_batch_size must be a positive whole number"),
+    ({"max_memory": float("nan")}, "max_memory"),
+    ({"steps_per_trial": 0}, "steps_per_trial must be a positive whole number"),
+])
+def test_bad_search_arguments(kwargs, message):
+    model = OOMAbove(8)
+    with pytest.raises(GradpilotError, match=message):
+        find_batch_size(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), data(), **kwargs)
+
+
+def test_noise_scale_leaves_batchnorm_statistics_and_the_rng_as_they_were():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(300, 4)
+    learnable = TensorDataset(x, (x[:, 0] > 0).long())
+    rng = torch.random.get_rng_state()
+    estimate_noise_scale(model, nn.CrossEntropyLoss(), learnable, small_batch=4, big_batch=64, batches=8)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    for k, v in before.items():
+        assert torch.equal(v, model.state_dict()[k]), k  # running_mean, running_var, num_batches_tracked too
+    assert all(p.grad is None for p in model.parameters())

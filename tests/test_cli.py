@@ -1,5 +1,7 @@
 import json
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from gradpilot.cli import app
@@ -148,3 +150,141 @@ def test_diagnose_a_corrupt_log_is_one_line_naming_file_and_line(tmp_path):
     assert result.exit_code == 2
     lines = [l for l in result.output.splitlines() if l.strip()]
     assert len(lines) == 1 and "broken.csv:3:" in lines[0] and "Traceback" not in result.output
+
+
+def one_line_error(result, code=2):
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert result.exit_code == code, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def test_version_and_help_show_flags_as_flags():
+    from gradpilot import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"gradpilot {__version__}"
+    for command in ("find-lr", "diagnose", "plan", "find-batch-size", "schedule"):
+        help_text = runner.invoke(app, [command, "--help"]).output
+        assert "<bool>" not in help_text and "--json" in help_text or command in ("find-batch-size", "schedule")
+
+
+def test_cli_rules_and_schedules_are_the_library_s():
+    from gradpilot import cli, schedules, suggest
+
+    assert cli.RULES == tuple(suggest.RULES) and cli.SCHEDULES == tuple(schedules.BUILDERS)
+
+
+def test_outputs_are_checked_before_the_range_test_runs(tmp_path, monkeypatch):
+    import gradpilot.lr_finder
+
+    ran = []
+    monkeypatch.setattr(gradpilot.lr_finder, "find_lr", lambda *a, **k: ran.append(1))
+    for plot, message in ((tmp_path, "is a folder"), (Path("/proc/curve.png"), "not writable"),
+                          (tmp_path / "f.txt" / "curve.png", "is a file, not a folder")):
+        (tmp_path / "f.txt").write_text("x")
+        assert message in one_line_error(runner.invoke(app, ["find-lr", "--plot", str(plot)]))
+    assert ran == []
+
+
+def test_json_writes_no_picture_unless_asked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["find-lr", "--json", "--num-steps", "20"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["plot"] is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_drawing_that_fails_loses_no_result(tmp_path, monkeypatch):
+    import gradpilot.report
+
+    def broken(*args, **kwargs):
+        raise OverflowError("cannot draw 1e308")
+
+    monkeypatch.setattr(gradpilot.report, "plot_lr_curve", broken)
+    result = runner.invoke(app, ["find-lr", "--num-steps", "20", "--plot", str(tmp_path / "c.png")])
+    assert result.exit_code == 2 and "Suggested learning rate" in result.output
+    assert "could not draw" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--max-micro-batch", "0"], "--max-micro-batch must be a positive whole number"),
+    (["--max-micro-batch", "8", "--target", "-4"], "--target must be a positive whole number"),
+    (["--max-micro-batch", "8", "--world-size", "0"], "--world-size must be a positive whole number"),
+    (["--max-micro-batch", "8", "--lr", "nan", "--batch-size", "8"], "--lr must be a positive finite number"),
+    (["--max-micro-batch", "8", "--lr", "0.1"], "give both --lr and --batch-size"),
+    (["--max-micro-batch", "8", "--lr", "0.1", "--batch-size", "8", "--optimizer", "lion"], "choose the rule yourself"),
+])
+def test_plan_errors_name_the_flag(args, message):
+    assert message in one_line_error(runner.invoke(app, ["plan", *args]))
+
+
+def test_schedule_bounds_and_long_curves(tmp_path):
+    assert "more than the" in one_line_error(runner.invoke(app, ["schedule", "cosine", "--steps", "100000000"]))
+    assert "unknown scheduler 'cosin'" in one_line_error(runner.invoke(app, ["schedule", "cosin", "--steps", "10"]))
+    result = runner.invoke(app, ["schedule", "cosine", "--steps", "200000", "--plot", str(tmp_path / "s.png")])
+    assert result.exit_code == 0 and "199999" in result.output
+
+
+def test_diagnose_exit_codes_tell_scripts_what_was_found(tmp_path):
+    healthy = runner.invoke(app, ["diagnose", str(write_run_csv(tmp_path / "ok.csv", diverge=False))])
+    assert healthy.exit_code == 0, healthy.output
+    (tmp_path / "one.csv").write_text("step,loss\n1,2.3\n")
+    short = runner.invoke(app, ["diagnose", str(tmp_path / "one.csv"), "--json"])
+    out = json.loads(short.stdout)
+    assert short.exit_code == 0 and out["findings"][0]["kind"] == "insufficient_data"
+    assert out["learning_rate"]["verdict"] == "unknown"
+
+
+def test_diagnose_json_is_valid_json_even_with_nan_and_infinity(tmp_path):
+    path = tmp_path / "nan.csv"
+    path.write_text("step,loss,lr\n" + "".join(f"{s},{2.0 - 0.01 * s},0.1\n" for s in range(30)) + "30,nan,0.1\n31,inf,0.1\n")
+    result = runner.invoke(app, ["diagnose", str(path), "--json"])
+    assert result.exit_code == 1
+
+    def refuse(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    out = json.loads(result.stdout, parse_constant=refuse)
+    assert out["source"] == str(path) and out["findings"][0]["kind"] == "nan"
+
+
+def test_diagnose_warns_about_a_cut_last_line_and_reads_the_rest(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,loss,lr\n" + "".join(f"{s},{2.0 * 0.98 ** s},0.1\n" for s in range(50)) + "50,0.7")
+    result = runner.invoke(app, ["diagnose", str(path), "--json"])
+    assert result.exit_code == 0 and "warning:" in result.stderr and "cut short" in result.stderr
+    assert json.loads(result.stdout)["warnings"][0].endswith("read the complete rows before it")
+
+
+def test_plot_of_extreme_values_is_drawn_or_refused_in_one_line(tmp_path):
+    path = tmp_path / "extreme.csv"
+    path.write_text("step,loss,lr\n" + "".join(f"{s},{1e300 * (s + 1)},1e-300\n" for s in range(40)))
+    result = runner.invoke(app, ["diagnose", str(path), "--plot", str(tmp_path / "d.png")])
+    assert result.exit_code in (0, 1, 2) and "Traceback" not in result.output
+    assert "Diagnosis of" in result.output  # the diagnosis came out whatever the picture did
+
+
+def test_a_task_file_that_exits_is_an_error_not_a_success(tmp_path):
+    path = write(tmp_path, "import sys\nsys.exit(0)\n")
+    assert "must not exit" in one_line_error(runner.invoke(app, ["find-lr", str(path)]))
+
+
+def test_an_error_inside_the_user_s_model_is_one_line(tmp_path):
+    text = TASK_FILE.replace("model=nn.Linear(4, 2)", "model=nn.Linear(3, 2)")  # wrong input size
+    line = one_line_error(runner.invoke(app, ["find-lr", str(write(tmp_path, text))]), code=3)
+    assert "RuntimeError" in line and "GRADPILOT_DEBUG=1" in line
+
+
+def test_commands_that_read_logs_never_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    log = write_run_csv(tmp_path / "run.csv", diverge=True)
+    code = ("import sys\nfrom gradpilot.cli import app\n"
+            "try:\n    app(['diagnose', sys.argv[1], '--json'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "import gradpilot, gradpilot.diagnose, gradpilot.logs\n"
+            "gradpilot.diagnose(gradpilot.read_log(sys.argv[1]))\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\nprint('clean')\n")
+    out = subprocess.run([sys.executable, "-c", code, str(log)], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().endswith("clean"), out.stderr

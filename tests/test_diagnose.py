@@ -145,3 +145,49 @@ def test_json_shape_and_registry():
     assert set(out["findings"][0]) >= {"kind", "start", "end", "evidence", "confidence", "remedy"}
     assert out["learning_rate"]["verdict"] in ("too high", "too low", "about right", "unknown")
     assert set(DETECTORS) | {"healthy", "insufficient_data"} == set(KINDS)
+
+
+def overfitting_log(tmp_path, epoch_values):
+    """A Trainer-style trainer_state.json: train loss falling, eval loss lowest at the 2nd evaluation then rising."""
+    evals = [0.9, 0.5, 0.8, 1.2][: len(epoch_values)]
+    history = [{"loss": 2.0 * 0.97 ** s, "learning_rate": 1e-3, "step": s, "epoch": s / 40} for s in range(1, 161)]
+    for i, (epoch, loss) in enumerate(zip(epoch_values, evals)):
+        entry = {"eval_loss": loss, "step": 40 * (i + 1)}
+        if epoch is not None:
+            entry["epoch"] = epoch
+        history.append(entry)
+    path = tmp_path / "trainer_state.json"
+    path.write_text(json.dumps({"log_history": history}))
+    return path
+
+
+@pytest.mark.parametrize(("epochs", "remedy", "words"), [
+    ([0.5, 1.0, 1.5, 2.0], {"num_train_epochs": 1}, "stop at epoch 1"),  # evaluated twice an epoch (HF float epochs)
+    ([1.0, 2.0, 3.0, 4.0], {"num_train_epochs": 2}, "stop at epoch 2"),  # once an epoch, epochs done
+    ([0, 1, 2, 3], {"num_train_epochs": 2}, "stop at epoch 2"),  # Lightning/Keras count from 0
+    ([None] * 4, {"max_steps": 80}, "stop at step 80"),  # no epoch in the log: by step, never by evaluation count
+])
+def test_evaluations_are_not_counted_as_epochs(tmp_path, epochs, remedy, words):
+    from gradpilot import read_log
+
+    d = diagnose(read_log(overfitting_log(tmp_path, epochs)))
+    finding = next(f for f in d.findings if f.kind == "overfitting")
+    assert finding.remedy == remedy and finding.advice.startswith(words)
+
+
+def test_one_nan_the_run_recovered_from_is_not_a_nan_run():
+    values = 0.3 + 2 * np.exp(-np.arange(300) / 50)
+    values[0] = np.nan  # e.g. an fp16 overflow at the first step, skipped by the grad scaler
+    values[120] = np.inf
+    d = diagnose(synthetic(values))
+    assert "nan" not in d.kinds and d.kinds == {"healthy"}
+    values[-5:] = np.nan  # the same run going NaN for good at the end is a NaN run
+    d = diagnose(synthetic(values))
+    assert d.kinds == {"nan"} and d.findings[0].start == 296 and "from step 296" in d.findings[0].evidence
+
+
+def test_a_run_too_short_to_judge_says_so():
+    d = diagnose(synthetic([2.3]))
+    assert d.kinds == {"insufficient_data"} and d.lr_verdict == "unknown"
+    assert "only 1 finite training-loss point" in d.findings[0].evidence
+    assert diagnose(synthetic([2.3, float("nan")])).kinds == {"nan"}  # too short, but NaN is NaN

@@ -119,3 +119,78 @@ def test_truncated_tensorboard_file_and_missing_paths(tmp_path):
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(GradpilotError, match="holds no log"):
         read_log(tmp_path / "empty_dir")
+
+
+def test_ordinary_damage_is_one_error_or_a_warning_never_a_crash(tmp_path):
+    cases = {
+        "latin1.csv": "step,loss\n1,2.0\n2,1.9\n".encode() + b"3,\xff\xfe\n",
+        "nested.jsonl": b'{"step": 1, "loss": ' + b"[" * 100_000 + b"\n",
+        "bigint.jsonl": b'{"step": 1, "loss": ' + b"9" * 5000 + b"}\n",
+        "bigfield.csv": b"step,loss\n1," + b"1" * 200_000 + b"\n",
+        "state.json": b'{"log_history": ' + b"[" * 100_000,
+    }
+    messages = {"latin1.csv": r"latin1.csv:4: 'loss' holds bytes that are not UTF-8 text",
+                "nested.jsonl": "nested too deeply", "bigint.jsonl": "not a log value",
+                "bigfield.csv": "not a readable CSV line", "state.json": "nested too deeply"}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(GradpilotError, match=messages[name]) as err:
+            read_log(tmp_path / name)
+        assert "\n" not in str(err.value)
+
+
+def test_huge_numbers_read_as_infinity_and_the_run_as_diverged(tmp_path):
+    path = tmp_path / "run.jsonl"
+    rows = [{"step": s, "loss": 2.0 - 0.01 * s} for s in range(40)] + [{"step": 40, "loss": 10**400}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    h = read_log(path)
+    assert h.train_loss.values[-1] == float("inf") and "nan" in diagnose(h).kinds
+
+
+def test_a_truncated_tensorboard_file_is_read_with_a_warning(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    for s, loss in enumerate(LOSS):
+        writer.add_scalar("train/loss", loss, s)
+    writer.close()
+    event = next(tmp_path.glob("events.out.tfevents*"))
+    whole = read_log(tmp_path)
+    assert whole.warnings == ()
+    event.write_bytes(event.read_bytes()[:-30])  # a kill mid-record
+    cut = read_log(tmp_path)
+    assert len(cut.train_loss) < len(whole.train_loss) and "truncated after" in cut.warnings[0]
+
+
+def test_folders_are_never_left_through_a_symlink(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "metrics.csv").write_text("step,loss\n" + "".join(f"{s},{l}\n" for s, l in enumerate(LOSS)))
+    run = tmp_path / "run"
+    (run / "sub").mkdir(parents=True)
+    (run / "sub" / "metrics.csv").symlink_to(outside / "metrics.csv")
+    (run / "linked").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(GradpilotError, match="holds no log"):
+        read_log(run)
+    inside = run / "own.csv"
+    inside.write_text("step,loss\n1,2.0\n")
+    (run / "sub" / "alias.csv").symlink_to(inside)  # a link that stays inside is fine
+    assert read_log(run).source == str(inside)
+
+
+def test_memory_grows_with_the_columns_read_not_with_the_file(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "big.csv"
+    n = 200_000
+    with open(path, "w") as f:
+        f.write("step,epoch,train_loss,lr,val_loss,note\n")
+        for s in range(n):
+            f.write(f"{s},{s // 1000},{2.0 * 0.99999 ** s:.6f},0.001,,some text that is not read\n")
+    size = path.stat().st_size
+    tracemalloc.start()
+    h = read_log(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(h.train_loss) == n
+    assert peak < 3 * size, f"peak {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"

@@ -114,3 +114,21 @@ def test_noise_scale_recovers_known_parts():
         noise_scale(1.0, 2.0, 10, 100)
     with pytest.raises(GradpilotError, match="b_big must be larger"):
         noise_scale(1.0, 2.0, 100, 10)
+
+
+@pytest.mark.parametrize("name", ["Lion", "LBFGS", "Shampoo"])
+def test_an_optimizer_gradpilot_does_not_know_is_asked_about_not_guessed(name):
+    assert optimizer_family(name) == "unknown"
+    with pytest.raises(ValueError, match=f"cannot tell whether optimizer '{name}' scales like SGD or like Adam"):
+        scale_lr(1e-3, 32, 64, "auto", optimizer=name)
+    assert scale_lr(1e-3, 32, 128, "sqrt", optimizer=name) == pytest.approx(2e-3)  # a rule named is used
+    assert optimizer_family("Adafactor") == optimizer_family("adamw_torch_fused") == "adaptive"
+
+
+def test_plan_for_huge_targets_is_exact_and_immediate():
+    p = plan(100_000_000, 1)
+    assert (p.micro_batch_size, p.accumulation_steps, p.exact) == (1, 100_000_000, True)
+    p = plan(100_000_007, 3)  # a prime: the closest split, one item over
+    assert (p.micro_batch_size, p.accumulation_steps, p.effective_batch_size) == (3, 33_333_336, 100_000_008)
+    p = plan(10**12, 10**6 + 1)
+    assert p.exact and p.micro_batch_size * p.accumulation_steps == 10**12 and p.micro_batch_size <= 10**6 + 1

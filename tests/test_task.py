@@ -92,3 +92,58 @@ def test_example_task_is_trainable_and_scored():
     task = example_task(0)
     x, y = next(iter(task.val_loader()))
     assert task.higher_is_better and 0 <= task.metric(task.model(x), y) <= 1
+
+
+TASK_WITH = """
+import sys
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+import gradpilot
+
+def task(seed: int = 0) -> gradpilot.Task:
+    x = torch.randn(8, 4)
+    model = nn.Linear(4, 2)
+    kwargs = dict(model=model, train_data=TensorDataset(x, torch.zeros(8, dtype=torch.long)),
+                  loss_fn=nn.CrossEntropyLoss())
+    {change}
+    return gradpilot.Task(**kwargs)
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("kwargs['train_data'] = TensorDataset(torch.zeros(0, 4), torch.zeros(0))", "Task.train_data is empty"),
+        ("kwargs['val_data'] = []", "Task.val_data is empty"),
+        ("del kwargs['loss_fn']", r"task\(\) in .* failed: TypeError: .*loss_fn"),
+        ("model.requires_grad_(False)", "no trainable parameters"),
+        ("kwargs['lr'] = -1", "Task.lr must be a positive finite number"),
+        ("kwargs['lr'] = float('nan')", "Task.lr must be a positive finite number"),
+        ("kwargs['batch_size'] = 0", "Task.batch_size must be a positive whole number"),
+        ("kwargs['epochs'] = 2.5", "Task.epochs must be a positive whole number"),
+        ("kwargs['optimizer'] = 'lion'", "unknown Task.optimizer 'lion'"),
+        ("kwargs['model'] = 'resnet'", "Task.model must be a torch.nn.Module"),
+        ("kwargs['loss_fn'] = 'mse'", "Task.loss_fn must be callable"),
+        ("kwargs['optimizer_kwargs'] = [1]", "Task.optimizer_kwargs must be a dict"),
+        ("sys.exit(0)", r"called sys.exit\(0\): a task file must not exit"),
+        ("raise RuntimeError('boom\\nsecond line')", r"failed: RuntimeError: boom$"),
+    ],
+)
+def test_mistakes_inside_task_files_are_one_line_errors(tmp_path, change, message):
+    with pytest.raises(GradpilotError, match=message) as err:
+        load_task(write(tmp_path, TASK_WITH.replace("{change}", change)))
+    assert "\n" not in str(err.value)
+
+
+def test_task_without_a_seed_and_bad_optimizer_options(tmp_path):
+    with pytest.raises(GradpilotError, match=r"must take the seed: `def task\(seed: int = 0\)"):
+        load_task(write(tmp_path, "def task():\n    return None\n"))
+    task = load_task(write(tmp_path, TASK_WITH.replace("{change}", "kwargs['optimizer_kwargs'] = {'momentum': -1}")))
+    with pytest.raises(GradpilotError, match=r"optimizer 'adamw' refused its options \{'momentum': -1\}"):
+        task.make_optimizer()
+    with pytest.raises(GradpilotError, match="optimizer factory failed: ValueError"):
+        Task(nn.Linear(2, 1), TensorDataset(torch.zeros(4, 2), torch.zeros(4, 1)), nn.MSELoss(),
+             optimizer=lambda params, lr: torch.optim.SGD(params, lr=-lr)).make_optimizer()
+    with pytest.raises(GradpilotError, match="is not a .py file"):
+        load_task(write(tmp_path, "x", name="task.txt"))

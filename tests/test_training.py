@@ -148,3 +148,90 @@ def test_missing_optimizer_or_empty_loader():
     empty = DataLoader(TensorDataset(torch.zeros(0, 4), torch.zeros(0, 1)))
     with pytest.raises(GradpilotError, match="yields no batches"):
         fit(net, torch.optim.SGD(net.parameters(), lr=0.1), nn.MSELoss(), empty, epochs=1)
+
+
+def frozen_model():
+    net = model()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs": float("nan")}, "epochs must be a positive whole number, got epochs=nan"),
+        ({"epochs": 2.5}, "epochs must be a positive whole number, got epochs=2.5"),
+        ({"epochs": True}, "epochs must be a positive whole number"),
+        ({"epochs": 1, "accumulation_steps": 2.5}, "accumulation_steps must be a positive whole number"),
+        ({"epochs": 1, "max_grad_norm": float("nan")}, "max_grad_norm must be a positive finite number"),
+        ({"epochs": 1, "max_grad_norm": float("inf")}, "max_grad_norm must be a positive finite number"),
+        ({"epochs": 1, "checkpoint_every": 1.5}, "checkpoint_every must be a positive whole number"),
+        ({"epochs": 1, "val_loader": DataLoader(TensorDataset(torch.zeros(0, 4), torch.zeros(0, 1)))},
+         "val_loader yields no batches"),
+    ],
+)
+def test_nonsense_numbers_are_refused_before_any_step(kwargs, message):
+    net, steps = model(), []
+    with pytest.raises(GradpilotError, match=message):
+        fit(net, torch.optim.SGD(net.parameters(), lr=0.1), nn.MSELoss(), DataLoader(data(), batch_size=8),
+            on_step=lambda s, lr: steps.append(s), **kwargs)
+    assert steps == []
+
+
+def test_an_optimizer_that_cannot_train_the_model_is_refused():
+    net = model()
+    with pytest.raises(GradpilotError, match="holds none of the model's parameters"):
+        fit(net, torch.optim.SGD(model().parameters(), lr=0.1), nn.MSELoss(), DataLoader(data()), epochs=1)
+    net = frozen_model()
+    with pytest.raises(GradpilotError, match="frozen model"):
+        fit(net, torch.optim.SGD(net.parameters(), lr=0.1), nn.MSELoss(), DataLoader(data()), epochs=1)
+
+
+def test_a_task_never_overrides_what_the_caller_passed():
+    task = example_task(0)
+    with pytest.raises(GradpilotError, match="epochs must be a positive whole number, got epochs=0"):
+        fit(task, epochs=0)
+    with pytest.raises(GradpilotError, match="train_loader yields no batches"):
+        fit(task, train_loader=[])  # an empty loader of the user's is not swapped for the task's
+    result = fit(task, epochs=1, metric=lambda out, y: 7.0)
+    assert result.val_metrics == (7.0,) and result.best_epoch == 1
+
+
+def test_effective_batch_size_with_a_batch_sampler():
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    class Buckets(torch.utils.data.Sampler):  # length bucketing: batches of uneven size, no batch_size attribute
+        def __iter__(self):
+            return iter([list(range(0, 10)), list(range(10, 16)), list(range(16, 32))])
+
+        def __len__(self):
+            return 3
+
+    net = model()
+    result = fit(net, torch.optim.SGD(net.parameters(), lr=0.1), nn.MSELoss(),
+                 DataLoader(data(32), batch_sampler=Buckets()), epochs=1, accumulation_steps=3)
+    assert result.effective_batch_size == 32  # 32 items in 3 batches: about 11 per batch × 3
+    sampler = BatchSampler(SequentialSampler(range(32)), batch_size=8, drop_last=False)
+    result = fit(net, torch.optim.SGD(net.parameters(), lr=0.1), nn.MSELoss(),
+                 DataLoader(data(32), batch_sampler=sampler), epochs=1, accumulation_steps=2)
+    assert result.effective_batch_size == 16
+
+
+def test_evaluate_with_step_fn_and_metric_runs_one_forward_per_batch():
+    net, calls = model(), []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    loader = DataLoader(data(32), batch_size=8)
+
+    def step_fn(m, batch):
+        return nn.functional.mse_loss(m(batch[0]), batch[1]) * 2  # the user's own loss
+
+    loss = evaluate(net, loader, None, None, step_fn=step_fn)
+    calls.clear()
+    value = evaluate(net, loader, None, lambda out, y: float((out - y).abs().mean()), step_fn=step_fn)
+    assert len(calls) == 4  # 4 batches, one forward each
+    with torch.no_grad():  # the absolute reference, by hand
+        x, y = data(32).tensors
+        out = net(x)
+    assert value == pytest.approx(float((out - y).abs().mean()), rel=1e-6)
+    assert loss == pytest.approx(2 * float(nn.functional.mse_loss(out, y)), rel=1e-6)
