@@ -174,6 +174,8 @@ def find_batch_size(
 
     with preserved(model, optimizer):
         model.train()
+        with preserved(model, optimizer):  # one step first: lazy imports and allocator set-up are not a batch's memory
+            _trial(model, optimizer, loss_fn, step_fn, dataset, start, 1, device, collate_fn, None)
         best, _ = scaling.search_batch_size(fits, start=start, max_size=cap)
     free_memory()
     if best == 0:

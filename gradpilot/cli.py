@@ -246,12 +246,15 @@ def find_batch_size_command(
                                  max_batch_size=max_batch_size, collate_fn=collate,
                                  max_memory=None if max_memory_mib is None else int(max_memory_mib * 2**20),
                                  progress=tick)
-        noise = None
-        if noise_scale:
+        noise, noise_error = None, None
+        if noise_scale:  # after the search: a noise scale that cannot be measured must not cost its result
             status.update("estimating the gradient noise scale…")
             big = min(len(data), max(result.batch_size, 16))
-            noise = estimate_noise_scale(task.model, task.loss_fn, data, small_batch=max(1, big // 16),
-                                         big_batch=big, seed=seed, collate_fn=collate)
+            try:
+                noise = estimate_noise_scale(task.model, task.loss_fn, data, small_batch=max(1, big // 16),
+                                             big_batch=big, seed=seed, collate_fn=collate)
+            except GradpilotError as exc:
+                noise_error = str(exc)
     table = Table(title=f"Batch sizes tried on {task.name}")
     for col in ("batch", "fits", "samples/s", "peak memory (MiB)", "why not"):
         table.add_column(col, justify="right" if col != "why not" else "left")
@@ -262,6 +265,8 @@ def find_batch_size_command(
     console.print(table)
     console.print(f"[bold]Largest micro-batch that fits: {result.batch_size}[/]" +
                   (f" ({result.limit})" if result.limit else ""))
+    if noise_error is not None:
+        err_console.print(f"[yellow]warning:[/] no gradient noise scale: {_escape(noise_error)}", soft_wrap=True)
     if noise is not None:
         console.print(f"Gradient noise scale B_simple ≈ {noise.b_simple:,.0f}: an effective batch near "
                       f"{noise.recommended_batch_size} uses data and steps efficiently "

@@ -343,6 +343,11 @@ DETECTORS: dict[str, Detector] = {
 def diagnose(history: History) -> Diagnosis:
     """Run every detector on ``history``; a run with nothing wrong gets one ``healthy`` finding, one too short
     to judge an ``insufficient_data`` finding."""
+    with np.errstate(all="ignore"):  # losses near the float limits overflow in sums; the detectors cope
+        return _diagnose(history)
+
+
+def _diagnose(history: History) -> Diagnosis:
     findings: list[Finding] = []
     for detector in DETECTORS.values():
         findings.extend(detector(history))

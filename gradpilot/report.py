@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     from gradpilot.lr_finder import LRFinderResult
 
 
+_DRAWABLE = 1e100  # values beyond are drawn at this bound
+
+
 def _pyplot():  # type: ignore[no-untyped-def]
     try:
         import matplotlib
@@ -73,18 +76,23 @@ def plot_diagnosis(history: History, diagnosis: Diagnosis, path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.8))
     t = history.train_loss
-    ax.plot(t.steps, t.values, color="0.75", lw=0.7, label="train loss")
-    finite = np.isfinite(t.values)
+    values = np.clip(t.values, -_DRAWABLE, _DRAWABLE)  # matplotlib cannot scale axes near the float limits
+    ax.plot(t.steps, values, color="0.75", lw=0.7, label="train loss")
+    finite = np.isfinite(values)
     if finite.sum() > 8:
-        ax.plot(t.steps[finite], centred_smooth(t.values[finite], max(2.0, finite.sum() / 40)), color="C0", lw=1.8,
+        ax.plot(t.steps[finite], centred_smooth(values[finite], max(2.0, finite.sum() / 40)), color="C0", lw=1.8,
                 label="train loss (trend)")
     if history.val_loss is not None:
-        ax.plot(history.val_loss.steps, history.val_loss.values, "o-", color="C1", lw=1.5, label="validation loss")
+        ax.plot(history.val_loss.steps, np.clip(history.val_loss.values, -_DRAWABLE, _DRAWABLE), "o-", color="C1",
+                lw=1.5, label="validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     if finite.any():
-        lo, hi = np.nanpercentile(t.values[finite], [1, 99])
-        ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo))
+        with np.errstate(all="ignore"):  # losses near the float limits: keep matplotlib's own limits
+            lo, hi = np.nanpercentile(values[finite], [1, 99])
+            bottom, top = lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo)
+        if np.isfinite([bottom, top]).all() and bottom < top:
+            ax.set_ylim(bottom, top)
     colours = {"divergence": "C3", "nan": "C3", "oscillation": "C4", "plateau": "C7", "slow_convergence": "C8",
                "overfitting": "C1", "underfitting": "C9", "healthy": "C2"}
     for i, f in enumerate(diagnosis.findings):

@@ -57,7 +57,8 @@ def test_start_max_batch_size_steps_and_step_fn():
                              max_batch_size=30, steps_per_trial=3, step_fn=step_fn, device="cpu")
     assert result.batch_size == 30
     assert [t.batch_size for t in result.trials] == [5, 10, 20, 30]
-    assert calls == [5] * 4 + [10] * 4 + [20] * 4 + [30] * 4  # one warm-up step + 3 timed per size
+    # the search warms up once (2 steps at the start size, unmeasured), then one warm-up step + 3 timed per size
+    assert calls == [5] * 2 + [5] * 4 + [10] * 4 + [20] * 4 + [30] * 4
     # batches larger than the dataset wrap around it
 
 

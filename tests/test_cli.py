@@ -288,3 +288,38 @@ def test_commands_that_read_logs_never_import_torch(tmp_path):
             "assert 'torch' not in sys.modules, 'torch was imported'\nprint('clean')\n")
     out = subprocess.run([sys.executable, "-c", code, str(log)], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("clean"), out.stderr
+
+
+COLLATE_TASK = """
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+import gradpilot
+
+def collate(items):  # dict items: default_collate would hand the model a dict, not (inputs, targets)
+    return torch.tensor([it["x"] for it in items]), torch.tensor([it["y"] for it in items])
+
+def task(seed: int = 0) -> gradpilot.Task:
+    items = [{"x": [float(i % 2)] * 4, "y": i % 2} for i in range(64)]
+    return gradpilot.Task(model=nn.Linear(4, 2), train_data=DataLoader(items, batch_size=8, collate_fn=collate),
+                          loss_fn=nn.CrossEntropyLoss())
+"""
+
+
+def test_find_batch_size_uses_the_task_s_collate_fn(tmp_path):
+    result = runner.invoke(app, ["find-batch-size", str(write(tmp_path, COLLATE_TASK)), "--max-batch-size", "16"])
+    assert result.exit_code == 0, result.output
+    assert "Largest micro-batch that fits: 16" in result.output and "noise scale" in result.output
+
+
+def test_a_noise_scale_that_cannot_be_measured_costs_only_itself(tmp_path, monkeypatch):
+    import gradpilot.batch_size
+    from gradpilot import GradpilotError
+
+    def unmeasurable(*args, **kwargs):
+        raise GradpilotError("the noise scale is not measurable from these norms")
+
+    monkeypatch.setattr(gradpilot.batch_size, "estimate_noise_scale", unmeasurable)
+    result = runner.invoke(app, ["find-batch-size", str(write(tmp_path, COLLATE_TASK)), "--max-batch-size", "16"])
+    assert result.exit_code == 0, result.output
+    assert "Largest micro-batch that fits: 16" in result.output and "no gradient noise scale" in result.stderr
