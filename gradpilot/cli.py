@@ -368,8 +368,28 @@ def _print_diagnosis(source: str, result: Diagnosis) -> None:
     console.print(f"[bold]Learning rate {result.lr_verdict}.[/] {_escape(result.lr_reason)}")
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main() -> None:
+    """The console entry point: as ``app()``, with a usage mistake (an unknown option, a value of the wrong
+    type) told in one line like every other error."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        code = 1
+    except Exception as exc:
+        if not any(c.__name__ == "UsageError" for c in type(exc).__mro__):  # the click error typer raises
+            raise
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:  # plain `gradpilot`: the help
+            typer.echo(ctx.get_help())
+            sys.exit(0)
+        command = getattr(ctx, "command_path", "gradpilot")
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)  # type: ignore[union-attr]
+        err_console.print(f"[bold red]error:[/] {_escape(' '.join(message.split()))} (see `{command} --help`)",
+                          highlight=False, soft_wrap=True)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

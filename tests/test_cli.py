@@ -323,3 +323,27 @@ def test_a_noise_scale_that_cannot_be_measured_costs_only_itself(tmp_path, monke
     result = runner.invoke(app, ["find-batch-size", str(write(tmp_path, COLLATE_TASK)), "--max-batch-size", "16"])
     assert result.exit_code == 0, result.output
     assert "Largest micro-batch that fits: 16" in result.output and "no gradient noise scale" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["find-lr", "--num-steps", "2.5"], "error: Invalid value for '--num-steps'"),
+    (["find-lr", "--learning-rate", "3"], "error: No such option: --learning-rate"),
+    (["bogus"], "error: No such command 'bogus'"),
+])
+def test_usage_mistakes_are_one_line_from_the_console_entry_point(args, message):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "gradpilot.cli", *args], capture_output=True, text=True, timeout=60)
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), out.stderr
+
+
+def test_the_console_entry_point_shows_help_and_exit_codes():
+    import subprocess
+    import sys
+
+    bare = subprocess.run([sys.executable, "-m", "gradpilot.cli"], capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 0 and bare.stdout.startswith("Usage: ") and "diagnose" in bare.stdout
+    version = subprocess.run([sys.executable, "-m", "gradpilot.cli", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("gradpilot ")
