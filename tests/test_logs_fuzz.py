@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from gradpilot import GradpilotError, diagnose, read_log
 
-SETTINGS = settings(max_examples=int(os.environ.get("GRADPILOT_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# 150 examples a test in the suite; GRADPILOT_FUZZ_EXAMPLES=20000 for a long run
+SETTINGS = settings(max_examples=int(os.environ.get("GRADPILOT_FUZZ_EXAMPLES", "150")), deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 NAMES = st.sampled_from(["metrics.csv", "run.tsv", "run.jsonl", "trainer_state.json"])
 CELL = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.integers().map(str),
                  st.text(max_size=8), st.just(""), st.just("nan"))
