@@ -109,6 +109,7 @@ class Wide(nn.Module):
         return self.lin(x).repeat(1, 32768).mean(dim=1, keepdim=True).expand(-1, 2)
 
 
+@pytest.mark.slow
 def test_cpu_memory_budget_limits_the_batch():
     results = {}
     for budget_mib in (64, 512):

@@ -35,6 +35,7 @@ def reference(tmp_path_factory):
 # 90 items / batch 8 = 12 batches; 3 per step -> 4 steps per epoch, 16 steps; checkpoints every 2 steps + epochs
 @pytest.mark.parametrize(("kill", "flag"), [("7", ""), ("4", ""), ("13", "--global-rng"), ("write:6", ""),
                                             ("1", "")])
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identical(tmp_path, reference, kill, flag):
     flags = [flag] if flag else []
     assert run(tmp_path, kill, *flags) == 9  # died

@@ -275,6 +275,7 @@ def test_an_error_inside_the_user_s_model_is_one_line(tmp_path):
     assert "RuntimeError" in line and "GRADPILOT_DEBUG=1" in line
 
 
+@pytest.mark.slow
 def test_commands_that_read_logs_never_import_torch(tmp_path):
     import subprocess
     import sys
@@ -330,6 +331,7 @@ def test_a_noise_scale_that_cannot_be_measured_costs_only_itself(tmp_path, monke
     (["find-lr", "--learning-rate", "3"], "error: No such option: --learning-rate"),
     (["bogus"], "error: No such command 'bogus'"),
 ])
+@pytest.mark.slow
 def test_usage_mistakes_are_one_line_from_the_console_entry_point(args, message):
     import subprocess
     import sys
@@ -339,6 +341,7 @@ def test_usage_mistakes_are_one_line_from_the_console_entry_point(args, message)
     assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), out.stderr
 
 
+@pytest.mark.slow
 def test_the_console_entry_point_shows_help_and_exit_codes():
     import subprocess
     import sys

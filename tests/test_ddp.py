@@ -12,6 +12,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from gradpilot import fit
+
+pytestmark = pytest.mark.slow  # two processes each
 from tests.test_accumulation import Tagger, classification, mlp, padded_sequences
 
 

@@ -178,6 +178,7 @@ def test_folders_are_never_left_through_a_symlink(tmp_path):
     assert read_log(run).source == str(inside)
 
 
+@pytest.mark.slow
 def test_memory_grows_with_the_columns_read_not_with_the_file(tmp_path):
     import tracemalloc
 
