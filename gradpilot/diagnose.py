@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +133,20 @@ def _usable(values: np.ndarray) -> np.ndarray:
     return np.flatnonzero(finite[:end])
 
 
+_MEMO: ContextVar[dict[int, tuple[np.ndarray, _Curve | None]] | None] = ContextVar("gradpilot_curves", default=None)
+
+
+def _train_curve(history: History) -> _Curve | None:
+    """The training loss's curve; within one ``diagnose`` call it is measured once, not once per detector."""
+    values, memo = history.train_loss.values, _MEMO.get()
+    if memo is not None and id(values) in memo and memo[id(values)][0] is values:
+        return memo[id(values)][1]
+    curve = _curve(values, history.train_loss.steps)
+    if memo is not None:
+        memo[id(values)] = (values, curve)
+    return curve
+
+
 def _curve(values: np.ndarray, steps: np.ndarray) -> _Curve | None:
     keep = _usable(values)
     n = len(keep)
@@ -188,7 +203,7 @@ def detect_nan(history: History) -> list[Finding]:
 
 def detect_divergence(history: History) -> list[Finding]:
     """A loss that climbs back above where it started, or gives back most of what it had gained."""
-    c = _curve(history.train_loss.values, history.train_loss.steps)
+    c = _train_curve(history)
     if c is None:
         return []
     drop, rise = c.start - c.low, c.end - c.low
@@ -208,7 +223,7 @@ def detect_oscillation(history: History) -> list[Finding]:
     """A loss that swings far more than minibatch noise explains: an early overshoot, or many big spikes.
 
     (Noise that is large next to the progress made is no sign: a too-small LR makes little progress too.)"""
-    c = _curve(history.train_loss.values, history.train_loss.steps)
+    c = _train_curve(history)
     if c is None or c.moved < 0.03 or c.late_share >= TOO_LOW_SHARE or detect_divergence(history):
         return []  # a loss that never moved is a plateau; one still falling steadily is not oscillating
     n = len(c.raw)
@@ -226,7 +241,7 @@ def detect_oscillation(history: History) -> list[Finding]:
 
 def detect_plateau(history: History) -> list[Finding]:
     """A loss that hardly moves from where it started."""
-    c = _curve(history.train_loss.values, history.train_loss.steps)
+    c = _train_curve(history)
     if c is None or detect_divergence(history):
         return []
     progress = c.moved
@@ -249,7 +264,7 @@ def detect_overfitting(history: History) -> list[Finding]:
     if best < 0 or best == len(y) - 1:
         return []
     rise = (y[-1] - y[best]) / max(abs(y[best]), 1e-12)
-    c = _curve(history.train_loss.values, history.train_loss.steps)
+    c = _train_curve(history)
     if c is None or rise < 0.1 or best >= 0.8 * len(y):
         return []
     at_best = float(np.interp(v.steps[best], c.steps, c.smooth))
@@ -290,7 +305,7 @@ def detect_underfitting(history: History) -> list[Finding]:
     longer = _train_longer(history)
     evidence = (f"validation loss was still falling at the end: {y[-2]:.4g} → {y[-1]:.4g} in the last evaluation, "
                 f"{last / total:.0%} of its whole improvement")
-    c = _curve(history.train_loss.values, history.train_loss.steps)
+    c = _train_curve(history)
     if c is not None and (c.late_share >= TOO_LOW_SHARE or c.moved < 0.3):
         remedy, advice = _lr_remedy(history, 3.0)
         evidence += (f"; {c.late_share:.0%} of the training loss's decrease came in the second half"
@@ -314,7 +329,7 @@ def _train_longer(history: History) -> tuple[dict[str, Any], str]:
 def detect_slow_convergence(history: History) -> list[Finding]:
     """A constant LR whose loss came well down, stopped falling and bounces at a noise floor: decay lowers the floor."""
     peak, constant = _lr(history)
-    c = _curve(history.train_loss.values, history.train_loss.steps)
+    c = _train_curve(history)
     if c is None or not constant or c.moved < 0.3 or detect_divergence(history) or detect_oscillation(history):
         return []
     n = len(c.smooth)
@@ -343,8 +358,12 @@ DETECTORS: dict[str, Detector] = {
 def diagnose(history: History) -> Diagnosis:
     """Run every detector on ``history``; a run with nothing wrong gets one ``healthy`` finding, one too short
     to judge an ``insufficient_data`` finding."""
-    with np.errstate(all="ignore"):  # losses near the float limits overflow in sums; the detectors cope
-        return _diagnose(history)
+    token = _MEMO.set({})
+    try:
+        with np.errstate(all="ignore"):  # losses near the float limits overflow in sums; the detectors cope
+            return _diagnose(history)
+    finally:
+        _MEMO.reset(token)
 
 
 def _diagnose(history: History) -> Diagnosis:
@@ -364,7 +383,7 @@ def _diagnose(history: History) -> Diagnosis:
                          "unknown", f"too little to judge: {evidence}")
     verdict, reason = _lr_verdict(history, findings)
     if not findings:
-        c = _curve(history.train_loss.values, history.train_loss.steps)
+        c = _train_curve(history)
         end = float(history.train_loss.steps[-1])
         evidence = "" if c is None else f"the loss fell from {c.start:.4g} to {c.end:.4g} and settled"
         findings.append(Finding("healthy", float(history.train_loss.steps[0]), end, evidence, 0.6, {}, "keep going"))
@@ -380,7 +399,7 @@ def _lr_verdict(history: History, findings: list[Finding]) -> tuple[str, str]:
     low = [f for f in findings if f.kind == "plateau" or (f.kind == "underfitting" and "learning_rate" in f.remedy)]
     if low:
         return "too low", f"the learning rate{named} is too low: {low[0].evidence}"
-    c = _curve(history.train_loss.values, history.train_loss.steps)
+    c = _train_curve(history)
     if c is not None and c.late_share >= TOO_LOW_SHARE and not findings:
         return "too low", (f"the learning rate{named} is too low: {c.late_share:.0%} of the loss's decrease came in "
                            "the second half — it is still falling about as fast as it was")
