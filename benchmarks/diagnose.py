@@ -32,9 +32,10 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diagnose_runs import load_runs, nan_list  # noqa: E402
-from gradpilot.diagnose import KINDS, diagnose  # noqa: E402
-from gradpilot.history import History, Series  # noqa: E402
+from diagnose_runs import load_runs, nan_list
+
+from gradpilot.diagnose import KINDS, diagnose
+from gradpilot.history import History, Series
 
 DIRECTION = {"too high": "lower", "too low": "raise", "about right": "keep", "unknown": "keep"}
 

@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, Subset
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import gradpilot  # noqa: E402
-from lr_tasks import TASKS  # noqa: E402
+from lr_tasks import TASKS
+
+import gradpilot
 
 CACHE = Path(__file__).parent / "results" / "diagnose_runs.json"
 # task name -> (base LR from the LR benchmark's grid, epochs on full data)

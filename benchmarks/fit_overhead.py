@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import gradpilot  # noqa: E402
+import gradpilot
 
 
 def mlp() -> nn.Module:

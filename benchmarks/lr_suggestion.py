@@ -30,11 +30,12 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import gradpilot  # noqa: E402
-from gradpilot import suggest  # noqa: E402
-from gradpilot._batch import compute_loss, cycle  # noqa: E402
-from gradpilot.scaling import optimizer_family  # noqa: E402
-from lr_tasks import TASKS, BenchTask  # noqa: E402
+from lr_tasks import TASKS, BenchTask
+
+import gradpilot
+from gradpilot import suggest
+from gradpilot._batch import compute_loss, cycle
+from gradpilot.scaling import optimizer_family
 
 CACHE = Path(__file__).parent / "results" / "lr_suggestion.json"
 TRAIN_SEEDS = (0, 1)
@@ -138,7 +139,7 @@ def regret(best: float, untrained: float, m: float) -> float:
 
 def run(tasks: list[BenchTask], cache: Cache) -> None:
     rules = [*suggest.RULES, "pytorch-lr-finder"]
-    table = Table(title=f"LR suggestion regret (0 = as good as the grid's best, 1 = no better than untrained)")
+    table = Table(title="LR suggestion regret (0 = as good as the grid's best, 1 = no better than untrained)")
     table.add_column("task")
     table.add_column("grid best LR", justify="right")
     for r in rules:

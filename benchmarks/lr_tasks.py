@@ -136,9 +136,9 @@ def max_transformer_adamw(seed: int) -> Task:
 
 
 # --- fine-tuning a pretrained transformer (all-MiniLM-L6-v2, shipped by a PyPI package) ----------
-POSITIVE = "great good wonderful excellent superb lovely brilliant enjoyable charming delightful".split()
-NEGATIVE = "awful bad terrible boring dull poor weak clumsy tedious dreadful".split()
-SUBJECTS = "movie plot acting music ending story cast script film show".split()
+POSITIVE = ["great", "good", "wonderful", "excellent", "superb", "lovely", "brilliant", "enjoyable", "charming", "delightful"]
+NEGATIVE = ["awful", "bad", "terrible", "boring", "dull", "poor", "weak", "clumsy", "tedious", "dreadful"]
+SUBJECTS = ["movie", "plot", "acting", "music", "ending", "story", "cast", "script", "film", "show"]
 
 
 def _reviews(n: int, seed: int) -> tuple[list[str], list[int]]:

@@ -70,7 +70,7 @@ def load(directory: Path) -> dict[str, Any] | None:
         raise GradpilotError(f"checkpoint {path} is not a regular file: move it away to start the run afresh")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable or unsafe file gets the same advice
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise GradpilotError(f"checkpoint {path} cannot be read safely ({type(exc).__name__}: {first}); "
                              "move it away to start the run afresh") from None

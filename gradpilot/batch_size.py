@@ -234,7 +234,7 @@ def _trial(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn |
                     elapsed += time.perf_counter() - t0
             del batch
             optimizer.zero_grad(set_to_none=True)
-    except Exception as exc:  # noqa: BLE001 - anything that is not an OOM is re-raised below
+    except Exception as exc:
         if not is_oom(exc):
             raise
         optimizer.zero_grad(set_to_none=True)

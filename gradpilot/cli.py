@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -66,7 +66,7 @@ def _one_line_errors(command: F) -> F:
             raise _fail(_escape(str(exc))) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
-        except Exception as exc:  # noqa: BLE001 - the promise: never a deep traceback
+        except Exception as exc:
             if os.environ.get("GRADPILOT_DEBUG"):
                 raise
             first = (str(exc).strip().splitlines() or [""])[0][:300]
@@ -96,7 +96,7 @@ def _draw(draw: Callable[[], Any], path: Path) -> bool:
     try:
         draw()
         return True
-    except Exception as exc:  # noqa: BLE001 - matplotlib raises many kinds on extreme values or full disks
+    except Exception as exc:
         err_console.print(f"[bold red]error:[/] could not draw {path}: {_escape(str(exc).splitlines()[0][:200])}",
                           highlight=False, soft_wrap=True)
         return False
@@ -105,15 +105,15 @@ def _draw(draw: Callable[[], Any], path: Path) -> bool:
 @app.command("find-lr")
 @_one_line_errors
 def find_lr_command(
-    task_file: Annotated[Optional[Path], typer.Argument(help="Python file defining task(seed); omit for the built-in example")] = None,
+    task_file: Annotated[Path | None, typer.Argument(help="Python file defining task(seed); omit for the built-in example")] = None,
     start_lr: Annotated[float, typer.Option(help="first LR of the sweep")] = 1e-7,
     end_lr: Annotated[float, typer.Option(help="last LR of the sweep")] = 10.0,
     num_steps: Annotated[int, typer.Option(help="optimizer steps in the sweep")] = 100,
     accumulation_steps: Annotated[int, typer.Option(help="micro-batches per step")] = 1,
     rule: Annotated[str, typer.Option(help=f"suggestion rule: {', '.join(RULES)}")] = RULES[0],
-    family: Annotated[Optional[str], typer.Option(help="how the optimizer steps: sgd or adaptive (default: read off its class)")] = None,
+    family: Annotated[str | None, typer.Option(help="how the optimizer steps: sgd or adaptive (default: read off its class)")] = None,
     seed: Annotated[int, typer.Option(help="seed passed to task() and torch")] = 0,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="where to write the curve (PNG; default lr_find.png, none with --json)")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="where to write the curve (PNG; default lr_find.png, none with --json)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON instead of a table")] = False,
 ) -> None:
     """Run an LR range test on a task and suggest a learning rate."""
@@ -171,14 +171,14 @@ def _print_result(result: LRFinderResult, task: Task, plot: Path | None) -> None
 @app.command("plan")
 @_one_line_errors
 def plan_command(
-    lr: Annotated[Optional[float], typer.Option(help="the LR tuned at --batch-size")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="the effective batch that LR was tuned at")] = None,
+    lr: Annotated[float | None, typer.Option(help="the LR tuned at --batch-size")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="the effective batch that LR was tuned at")] = None,
     optimizer: Annotated[str, typer.Option(help="optimizer name: picks linear (SGD) or sqrt (Adam family)")] = "adamw",
-    target: Annotated[Optional[int], typer.Option(help="effective batch to reach (default: max micro-batch × world size)")] = None,
-    max_micro_batch: Annotated[Optional[int], typer.Option(help="largest micro-batch that fits on one device")] = None,
+    target: Annotated[int | None, typer.Option(help="effective batch to reach (default: max micro-batch × world size)")] = None,
+    max_micro_batch: Annotated[int | None, typer.Option(help="largest micro-batch that fits on one device")] = None,
     world_size: Annotated[int, typer.Option(help="data-parallel processes")] = 1,
     rule: Annotated[str, typer.Option(help="LR rule: auto, linear, sqrt, none")] = "auto",
-    total_steps: Annotated[Optional[int], typer.Option(help="optimizer steps in the run, to size the warmup")] = None,
+    total_steps: Annotated[int | None, typer.Option(help="optimizer steps in the run, to size the warmup")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
 ) -> None:
     """Micro-batch, accumulation steps, effective batch, LR and warmup for a target batch."""
@@ -216,9 +216,9 @@ def plan_command(
 @app.command("find-batch-size")
 @_one_line_errors
 def find_batch_size_command(
-    task_file: Annotated[Optional[Path], typer.Argument(help="Python file defining task(seed); omit for the built-in example")] = None,
-    max_memory_mib: Annotated[Optional[float], typer.Option("--max-memory-mib", help="memory budget per trial (on CPU: default half the available memory)")] = None,
-    max_batch_size: Annotated[Optional[int], typer.Option(help="stop doubling here (never past the dataset's size)")] = None,
+    task_file: Annotated[Path | None, typer.Argument(help="Python file defining task(seed); omit for the built-in example")] = None,
+    max_memory_mib: Annotated[float | None, typer.Option("--max-memory-mib", help="memory budget per trial (on CPU: default half the available memory)")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="stop doubling here (never past the dataset's size)")] = None,
     start: Annotated[int, typer.Option(help="first size tried")] = 1,
     noise_scale: Annotated[bool, typer.Option("--noise-scale/--no-noise-scale", help="also estimate the critical batch")] = True,
     seed: Annotated[int, typer.Option(help="seed passed to task() and torch")] = 0,
@@ -291,8 +291,8 @@ def schedule_command(
     steps: Annotated[int, typer.Option(help="optimizer steps in the run")],
     lr: Annotated[float, typer.Option(help="the optimizer's base LR")] = 1e-3,
     steps_per_epoch: Annotated[int, typer.Option(help="for schedules stepped per epoch (step, plateau)")] = 1,
-    option: Annotated[Optional[list[str]], typer.Option(help="schedule option KEY=VALUE, repeatable (e.g. warmup_ratio=0.1)")] = None,
-    metrics: Annotated[Optional[str], typer.Option(help="plateau only: validation metric per epoch, comma-separated")] = None,
+    option: Annotated[list[str] | None, typer.Option(help="schedule option KEY=VALUE, repeatable (e.g. warmup_ratio=0.1)")] = None,
+    metrics: Annotated[str | None, typer.Option(help="plateau only: validation metric per epoch, comma-separated")] = None,
     plot: Annotated[Path, typer.Option("--plot", help="where to write the curve (PNG)")] = Path("schedule.png"),
 ) -> None:
     """Print and plot the LR curve of a named schedule."""
@@ -324,7 +324,7 @@ def schedule_command(
 def diagnose_command(
     path: Annotated[Path, typer.Argument(help="a log file or run folder: CSV, JSON lines, TensorBoard, trainer_state.json")],
     as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="write the curves with the findings marked (PNG)")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="write the curves with the findings marked (PNG)")] = None,
 ) -> None:
     """Say what went wrong in a run and what to change, from its log.
 

@@ -179,7 +179,7 @@ def read_tensorboard(folder: Path) -> History:
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     try:
         acc.Reload()
-    except Exception as exc:  # noqa: BLE001 - the reader raises many kinds on corrupt files
+    except Exception as exc:
         raise GradpilotError(f"{folder}: the TensorBoard event file cannot be read ({str(exc)[:120]})") from None
     tags = acc.Tags().get("scalars", [])
     if not tags:

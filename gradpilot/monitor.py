@@ -13,8 +13,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradpilot.diagnose import (Diagnosis, Finding, detect_divergence, detect_nan, detect_oscillation, detect_overfitting,
-                                diagnose)
+from gradpilot.diagnose import (
+    Diagnosis,
+    Finding,
+    detect_divergence,
+    detect_nan,
+    detect_oscillation,
+    detect_overfitting,
+    diagnose,
+)
 from gradpilot.errors import GradpilotError
 from gradpilot.history import History, Series
 

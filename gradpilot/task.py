@@ -80,7 +80,7 @@ class Task:
         if callable(self.optimizer):
             try:
                 made = self.optimizer(params, lr)
-            except Exception as exc:  # noqa: BLE001 - the user's factory: say where it failed
+            except Exception as exc:
                 raise GradpilotError(f"the task's optimizer factory failed: {type(exc).__name__}: {exc}") from None
             if not isinstance(made, torch.optim.Optimizer):
                 raise GradpilotError(f"the task's optimizer factory returned {type(made).__name__}, not an Optimizer")
@@ -166,6 +166,6 @@ def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise GradpilotError(f"{what}: {exc}") from None
     except SystemExit as exc:
         raise GradpilotError(f"{what} called sys.exit({exc.code!r}): a task file must not exit") from None
-    except Exception as exc:  # noqa: BLE001 - the user's code: report it in one line
+    except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise GradpilotError(f"{what} failed: {type(exc).__name__}: {first}") from None

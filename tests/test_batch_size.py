@@ -156,7 +156,7 @@ def test_noise_scale_on_a_problem_with_known_gradient_statistics():
     w = torch.full((dim,), 0.2)  # |G|^2 = 50 * 0.04 = 2, tr(Σ) = 50  ->  B_simple = 25
     model = Mean(w.clone())
     model.w.grad = torch.ones(dim)
-    step_fn = lambda m, batch: 0.5 * (m.w - batch[0]).pow(2).sum(-1).mean()  # noqa: E731
+    step_fn = lambda m, batch: 0.5 * (m.w - batch[0]).pow(2).sum(-1).mean()
     est = estimate_noise_scale(model, None, TensorDataset(x), small_batch=4, big_batch=256, batches=200,
                                step_fn=step_fn, seed=1, device="cpu")
     assert est.b_simple == pytest.approx(25, rel=0.2)

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from gradpilot import GradpilotError, fit
-from gradpilot import _checkpoint
+from gradpilot import GradpilotError, _checkpoint, fit
 
 SCRIPT = Path(__file__).with_name("resume_script.py")
 ROOT = Path(__file__).resolve().parent.parent

@@ -166,13 +166,13 @@ def test_version_and_help_show_flags_as_flags():
     assert result.exit_code == 0 and result.output.strip() == f"gradpilot {__version__}"
     for command in ("find-lr", "diagnose", "plan", "find-batch-size", "schedule"):
         help_text = runner.invoke(app, [command, "--help"]).output
-        assert "<bool>" not in help_text and "--json" in help_text or command in ("find-batch-size", "schedule")
+        assert ("<bool>" not in help_text and "--json" in help_text) or command in ("find-batch-size", "schedule")
 
 
 def test_cli_rules_and_schedules_are_the_library_s():
     from gradpilot import cli, schedules, suggest
 
-    assert cli.RULES == tuple(suggest.RULES) and cli.SCHEDULES == tuple(schedules.BUILDERS)
+    assert tuple(suggest.RULES) == cli.RULES and tuple(schedules.BUILDERS) == cli.SCHEDULES
 
 
 def test_outputs_are_checked_before_the_range_test_runs(tmp_path, monkeypatch):

@@ -123,7 +123,7 @@ def test_truncated_tensorboard_file_and_missing_paths(tmp_path):
 
 def test_ordinary_damage_is_one_error_or_a_warning_never_a_crash(tmp_path):
     cases = {
-        "latin1.csv": "step,loss\n1,2.0\n2,1.9\n".encode() + b"3,\xff\xfe\n",
+        "latin1.csv": b"step,loss\n1,2.0\n2,1.9\n" + b"3,\xff\xfe\n",
         "nested.jsonl": b'{"step": 1, "loss": ' + b"[" * 100_000 + b"\n",
         "bigint.jsonl": b'{"step": 1, "loss": ' + b"9" * 5000 + b"}\n",
         "bigfield.csv": b"step,loss\n1," + b"1" * 200_000 + b"\n",

@@ -3,8 +3,15 @@ import math
 import pytest
 
 from gradpilot import GradpilotError
-from gradpilot.scaling import (effective_batch_size, noise_scale, optimizer_family, plan, scale_lr,
-                               search_batch_size, warmup_ratio)
+from gradpilot.scaling import (
+    effective_batch_size,
+    noise_scale,
+    optimizer_family,
+    plan,
+    scale_lr,
+    search_batch_size,
+    warmup_ratio,
+)
 
 
 def test_worked_examples():

@@ -69,7 +69,7 @@ def test_plateau_gets_the_validation_metric_each_epoch():
     assert list(result.lrs) == expected
     # mode follows the metric's direction unless given
     model, opt, loader = setup()
-    metric = lambda out, y: -nn.functional.mse_loss(out, y).item()  # noqa: E731
+    metric = lambda out, y: -nn.functional.mse_loss(out, y).item()
     result = fit(model, opt, nn.MSELoss(), loader, epochs=EPOCHS, scheduler="plateau", val_loader=loader,
                  metric=metric, higher_is_better=True, scheduler_options={"patience": 1, "min_lr": 0.01})
     assert result.lrs[0] == 0.1 and min(result.lrs) >= 0.01

@@ -77,7 +77,7 @@ def test_optimizer_factory_and_frozen_parameters_are_respected():
 
 def test_loaders_shuffle_by_seed_and_accept_ready_loaders():
     task = example_task(0)
-    first = lambda seed: next(iter(task.train_loader(seed)))[0]  # noqa: E731
+    first = lambda seed: next(iter(task.train_loader(seed)))[0]
     assert torch.equal(first(1), first(1))
     assert not torch.equal(first(1), first(2))
     val = task.val_loader()

@@ -118,7 +118,7 @@ def test_validation_on_dict_batches_and_on_the_loss():
 
     net = DictModel()
     loader = DataLoader(DictData(), batch_size=4)
-    acc = lambda out, y: ((out > 0).float() == y).float().mean().item()  # noqa: E731
+    acc = lambda out, y: ((out > 0).float() == y).float().mean().item()
     result = fit(net, torch.optim.Adam(net.parameters(), lr=0.01), nn.BCEWithLogitsLoss(), loader, epochs=2,
                  val_loader=loader, metric=acc, higher_is_better=True)
     assert all(0 <= v <= 1 for v in result.val_metrics)
