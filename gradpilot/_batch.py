@@ -17,6 +17,17 @@ LossFn = Callable[[Any, Any], torch.Tensor]
 TARGET_KEYS = ("labels", "label", "targets", "target", "y")
 
 
+def split_batch(batch: Any) -> tuple[Any, Any] | None:
+    """``(inputs, targets)`` of an ``(inputs, targets)`` pair or of a dict with its targets under one of
+    ``TARGET_KEYS`` (the inputs are then the dict without them); None for any other batch."""
+    if isinstance(batch, Mapping):
+        key = next((k for k in TARGET_KEYS if k in batch), None)
+        return None if key is None else ({k: v for k, v in batch.items() if k != key}, batch[key])
+    if isinstance(batch, (list, tuple)) and len(batch) == 2:
+        return batch[0], batch[1]
+    return None
+
+
 def to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor inside a (nested) batch to ``device``."""
     if isinstance(batch, torch.Tensor):
@@ -47,38 +58,30 @@ def _logits(output: Any) -> Any:
 def compute_loss(model: nn.Module, batch: Any, loss_fn: LossFn | None, step_fn: StepFn | None) -> torch.Tensor:
     """Forward one batch and return its scalar loss, whatever shape the batch has."""
     if step_fn is not None:
-        loss = step_fn(model, batch)
-    elif type(batch) in (tuple, list) and len(batch) == 2:
-        loss = _tuple_loss(model, batch, loss_fn)
-    elif isinstance(batch, Mapping):
-        key = next((k for k in TARGET_KEYS if k in batch), None)
-        if loss_fn is None or key is None:
-            # A model that computes its own loss from the batch (Hugging Face style).
-            output = model(**batch)
-            loss = getattr(output, "loss", None)
-            if loss is None:
-                raise GradpilotError(
-                    f"dict batch with keys {sorted(batch)} gave no loss: put the targets under one of "
-                    f"{list(TARGET_KEYS)} and pass loss_fn, or pass step_fn(model, batch) -> loss"
-                )
-        else:
-            inputs = {k: v for k, v in batch.items() if k != key}
-            loss = loss_fn(_logits(model(**inputs)), batch[key])
-    elif isinstance(batch, (list, tuple)) and len(batch) == 2:
-        loss = _tuple_loss(model, batch, loss_fn)
-    else:
+        return check_scalar(step_fn(model, batch))
+    pair = split_batch(batch)
+    if isinstance(batch, Mapping) and (loss_fn is None or pair is None):
+        # A model that computes its own loss from the batch (Hugging Face style).
+        loss = getattr(model(**batch), "loss", None)
+        if loss is None:
+            raise GradpilotError(
+                f"dict batch with keys {sorted(batch)} gave no loss: put the targets under one of "
+                f"{list(TARGET_KEYS)} and pass loss_fn, or pass step_fn(model, batch) -> loss"
+            )
+        return check_scalar(loss)
+    if pair is None:
         raise GradpilotError(
             f"cannot read a batch of type {type(batch).__name__}: yield (inputs, targets) tuples or dicts "
             f"with a {TARGET_KEYS[0]!r} key, or pass step_fn(model, batch) -> loss"
         )
-    return check_scalar(loss)
-
-
-def _tuple_loss(model: nn.Module, batch: Any, loss_fn: LossFn | None) -> torch.Tensor:
     if loss_fn is None:
         raise GradpilotError("loss_fn is None: pass a loss function, or step_fn(model, batch) -> loss")
-    inputs, targets = batch
-    return loss_fn(_logits(model(inputs)), targets)
+    return check_scalar(loss_fn(forward(model, pair[0]), pair[1]))
+
+
+def forward(model: nn.Module, inputs: Any) -> Any:
+    """The model's prediction for ``inputs`` (a dict is passed as keyword arguments; ``.logits`` unwrapped)."""
+    return _logits(model(**inputs) if isinstance(inputs, Mapping) else model(inputs))
 
 
 def check_scalar(loss: Any) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,12 +15,12 @@ from torch import nn
 def preserved(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Iterator[None]:
     """Run a block, then put the model (parameters, buffers such as BatchNorm statistics, gradients, train/eval
     modes), the optimizer and torch's RNGs back exactly as they were."""
-    params = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict(keep_vars=True).items()}
+    params = model_state(model)
     grads = {n: None if p.grad is None else p.grad.detach().clone() for n, p in model.named_parameters()}
     modes = {n: m.training for n, m in model.named_modules()}
     opt_state = None if optimizer is None else copy.deepcopy(optimizer.state_dict())
     rng = torch.random.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
@@ -33,3 +34,34 @@ def preserved(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) 
         torch.random.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy, on the CPU, of the model's parameters and buffers (BatchNorm statistics too)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+class Snapshot:
+    """A known-good model and optimizer state, kept to roll back to (the autopilot's, after a divergence)."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self._model: dict[str, torch.Tensor] | None = None
+        self._optimizer: dict[str, Any] | None = None
+
+    def take(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Remember the current state as good."""
+        self.step = step
+        self._model = model_state(model)
+        self._optimizer = copy.deepcopy(optimizer.state_dict())
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+        """Put the remembered state back, keeping the optimizer's current LRs; False when there is none."""
+        if self._model is None or self._optimizer is None:
+            return False
+        lrs = [g["lr"] for g in optimizer.param_groups]  # keep the (lowered) LRs, not the old ones
+        model.load_state_dict(self._model)
+        optimizer.load_state_dict(copy.deepcopy(self._optimizer))
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        return True

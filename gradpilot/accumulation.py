@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from gradpilot._batch import TARGET_KEYS
+from gradpilot._batch import LossFn, StepFn, compute_loss, split_batch, to_device
 from gradpilot.errors import GradpilotError
 
 NumItems = Callable[[Any], "int | torch.Tensor"]
@@ -28,14 +28,6 @@ def windows(batches: Iterable[Any], steps: int) -> Iterator[list[Any]]:
         yield window
 
 
-def _targets(batch: Any) -> Any:
-    if isinstance(batch, Mapping):
-        return next((batch[k] for k in TARGET_KEYS if k in batch), None)
-    if isinstance(batch, (list, tuple)) and len(batch) == 2:
-        return batch[1]
-    return None
-
-
 def item_counter(loss_fn: Any, num_items: NumItems | None) -> NumItems:
     """How to count the items a batch's mean loss averages over.
 
@@ -49,7 +41,8 @@ def item_counter(loss_fn: Any, num_items: NumItems | None) -> NumItems:
         raise GradpilotError(f"accumulation needs a mean-reduced loss, got reduction={loss_fn.reduction!r}")
 
     def count(batch: Any) -> int | torch.Tensor:
-        targets = _targets(batch)
+        pair = split_batch(batch)
+        targets = None if pair is None else pair[1]
         if isinstance(targets, torch.Tensor):
             if ignore is not None and not targets.is_floating_point():
                 return (targets != ignore).sum()  # a tensor: counting on the device needs no host sync
@@ -93,3 +86,30 @@ def sync_contexts(model: nn.Module) -> Callable[[bool], contextlib.AbstractConte
         return null if last_micro_step or no_sync is None else no_sync()
 
     return context
+
+
+SyncContext = Callable[[bool], contextlib.AbstractContextManager[Any]]
+
+
+def accumulate(model: nn.Module, window: list[Any], loss_fn: LossFn | None, step_fn: StepFn | None,
+               device: torch.device, count: NumItems, *, world_size: int = 1,
+               sync_context: SyncContext | None = None) -> torch.Tensor:
+    """Forward and backward one window of micro-batches; the gradients add up to the large batch's.
+
+    Every caller that accumulates (``fit``, the range test) runs this, so ``accumulation_steps`` means the
+    same thing everywhere. Returns the window's item-weighted mean loss, detached and still on the device.
+    """
+    single = len(window) == 1 and world_size == 1
+    weights = [1.0] if single else micro_weights([count(b) for b in window], world_size)
+    total: torch.Tensor | None = None
+    for j, batch in enumerate(window):
+        last = j == len(window) - 1
+        with sync_context(last) if sync_context is not None else contextlib.nullcontext():
+            loss = compute_loss(model, to_device(batch, device), loss_fn, step_fn)
+            # each micro-batch's share of the window's items: the weighted sum is the large batch's mean
+            scaled = loss if single else loss * weights[j]
+            scaled.backward()  # type: ignore[no-untyped-call]
+        total = scaled.detach() if total is None else total + scaled.detach()
+    if total is None:
+        raise GradpilotError("an accumulation window holds no batch")
+    return total

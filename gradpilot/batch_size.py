@@ -22,6 +22,7 @@ from gradpilot import _validate, scaling
 from gradpilot._batch import LossFn, StepFn, compute_loss, model_device, to_device
 from gradpilot._state import preserved
 from gradpilot.errors import GradpilotError
+from gradpilot.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +128,10 @@ def _sample_batch(dataset: Dataset[Any], size: int, collate_fn: Callable[[list[A
 
 
 def find_batch_size(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: LossFn | None,
-    dataset: Dataset[Any],
+    model: nn.Module | Task,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: LossFn | None = None,
+    dataset: Dataset[Any] | None = None,
     *,
     start: int = 1,
     max_batch_size: int | None = None,
@@ -138,7 +139,7 @@ def find_batch_size(
     steps_per_trial: int = 2,
     device: str | torch.device | None = None,
     step_fn: StepFn | None = None,
-    collate_fn: Callable[[list[Any]], Any] = default_collate,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
     progress: Callable[[Trial], None] | None = None,
 ) -> BatchSizeResult:
     """The largest micro-batch that runs forward, backward and an optimizer step without running out of memory.
@@ -147,6 +148,12 @@ def find_batch_size(
     ``max_memory`` (bytes) also fails a size whose peak memory growth exceeds it — on CPU, where nothing
     raises, that budget is the only limit. The model and optimizer are restored afterwards.
     """
+    if isinstance(model, Task):
+        optimizer = optimizer if optimizer is not None else model.make_optimizer()
+        model, loss_fn, dataset, collate_fn = _from_task(model, loss_fn, dataset, collate_fn)
+    if optimizer is None or dataset is None:
+        raise GradpilotError("find_batch_size needs an optimizer and a dataset, or a gradpilot.Task")
+    collate = collate_fn or default_collate
     n = _dataset_length(dataset)
     _validate.positive_int("start", start)
     _validate.positive_int("steps_per_trial", steps_per_trial)
@@ -164,7 +171,7 @@ def find_batch_size(
     trials: list[Trial] = []
 
     def fits(size: int) -> bool:
-        trial = _trial(model, optimizer, loss_fn, step_fn, dataset, size, steps_per_trial, device, collate_fn,
+        trial = _trial(model, optimizer, loss_fn, step_fn, dataset, size, steps_per_trial, device, collate,
                        max_memory)
         trials.append(trial)
         log.info("batch %d: %s", size, "fits" if trial.fits else f"does not fit ({trial.error})")
@@ -175,13 +182,22 @@ def find_batch_size(
     with preserved(model, optimizer):
         model.train()
         with preserved(model, optimizer):  # one step first: lazy imports and allocator set-up are not a batch's memory
-            _trial(model, optimizer, loss_fn, step_fn, dataset, start, 1, device, collate_fn, None)
+            _trial(model, optimizer, loss_fn, step_fn, dataset, start, 1, device, collate, None)
         best, _ = scaling.search_batch_size(fits, start=start, max_size=cap)
     free_memory()
     if best == 0:
         raise GradpilotError(f"even a batch of {start} does not fit ({trials[0].error}): use a smaller model, "
                              "mixed precision, or a larger max_memory")
     return BatchSizeResult(best, tuple(trials), limit if best == cap else "")
+
+
+def _from_task(task: Task, loss_fn: LossFn | None, dataset: Dataset[Any] | None,
+               collate_fn: Callable[[list[Any]], Any] | None) -> tuple[nn.Module, LossFn | None, Dataset[Any],
+                                                                        Callable[[list[Any]], Any]]:
+    """A task's model, loss, training items and collate_fn, for each argument left as None."""
+    items, collate = task.dataset()
+    return (task.model, loss_fn if loss_fn is not None else task.loss_fn, dataset if dataset is not None else items,
+            collate_fn or collate)
 
 
 def _dataset_length(dataset: Dataset[Any]) -> int:
@@ -264,9 +280,9 @@ class NoiseScaleResult:
 
 
 def estimate_noise_scale(
-    model: nn.Module,
-    loss_fn: LossFn | None,
-    dataset: Dataset[Any],
+    model: nn.Module | Task,
+    loss_fn: LossFn | None = None,
+    dataset: Dataset[Any] | None = None,
     *,
     small_batch: int = 8,
     big_batch: int = 128,
@@ -274,13 +290,18 @@ def estimate_noise_scale(
     seed: int = 0,
     device: str | torch.device | None = None,
     step_fn: StepFn | None = None,
-    collate_fn: Callable[[list[Any]], Any] = default_collate,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> NoiseScaleResult:
     """Estimate B_simple = tr(Σ)/|G|² from squared gradient norms at two batch sizes (McCandlish et al. 2018).
 
     Averages ``batches`` random batches of each size at the current parameters; nothing is stepped, and the
     model (gradients, BatchNorm statistics) and torch's RNG are put back as they were.
     """
+    if isinstance(model, Task):
+        model, loss_fn, dataset, collate_fn = _from_task(model, loss_fn, dataset, collate_fn)
+    if dataset is None:
+        raise GradpilotError("estimate_noise_scale needs a dataset, or a gradpilot.Task")
+    collate = collate_fn or default_collate
     if len(dataset) < big_batch:  # type: ignore[arg-type]
         raise GradpilotError(f"the dataset has {len(dataset)} items, fewer than big_batch={big_batch}")  # type: ignore[arg-type]
     if batches < 1:
@@ -293,7 +314,7 @@ def estimate_noise_scale(
         total = 0.0
         for _ in range(batches):
             idx = torch.randperm(len(dataset), generator=gen)[:size].tolist()  # type: ignore[arg-type]
-            batch = to_device(collate_fn([dataset[i] for i in idx]), device)
+            batch = to_device(collate([dataset[i] for i in idx]), device)
             grads = torch.autograd.grad(compute_loss(model, batch, loss_fn, step_fn), params, allow_unused=True)
             total += sum(float(g.pow(2).sum()) for g in grads if g is not None)
         return total / batches

@@ -138,8 +138,7 @@ def find_lr_command(
         def tick(step: int, total: int, lr: float, loss: float) -> None:
             bar.update(job, completed=step, description=f"lr {lr:.2e}  loss {loss:.4g}")
 
-        result = find_lr(task.model, task.make_optimizer(), task.loss_fn, task.train_loader(seed),
-                         start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
+        result = find_lr(task, train_loader=task.train_loader(seed), start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
                          accumulation_steps=accumulation_steps, rule=rule, family=family, progress=tick)
     drawn = plot is not None and _draw(lambda: result.plot(plot), plot)
     if as_json:
@@ -230,29 +229,26 @@ def find_batch_size_command(
         if value is not None:
             _validate.positive_int(flag, value)
     import torch
-    from torch.utils.data import DataLoader, default_collate
 
-    from gradpilot.batch_size import Trial, estimate_noise_scale, find_batch_size
+    from gradpilot import batch_size
 
     task = _load(task_file, seed)
     torch.manual_seed(seed)
-    data = getattr(task.train_data, "dataset", task.train_data)
-    collate = task.train_data.collate_fn if isinstance(task.train_data, DataLoader) else default_collate
+    data, _ = task.dataset()
     with console.status("trying batch sizes…") as status:
-        def tick(trial: Trial) -> None:
+        def tick(trial: batch_size.Trial) -> None:
             status.update(f"batch {trial.batch_size}: {'fits' if trial.fits else 'does not fit'}")
 
-        result = find_batch_size(task.model, task.make_optimizer(), task.loss_fn, data, start=start,
-                                 max_batch_size=max_batch_size, collate_fn=collate,
+        result = batch_size.find_batch_size(task, start=start, max_batch_size=max_batch_size,
                                  max_memory=None if max_memory_mib is None else int(max_memory_mib * 2**20),
                                  progress=tick)
         noise, noise_error = None, None
         if noise_scale:  # after the search: a noise scale that cannot be measured must not cost its result
             status.update("estimating the gradient noise scale…")
-            big = min(len(data), max(result.batch_size, 16))
+            big = min(len(data), max(result.batch_size, 16))  # type: ignore[arg-type]
             try:
-                noise = estimate_noise_scale(task.model, task.loss_fn, data, small_batch=max(1, big // 16),
-                                             big_batch=big, seed=seed, collate_fn=collate)
+                noise = batch_size.estimate_noise_scale(task, small_batch=max(1, big // 16), big_batch=big,
+                                                        seed=seed)
             except GradpilotError as exc:
                 noise_error = str(exc)
     table = Table(title=f"Batch sizes tried on {task.name}")

@@ -9,9 +9,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gradpilot._batch import TARGET_KEYS, LossFn, StepFn, _logits, check_scalar, compute_loss, model_device, to_device
+from gradpilot._batch import LossFn, StepFn, _logits, check_scalar, compute_loss, forward, model_device, split_batch, to_device
 from gradpilot.accumulation import NumItems, item_counter
 from gradpilot.errors import GradpilotError
+from gradpilot.task import Task
 
 Metric = Callable[[Any, Any], float]
 
@@ -23,10 +24,19 @@ def world() -> tuple[int, int]:
     return 1, 0
 
 
-def evaluate(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn | None, metric: Metric | None = None, *,
-             step_fn: StepFn | None = None, num_items: NumItems | None = None,
+def evaluate(model: nn.Module | Task, loader: Iterable[Any] | None = None, loss_fn: LossFn | None = None,
+             metric: Metric | None = None, *, step_fn: StepFn | None = None, num_items: NumItems | None = None,
              device: str | torch.device | None = None) -> float:
-    """Mean validation metric (or loss when ``metric`` is None) over ``loader``, weighted by items per batch."""
+    """Mean validation metric (or loss when ``metric`` is None) over ``loader``, weighted by items per batch.
+
+    ``model`` may be a ``gradpilot.Task``: its model, validation data, loss and metric."""
+    if isinstance(model, Task):
+        loader = loader if loader is not None else model.val_loader()
+        loss_fn = loss_fn if loss_fn is not None else model.loss_fn
+        metric = metric if metric is not None else model.metric
+        model = model.model
+    if loader is None:
+        raise GradpilotError("evaluate needs a loader (the task has no validation data)")
     loss, value = evaluate_both(model, loader, loss_fn, metric, step_fn=step_fn, num_items=num_items, device=device)
     return loss if value is None else value
 
@@ -62,7 +72,11 @@ def _batch_loss_and_metric(model: nn.Module, batch: Any, loss_fn: LossFn | None,
                            step_fn: StepFn | None) -> tuple[torch.Tensor, float]:
     if metric is None:
         return compute_loss(model, batch, loss_fn, step_fn), 0.0
-    inputs, targets = _split_batch(batch)
+    pair = split_batch(batch)
+    if pair is None:
+        raise GradpilotError("a validation metric needs (inputs, targets) or dict batches with a 'labels' key; "
+                             "pass metric=None to validate on the loss")
+    inputs, targets = pair
     if step_fn is not None:  # the user's step computes the loss; the metric reads the outputs of that same forward
         outputs: list[Any] = []
         handle = model.register_forward_hook(lambda _m, _i, out: outputs.append(out))
@@ -70,7 +84,7 @@ def _batch_loss_and_metric(model: nn.Module, batch: Any, loss_fn: LossFn | None,
             loss = compute_loss(model, batch, loss_fn, step_fn)
         finally:
             handle.remove()
-        out = _logits(outputs[-1]) if outputs else _forward(model, inputs)
+        out = _logits(outputs[-1]) if outputs else forward(model, inputs)
         return loss, metric(out, targets)
     if loss_fn is None and isinstance(batch, dict):  # a model that computes its own loss (Hugging Face style)
         output = model(**batch)
@@ -79,20 +93,5 @@ def _batch_loss_and_metric(model: nn.Module, batch: Any, loss_fn: LossFn | None,
         return check_scalar(output.loss), metric(_logits(output), targets)
     if loss_fn is None:
         raise GradpilotError("loss_fn is None: pass a loss function, or step_fn(model, batch) -> loss")
-    out = _forward(model, inputs)
+    out = forward(model, inputs)
     return check_scalar(loss_fn(out, targets)), metric(out, targets)
-
-
-def _forward(model: nn.Module, inputs: Any) -> Any:
-    return _logits(model(**inputs) if isinstance(inputs, dict) else model(inputs))
-
-
-def _split_batch(batch: Any) -> tuple[Any, Any]:
-    if isinstance(batch, dict):
-        key = next((k for k in TARGET_KEYS if k in batch), None)
-        if key is not None:
-            return {k: v for k, v in batch.items() if k != key}, batch[key]
-    elif isinstance(batch, (list, tuple)) and len(batch) == 2:
-        return batch[0], batch[1]
-    raise GradpilotError("a validation metric needs (inputs, targets) or dict batches with a 'labels' key; "
-                         "pass metric=None to validate on the loss")

@@ -14,10 +14,12 @@ import torch
 from torch import nn
 
 from gradpilot import _validate, suggest
-from gradpilot._batch import LossFn, StepFn, compute_loss, cycle, model_device, to_device
+from gradpilot._batch import LossFn, StepFn, cycle, model_device
+from gradpilot.accumulation import NumItems, accumulate, item_counter
 from gradpilot._state import preserved
 from gradpilot.errors import GradpilotError
 from gradpilot.scaling import optimizer_family
+from gradpilot.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +60,10 @@ def _check_args(start_lr: float, end_lr: float, num_steps: int, accumulation_ste
 
 
 def find_lr(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: LossFn | None,
-    train_loader: Iterable[Any],
+    model: nn.Module | Task,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: LossFn | None = None,
+    train_loader: Iterable[Any] | None = None,
     *,
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
@@ -69,6 +71,7 @@ def find_lr(
     step_fn: StepFn | None = None,
     device: str | torch.device | None = None,
     accumulation_steps: int = 1,
+    num_items: NumItems | None = None,
     smoothing: float = 0.98,
     diverge_threshold: float = 4.0,
     rule: str = suggest.DEFAULT_RULE,
@@ -77,11 +80,21 @@ def find_lr(
 ) -> LRFinderResult:
     """Run an LR range test and suggest a learning rate; the model and optimizer are left untouched.
 
+    ``model`` may be a ``gradpilot.Task``: its model, a fresh optimizer, its loss and its training batches.
+
     The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_steps`` optimizer steps and the
     sweep stops once the smoothed loss passes ``diverge_threshold`` times its best or is not finite.
-    ``family`` ("sgd" or "adaptive") tells the rules how the optimizer steps; by default it is read off the
+    ``accumulation_steps`` micro-batches make one step, weighted by their items as in ``fit`` (count them
+    with ``num_items(batch)`` when gradpilot cannot). ``family`` ("sgd" or "adaptive") tells the rules how the optimizer steps; by default it is read off the
     optimizer's class name.
     """
+    if isinstance(model, Task):
+        optimizer = optimizer if optimizer is not None else model.make_optimizer()
+        loss_fn = loss_fn if loss_fn is not None else model.loss_fn
+        train_loader = train_loader if train_loader is not None else model.train_loader()
+        model = model.model
+    if optimizer is None or train_loader is None:
+        raise GradpilotError("find_lr needs an optimizer and a train_loader, or a gradpilot.Task")
     _check_args(start_lr, end_lr, num_steps, accumulation_steps, diverge_threshold, smoothing)
     if not any(p.requires_grad for g in optimizer.param_groups for p in g["params"]):
         raise GradpilotError("the optimizer holds no parameter that requires grad: nothing would train")
@@ -104,6 +117,7 @@ def find_lr(
     avg, best = 0.0, math.inf
     stop_reason = "reached end_lr"
     batches = cycle(train_loader)
+    count = item_counter(loss_fn, num_items)
     with preserved(model, optimizer):
         model.train()
         for step in range(num_steps):
@@ -111,11 +125,8 @@ def find_lr(
             for group, ratio in zip(optimizer.param_groups, ratios):
                 group["lr"] = lr * ratio
             optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for _ in range(accumulation_steps):
-                loss = compute_loss(model, to_device(next(batches), device), loss_fn, step_fn)
-                (loss / accumulation_steps).backward()
-                total += loss.item() / accumulation_steps
+            window = [next(batches) for _ in range(accumulation_steps)]
+            total = float(accumulate(model, window, loss_fn, step_fn, device, count))  # one host sync per step
             lrs.append(lr)
             losses.append(total)
             if not math.isfinite(total):

@@ -3,7 +3,6 @@ training loop applies the remedy (lower the LR, roll back a divergence, stop on 
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from gradpilot.diagnose import (
     Diagnosis,
@@ -129,47 +127,3 @@ class Monitor:
             if self.on_finding is not None:
                 self.on_finding(finding)
         return new
-
-
-def scale_lr(optimizer: torch.optim.Optimizer, scheduler: Any, factor: float) -> tuple[float, float]:
-    """Multiply the LR by ``factor`` everywhere it lives: param groups and the scheduler's base LRs."""
-    before = optimizer.param_groups[0]["lr"]
-    for group in optimizer.param_groups:
-        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
-            if key in group:
-                group[key] *= factor
-    stack = [scheduler] if scheduler is not None else []
-    while stack:
-        sched = stack.pop()
-        if hasattr(sched, "base_lrs"):
-            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
-        if hasattr(sched, "_last_lr"):
-            sched._last_lr = [g["lr"] for g in optimizer.param_groups]
-        stack.extend(getattr(sched, "_schedulers", []))
-    return before, optimizer.param_groups[0]["lr"]
-
-
-class Snapshot:
-    """The last known-good model and optimizer state, for rolling back a divergence."""
-
-    def __init__(self) -> None:
-        self.step: int | None = None
-        self._model: dict[str, torch.Tensor] | None = None
-        self._optimizer: dict[str, Any] | None = None
-
-    def take(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Remember the current state as good."""
-        self.step = step
-        self._model = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self._optimizer = copy.deepcopy(optimizer.state_dict())
-
-    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
-        """Put the remembered state back; False when there is none."""
-        if self._model is None or self._optimizer is None:
-            return False
-        lrs = [g["lr"] for g in optimizer.param_groups]  # keep the (lowered) LRs, not the old ones
-        model.load_state_dict(self._model)
-        optimizer.load_state_dict(copy.deepcopy(self._optimizer))
-        for group, lr in zip(optimizer.param_groups, lrs):
-            group["lr"] = lr
-        return True

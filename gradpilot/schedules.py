@@ -34,26 +34,26 @@ class Schedule:
             self.scheduler.step()
 
 
-def _constant(opt: torch.optim.Optimizer, total_steps: int, epochs: int) -> Schedule:
+def _constant(opt: torch.optim.Optimizer, total_steps: int) -> Schedule:
     return Schedule(lr_scheduler.LambdaLR(opt, lambda _: 1.0), "step")
 
 
-def _step(opt: torch.optim.Optimizer, total_steps: int, epochs: int, *, step_size: int = 1, gamma: float = 0.1) -> Schedule:
+def _step(opt: torch.optim.Optimizer, total_steps: int, *, step_size: int = 1, gamma: float = 0.1) -> Schedule:
     return Schedule(lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma), "epoch")
 
 
-def _cosine(opt: torch.optim.Optimizer, total_steps: int, epochs: int, *, T_max: int | None = None,
+def _cosine(opt: torch.optim.Optimizer, total_steps: int, *, T_max: int | None = None,
             eta_min: float = 0.0) -> Schedule:
     return Schedule(lr_scheduler.CosineAnnealingLR(opt, T_max=T_max or total_steps, eta_min=eta_min), "step")
 
 
-def _plateau(opt: torch.optim.Optimizer, total_steps: int, epochs: int, *, mode: str = "min", patience: int = 2,
+def _plateau(opt: torch.optim.Optimizer, total_steps: int, *, mode: str = "min", patience: int = 2,
              factor: float = 0.5, min_lr: float = 0.0) -> Schedule:
     sched = lr_scheduler.ReduceLROnPlateau(opt, mode=mode, patience=patience, factor=factor, min_lr=min_lr)
     return Schedule(sched, "epoch", needs_metric=True)
 
 
-def _onecycle(opt: torch.optim.Optimizer, total_steps: int, epochs: int, *, max_lr: float | None = None,
+def _onecycle(opt: torch.optim.Optimizer, total_steps: int, *, max_lr: float | None = None,
               pct_start: float = 0.3, div_factor: float = 25.0, final_div_factor: float = 1e4) -> Schedule:
     peak = max_lr if max_lr is not None else [g["lr"] for g in opt.param_groups]
     sched = lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=total_steps, pct_start=pct_start,
@@ -61,7 +61,7 @@ def _onecycle(opt: torch.optim.Optimizer, total_steps: int, epochs: int, *, max_
     return Schedule(sched, "step")
 
 
-def _warmup_cosine(opt: torch.optim.Optimizer, total_steps: int, epochs: int, *, warmup_ratio: float = 0.05,
+def _warmup_cosine(opt: torch.optim.Optimizer, total_steps: int, *, warmup_ratio: float = 0.05,
                    warmup_steps: int | None = None, eta_min: float = 0.0) -> Schedule:
     warm = warmup_steps if warmup_steps is not None else round(warmup_ratio * total_steps)
     if not 0 < warm < total_steps:
@@ -84,7 +84,7 @@ BUILDERS: dict[str, Callable[..., Schedule]] = {
 
 def options_of(name: str) -> list[str]:
     """The options a named schedule accepts."""
-    return [p for p in inspect.signature(_builder(name)).parameters if p not in ("opt", "total_steps", "epochs")]
+    return [p for p in inspect.signature(_builder(name)).parameters if p not in ("opt", "total_steps")]
 
 
 def _builder(name: str) -> Callable[..., Schedule]:
@@ -94,16 +94,15 @@ def _builder(name: str) -> Callable[..., Schedule]:
         raise GradpilotError(f"unknown scheduler {name!r}; choose one of {list(BUILDERS)}") from None
 
 
-def make_schedule(name: str, optimizer: torch.optim.Optimizer, *, total_steps: int, epochs: int = 1,
-                  **options: Any) -> Schedule:
-    """Build the named schedule for a run of ``total_steps`` optimizer steps over ``epochs`` epochs."""
+def make_schedule(name: str, optimizer: torch.optim.Optimizer, *, total_steps: int, **options: Any) -> Schedule:
+    """Build the named schedule for a run of ``total_steps`` optimizer steps."""
     builder = _builder(name)
     unknown = set(options) - set(options_of(name))
     if unknown:
         raise GradpilotError(f"scheduler {name!r} takes no option {sorted(unknown)}; it takes {options_of(name)}")
     if total_steps < 1:
         raise GradpilotError(f"total_steps must be at least 1, got {total_steps=}")
-    return builder(optimizer, total_steps, epochs, **options)
+    return builder(optimizer, total_steps, **options)
 
 
 def wrap(scheduler: Any) -> Schedule:
@@ -133,7 +132,7 @@ def lr_curve(name: str, *, steps: int, lr: float = 1e-3, steps_per_epoch: int = 
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=lr)
     epochs = -(-steps // steps_per_epoch)
-    sched = make_schedule(name, opt, total_steps=steps, epochs=epochs, **options)
+    sched = make_schedule(name, opt, total_steps=steps, **options)
     if sched.needs_metric and (metrics is None or len(metrics) < epochs):
         raise GradpilotError(f"the plateau schedule needs one metric per epoch ({epochs}) to draw its curve")
     opt.step()  # once, so torch sees the optimizer stepped; without gradients it changes nothing
@@ -145,3 +144,23 @@ def lr_curve(name: str, *, steps: int, lr: float = 1e-3, steps_per_epoch: int = 
         elif (i + 1) % steps_per_epoch == 0:
             sched.step(metrics[(i + 1) // steps_per_epoch - 1] if metrics is not None and sched.needs_metric else None)
     return out
+
+
+def multiply_lr(optimizer: torch.optim.Optimizer, schedule: Schedule | None, factor: float) -> tuple[float, float]:
+    """Multiply the learning rate by ``factor`` wherever it lives — each param group, and the base LRs the
+    schedule (and the schedules it chains) computes from — so that the rest of the run follows the same
+    curve, scaled. Returns the first group's LR before and after."""
+    before = optimizer.param_groups[0]["lr"]
+    for group in optimizer.param_groups:
+        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+            if key in group:
+                group[key] *= factor
+    stack = [schedule.scheduler] if schedule is not None else []
+    while stack:
+        sched = stack.pop()
+        if hasattr(sched, "base_lrs"):
+            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+        if isinstance(sched, lr_scheduler.ReduceLROnPlateau):
+            sched.min_lrs = [lr * factor for lr in sched.min_lrs]
+        stack.extend(getattr(sched, "_schedulers", []))  # SequentialLR and ChainedScheduler keep their parts here
+    return before, optimizer.param_groups[0]["lr"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from gradpilot import _validate
 from gradpilot.errors import GradpilotError
@@ -99,6 +99,12 @@ class Task:
         if self.val_data is None or isinstance(self.val_data, DataLoader):
             return self.val_data
         return DataLoader(self.val_data, batch_size=max(self.batch_size, 256))
+
+    def dataset(self) -> tuple[Dataset[Any], Callable[[list[Any]], Any]]:
+        """The training items and how they are batched: the dataset and the loader's ``collate_fn``."""
+        if isinstance(self.train_data, DataLoader):
+            return self.train_data.dataset, self.train_data.collate_fn
+        return self.train_data, default_collate
 
     @property
     def optimizer_name(self) -> str:

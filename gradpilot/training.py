@@ -20,13 +20,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gradpilot import _checkpoint, _fingerprint, _validate, schedules
-from gradpilot._batch import LossFn, StepFn, compute_loss, model_device, to_device
+from gradpilot._batch import LossFn, StepFn, model_device
 from gradpilot._metrics_log import MetricsLog, metric_column
-from gradpilot.accumulation import NumItems, comm_device, item_counter, micro_weights, sync_contexts, windows
+from gradpilot.accumulation import NumItems, accumulate, comm_device, item_counter, sync_contexts, windows
 from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError
 from gradpilot.evaluation import Metric, evaluate, evaluate_both, world
-from gradpilot.monitor import Monitor, Snapshot, scale_lr
+from gradpilot._state import Snapshot, model_state
+from gradpilot.monitor import Monitor
 from gradpilot.task import Task
 
 __all__ = ["FitResult", "evaluate", "evaluate_both", "fit"]
@@ -315,17 +316,10 @@ class _Loop:
         self.resume = None
 
     def train_window(self, window: list[Any]) -> torch.Tensor:
-        """One optimizer step over a window of micro-batches, each weighted by its share of the window's items."""
+        """One optimizer step over a window of micro-batches: accumulate, clip, step, zero, schedule."""
         s = self.s
-        single = len(window) == 1 and self.world == 1
-        weights = [1.0] if single else micro_weights([self.count(b) for b in window], self.world)
-        total: torch.Tensor | None = None
-        for j, batch in enumerate(window):
-            with self.sync_context(j == len(window) - 1):  # DDP all-reduces on the window's last micro-batch only
-                loss = compute_loss(s.train_model, to_device(batch, s.device), s.loss_fn, s.step_fn)
-                scaled = loss if single else loss * weights[j]  # the weighted sum is the large batch's mean
-                scaled.backward()
-            total = scaled.detach() if total is None else total + scaled.detach()
+        loss = accumulate(s.train_model, window, s.loss_fn, s.step_fn, s.device, self.count, world_size=self.world,
+                          sync_context=self.sync_context)  # DDP all-reduces on the window's last micro-batch only
         if s.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.max_grad_norm)
         self.run.lrs.append(s.optimizer.param_groups[0]["lr"])
@@ -333,8 +327,7 @@ class _Loop:
         s.optimizer.zero_grad(set_to_none=True)
         if s.schedule is not None and s.schedule.interval == "step":
             s.schedule.step()
-        assert total is not None  # a window holds at least one batch
-        return total
+        return loss
 
     def after_step(self) -> None:
         """Count the step, tell the callback and the monitor, checkpoint when due."""
@@ -372,7 +365,7 @@ class _Loop:
         run.val_losses.append(val_loss)
         log.info("epoch %d: validation %s %.5g", run.epoch, "metric" if s.metric else "loss", value)
         if self.keep_best and (s.early_stopping or EarlyStopping()).best_epoch(run.val, s.mode) == len(run.val) - 1:
-            run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.model.state_dict().items()}
+            run.best_state = model_state(s.model)
         return value
 
     def stop_reason(self) -> str | None:
@@ -429,17 +422,16 @@ def _steer(new: list[Any], monitor: Monitor, good: Snapshot, step: int, model: n
            optimizer: torch.optim.Optimizer, schedule: schedules.Schedule | None) -> None:
     """The autopilot: act on new findings; after a clean check, remember the state as good."""
     checked = len(monitor.steps) % monitor.check_every == 0
-    sched = schedule.scheduler if schedule is not None else None
     for finding in new:
         if finding.kind in ("nan", "divergence"):
             back = good.step
             restored = good.restore(model, optimizer)
-            before, after = scale_lr(optimizer, sched, monitor.lr_factor_divergence)
+            before, after = schedules.multiply_lr(optimizer, schedule, monitor.lr_factor_divergence)
             where = f"rolled back to step {back}" if restored else "no good state to roll back to"
             monitor.record(step, finding.kind, f"{finding.kind}: {where}, lr {before:.3g} → {after:.3g}")
             return
         if finding.kind == "oscillation":
-            before, after = scale_lr(optimizer, sched, monitor.lr_factor_oscillation)
+            before, after = schedules.multiply_lr(optimizer, schedule, monitor.lr_factor_oscillation)
             monitor.record(step, finding.kind, f"oscillation: lr {before:.3g} → {after:.3g}")
     if checked and not new:
         good.take(step, model, optimizer)

@@ -222,3 +222,16 @@ def test_noise_scale_leaves_batchnorm_statistics_and_the_rng_as_they_were():
     for k, v in before.items():
         assert torch.equal(v, model.state_dict()[k]), k  # running_mean, running_var, num_batches_tracked too
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_task_brings_its_model_loss_items_and_collate_fn():
+    from gradpilot.examples import example_task
+
+    task = example_task(0)
+    result = find_batch_size(task, max_batch_size=64, max_memory=2**40)
+    assert result.batch_size == 64
+    x = torch.randn(512, 2)
+    noise = estimate_noise_scale(task, dataset=TensorDataset(x, (x[:, 0] > 0).long()), big_batch=64, batches=8)
+    assert noise.big_batch == 64 and noise.b_simple > 0
+    with pytest.raises(GradpilotError, match="needs an optimizer and a dataset"):
+        find_batch_size(task.model)

@@ -315,3 +315,15 @@ def test_family_is_read_from_the_optimizer_and_can_be_overridden():
     assert adaptive.suggestion != as_sgd.suggestion
     with pytest.raises(GradpilotError, match="family must be 'sgd' or 'adaptive'"):
         find_lr(task.model, task.make_optimizer(), task.loss_fn, task.train_loader(), family="lbfgs")
+
+
+def test_a_task_is_accepted_and_left_as_it_was():
+    from gradpilot.examples import example_task
+
+    task = example_task(0)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    result = find_lr(task, num_steps=20, end_lr=1.0)
+    assert len(result.lrs) <= 20 and 1e-7 <= result.suggestion <= 1.0
+    assert all(torch.equal(v, task.model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(GradpilotError, match="needs an optimizer and a train_loader"):
+        find_lr(task.model)

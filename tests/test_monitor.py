@@ -7,7 +7,7 @@ from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader
 
 from gradpilot import GradpilotError, Monitor, fit
-from gradpilot.monitor import Snapshot, scale_lr
+from gradpilot._state import Snapshot
 from tests.test_diagnose import classification, mlp, regression
 
 
@@ -72,23 +72,6 @@ def test_autopilot_stops_on_overfitting_and_restores_the_best_weights():
                  val_loader=loader(classification(512, 1), 256), monitor=monitor)
     assert result.stop_reason.startswith("autopilot stopped at epoch") and result.epochs_completed < 40
     assert result.actions[-1].kind == "overfitting" and result.restored_best
-
-
-def test_scale_lr_reaches_param_groups_and_schedulers():
-    p = nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=0.1)
-    sched = lr_scheduler.SequentialLR(opt, [lr_scheduler.LinearLR(opt, 0.5, total_iters=2),
-                                            lr_scheduler.CosineAnnealingLR(opt, T_max=8)], [2])
-    scale_lr(opt, sched, 0.5)
-    assert all(b == pytest.approx(0.05) for s in sched._schedulers for b in s.base_lrs)
-    for _ in range(3):
-        opt.step()
-        sched.step()
-    assert opt.param_groups[0]["lr"] <= 0.05
-    opt2 = torch.optim.SGD([p], lr=0.1)
-    one = lr_scheduler.OneCycleLR(opt2, max_lr=1.0, total_steps=10)
-    scale_lr(opt2, one, 0.1)
-    assert opt2.param_groups[0]["max_lr"] == pytest.approx(0.1)
 
 
 def test_snapshot_and_arguments():

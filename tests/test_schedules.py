@@ -4,7 +4,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader, TensorDataset
 
-from gradpilot import GradpilotError, fit
+from gradpilot import GradpilotError, fit, schedules
 from gradpilot.schedules import BUILDERS, lr_curve, make_schedule, options_of, wrap
 
 STEPS_PER_EPOCH, EPOCHS = 5, 4
@@ -111,3 +111,37 @@ def test_schedule_helpers():
         lr_curve("plateau", steps=10)
     curve = lr_curve("plateau", steps=6, steps_per_epoch=2, metrics=[1.0, 1.0, 1.0], patience=0, factor=0.5)
     assert curve == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4])  # the first metric only sets the best
+
+
+def lr_sequence(build, factor=None, steps=12):
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    schedule = build(opt)
+    if factor is not None:
+        schedules.multiply_lr(opt, schedule, factor)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    return out
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "warmup_cosine", "onecycle"])
+def test_multiply_lr_scales_the_whole_rest_of_the_schedule(name):
+    options = {"warmup_steps": 3} if name == "warmup_cosine" else {}
+    build = lambda opt: schedules.make_schedule(name, opt, total_steps=12, **options)
+    plain, halved = lr_sequence(build), lr_sequence(build, 0.5)
+    assert halved == pytest.approx([0.5 * lr for lr in plain], rel=1e-9)  # the same curve, scaled
+    assert plain[0] != halved[0]
+
+
+def test_multiply_lr_on_a_users_chained_scheduler_and_plateau():
+    chained = lambda opt: schedules.wrap(lr_scheduler.SequentialLR(
+        opt, [lr_scheduler.LinearLR(opt, 0.5, total_iters=2), lr_scheduler.CosineAnnealingLR(opt, T_max=8)], [2]))
+    assert lr_sequence(chained, 0.1) == pytest.approx([0.1 * lr for lr in lr_sequence(chained)], rel=1e-9)
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    plateau = schedules.make_schedule("plateau", opt, total_steps=10, min_lr=0.01)
+    assert schedules.multiply_lr(opt, plateau, 0.5) == (0.1, 0.05)
+    assert plateau.scheduler.min_lrs == [0.005]

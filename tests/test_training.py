@@ -235,3 +235,14 @@ def test_evaluate_with_step_fn_and_metric_runs_one_forward_per_batch():
         out = net(x)
     assert value == pytest.approx(float((out - y).abs().mean()), rel=1e-6)
     assert loss == pytest.approx(2 * float(nn.functional.mse_loss(out, y)), rel=1e-6)
+
+
+def test_evaluate_a_task_uses_its_validation_data_and_metric():
+    task = example_task(0)
+    value = evaluate(task)
+    x, y = task.val_data.tensors  # the absolute reference, by hand over all 1,024 items
+    with torch.no_grad():
+        by_hand = (task.model(x).argmax(-1) == y).float().mean().item()
+    assert value == pytest.approx(by_hand, abs=1e-6)
+    with pytest.raises(GradpilotError, match="needs a loader"):
+        evaluate(task.model)
