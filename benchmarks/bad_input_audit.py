@@ -129,7 +129,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         with console.status("running cases…") as status:
-            for i, case in enumerate(cli_cases(base)):
+            for case in cli_cases(base):
                 if args.only and args.only not in case["group"]:
                     continue
                 status.update(f"{case['group']}: {case['name']}")

@@ -97,9 +97,10 @@ def label(runs: list[dict[str, Any]]) -> list[tuple[str, History, set[str], str 
             if b == len(v) - 1 and gain > 0 and (v[-2] - v[-1]) >= 0.1 * gain:
                 kinds.add("underfitting")
         twin = by_key.get((r["task"], r["seed"], r["small"], "cosine", round(r["multiplier"], 6)))
-        if r["schedule"] is None and twin and twin["val_metrics"][-1] is not None and final is not None:
-            if (twin["val_metrics"][-1] - final) / max(top - untrained, 1e-12) >= 0.05 and not kinds & {"nan", "divergence"}:
-                kinds.add("slow_convergence")
+        has_twin = r["schedule"] is None and twin and twin["val_metrics"][-1] is not None and final is not None
+        if has_twin and (twin["val_metrics"][-1] - final) / max(top - untrained, 1e-12) >= 0.05 \
+                and not kinds & {"nan", "divergence"}:
+            kinds.add("slow_convergence")
         name = f"{r['task']} lr×{r['multiplier']:.3g} {'small×5ep' if r['small'] else ''}{r['schedule'] or ''} s{r['seed']}"
         unknown = set() if (twin or r["schedule"] == "cosine") else {"slow_convergence"}  # no twin: cannot tell
         out.append((name, h, kinds or {"healthy"}, direction, unknown))

@@ -30,7 +30,7 @@ class BenchTask:
 
 
 def log_grid(lo: float, hi: float, per_decade: int = 3) -> tuple[float, ...]:
-    n = int(round(np.log10(hi / lo) * per_decade)) + 1
+    n = round(np.log10(hi / lo) * per_decade) + 1
     return tuple(float(x) for x in np.logspace(np.log10(lo), np.log10(hi), n))
 
 

@@ -86,10 +86,11 @@ def rng_state(loader: Any = None) -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.random.get_rng_state(),
         "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(bit_gen["state"]["key"].astype(np.int64)), "pos": int(bit_gen["state"]["pos"]),
-                  "has_gauss": int(bit_gen["has_gauss"]), "gauss": float(bit_gen["gauss"])},
+        "numpy": {"key": torch.from_numpy(bit_gen["state"]["key"].astype(np.int64)),
+                  "pos": int(bit_gen["state"]["pos"]), "has_gauss": int(bit_gen["has_gauss"]),
+                  "gauss": float(bit_gen["gauss"])},
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         state["cuda"] = torch.cuda.get_rng_state_all()
     for name, gen in _loader_generators(loader):
         state[name] = gen.get_state()

@@ -116,7 +116,8 @@ class Columns:
         if train is None:
             raise GradpilotError(f"{self.source}: the column {train_col!r} holds no numbers")
         metric_col = next((c for c in self.order.get("val_metric", []) if not set(tokens(c)) & IGNORED), None)
-        lr_cols = sorted(self.order.get("lr", []), key=lambda c: (("pg" in c.lower()) and not c.lower().endswith("pg1"), c))
+        lr_cols = sorted(self.order.get("lr", []),  # the first param group's LR: "lr-AdamW" or ".../pg1"
+                         key=lambda c: (("pg" in c.lower()) and not c.lower().endswith("pg1"), c))
         val_col = self._first("val_loss")
         return History(
             train_loss=train,
@@ -162,9 +163,8 @@ class Columns:
             return None
         at = np.where(np.isfinite(x[rows]), x[rows], rows.astype(float))
         epochs = epochs[np.argsort(at, kind="stable")]
-        if np.any(epochs != np.round(epochs)):
-            return np.ceil(epochs)
-        return epochs + 1 if epochs.min() == 0 else epochs
+        done: np.ndarray = np.ceil(epochs) if np.any(epochs != np.round(epochs)) else epochs + (epochs.min() == 0)
+        return done
 
 
 def from_records(records: Iterable[Mapping[str, Any]], source: str, warnings: Iterable[str] = ()) -> History:

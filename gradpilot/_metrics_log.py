@@ -42,10 +42,12 @@ class MetricsLog:
         if rewrite or not self.path.exists():
             self.steps_written = self.evals_written = 0
         rows = []
-        evals = list(zip(epoch_steps, val_losses, val_metrics or [None] * len(val_losses)))
+        metrics: Sequence[float | None] = val_metrics or [None] * len(val_losses)
+        evals = list(zip(epoch_steps, val_losses, metrics, strict=False))  # no validation: no rows
         for step in range(self.steps_written + 1, len(losses) + 1):
             epoch = sum(1 for s in epoch_steps if s < step)
-            rows.append([step, epoch, _cell(lrs[step - 1]), _cell(losses[step - 1]), ""] + [""] * (len(self.columns) - 5))
+            blank = [""] * (len(self.columns) - 4)
+            rows.append([step, epoch, _cell(lrs[step - 1]), _cell(losses[step - 1]), *blank])
             while self.evals_written < len(evals) and evals[self.evals_written][0] == step:
                 rows.append(self._eval_row(evals[self.evals_written], self.evals_written))
                 self.evals_written += 1

@@ -12,7 +12,8 @@ def centred_smooth(y: np.ndarray, width: float) -> np.ndarray:
     half = math.ceil(3 * width)
     kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / width) ** 2)
     window = slice(half, half + len(y))  # the centred part of the full convolution, whatever the lengths
-    return _convolve(y, kernel)[window] / _convolve(np.ones(len(y)), kernel)[window]
+    smooth: np.ndarray = _convolve(y, kernel)[window] / _convolve(np.ones(len(y)), kernel)[window]
+    return smooth
 
 
 def _convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -45,7 +45,8 @@ def item_counter(loss_fn: Any, num_items: NumItems | None) -> NumItems:
         targets = None if pair is None else pair[1]
         if isinstance(targets, torch.Tensor):
             if ignore is not None and not targets.is_floating_point():
-                return (targets != ignore).sum()  # a tensor: counting on the device needs no host sync
+                kept: torch.Tensor = (targets != ignore).sum()  # a tensor: counting on the device needs no sync
+                return kept
             return targets.shape[0] if targets.dim() else 1
         first = batch[0] if isinstance(batch, (list, tuple)) and batch else None
         if isinstance(first, torch.Tensor) and first.dim():
@@ -63,12 +64,12 @@ def micro_weights(counts: list[int | torch.Tensor], world_size: int = 1) -> list
     """
     if len(counts) == 1 and world_size == 1:
         return [1.0]  # a lone batch's mean is already the window's mean
-    total: int | torch.Tensor = sum(counts)  # type: ignore[assignment]
+    total: int | torch.Tensor = sum(counts)
     if world_size > 1:
         reduced = torch.as_tensor(total, dtype=torch.float64, device=comm_device())
         dist.all_reduce(reduced)
         total = reduced
-    return [c * world_size / total for c in counts]  # type: ignore[operator]
+    return [c * world_size / total for c in counts]
 
 
 def comm_device() -> torch.device:

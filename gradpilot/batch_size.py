@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -46,10 +47,8 @@ def free_memory() -> None:
 
 
 def _malloc_trim() -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 def _rss() -> int:
@@ -242,7 +241,7 @@ def _trial(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn |
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
-                compute_loss(model, batch, loss_fn, step_fn).backward()
+                compute_loss(model, batch, loss_fn, step_fn).backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)

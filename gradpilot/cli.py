@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -24,16 +24,25 @@ from gradpilot import _validate
 from gradpilot.errors import GradpilotError
 
 if TYPE_CHECKING:
+    from typing import Literal
+
     from gradpilot.diagnose import Diagnosis
     from gradpilot.lr_finder import LRFinderResult
+    from gradpilot.scaling import LRRule
+    from gradpilot.suggest import RuleName
     from gradpilot.task import Task
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Learning rate, batch size, accumulation, epochs and schedules for PyTorch, measured.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Learning rate, batch size, accumulation, epochs and schedules for PyTorch, measured.",
+)
 console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 RULES = ("descent-edge", "valley", "steepest", "minimum/10")  # gradpilot.suggest.RULES, without importing it
+LR_RULES = ("linear", "sqrt", "none", "auto")  # gradpilot.scaling.LR_RULES
 SCHEDULES = ("constant", "step", "cosine", "plateau", "onecycle", "warmup_cosine")  # schedules.BUILDERS
 
 
@@ -46,8 +55,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="print the version and exit")] = False) -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
     """Learning rate, batch size, accumulation, epochs and schedules for PyTorch, measured."""
 
 
@@ -58,6 +70,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 def _one_line_errors(command: F) -> F:
     """Bad input → one line, exit 2; anything unexpected → one line, exit 3 (traceback with GRADPILOT_DEBUG=1)."""
+
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -71,6 +84,7 @@ def _one_line_errors(command: F) -> F:
                 raise
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise _fail(_escape(f"{type(exc).__name__}: {first} (GRADPILOT_DEBUG=1 shows where)"), code=3) from None
+
     return run  # type: ignore[return-value]
 
 
@@ -97,23 +111,33 @@ def _draw(draw: Callable[[], Any], path: Path) -> bool:
         draw()
         return True
     except Exception as exc:
-        err_console.print(f"[bold red]error:[/] could not draw {path}: {_escape(str(exc).splitlines()[0][:200])}",
-                          highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] could not draw {path}: {_escape(str(exc).splitlines()[0][:200])}",
+            highlight=False,
+            soft_wrap=True,
+        )
         return False
 
 
 @app.command("find-lr")
 @_one_line_errors
 def find_lr_command(
-    task_file: Annotated[Path | None, typer.Argument(help="Python file defining task(seed); omit for the built-in example")] = None,
+    task_file: Annotated[
+        Path | None, typer.Argument(help="Python file defining task(seed); omit for the built-in example")
+    ] = None,
     start_lr: Annotated[float, typer.Option(help="first LR of the sweep")] = 1e-7,
     end_lr: Annotated[float, typer.Option(help="last LR of the sweep")] = 10.0,
     num_steps: Annotated[int, typer.Option(help="optimizer steps in the sweep")] = 100,
     accumulation_steps: Annotated[int, typer.Option(help="micro-batches per step")] = 1,
     rule: Annotated[str, typer.Option(help=f"suggestion rule: {', '.join(RULES)}")] = RULES[0],
-    family: Annotated[str | None, typer.Option(help="how the optimizer steps: sgd or adaptive (default: read off its class)")] = None,
+    family: Annotated[
+        str | None, typer.Option(help="how the optimizer steps: sgd or adaptive (default: read off its class)")
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed passed to task() and torch")] = 0,
-    plot: Annotated[Path | None, typer.Option("--plot", help="where to write the curve (PNG; default lr_find.png, none with --json)")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="where to write the curve (PNG; default lr_find.png, none with --json)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON instead of a table")] = False,
 ) -> None:
     """Run an LR range test on a task and suggest a learning rate."""
@@ -131,15 +155,31 @@ def find_lr_command(
     import torch
 
     torch.manual_seed(seed)
-    with Progress(TextColumn("[bold]range test"), BarColumn(), TextColumn("{task.description}"),
-                  TimeRemainingColumn(), console=err_console, transient=True, disable=as_json) as bar:
+    with Progress(
+        TextColumn("[bold]range test"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=as_json,
+    ) as bar:
         job = bar.add_task("", total=num_steps)
 
         def tick(step: int, total: int, lr: float, loss: float) -> None:
             bar.update(job, completed=step, description=f"lr {lr:.2e}  loss {loss:.4g}")
 
-        result = find_lr(task, train_loader=task.train_loader(seed), start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
-                         accumulation_steps=accumulation_steps, rule=rule, family=family, progress=tick)
+        result = find_lr(
+            task,
+            train_loader=task.train_loader(seed),
+            start_lr=start_lr,
+            end_lr=end_lr,
+            num_steps=num_steps,
+            accumulation_steps=accumulation_steps,
+            rule=cast("RuleName", rule),  # checked against RULES above
+            family=cast("Literal['sgd', 'adaptive'] | None", family),
+            progress=tick,
+        )
     drawn = plot is not None and _draw(lambda: result.plot(plot), plot)
     if as_json:
         typer.echo(_dumps(_as_dict(result, task, plot if drawn else None)))
@@ -150,9 +190,15 @@ def find_lr_command(
 
 
 def _as_dict(result: LRFinderResult, task: Task, plot: Path | None) -> dict[str, object]:
-    return {"task": task.name, "suggestion": result.suggestion, "rule": result.rule,
-            "alternatives": result.alternatives, "steps": len(result.lrs), "stop_reason": result.stop_reason,
-            "plot": None if plot is None else str(plot)}
+    return {
+        "task": task.name,
+        "suggestion": result.suggestion,
+        "rule": result.rule,
+        "alternatives": result.alternatives,
+        "steps": len(result.lrs),
+        "stop_reason": result.stop_reason,
+        "plot": None if plot is None else str(plot),
+    }
 
 
 def _print_result(result: LRFinderResult, task: Task, plot: Path | None) -> None:
@@ -173,7 +219,9 @@ def plan_command(
     lr: Annotated[float | None, typer.Option(help="the LR tuned at --batch-size")] = None,
     batch_size: Annotated[int | None, typer.Option(help="the effective batch that LR was tuned at")] = None,
     optimizer: Annotated[str, typer.Option(help="optimizer name: picks linear (SGD) or sqrt (Adam family)")] = "adamw",
-    target: Annotated[int | None, typer.Option(help="effective batch to reach (default: max micro-batch × world size)")] = None,
+    target: Annotated[
+        int | None, typer.Option(help="effective batch to reach (default: max micro-batch × world size)")
+    ] = None,
     max_micro_batch: Annotated[int | None, typer.Option(help="largest micro-batch that fits on one device")] = None,
     world_size: Annotated[int, typer.Option(help="data-parallel processes")] = 1,
     rule: Annotated[str, typer.Option(help="LR rule: auto, linear, sqrt, none")] = "auto",
@@ -184,19 +232,32 @@ def plan_command(
     from gradpilot import scaling
 
     if max_micro_batch is None:
-        raise GradpilotError("give --max-micro-batch, the largest micro-batch that fits "
-                             "(`gradpilot find-batch-size` measures it)")
-    for flag, value in (("--max-micro-batch", max_micro_batch), ("--world-size", world_size), ("--target", target),
-                        ("--batch-size", batch_size), ("--total-steps", total_steps)):
+        raise GradpilotError(
+            "give --max-micro-batch, the largest micro-batch that fits (`gradpilot find-batch-size` measures it)"
+        )
+    for flag, value in (
+        ("--max-micro-batch", max_micro_batch),
+        ("--world-size", world_size),
+        ("--target", target),
+        ("--batch-size", batch_size),
+        ("--total-steps", total_steps),
+    ):
         if value is not None:
             _validate.positive_int(flag, value)
     if lr is not None:
         _validate.positive_float("--lr", lr)
     if (lr is None) != (batch_size is None):
         raise GradpilotError("to scale the LR give both --lr and --batch-size (the effective batch it was tuned at)")
-    result = scaling.plan(target if target is not None else max_micro_batch * world_size, max_micro_batch,
-                          world_size, lr=lr, batch_size=batch_size, optimizer=optimizer, rule=rule,
-                          total_steps=total_steps)
+    result = scaling.plan(
+        target if target is not None else max_micro_batch * world_size,
+        max_micro_batch,
+        world_size,
+        lr=lr,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        rule=cast("LRRule", _validate.choice("--rule", rule, LR_RULES)),
+        total_steps=total_steps,
+    )
     if as_json:
         typer.echo(_dumps(dataclasses.asdict(result)))
         return
@@ -204,10 +265,21 @@ def plan_command(
     for col in ("micro-batch", "accumulation", "world size", "effective batch", "learning rate", "warmup"):
         table.add_column(col, justify="right")
     lr_cell = "—" if result.lr is None else f"{lr:.3g} → {result.lr:.3g} ({result.lr_rule})"
-    warm = "none" if not result.warmup_ratio else (
-        f"{result.warmup_steps} steps" if result.warmup_steps is not None else f"{result.warmup_ratio:.1%} of steps")
-    table.add_row(str(result.micro_batch_size), str(result.accumulation_steps), str(result.world_size),
-                  str(result.effective_batch_size), lr_cell, warm)
+    warm = (
+        "none"
+        if not result.warmup_ratio
+        else (
+            f"{result.warmup_steps} steps" if result.warmup_steps is not None else f"{result.warmup_ratio:.1%} of steps"
+        )
+    )
+    table.add_row(
+        str(result.micro_batch_size),
+        str(result.accumulation_steps),
+        str(result.world_size),
+        str(result.effective_batch_size),
+        lr_cell,
+        warm,
+    )
     console.print(table)
     console.print(result.note if result.exact else f"[yellow]{result.note}[/]")
 
@@ -215,11 +287,20 @@ def plan_command(
 @app.command("find-batch-size")
 @_one_line_errors
 def find_batch_size_command(
-    task_file: Annotated[Path | None, typer.Argument(help="Python file defining task(seed); omit for the built-in example")] = None,
-    max_memory_mib: Annotated[float | None, typer.Option("--max-memory-mib", help="memory budget per trial (on CPU: default half the available memory)")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="stop doubling here (never past the dataset's size)")] = None,
+    task_file: Annotated[
+        Path | None, typer.Argument(help="Python file defining task(seed); omit for the built-in example")
+    ] = None,
+    max_memory_mib: Annotated[
+        float | None,
+        typer.Option("--max-memory-mib", help="memory budget per trial (on CPU: default half the available memory)"),
+    ] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="stop doubling here (never past the dataset's size)")
+    ] = None,
     start: Annotated[int, typer.Option(help="first size tried")] = 1,
-    noise_scale: Annotated[bool, typer.Option("--noise-scale/--no-noise-scale", help="also estimate the critical batch")] = True,
+    noise_scale: Annotated[
+        bool, typer.Option("--noise-scale/--no-noise-scale", help="also estimate the critical batch")
+    ] = True,
     seed: Annotated[int, typer.Option(help="seed passed to task() and torch")] = 0,
 ) -> None:
     """The largest micro-batch that fits (OOM-safe), its throughput, and the batch the gradient noise suggests."""
@@ -236,37 +317,48 @@ def find_batch_size_command(
     torch.manual_seed(seed)
     data, _ = task.dataset()
     with console.status("trying batch sizes…") as status:
+
         def tick(trial: batch_size.Trial) -> None:
             status.update(f"batch {trial.batch_size}: {'fits' if trial.fits else 'does not fit'}")
 
-        result = batch_size.find_batch_size(task, start=start, max_batch_size=max_batch_size,
-                                 max_memory=None if max_memory_mib is None else int(max_memory_mib * 2**20),
-                                 progress=tick)
+        result = batch_size.find_batch_size(
+            task,
+            start=start,
+            max_batch_size=max_batch_size,
+            max_memory=None if max_memory_mib is None else int(max_memory_mib * 2**20),
+            progress=tick,
+        )
         noise, noise_error = None, None
         if noise_scale:  # after the search: a noise scale that cannot be measured must not cost its result
             status.update("estimating the gradient noise scale…")
             big = min(len(data), max(result.batch_size, 16))  # type: ignore[arg-type]
             try:
-                noise = batch_size.estimate_noise_scale(task, small_batch=max(1, big // 16), big_batch=big,
-                                                        seed=seed)
+                noise = batch_size.estimate_noise_scale(task, small_batch=max(1, big // 16), big_batch=big, seed=seed)
             except GradpilotError as exc:
                 noise_error = str(exc)
     table = Table(title=f"Batch sizes tried on {task.name}")
     for col in ("batch", "fits", "samples/s", "peak memory (MiB)", "why not"):
         table.add_column(col, justify="right" if col != "why not" else "left")
     for t in result.trials:
-        table.add_row(str(t.batch_size), "yes" if t.fits else "no",
-                      "" if t.samples_per_second is None else f"{t.samples_per_second:,.0f}",
-                      "" if t.peak_memory is None else f"{t.peak_memory / 2**20:,.1f}", t.error or "")
+        table.add_row(
+            str(t.batch_size),
+            "yes" if t.fits else "no",
+            "" if t.samples_per_second is None else f"{t.samples_per_second:,.0f}",
+            "" if t.peak_memory is None else f"{t.peak_memory / 2**20:,.1f}",
+            t.error or "",
+        )
     console.print(table)
-    console.print(f"[bold]Largest micro-batch that fits: {result.batch_size}[/]" +
-                  (f" ({result.limit})" if result.limit else ""))
+    console.print(
+        f"[bold]Largest micro-batch that fits: {result.batch_size}[/]" + (f" ({result.limit})" if result.limit else "")
+    )
     if noise_error is not None:
         err_console.print(f"[yellow]warning:[/] no gradient noise scale: {_escape(noise_error)}", soft_wrap=True)
     if noise is not None:
-        console.print(f"Gradient noise scale B_simple ≈ {noise.b_simple:,.0f}: an effective batch near "
-                      f"{noise.recommended_batch_size} uses data and steps efficiently "
-                      f"(`gradpilot plan --target {noise.recommended_batch_size} --max-micro-batch {result.batch_size}`).")
+        console.print(
+            f"Gradient noise scale B_simple ≈ {noise.b_simple:,.0f}: an effective batch near "
+            f"{noise.recommended_batch_size} uses data and steps efficiently "
+            f"(`gradpilot plan --target {noise.recommended_batch_size} --max-micro-batch {result.batch_size}`)."
+        )
 
 
 def _parse_option(text: str) -> tuple[str, float | int]:
@@ -287,8 +379,12 @@ def schedule_command(
     steps: Annotated[int, typer.Option(help="optimizer steps in the run")],
     lr: Annotated[float, typer.Option(help="the optimizer's base LR")] = 1e-3,
     steps_per_epoch: Annotated[int, typer.Option(help="for schedules stepped per epoch (step, plateau)")] = 1,
-    option: Annotated[list[str] | None, typer.Option(help="schedule option KEY=VALUE, repeatable (e.g. warmup_ratio=0.1)")] = None,
-    metrics: Annotated[str | None, typer.Option(help="plateau only: validation metric per epoch, comma-separated")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option(help="schedule option KEY=VALUE, repeatable (e.g. warmup_ratio=0.1)")
+    ] = None,
+    metrics: Annotated[
+        str | None, typer.Option(help="plateau only: validation metric per epoch, comma-separated")
+    ] = None,
     plot: Annotated[Path, typer.Option("--plot", help="where to write the curve (PNG)")] = Path("schedule.png"),
 ) -> None:
     """Print and plot the LR curve of a named schedule."""
@@ -318,7 +414,9 @@ def schedule_command(
 @app.command("diagnose")
 @_one_line_errors
 def diagnose_command(
-    path: Annotated[Path, typer.Argument(help="a log file or run folder: CSV, JSON lines, TensorBoard, trainer_state.json")],
+    path: Annotated[
+        Path, typer.Argument(help="a log file or run folder: CSV, JSON lines, TensorBoard, trainer_state.json")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="write the curves with the findings marked (PNG)")] = None,
 ) -> None:
@@ -381,9 +479,12 @@ def main() -> None:
             typer.echo(ctx.get_help())
             sys.exit(0)
         command = getattr(ctx, "command_path", "gradpilot")
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)  # type: ignore[union-attr]
-        err_console.print(f"[bold red]error:[/] {_escape(' '.join(message.split()))} (see `{command} --help`)",
-                          highlight=False, soft_wrap=True)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err_console.print(
+            f"[bold red]error:[/] {_escape(' '.join(message.split()))} (see `{command} --help`)",
+            highlight=False,
+            soft_wrap=True,
+        )
         code = 2
     sys.exit(code if isinstance(code, int) else 0)
 

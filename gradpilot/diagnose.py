@@ -61,8 +61,9 @@ class Diagnosis:
 
     def to_json(self) -> dict[str, Any]:
         """``{"findings": [...], "learning_rate": {"verdict", "reason"}}``."""
-        return json_safe({"findings": [f.to_json() for f in self.findings],
-                          "learning_rate": {"verdict": self.lr_verdict, "reason": self.lr_reason}})
+        out: dict[str, Any] = json_safe({"findings": [f.to_json() for f in self.findings],
+                                         "learning_rate": {"verdict": self.lr_verdict, "reason": self.lr_reason}})
+        return out
 
 
 def json_safe(value: Any) -> Any:
@@ -235,8 +236,8 @@ def detect_oscillation(history: History) -> list[Finding]:
     if not signs:
         return []
     remedy, advice = _lr_remedy(history, 0.5)
-    return [Finding("oscillation", float(c.steps[0]), float(c.steps[-1]), "; ".join(signs), min(1.0, 0.5 + 0.2 * len(signs)),
-                    remedy, advice + " (or a larger batch)")]
+    return [Finding("oscillation", float(c.steps[0]), float(c.steps[-1]), "; ".join(signs),
+                    min(1.0, 0.5 + 0.2 * len(signs)), remedy, advice + " (or a larger batch)")]
 
 
 def detect_plateau(history: History) -> list[Finding]:
@@ -309,7 +310,8 @@ def detect_underfitting(history: History) -> list[Finding]:
     if c is not None and (c.late_share >= TOO_LOW_SHARE or c.moved < 0.3):
         remedy, advice = _lr_remedy(history, 3.0)
         evidence += (f"; {c.late_share:.0%} of the training loss's decrease came in the second half"
-                     if c.late_share >= TOO_LOW_SHARE else f"; the training loss fell only {c.moved:.0%} in the whole run")
+                     if c.late_share >= TOO_LOW_SHARE
+                     else f"; the training loss fell only {c.moved:.0%} in the whole run")
         return [Finding("underfitting", float(v.steps[-2]), float(v.steps[-1]), evidence, 0.7, remedy,
                         advice + f", or train longer ({longer[1]})")]
     return [Finding("underfitting", float(v.steps[-2]), float(v.steps[-1]), evidence, 0.6, longer[0],
@@ -341,7 +343,8 @@ def detect_slow_convergence(history: History) -> list[Finding]:
     evidence = (f"the LR stayed at {_fmt(peak) if peak else '?'}; over the second half the loss trend moved "
                 f"{c.late_share:.0%} of its decrease while steps scatter {rel_noise:.0%} of it around the trend")
     advice = f"add cosine decay to {_fmt(floor) if floor else 'lr/100'} over the last {int(c.steps[-1] - start)} steps"
-    return [Finding("slow_convergence", start, float(c.steps[-1]), evidence, 0.5, {"lr_scheduler_type": "cosine"}, advice)]
+    return [Finding("slow_convergence", start, float(c.steps[-1]), evidence, 0.5, {"lr_scheduler_type": "cosine"},
+                    advice)]
 
 
 DETECTORS: dict[str, Detector] = {
@@ -393,7 +396,8 @@ def _diagnose(history: History) -> Diagnosis:
 def _lr_verdict(history: History, findings: list[Finding]) -> tuple[str, str]:
     peak, _ = _lr(history)
     named = f" ({_fmt(peak)})" if peak is not None else ""
-    high = [f for f in findings if f.kind in TOO_HIGH or (f.kind == "plateau" and f.remedy.get("learning_rate", 1e9) < (peak or 0))]
+    high = [f for f in findings if f.kind in TOO_HIGH
+            or (f.kind == "plateau" and f.remedy.get("learning_rate", 1e9) < (peak or 0))]
     if high:
         return "too high", f"the learning rate{named} is too high: {high[0].kind} — {high[0].evidence}"
     low = [f for f in findings if f.kind == "plateau" or (f.kind == "underfitting" and "learning_rate" in f.remedy)]
@@ -404,5 +408,6 @@ def _lr_verdict(history: History, findings: list[Finding]) -> tuple[str, str]:
         return "too low", (f"the learning rate{named} is too low: {c.late_share:.0%} of the loss's decrease came in "
                            "the second half — it is still falling about as fast as it was")
     if peak is None:
-        return "unknown", "the log has no learning-rate column, so the verdict rests on the loss alone: no LR problem seen"
+        return "unknown", ("the log has no learning-rate column, so the verdict rests on the loss alone: "
+                           "no LR problem seen")
     return "about right", f"the learning rate{named} shows none of the signs of too high or too low"

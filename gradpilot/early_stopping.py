@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from gradpilot.errors import GradpilotError
+
+Mode = Literal["min", "max"]  # the direction of a metric: lower is better, or higher
 
 
 @dataclass(frozen=True)
@@ -18,7 +21,7 @@ class EarlyStopping:
 
     patience: int = 3
     min_delta: float = 0.0
-    mode: str | None = None
+    mode: Mode | None = None
 
     def __post_init__(self) -> None:
         if self.patience < 1:
@@ -28,7 +31,7 @@ class EarlyStopping:
         if self.mode not in (None, "min", "max"):
             raise GradpilotError(f"mode must be 'min' or 'max', got mode={self.mode!r}")
 
-    def best_epoch(self, history: Sequence[float], mode: str = "min") -> int | None:
+    def best_epoch(self, history: Sequence[float], mode: Mode = "min") -> int | None:
         """Index of the best value, counting only improvements larger than ``min_delta``; NaN never wins."""
         sign = 1.0 if (self.mode or mode) == "min" else -1.0
         best_i, best = None, math.inf
@@ -37,7 +40,7 @@ class EarlyStopping:
                 best_i, best = i, sign * value
         return best_i
 
-    def should_stop(self, history: Sequence[float], mode: str = "min") -> bool:
+    def should_stop(self, history: Sequence[float], mode: Mode = "min") -> bool:
         """True when the last ``patience`` epochs brought no improvement over the best before them."""
         best = self.best_epoch(history, mode)
         since = len(history) - 1 - (best if best is not None else -1)

@@ -9,7 +9,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gradpilot._batch import LossFn, StepFn, _logits, check_scalar, compute_loss, forward, model_device, split_batch, to_device
+from gradpilot._batch import (
+    LossFn,
+    StepFn,
+    _logits,
+    check_scalar,
+    compute_loss,
+    forward,
+    model_device,
+    split_batch,
+    to_device,
+)
 from gradpilot.accumulation import NumItems, item_counter
 from gradpilot.errors import GradpilotError
 from gradpilot.task import Task

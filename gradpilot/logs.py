@@ -100,7 +100,7 @@ def read_csv(path: Path) -> History:
             if len(row) != len(header):
                 pending = (reader.line_num, row)
                 continue
-            columns.add(dict(zip(header, row)), f"{path}:{reader.line_num}")
+            columns.add(dict(zip(header, row, strict=True)), f"{path}:{reader.line_num}")
     except csv.Error as exc:
         raise GradpilotError(f"{path}:{reader.line_num}: not a readable CSV line ({exc})") from None
     if pending is not None:
@@ -129,7 +129,8 @@ def _parse_json(text: str, where: str, *, whole_file: bool = False) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         at = f"{where}:{exc.lineno}" if whole_file else where
-        raise GradpilotError(f"{at}: not valid JSON ({exc.msg}); a truncated {'file' if whole_file else 'line'}?") from None
+        what = "file" if whole_file else "line"
+        raise GradpilotError(f"{at}: not valid JSON ({exc.msg}); a truncated {what}?") from None
     except RecursionError:
         raise GradpilotError(f"{where}: JSON nested too deeply to be a log") from None
     except ValueError as exc:  # e.g. an integer with more digits than Python converts

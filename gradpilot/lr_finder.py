@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -15,8 +15,8 @@ from torch import nn
 
 from gradpilot import _validate, suggest
 from gradpilot._batch import LossFn, StepFn, cycle, model_device
-from gradpilot.accumulation import NumItems, accumulate, item_counter
 from gradpilot._state import preserved
+from gradpilot.accumulation import NumItems, accumulate, item_counter
 from gradpilot.errors import GradpilotError
 from gradpilot.scaling import optimizer_family
 from gradpilot.task import Task
@@ -74,8 +74,8 @@ def find_lr(
     num_items: NumItems | None = None,
     smoothing: float = 0.98,
     diverge_threshold: float = 4.0,
-    rule: str = suggest.DEFAULT_RULE,
-    family: str | None = None,
+    rule: suggest.RuleName = suggest.DEFAULT_RULE,
+    family: Literal["sgd", "adaptive"] | None = None,
     progress: Callable[[int, int, float, float], None] | None = None,
 ) -> LRFinderResult:
     """Run an LR range test and suggest a learning rate; the model and optimizer are left untouched.
@@ -85,8 +85,8 @@ def find_lr(
     The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_steps`` optimizer steps and the
     sweep stops once the smoothed loss passes ``diverge_threshold`` times its best or is not finite.
     ``accumulation_steps`` micro-batches make one step, weighted by their items as in ``fit`` (count them
-    with ``num_items(batch)`` when gradpilot cannot). ``family`` ("sgd" or "adaptive") tells the rules how the optimizer steps; by default it is read off the
-    optimizer's class name.
+    with ``num_items(batch)`` when gradpilot cannot). ``family`` ("sgd" or "adaptive") tells the rules how
+    the optimizer steps; by default it is read off the optimizer's class name.
     """
     if isinstance(model, Task):
         optimizer = optimizer if optimizer is not None else model.make_optimizer()
@@ -99,12 +99,7 @@ def find_lr(
     if not any(p.requires_grad for g in optimizer.param_groups for p in g["params"]):
         raise GradpilotError("the optimizer holds no parameter that requires grad: nothing would train")
     suggest.get_rule(rule)  # fail fast on an unknown name
-    family = family or optimizer_family(type(optimizer).__name__)
-    if family == "unknown":
-        raise GradpilotError(f"cannot tell whether {type(optimizer).__name__} steps like SGD or like Adam: "
-                             "pass family='sgd' or family='adaptive' (--family on the command line)")
-    if family not in ("sgd", "adaptive"):
-        raise GradpilotError(f"family must be 'sgd' or 'adaptive', got {family!r}")
+    resolved = _family(optimizer, family)
     device = torch.device(device) if device is not None else model_device(model)
     base = [g["lr"] for g in optimizer.param_groups]
     # Param groups keep their ratios to the first group (fine-tuning often uses a smaller LR for the body).
@@ -122,7 +117,7 @@ def find_lr(
         model.train()
         for step in range(num_steps):
             lr = start_lr * growth**step
-            for group, ratio in zip(optimizer.param_groups, ratios):
+            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
                 group["lr"] = lr * ratio
             optimizer.zero_grad(set_to_none=True)
             window = [next(batches) for _ in range(accumulation_steps)]
@@ -148,7 +143,7 @@ def find_lr(
             f"the range test stopped after {finite} usable steps ({stop_reason}): lower start_lr "
             f"(now {start_lr:g}) so the sweep starts where training is stable"
         )
-    curve = suggest.Curve(np.array(lrs[:finite]), np.array(losses[:finite]), np.array(smoothed), family)
+    curve = suggest.Curve(np.array(lrs[:finite]), np.array(losses[:finite]), np.array(smoothed), resolved)
     alternatives = {name: f(curve) for name, f in suggest.RULES.items()}
     log.info("range test: %d steps, %s; suggestion %.3g (%s)", len(lrs), stop_reason, alternatives[rule], rule)
     return LRFinderResult(
@@ -161,6 +156,19 @@ def find_lr(
         stopped_early=stop_reason != "reached end_lr",
         stop_reason=stop_reason,
     )
+
+
+def _family(optimizer: torch.optim.Optimizer, family: str | None) -> Literal["sgd", "adaptive"]:
+    """How the optimizer steps, as given or read off its class; one gradpilot cannot place is asked about."""
+    found = family if family is not None else optimizer_family(type(optimizer).__name__)
+    if found == "unknown":
+        raise GradpilotError(f"cannot tell whether {type(optimizer).__name__} steps like SGD or like Adam: "
+                             "pass family='sgd' or family='adaptive' (--family on the command line)")
+    if found == "sgd":
+        return "sgd"
+    if found == "adaptive":
+        return "adaptive"
+    raise GradpilotError(f"family must be 'sgd' or 'adaptive', got {family!r}")
 
 
 def _diverged(current: float, best: float, first: float, threshold: float) -> bool:

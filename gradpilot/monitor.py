@@ -51,7 +51,8 @@ class Monitor:
                  lr_factor_divergence: float = 0.3) -> None:
         if check_every < 1:
             raise GradpilotError(f"check_every must be at least 1, got {check_every=}")
-        for name, value in (("lr_factor_oscillation", lr_factor_oscillation), ("lr_factor_divergence", lr_factor_divergence)):
+        factors = (("lr_factor_oscillation", lr_factor_oscillation), ("lr_factor_divergence", lr_factor_divergence))
+        for name, value in factors:
             if not 0 < value < 1:
                 raise GradpilotError(f"{name} must be between 0 and 1, got {value}")
         self.check_every = check_every

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gradpilot.diagnose import Diagnosis
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 _DRAWABLE = 1e100  # values beyond are drawn at this bound
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -25,7 +25,7 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
-def _save(plt, fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
+def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -8,11 +8,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from gradpilot import _validate
 from gradpilot.errors import GradpilotError
 
-LR_RULES = ("linear", "sqrt", "none", "auto")
+LRRule = Literal["linear", "sqrt", "none", "auto"]
+Family = Literal["sgd", "adaptive", "unknown"]
+LR_RULES: tuple[LRRule, ...] = ("linear", "sqrt", "none", "auto")
 WARMUP_ABOVE = 2.0  # recommend warmup when the LR grows by more than this factor
 
 
@@ -22,7 +25,7 @@ ADAPTIVE_FAMILY = {"adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "adag
                    "adam8bit", "adamw8bit", "pagedadamw", "pagedadamw8bit", "lomo", "adalomo"}
 
 
-def optimizer_family(name: str) -> str:
+def optimizer_family(name: str) -> Family:
     """``"sgd"`` for SGD-like optimizers (step = lr × gradient), ``"adaptive"`` for those whose step is
     normalised (Adam, RMSprop, Adafactor, ...), ``"unknown"`` for a name gradpilot does not know (Lion, LBFGS)."""
     key = "".join(c for c in name.lower() if c.isalnum())
@@ -43,11 +46,11 @@ def _positive_lr(lr: float) -> float:
 
 def effective_batch_size(micro_batch_size: int, accumulation_steps: int = 1, world_size: int = 1) -> int:
     """Items per optimizer step: micro-batch × accumulation steps × data-parallel processes."""
-    return (_positive_int("micro_batch_size", micro_batch_size) * _positive_int("accumulation_steps", accumulation_steps)
-            * _positive_int("world_size", world_size))
+    return (_positive_int("micro_batch_size", micro_batch_size)
+            * _positive_int("accumulation_steps", accumulation_steps) * _positive_int("world_size", world_size))
 
 
-def resolve_rule(rule: str, optimizer: str | None = None) -> str:
+def resolve_rule(rule: LRRule, optimizer: str | None = None) -> LRRule:
     """Turn ``"auto"`` into ``"linear"`` (SGD family) or ``"sqrt"`` (adaptive); check other names."""
     if rule not in LR_RULES:
         raise GradpilotError(f"unknown LR scaling rule {rule!r}; choose one of {list(LR_RULES)}")
@@ -62,7 +65,8 @@ def resolve_rule(rule: str, optimizer: str | None = None) -> str:
     return "linear" if family == "sgd" else "sqrt"
 
 
-def scale_lr(lr: float, from_batch: int, to_batch: int, rule: str = "auto", *, optimizer: str | None = None) -> float:
+def scale_lr(lr: float, from_batch: int, to_batch: int, rule: LRRule = "auto", *,
+             optimizer: str | None = None) -> float:
     """The LR for ``to_batch`` given a good ``lr`` at ``from_batch``.
 
     ``linear`` (SGD, Goyal et al. 2017) scales by the batch ratio, ``sqrt`` (Adam family, Malladi et al.
@@ -97,7 +101,7 @@ class BatchPlan:
     exact: bool
     note: str
     lr: float | None = None
-    lr_rule: str | None = None
+    lr_rule: LRRule | None = None
     warmup_ratio: float = 0.0
     warmup_steps: int | None = None
 
@@ -110,7 +114,7 @@ def plan(
     lr: float | None = None,
     batch_size: int | None = None,
     optimizer: str | None = None,
-    rule: str = "auto",
+    rule: LRRule = "auto",
     total_steps: int | None = None,
 ) -> BatchPlan:
     """Micro-batch and accumulation steps that reach ``target_batch`` within ``max_micro_batch`` per device.
@@ -168,7 +172,8 @@ def _split(target: int, max_micro: int, world: int) -> tuple[int, int]:
     return -best[2], best[1]
 
 
-def search_batch_size(fits: Callable[[int], bool], *, start: int = 1, max_size: int | None = None) -> tuple[int, list[tuple[int, bool]]]:
+def search_batch_size(fits: Callable[[int], bool], *, start: int = 1,
+                      max_size: int | None = None) -> tuple[int, list[tuple[int, bool]]]:
     """Largest size for which ``fits(size)`` holds: double from ``start`` until a failure, then bisect.
 
     Bisection stops once the gap is within 1/32 of the size (exact below 64): finer steps buy nothing.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.optim import lr_scheduler
@@ -21,7 +21,7 @@ class Schedule:
     """A torch scheduler and how the loop drives it: every optimizer ``"step"`` or every ``"epoch"``."""
 
     scheduler: Any
-    interval: str
+    interval: Literal["step", "epoch"]
     needs_metric: bool = False
 
     def step(self, metric: float | None = None) -> None:
@@ -47,7 +47,7 @@ def _cosine(opt: torch.optim.Optimizer, total_steps: int, *, T_max: int | None =
     return Schedule(lr_scheduler.CosineAnnealingLR(opt, T_max=T_max or total_steps, eta_min=eta_min), "step")
 
 
-def _plateau(opt: torch.optim.Optimizer, total_steps: int, *, mode: str = "min", patience: int = 2,
+def _plateau(opt: torch.optim.Optimizer, total_steps: int, *, mode: Literal["min", "max"] = "min", patience: int = 2,
              factor: float = 0.5, min_lr: float = 0.0) -> Schedule:
     sched = lr_scheduler.ReduceLROnPlateau(opt, mode=mode, patience=patience, factor=factor, min_lr=min_lr)
     return Schedule(sched, "epoch", needs_metric=True)

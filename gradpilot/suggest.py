@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -22,7 +23,7 @@ class Curve:
     lrs: np.ndarray
     losses: np.ndarray
     smoothed: np.ndarray
-    family: str = "adaptive"  # "sgd" or "adaptive", see scaling.optimizer_family
+    family: Literal["sgd", "adaptive"] = "adaptive"  # see scaling.optimizer_family
 
 
 Rule = Callable[[Curve], float]
@@ -96,7 +97,8 @@ def descent_edge(curve: Curve) -> float:
     return float(math.sqrt(lrs[j] * lrs[low_i]))
 
 
-DEFAULT_RULE = "descent-edge"
+RuleName = Literal["descent-edge", "valley", "steepest", "minimum/10"]
+DEFAULT_RULE: RuleName = "descent-edge"
 
 RULES: dict[str, Rule] = {
     "descent-edge": descent_edge,

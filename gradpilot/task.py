@@ -19,7 +19,7 @@ from gradpilot.errors import GradpilotError
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
@@ -56,7 +56,8 @@ class Task:
         if not isinstance(self.model, nn.Module):
             raise GradpilotError(f"Task.model must be a torch.nn.Module, got {type(self.model).__name__}")
         if not any(p.requires_grad for p in self.model.parameters()):
-            raise GradpilotError("Task.model has no trainable parameters (all frozen, or none): unfreeze what should train")
+            raise GradpilotError("Task.model has no trainable parameters (all frozen, or none): "
+                                 "unfreeze what should train")
         if not callable(self.loss_fn):
             raise GradpilotError(f"Task.loss_fn must be callable (e.g. nn.CrossEntropyLoss()), got {self.loss_fn!r}")
         if self.metric is not None and not callable(self.metric):
@@ -157,7 +158,8 @@ def load_task(path: str | Path, seed: int = 0) -> Task:
     try:
         inspect.signature(factory).bind(seed=seed)
     except (TypeError, ValueError):
-        raise GradpilotError(f"task() in {path} must take the seed: `def task(seed: int = 0) -> gradpilot.Task`") from None
+        raise GradpilotError(f"task() in {path} must take the seed: "
+                             "`def task(seed: int = 0) -> gradpilot.Task`") from None
     result = _call(f"task() in {path}", factory, seed=seed)
     if not isinstance(result, Task):
         raise GradpilotError(f"task() in {path} returned {type(result).__name__}, not a gradpilot.Task")

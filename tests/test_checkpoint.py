@@ -135,7 +135,7 @@ def test_changed_settings_on_resume_are_refused_in_one_line(tmp_path, change, me
     with pytest.raises(GradpilotError, match=message) as err:
         tiny_run(tmp_path, epochs=1, **change)
     assert "\n" not in str(err.value) and "use a new checkpoint_dir" in str(err.value)
-    model, again = tiny_run(tmp_path, epochs=1)  # the same settings continue (here: nothing left to do)
+    _, again = tiny_run(tmp_path, epochs=1)  # the same settings continue (here: nothing left to do)
     assert again.resumed_from_step == 2
 
 

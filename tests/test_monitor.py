@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader
 
 from gradpilot import GradpilotError, Monitor, fit

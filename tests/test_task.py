@@ -145,5 +145,5 @@ def test_task_without_a_seed_and_bad_optimizer_options(tmp_path):
     with pytest.raises(GradpilotError, match="optimizer factory failed: ValueError"):
         Task(nn.Linear(2, 1), TensorDataset(torch.zeros(4, 2), torch.zeros(4, 1)), nn.MSELoss(),
              optimizer=lambda params, lr: torch.optim.SGD(params, lr=-lr)).make_optimizer()
-    with pytest.raises(GradpilotError, match="is not a .py file"):
+    with pytest.raises(GradpilotError, match=r"is not a \.py file"):
         load_task(write(tmp_path, "x", name="task.txt"))
