@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -152,42 +152,70 @@ def find_batch_size(
         model, loss_fn, dataset, collate_fn = _from_task(model, loss_fn, dataset, collate_fn)
     if optimizer is None or dataset is None:
         raise GradpilotError("find_batch_size needs an optimizer and a dataset, or a gradpilot.Task")
-    collate = collate_fn or default_collate
-    n = _dataset_length(dataset)
+    _check_search(start, steps_per_trial, max_batch_size, max_memory)
+    dev = torch.device(device) if device is not None else model_device(model)
+    cap, cap_note = _size_cap(_dataset_length(dataset), max_batch_size)
+    budget, budget_note = _budget(max_memory, dev)
+    runner = _Trials(model, optimizer, loss_fn, step_fn, dataset, collate_fn or default_collate, dev,
+                     steps_per_trial, budget, progress)
+    first = min(start, cap)
+    with preserved(model, optimizer):
+        model.train()
+        with preserved(model, optimizer):  # one step first: lazy imports and allocator set-up are not a batch's memory
+            runner.run(first, steps=1, budget=None)
+        best, _ = scaling.search_batch_size(runner.fits, start=first, max_size=cap)
+    free_memory()
+    if best == 0:
+        raise GradpilotError(f"even a batch of {first} does not fit ({runner.trials[0].error}): use a smaller model, "
+                             "mixed precision, or a larger max_memory")
+    notes = (cap_note if best == cap else "", budget_note)
+    return BatchSizeResult(best, tuple(runner.trials), "; ".join(n for n in notes if n))
+
+
+def _check_search(start: int, steps_per_trial: int, max_batch_size: int | None, max_memory: int | None) -> None:
     _validate.positive_int("start", start)
     _validate.positive_int("steps_per_trial", steps_per_trial)
     if max_batch_size is not None:
         _validate.positive_int("max_batch_size", max_batch_size)
     if max_memory is not None:
         _validate.positive_int("max_memory (bytes)", max_memory)
-    device = torch.device(device) if device is not None else model_device(model)
-    cap, limit = _size_cap(n, max_batch_size)
-    if max_memory is None and device.type == "cpu":
-        max_memory = _default_cpu_budget()
-        limit += f"{'; ' if limit else ''}no max_memory on CPU: a budget of half the available memory, " \
-                 f"{max_memory / 2**20:,.0f} MiB"
-    start = min(start, cap)
-    trials: list[Trial] = []
 
-    def fits(size: int) -> bool:
-        trial = _trial(model, optimizer, loss_fn, step_fn, dataset, size, steps_per_trial, device, collate,
-                       max_memory)
-        trials.append(trial)
+
+def _budget(max_memory: int | None, device: torch.device) -> tuple[int | None, str]:
+    """The memory budget: the one given, or on CPU (where nothing raises) half the memory available."""
+    if max_memory is not None or device.type != "cpu":
+        return max_memory, ""
+    budget = _default_cpu_budget()
+    return budget, f"no max_memory on CPU: a budget of half the available memory, {budget / 2**20:,.0f} MiB"
+
+
+@dataclass
+class _Trials:
+    """Runs one size after another and keeps every trial, in the order tried."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn | None
+    step_fn: StepFn | None
+    dataset: Dataset[Any]
+    collate: Callable[[list[Any]], Any]
+    device: torch.device
+    steps: int
+    budget: int | None
+    progress: Callable[[Trial], None] | None
+    trials: list[Trial] = field(default_factory=list)
+
+    def run(self, size: int, *, steps: int, budget: int | None) -> Trial:
+        return _trial(self.model, self.optimizer, self.loss_fn, self.step_fn, self.dataset, size, steps, self.device,
+                      self.collate, budget)
+
+    def fits(self, size: int) -> bool:
+        trial = self.run(size, steps=self.steps, budget=self.budget)
+        self.trials.append(trial)
         log.info("batch %d: %s", size, "fits" if trial.fits else f"does not fit ({trial.error})")
-        if progress is not None:
-            progress(trial)
+        if self.progress is not None:
+            self.progress(trial)
         return trial.fits
-
-    with preserved(model, optimizer):
-        model.train()
-        with preserved(model, optimizer):  # one step first: lazy imports and allocator set-up are not a batch's memory
-            _trial(model, optimizer, loss_fn, step_fn, dataset, start, 1, device, collate, None)
-        best, _ = scaling.search_batch_size(fits, start=start, max_size=cap)
-    free_memory()
-    if best == 0:
-        raise GradpilotError(f"even a batch of {start} does not fit ({trials[0].error}): use a smaller model, "
-                             "mixed precision, or a larger max_memory")
-    return BatchSizeResult(best, tuple(trials), limit if best == cap else "")
 
 
 def _from_task(task: Task, loss_fn: LossFn | None, dataset: Dataset[Any] | None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -96,66 +96,103 @@ def find_lr(
     if optimizer is None or train_loader is None:
         raise GradpilotError("find_lr needs an optimizer and a train_loader, or a gradpilot.Task")
     _check_args(start_lr, end_lr, num_steps, accumulation_steps, diverge_threshold, smoothing)
-    if not any(p.requires_grad for g in optimizer.param_groups for p in g["params"]):
-        raise GradpilotError("the optimizer holds no parameter that requires grad: nothing would train")
     suggest.get_rule(rule)  # fail fast on an unknown name
     resolved = _family(optimizer, family)
-    device = torch.device(device) if device is not None else model_device(model)
-    base = [g["lr"] for g in optimizer.param_groups]
-    # Param groups keep their ratios to the first group (fine-tuning often uses a smaller LR for the body).
-    ratios = [b / base[0] if base[0] > 0 else 1.0 for b in base]
-    growth = (end_lr / start_lr) ** (1 / (num_steps - 1))
-
-    lrs: list[float] = []
-    losses: list[float] = []
-    smoothed: list[float] = []
-    avg, best = 0.0, math.inf
-    stop_reason = "reached end_lr"
-    batches = cycle(train_loader)
-    count = item_counter(loss_fn, num_items)
+    sweep = _Sweep(start_lr, end_lr, num_steps, smoothing, diverge_threshold, progress)
+    step = _Step(model, optimizer, loss_fn, step_fn, cycle(train_loader), accumulation_steps,
+                 torch.device(device) if device is not None else model_device(model), item_counter(loss_fn, num_items))
     with preserved(model, optimizer):
         model.train()
-        for step in range(num_steps):
-            lr = start_lr * growth**step
-            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-                group["lr"] = lr * ratio
-            optimizer.zero_grad(set_to_none=True)
-            window = [next(batches) for _ in range(accumulation_steps)]
-            total = float(accumulate(model, window, loss_fn, step_fn, device, count))  # one host sync per step
-            lrs.append(lr)
-            losses.append(total)
-            if not math.isfinite(total):
-                stop_reason = f"loss became {total} at lr={lr:.3g}"
-                break
-            avg = smoothing * avg + (1 - smoothing) * total
-            smoothed.append(avg / (1 - smoothing ** (step + 1)))
-            if progress is not None:
-                progress(step + 1, num_steps, lr, smoothed[-1])
-            best = min(best, smoothed[-1])
-            if step > 0 and _diverged(smoothed[-1], best, smoothed[0], diverge_threshold):
-                stop_reason = f"loss diverged at lr={lr:.3g} ({smoothed[-1]:.4g} vs best {best:.4g})"
-                break
-            optimizer.step()
+        sweep.run(step)
+    return _result(sweep, rule, resolved)
 
-    finite = len(smoothed)
+
+@dataclass
+class _Step:
+    """One optimizer step of the sweep at a given LR: every param group keeps its ratio to the first (a
+    fine-tuned body with a smaller LR keeps it smaller); its micro-batches are accumulated as ``fit`` does."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn | None
+    step_fn: StepFn | None
+    batches: Iterator[Any]
+    accumulation_steps: int
+    device: torch.device
+    count: NumItems
+
+    def __post_init__(self) -> None:
+        if not any(p.requires_grad for g in self.optimizer.param_groups for p in g["params"]):
+            raise GradpilotError("the optimizer holds no parameter that requires grad: nothing would train")
+        first = self.optimizer.param_groups[0]["lr"]
+        self.ratios = [g["lr"] / first if first > 0 else 1.0 for g in self.optimizer.param_groups]
+
+    def loss_at(self, lr: float) -> float:
+        """The accumulated loss of the next batches at ``lr`` (gradients left for ``step``)."""
+        for group, ratio in zip(self.optimizer.param_groups, self.ratios, strict=True):
+            group["lr"] = lr * ratio
+        self.optimizer.zero_grad(set_to_none=True)
+        window = [next(self.batches) for _ in range(self.accumulation_steps)]
+        loss = accumulate(self.model, window, self.loss_fn, self.step_fn, self.device, self.count)
+        return float(loss)  # one host sync per step: the sweep decides on it
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+
+@dataclass
+class _Sweep:
+    """The exponential LR sweep and the curve it records, with the bias-corrected moving average."""
+
+    start_lr: float
+    end_lr: float
+    num_steps: int
+    smoothing: float
+    diverge_threshold: float
+    progress: Callable[[int, int, float, float], None] | None
+    lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    smoothed: list[float] = field(default_factory=list)
+    stop_reason: str = "reached end_lr"
+
+    def run(self, step: _Step) -> None:
+        growth = (self.end_lr / self.start_lr) ** (1 / (self.num_steps - 1))
+        avg, best = 0.0, math.inf
+        for i in range(self.num_steps):
+            lr = self.start_lr * growth**i
+            loss = step.loss_at(lr)
+            self.lrs.append(lr)
+            self.losses.append(loss)
+            if not math.isfinite(loss):
+                self.stop_reason = f"loss became {loss} at lr={lr:.3g}"
+                return
+            avg = self.smoothing * avg + (1 - self.smoothing) * loss
+            self.smoothed.append(avg / (1 - self.smoothing ** (i + 1)))
+            if self.progress is not None:
+                self.progress(i + 1, self.num_steps, lr, self.smoothed[-1])
+            best = min(best, self.smoothed[-1])
+            if i > 0 and _diverged(self.smoothed[-1], best, self.smoothed[0], self.diverge_threshold):
+                self.stop_reason = f"loss diverged at lr={lr:.3g} ({self.smoothed[-1]:.4g} vs best {best:.4g})"
+                return
+            step.step()
+
+
+def _result(sweep: _Sweep, rule: suggest.RuleName, family: Literal["sgd", "adaptive"]) -> LRFinderResult:
+    """Every rule's pick from the finite part of the curve; the chosen rule's is the suggestion."""
+    finite = len(sweep.smoothed)
     if finite < 5:
         raise GradpilotError(
-            f"the range test stopped after {finite} usable steps ({stop_reason}): lower start_lr "
-            f"(now {start_lr:g}) so the sweep starts where training is stable"
+            f"the range test stopped after {finite} usable steps ({sweep.stop_reason}): lower start_lr "
+            f"(now {sweep.start_lr:g}) so the sweep starts where training is stable"
         )
-    curve = suggest.Curve(np.array(lrs[:finite]), np.array(losses[:finite]), np.array(smoothed), resolved)
+    curve = suggest.Curve(np.array(sweep.lrs[:finite]), np.array(sweep.losses[:finite]), np.array(sweep.smoothed),
+                          family)
     alternatives = {name: f(curve) for name, f in suggest.RULES.items()}
-    log.info("range test: %d steps, %s; suggestion %.3g (%s)", len(lrs), stop_reason, alternatives[rule], rule)
-    return LRFinderResult(
-        lrs=tuple(lrs),
-        losses=tuple(losses),
-        smoothed_losses=tuple(smoothed),
-        suggestion=alternatives[rule],
-        rule=rule,
-        alternatives=alternatives,
-        stopped_early=stop_reason != "reached end_lr",
-        stop_reason=stop_reason,
-    )
+    log.info("range test: %d steps, %s; suggestion %.3g (%s)", len(sweep.lrs), sweep.stop_reason,
+             alternatives[rule], rule)
+    return LRFinderResult(lrs=tuple(sweep.lrs), losses=tuple(sweep.losses), smoothed_losses=tuple(sweep.smoothed),
+                          suggestion=alternatives[rule], rule=rule, alternatives=alternatives,
+                          stopped_early=sweep.stop_reason != "reached end_lr", stop_reason=sweep.stop_reason)
 
 
 def _family(optimizer: torch.optim.Optimizer, family: str | None) -> Literal["sgd", "adaptive"]:
