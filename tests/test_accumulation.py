@@ -1,4 +1,6 @@
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -139,3 +141,77 @@ def test_accumulation_steps_below_one_fails_at_once():
     model = mlp()
     with pytest.raises(GradpilotError, match="accumulation_steps must be a positive whole number"):
         train(model, DataLoader(classification(16), batch_size=8), k=0)
+
+
+@pytest.mark.parametrize(("loss_fn", "batch", "expected"), [
+    (nn.CrossEntropyLoss(), (torch.zeros(4, 3), torch.tensor([0, 1, -100, 2])), 3),  # ignore_index counted out
+    (nn.NLLLoss(ignore_index=0), (torch.zeros(4, 3), torch.tensor([0, 1, 0, 2])), 2),
+    (nn.CrossEntropyLoss(), (torch.zeros(4, 3), torch.full((4, 3), 1 / 3)), 4),  # soft labels: every row counts
+    (nn.MSELoss(), (torch.zeros(5, 2), torch.zeros(5, 3)), 5),  # the first dimension, not the second
+    (nn.MSELoss(), (torch.zeros(5, 2), torch.tensor(1.0)), 1),  # a single target
+    (nn.MSELoss(), {"x": torch.zeros(6, 2), "labels": torch.zeros(6)}, 6),
+    (None, [torch.zeros(7, 2), "no tensor targets"], 7),  # the inputs' first dimension
+])
+def test_item_counts_by_hand(loss_fn, batch, expected):
+    assert int(item_counter(loss_fn, None)(batch)) == expected
+
+
+def test_item_counter_refuses_what_it_cannot_count():
+    with pytest.raises(GradpilotError, match="pass num_items"):
+        item_counter(nn.MSELoss(), None)({"input_ids": torch.zeros(3, 4)})
+    with pytest.raises(GradpilotError, match="mean-reduced loss"):
+        item_counter(nn.CrossEntropyLoss(reduction="sum"), None)
+    assert item_counter(nn.MSELoss(), lambda b: 42)((torch.zeros(2), torch.zeros(2))) == 42
+
+
+def test_accumulate_by_hand_against_one_backward():
+    from gradpilot.accumulation import accumulate
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1).double()
+    x, y = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 1, dtype=torch.float64)
+    window = [(x[:2], y[:2]), (x[2:7], y[2:7]), (x[7:], y[7:])]  # 2, 5 and 3 items
+    seen = []
+
+    def sync_context(last):
+        seen.append(last)
+        return contextlib.nullcontext()
+
+    loss = accumulate(model, window, nn.MSELoss(), None, torch.device("cpu"), item_counter(nn.MSELoss(), None),
+                      sync_context=sync_context)
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    reference = nn.functional.mse_loss(model(x), y)  # the absolute reference: the whole batch at once
+    reference.backward()
+    assert seen == [False, False, True]  # DDP may sync on the last micro-batch only
+    assert float(loss) == pytest.approx(reference.item(), rel=1e-12)
+    for g, p in zip(grads, model.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-12, atol=0)
+    model.zero_grad()
+    one = accumulate(model, window[:1], nn.MSELoss(), None, torch.device("cpu"), item_counter(nn.MSELoss(), None))
+    assert float(one) == pytest.approx(nn.functional.mse_loss(model(x[:2]), y[:2]).item(), rel=1e-12)
+    assert model.weight.grad.abs().sum() > 0
+
+
+@pytest.fixture
+def one_process_group():
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_micro_weights_under_data_parallel(one_process_group):
+    from gradpilot.accumulation import comm_device
+
+    assert comm_device() == torch.device("cpu")  # gloo communicates on the CPU
+    # as if 2 processes: the items are summed over the group (here: this one), the shares times 2 because DDP
+    # averages the processes' gradients
+    assert [float(w) for w in micro_weights([2, 6], world_size=2)] == pytest.approx([0.5, 1.5])
+    assert micro_weights([5]) == [1.0] and [float(w) for w in micro_weights([1, 3])] == [0.25, 0.75]

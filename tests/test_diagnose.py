@@ -191,3 +191,24 @@ def test_a_run_too_short_to_judge_says_so():
     assert d.kinds == {"insufficient_data"} and d.lr_verdict == "unknown"
     assert "only 1 finite training-loss point" in d.findings[0].evidence
     assert diagnose(synthetic([2.3, float("nan")])).kinds == {"nan"}  # too short, but NaN is NaN
+
+
+def test_recorded_answers_on_runs_of_every_kind():
+    """Every detector and guard on synthetic runs (tests/diagnosis_cases.py), against the answers recorded
+    when the detectors were measured: a change to any threshold or remedy shows here."""
+    from tests.diagnosis_cases import ANSWERS, answers
+
+    recorded = json.loads(ANSWERS.read_text())
+    got = json.loads(json.dumps(answers()))
+    assert sorted(got) == sorted(recorded)
+    for name in recorded:
+        assert got[name] == recorded[name], name
+
+
+def test_an_early_jump_then_flat_is_an_lr_too_high_not_too_low():
+    d = diagnose(synthetic(np.r_[2.3, 2.3, 9.0, 6.0, np.full(96, 2.29)], lr=0.1))
+    plateau = next(f for f in d.findings if f.kind == "plateau")
+    assert plateau.remedy == {"learning_rate": 0.01} and "broke the model" in plateau.evidence
+    assert d.lr_verdict == "too high"
+    flat = diagnose(synthetic(np.full(100, 2.3), lr=0.1))
+    assert flat.findings[0].remedy == {"learning_rate": 1.0} and flat.lr_verdict == "too low"

@@ -139,3 +139,25 @@ def test_plan_for_huge_targets_is_exact_and_immediate():
     assert (p.micro_batch_size, p.accumulation_steps, p.effective_batch_size) == (3, 33_333_336, 100_000_008)
     p = plan(10**12, 10**6 + 1)
     assert p.exact and p.micro_batch_size * p.accumulation_steps == 10**12 and p.micro_batch_size <= 10**6 + 1
+
+
+def test_family_names_beyond_the_obvious():
+    assert {optimizer_family(n) for n in ("LARS", "ASGD", "nesterov", "momentum", "SGDW")} == {"sgd"}
+    assert optimizer_family("sgd_with_my_twist") == "sgd"  # any SGD variant by its prefix
+    assert {optimizer_family(n) for n in ("Adadelta", "LAMB", "adam8bit", "PagedAdamW", "RAdam")} == {"adaptive"}
+
+
+def test_warmup_share_constants_are_pinned():
+    assert warmup_ratio(2.0) == 0.0 and warmup_ratio(2.0001) > 0  # only above a doubling
+    assert warmup_ratio(32) == pytest.approx(0.011 * 5)  # Goyal et al.: 5 of 90 epochs (5.6%) for 32×
+    assert warmup_ratio(2**9) == pytest.approx(0.099)
+    assert warmup_ratio(2**10) == 0.1 and warmup_ratio(2**40) == 0.1  # capped at a tenth
+
+
+def test_noise_scale_refuses_a_zero_part():
+    with pytest.raises(ValueError, match="not measurable"):
+        noise_scale(2.0, 2.0, 8, 64)  # equal norms: tr(Σ) = 0
+    with pytest.raises(ValueError, match="not measurable"):
+        noise_scale(8.0, 1.0, 8, 64)  # 64·1 = 8·8: |G|² = 0
+    ok = noise_scale(3.0, 1.25, 8, 64)  # |G|² = 1, tr(Σ) = 16 by hand
+    assert (ok.grad_sq, ok.trace_cov, ok.b_simple) == pytest.approx((1.0, 16.0, 16.0))

@@ -145,3 +145,37 @@ def test_multiply_lr_on_a_users_chained_scheduler_and_plateau():
     plateau = schedules.make_schedule("plateau", opt, total_steps=10, min_lr=0.01)
     assert schedules.multiply_lr(opt, plateau, 0.5) == (0.1, 0.05)
     assert plateau.scheduler.min_lrs == [0.005]
+
+
+def test_defaults_by_hand():
+    assert lr_curve("step", steps=6, lr=1.0, steps_per_epoch=2) == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    # plateau: patience 2, factor 0.5 — a metric that never improves halves the LR after 3 epochs
+    curve = lr_curve("plateau", steps=5, lr=1.0, metrics=[1.0] * 5)
+    assert curve == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.5])
+    # warmup_cosine: 5% warmup of 100 steps = 5 steps, torch's LinearLR from lr/5: lr·(1/5 + (4/5)·t/5)
+    assert lr_curve("warmup_cosine", steps=100, lr=1.0)[:6] == pytest.approx([0.2, 0.36, 0.52, 0.68, 0.84, 1.0])
+    assert lr_curve("cosine", steps=4, lr=1.0) == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466])
+
+
+def test_warmup_must_fit_inside_the_run():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    for bad in (0, 10, 11):
+        with pytest.raises(GradpilotError, match="warmup must last between 1 and 9 steps"):
+            make_schedule("warmup_cosine", opt, total_steps=10, warmup_steps=bad)
+    assert lr_curve("warmup_cosine", steps=10, lr=1.0, warmup_steps=9)[:3] == pytest.approx(
+        [1 / 9, 1 / 9 + 8 / 81, 1 / 9 + 16 / 81])
+    assert lr_curve("warmup_cosine", steps=10, lr=1.0, warmup_steps=1)[:2] == pytest.approx([1.0, 1.0])
+
+
+def test_plateau_curve_reads_one_metric_per_epoch_in_order():
+    # epochs of 2 steps; the metric improves, stalls at epoch 3: with patience 0 the LR halves from then on
+    curve = lr_curve("plateau", steps=8, lr=1.0, steps_per_epoch=2, metrics=[3.0, 2.0, 2.0, 2.0], patience=0,
+                     factor=0.5)
+    assert curve == pytest.approx([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5])
+    assert lr_curve("step", steps=3, lr=1.0, steps_per_epoch=1, metrics=[9.0, 9.0, 9.0]) == pytest.approx([1, 0.1, 0.01])
+
+
+def test_curves_have_a_length_limit():
+    with pytest.raises(GradpilotError, match="more than the 5,000,000"):
+        lr_curve("constant", steps=5_000_001)
+    assert len(lr_curve("constant", steps=20_000)) == 20_000
