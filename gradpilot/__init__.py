@@ -55,7 +55,13 @@ __all__ = [
 __version__ = "0.1.0"
 
 
+_SUBMODULES = ("batch_size", "lr_finder", "training", "evaluation", "monitor", "task", "report", "cli", "examples",
+               "accumulation", "schedules", "suggest")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # `gradpilot.training.evaluate` works without importing the submodule first
+        return importlib.import_module(f"gradpilot.{name}")
     if name in _WHERE:
         value = getattr(importlib.import_module(f"gradpilot.{_WHERE[name]}"), name)
         globals()[name] = value

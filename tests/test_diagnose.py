@@ -212,3 +212,41 @@ def test_an_early_jump_then_flat_is_an_lr_too_high_not_too_low():
     assert d.lr_verdict == "too high"
     flat = diagnose(synthetic(np.full(100, 2.3), lr=0.1))
     assert flat.findings[0].remedy == {"learning_rate": 1.0} and flat.lr_verdict == "too low"
+
+
+def test_three_evaluations_are_enough_to_see_overfitting():
+    d = diagnose(History(Series(np.arange(1.0, 301), 0.3 + 2 * np.exp(-np.arange(300) / 40)),
+                         val_loss=Series(np.array([100.0, 200.0, 300.0]), np.array([1.0, 0.5, 0.9]))))
+    finding = next(f for f in d.findings if f.kind == "overfitting")
+    assert finding.remedy == {"max_steps": 200} and finding.start == 200
+
+
+def test_a_log_that_is_nan_from_the_first_step():
+    d = diagnose(synthetic(np.full(20, np.nan)))
+    assert d.kinds == {"nan"} and d.findings[0].start == 1 and "last finite" not in d.findings[0].evidence
+
+
+def test_moderate_spikes_under_half_the_progress_are_not_oscillation():
+    rng = np.random.default_rng(3)
+    trend = 0.2 + 1.0 * np.exp(-np.arange(800) / 60)
+    y = trend * (1 + 0.05 * rng.standard_normal(800))
+    y[200::25] = 3.25 * trend[200::25]  # 3.25× the trend near 0.2: 0.45 above it, under half the 1.0 of progress
+    assert "oscillation" not in diagnose(synthetic(y)).kinds
+    y[200::25] = 0.2 + 0.8 + 3.25 * trend[200::25]  # the same spikes, now more than half the progress above
+    assert "oscillation" in diagnose(synthetic(y)).kinds
+
+
+def test_spikes_on_a_loss_that_never_moved_are_not_called_oscillation():
+    rng = np.random.default_rng(4)
+    flat = 2.0 * (1 + 0.005 * rng.standard_normal(600))
+    flat[100::20] = 16.0
+    assert "oscillation" not in diagnose(synthetic(flat)).kinds  # moved under 3%: nothing to oscillate about
+
+
+def test_slow_convergence_needs_the_second_half_nearly_flat():
+    rng = np.random.default_rng(5)
+    t = np.arange(600)
+    floor = 0.3 + 2.0 * np.exp(-t / 30) + 0.25 * np.abs(rng.standard_normal(600))
+    assert "slow_convergence" in diagnose(synthetic(floor)).kinds
+    still = 0.3 + 2.0 * np.exp(-t / 30) + 0.6 * np.exp(-t / 300) + 0.25 * np.abs(rng.standard_normal(600))
+    assert "slow_convergence" not in diagnose(synthetic(still)).kinds  # ~20% of the fall still in the 2nd half

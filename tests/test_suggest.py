@@ -1,3 +1,4 @@
+
 import numpy as np
 import pytest
 
@@ -180,3 +181,19 @@ GOLDEN: dict[str, list[float]] = {
 def test_every_rule_on_the_recorded_curves(name):
     picks = [RULES[name](random_curve(k)) for k in range(24)]
     assert picks == pytest.approx(GOLDEN[name], rel=1e-8)
+
+
+def test_short_curves_and_the_trim_by_hand():
+    lrs = np.logspace(-5, 0, 6)
+    c = hand_curve([3.0, 2.0, 1.0, 0.5, 0.2, 0.1], lrs)
+    # six points: the first tenth is none, the last five go, but two always stay: lrs[0:2]
+    assert minimum_div10(c) == pytest.approx(lrs[1] / 10, rel=1e-12)
+    assert steepest(c) == pytest.approx(lrs[0], rel=1e-12)
+    y = np.linspace(2.0, 1.0, 100)
+    y[9] = 0.1  # a wild low point inside the first tenth: trimmed away
+    assert minimum_div10(hand_curve(y, np.logspace(-7, 1, 100))) == pytest.approx(np.logspace(-7, 1, 100)[94] / 10)
+
+
+def test_descent_edge_on_a_flat_curve():
+    flat = hand_curve(np.full(50, 2.0), np.logspace(-6, 0, 50))
+    assert descent_edge(flat) == pytest.approx(1.0 / 5)  # no descent: a fifth of the last LR, still within noise
