@@ -161,3 +161,8 @@ def test_noise_scale_refuses_a_zero_part():
         noise_scale(8.0, 1.0, 8, 64)  # 64·1 = 8·8: |G|² = 0
     ok = noise_scale(3.0, 1.25, 8, 64)  # |G|² = 1, tr(Σ) = 16 by hand
     assert (ok.grad_sq, ok.trace_cov, ok.b_simple) == pytest.approx((1.0, 16.0, 16.0))
+
+
+def test_noise_scale_needs_two_different_batch_sizes():
+    with pytest.raises(ValueError, match="b_big must be larger than b_small"):
+        noise_scale(2.0, 1.0, 8, 8)

@@ -179,3 +179,9 @@ def test_curves_have_a_length_limit():
     with pytest.raises(GradpilotError, match="more than the 5,000,000"):
         lr_curve("constant", steps=5_000_001)
     assert len(lr_curve("constant", steps=20_000)) == 20_000
+
+
+def test_a_one_step_run_has_a_schedule():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert make_schedule("cosine", opt, total_steps=1).interval == "step"
+    assert lr_curve("cosine", steps=1, lr=0.1) == [0.1]
