@@ -136,7 +136,8 @@ def _setup(model: nn.Module, cfg: FitConfig) -> _Setup:
     batches = _length("train_loader", cfg.train_loader) or 0
     world_size, _ = world()
     steps_per_epoch = math.ceil(batches / cfg.accumulation_steps)
-    fingerprint = _run_fingerprint(base, cfg, batches, world_size)  # before a scheduler touches the LRs
+    # what a checkpoint must match, read before a scheduler touches the LRs (only a checkpointed run needs it)
+    fingerprint = _run_fingerprint(base, cfg, batches, world_size) if cfg.checkpoint_dir is not None else {}
     schedule = _make_schedule(cfg, steps_per_epoch * cfg.epochs)
     wrap = world_size > 1 and not isinstance(model, DistributedDataParallel)
     return _Setup(cfg, base, DistributedDataParallel(model) if wrap else model, schedule,
