@@ -30,7 +30,17 @@ log = logging.getLogger("gradpilot.training")
 @dataclass(frozen=True)
 class FitConfig:
     """``fit``'s options, checked when made: bad numbers, a frozen model or a folder that cannot be written
-    are refused here, before any training. ``fit`` builds one from its arguments."""
+    are refused here, before any training. ``fit`` builds one from its arguments.
+
+    ``accumulation_steps`` micro-batches make one optimizer step, each weighted by its items (``num_items``
+    counts them where gradpilot cannot). ``scheduler_options`` go to a named scheduler. ``metric(outputs,
+    targets)`` is averaged over ``val_loader`` each epoch (the loss when None; ``higher_is_better`` gives its
+    direction) and drives ``early_stopping``, which restores the best epoch's weights. ``checkpoint_dir``
+    saves every epoch and every ``checkpoint_every`` steps. ``step_fn(model, batch) -> loss`` replaces the
+    forward; ``max_grad_norm`` clips; ``device`` receives each batch; ``on_step(step, lr)`` follows each step.
+    A ``Monitor`` raises findings; with ``autopilot=True`` fit acts on them (lower the LR on oscillation,
+    roll back and lower it on divergence or NaN, stop and restore the best weights on overfitting).
+    """
 
     optimizer: torch.optim.Optimizer
     loss_fn: LossFn | None

@@ -83,12 +83,9 @@ def fit(
 ) -> FitResult:
     """Train for ``epochs`` with exact gradient accumulation, a schedule, validation, early stopping and resume.
 
-    ``model`` may be a ``gradpilot.Task`` (its optimizer, loss, loaders, metric and epochs fill what is None
-    here). ``scheduler``: a name from ``schedules.BUILDERS`` (options in ``scheduler_options``) or a torch
-    scheduler. With ``checkpoint_dir`` the run saves every epoch and every ``checkpoint_every`` steps, with a
-    ``metrics.csv`` beside it; the same call again continues the run (other settings are refused).
-    ``on_step(step, lr)`` follows each optimizer step; a ``Monitor`` raises findings, and with
-    ``autopilot=True`` fit acts on them. The arguments are those of ``FitConfig``.
+    A ``gradpilot.Task`` as ``model`` fills in what is None here. ``scheduler``: a name from
+    ``schedules.BUILDERS`` or a torch scheduler. With ``checkpoint_dir`` the same call again continues the run
+    (other settings are refused) and ``metrics.csv`` logs it. The options are ``FitConfig``'s.
     """
     options = {**locals(), "scheduler_options": scheduler_options or {}}
     net = options.pop("model")

@@ -28,11 +28,12 @@ def worker(rank: int, world: int, port: int, out: str, case: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        if case in ("mean", "count"):
+        if case in ("mean", "count", "noaccum"):
             model, data, loss = mlp(), classification(64), nn.CrossEntropyLoss()
         else:
             model, data, loss = Tagger(), padded_sequences(32), nn.CrossEntropyLoss(ignore_index=-100)
-        loader = DataLoader(data, batch_size=4, sampler=DistributedSampler(data, world, rank, shuffle=False))
+        micro, k = (8, 1) if case == "noaccum" else (4, 2)  # without accumulation: 8 a process, 16 in all
+        loader = DataLoader(data, batch_size=micro, sampler=DistributedSampler(data, world, rank, shuffle=False))
         calls = []
         if case == "count":
             model = DistributedDataParallel(model)
@@ -45,7 +46,7 @@ def worker(rank: int, world: int, port: int, out: str, case: str) -> None:
 
             model.register_comm_hook(None, counting_hook)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        result = fit(model, opt, loss, loader, epochs=2, accumulation_steps=2)
+        result = fit(model, opt, loss, loader, epochs=2, accumulation_steps=k)
         if rank == 0:
             base = model.module if isinstance(model, DistributedDataParallel) else model
             torch.save({"params": base.state_dict(), "losses": result.train_losses, "calls": len(calls),
@@ -70,17 +71,17 @@ def single_process(model, data, loss, batch):
     return model, result
 
 
-@pytest.mark.parametrize("case", ["mean", "ignore_index"])
+@pytest.mark.parametrize("case", ["mean", "ignore_index", "noaccum"])
 def test_two_processes_equal_the_single_process_large_batch(tmp_path, case):
     got = run_pair(tmp_path, case)
-    if case == "mean":
+    if case in ("mean", "noaccum"):
         ref, res = single_process(mlp(), classification(64), nn.CrossEntropyLoss(), 16)
     else:  # uneven padded tokens per rank: weights use the items of both processes
         ref, res = single_process(Tagger(), padded_sequences(32), nn.CrossEntropyLoss(ignore_index=-100), 16)
     for k, v in ref.state_dict().items():
         assert torch.allclose(v, got["params"][k], atol=1e-10, rtol=0), k
     assert got["losses"] == pytest.approx(res.train_losses, abs=1e-10)
-    assert got["effective"] == 4 * 2 * 2 and got["steps"] == res.steps
+    assert got["effective"] == 16 and got["steps"] == res.steps
 
 
 def test_gradients_are_reduced_once_per_optimizer_step_not_per_micro_step(tmp_path):

@@ -166,3 +166,9 @@ def test_noise_scale_refuses_a_zero_part():
 def test_noise_scale_needs_two_different_batch_sizes():
     with pytest.raises(ValueError, match="b_big must be larger than b_small"):
         noise_scale(2.0, 1.0, 8, 8)
+
+
+def test_plan_scales_the_lr_to_the_batch_it_reaches_not_the_one_asked_for():
+    p = plan(100_000_007, 3, lr=1.0, batch_size=100_000_007, optimizer="sgd")
+    assert p.effective_batch_size == 100_000_008
+    assert p.lr == pytest.approx(100_000_008 / 100_000_007, rel=1e-15) and p.lr != 1.0

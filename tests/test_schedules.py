@@ -19,13 +19,13 @@ def setup(lr=0.1):
     return model, torch.optim.SGD(model.parameters(), lr=lr), DataLoader(data, batch_size=4)
 
 
-def torch_sequence(build, per_epoch=False, metrics=None):
+def torch_sequence(build, per_epoch=False, metrics=None, steps=TOTAL):
     """The LR before each optimizer step when torch's scheduler is driven by hand."""
     param = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=0.1)
     sched = build(opt)
     out = []
-    for i in range(TOTAL):
+    for i in range(steps):
         out.append(opt.param_groups[0]["lr"])
         opt.step()
         if not per_epoch:
@@ -185,3 +185,30 @@ def test_a_one_step_run_has_a_schedule():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     assert make_schedule("cosine", opt, total_steps=1).interval == "step"
     assert lr_curve("cosine", steps=1, lr=0.1) == [0.1]
+
+
+def scripted_plateau(values, **kwargs):
+    model, opt, loader = setup()
+    seen = iter(values)
+    return fit(model, opt, nn.MSELoss(), loader, epochs=len(values), scheduler="plateau", val_loader=[loader.dataset[:4]],
+               metric=lambda out, y: next(seen), **kwargs)
+
+
+def test_plateau_follows_the_metric_s_direction_and_its_floor():
+    rising = [1.0, 2.0, 3.0, 4.0]
+    up = scripted_plateau(rising, higher_is_better=True, scheduler_options={"patience": 0, "factor": 0.5})
+    assert set(up.lrs) == {0.1}  # a rising accuracy is improvement: the LR stays
+    down = scripted_plateau(rising, higher_is_better=False, scheduler_options={"patience": 0, "factor": 0.5})
+    # a rising loss is no improvement: halved after each epoch from the second on
+    assert down.lrs[::STEPS_PER_EPOCH] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    floor = scripted_plateau(rising, scheduler_options={"patience": 0, "factor": 0.1, "min_lr": 0.05})
+    assert floor.lrs[::STEPS_PER_EPOCH] == pytest.approx([0.1, 0.1, 0.05, 0.05])
+
+
+def test_a_schedule_covers_the_short_last_window():
+    model, opt, _ = setup()
+    loader = DataLoader(TensorDataset(torch.randn(10, 3), torch.randn(10, 1)), batch_size=1)  # 10 batches
+    result = fit(model, opt, nn.MSELoss(), loader, epochs=2, accumulation_steps=4, scheduler="cosine")
+    # 4 + 4 + 2 batches: 3 steps an epoch, 6 in all — the cosine ends on the last one, not past it
+    reference = torch_sequence(lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=6), per_epoch=False, steps=6)
+    assert list(result.lrs) == pytest.approx(reference) and result.steps == 6

@@ -235,3 +235,25 @@ def test_evaluate_a_task_uses_its_validation_data_and_metric():
     assert value == pytest.approx(by_hand, abs=1e-6)
     with pytest.raises(GradpilotError, match="needs a loader"):
         evaluate(task.model)
+
+
+def test_fit_equals_a_ten_line_loop_written_by_hand():
+    """The absolute reference the differential tests (accumulation, DDP) lean on."""
+    torch.manual_seed(0)
+    by_fit, by_hand = model(), model()
+    loader = DataLoader(data(64), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))
+    opt = torch.optim.SGD(by_fit.parameters(), lr=0.1, momentum=0.9)
+    result = fit(by_fit, opt, nn.BCEWithLogitsLoss(), loader, epochs=2)
+    hand_opt = torch.optim.SGD(by_hand.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    hand_loader = DataLoader(data(64), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))
+    for _ in range(2):
+        for x, y in hand_loader:
+            loss = nn.functional.binary_cross_entropy_with_logits(by_hand(x), y)
+            loss.backward()
+            hand_opt.step()
+            hand_opt.zero_grad()
+            losses.append(loss.item())
+    for p, q in zip(by_fit.parameters(), by_hand.parameters()):
+        assert torch.equal(p, q)
+    assert list(result.train_losses) == pytest.approx(losses, abs=1e-7)
