@@ -47,6 +47,46 @@ class Mutant:
     index: int  # which mutation point, in source order
     line: int
     what: str
+    source: str = ""  # the line, stripped
+
+    @property
+    def equivalent(self) -> str | None:
+        """Why no test can tell this mutant from the code, when it is one of the known equivalents."""
+        return next((why for (module, text, what), why in EQUIVALENT.items()
+                     if module == self.module and what == self.what and text in self.source), None)
+
+
+# Mutants that change nothing observable, each with the reason. They stay in the count of mutants, and the
+# table gives the score with and without them. Identified by module, a piece of the line, and the change.
+_CONTINUOUS = "a strict or non-strict comparison of two measured floats: they are equal only by coincidence"
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("diagnose", "memo is not None and id(values) in memo", "IsNot → Is"):
+        "without the memo the curve is measured again: the same answer, more work",
+    ("diagnose", "c.end > c.start + 2 * c.noise", "Gt → GtE"): _CONTINUOUS,
+    ("diagnose", "c.moved < 0.03 or c.late_share", "Lt → LtE"): _CONTINUOUS,
+    ("diagnose", "train_end > at_best * 1.5", "Gt → GtE"): _CONTINUOUS,
+    ("diagnose", "not constant or c.moved < 0.3", "Lt → LtE"): _CONTINUOUS,
+    ("diagnose", "c.late_share >= TOO_LOW_SHARE or c.moved < 0.3", "GtE → Gt"): _CONTINUOUS,
+    ("diagnose", 'verb = "lower" if factor < 1', "1 → 2"): "the factors used are 0.1, 0.3, 0.5, 3 and 10: none in [1, 2)",
+    ("diagnose", "while end and not finite[end - 1]", "1 → 2"):
+        "stops one point earlier inside the trailing non-finite block; the finite points kept are the same",
+    ("accumulation", "if len(counts) == 1 and world_size == 1", "Eq → NotEq"):
+        "the fast path and the general one give the same [1.0] for a lone batch in one process",
+    ("accumulation", "if len(counts) == 1 and world_size == 1", "1 → 2"):
+        "the fast path and the general one give the same [1.0] for a lone batch in one process",
+    ("accumulation", "single = len(window) == 1 and world_size == 1", "Eq → NotEq"):
+        "the fast path and the general one give the same weights for a lone batch in one process",
+    ("accumulation", "weights = [1.0] if single", "1.0 → 0.0"): "a lone batch's loss is used unweighted: the weight is never read",
+    ("schedules", "param = torch.nn.Parameter(torch.zeros(1))", "1 → 2"): "the dummy parameter's size draws no LR",
+    ("schedules", "if metrics is not None and sched.needs_metric", "And → Or"):
+        "Schedule.step ignores a metric a non-plateau schedule is given",
+    ("schedules", "if steps > MAX_CURVE_STEPS", "Gt → GtE"):
+        "differs only at exactly 5,000,000 steps, ten seconds of stepping: not worth a test",
+    ("scaling", "if 1 <= m <= max_micro and fewest <= s <= 2 * fewest", "LtE → Lt"):
+        "an exact split that needs exactly twice the fewest steps never beats one found with fewer",
+    ("scaling", "math.floor(per_device / micro), math.ceil(per_device / micro)", "Div → Mult"):
+        "in this branch the floor candidate is below the fewest steps or equals the ceiling",
+}
 
 
 def _in_message(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
@@ -87,9 +127,11 @@ def _bumped(value: float) -> float:
     return 0.0 if value == 1 else value * 2 if value != 0 else 1.0
 
 
-def mutation_points(module: str) -> list[tuple[int, str]]:
-    tree = ast.parse((ROOT / "gradpilot" / f"{module}.py").read_text())
-    return [(getattr(node, "lineno", 0), what) for node, _, what in _points(tree)]
+def mutation_points(module: str) -> list[tuple[int, str, str]]:
+    text = (ROOT / "gradpilot" / f"{module}.py").read_text()
+    lines = text.splitlines()
+    return [(line, what, lines[line - 1].strip() if line else "")
+            for node, _, what in _points(ast.parse(text)) for line in [getattr(node, "lineno", 0)]]
 
 
 def _apply(tree: ast.Module, index: int) -> ast.Module:
@@ -131,7 +173,7 @@ def pick(module: str, limit: int) -> list[Mutant]:
     points = mutation_points(module)
     step = max(1.0, len(points) / limit)
     chosen = sorted({int(i * step) for i in range(min(limit, len(points)))})
-    return [Mutant(module, i, points[i][0], points[i][1]) for i in chosen]
+    return [Mutant(module, i, points[i][0], points[i][1], points[i][2]) for i in chosen]
 
 
 def main() -> None:
@@ -166,18 +208,22 @@ def main() -> None:
 
 def report(console: Console, modules: list[str], results: dict[Mutant, bool], survivors: bool) -> None:
     table = Table(title="Mutation score: the share of mutants the module's tests kill")
-    for col in ("module", "mutants", "killed", "survived", "score"):
+    for col in ("module", "mutants", "killed", "survived", "score", "equivalent", "score without them"):
         table.add_column(col, justify="left" if col == "module" else "right")
     for module in [*modules, "all"]:
-        rows = [k for m, k in results.items() if module in ("all", m.module)]
-        if rows:
-            table.add_row(module, str(len(rows)), str(sum(rows)), str(len(rows) - sum(rows)),
-                          f"{sum(rows) / len(rows):.0%}")
+        rows = [(m, k) for m, k in results.items() if module in ("all", m.module)]
+        if not rows:
+            continue
+        killed = sum(k for _, k in rows)
+        same = sum(1 for m, k in rows if not k and m.equivalent)
+        table.add_row(module, str(len(rows)), str(killed), str(len(rows) - killed), f"{killed / len(rows):.0%}",
+                      str(same), f"{killed / (len(rows) - same):.0%}")
     console.print(table)
     if survivors:
         for m, killed in sorted(results.items(), key=lambda kv: (kv[0].module, kv[0].index)):
             if not killed:
-                console.print(f"survived: gradpilot/{m.module}.py:{m.line}  {m.what}")
+                note = f"  — equivalent: {m.equivalent}" if m.equivalent else ""
+                console.print(f"survived: gradpilot/{m.module}.py:{m.line}  {m.what}{note}")
 
 
 if __name__ == "__main__":
