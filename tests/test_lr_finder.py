@@ -327,3 +327,20 @@ def test_a_task_is_accepted_and_left_as_it_was():
     assert all(torch.equal(v, task.model.state_dict()[k]) for k, v in before.items())
     with pytest.raises(GradpilotError, match="needs an optimizer and a train_loader"):
         find_lr(task.model)
+
+
+def test_num_items_counts_what_gradpilot_cannot_when_accumulating():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    batches = [{"x": torch.randn(n, 4), "y_": torch.randn(n, 1)} for n in (2, 6) * 10]  # no key gradpilot knows
+    step_fn = lambda m, b: nn.functional.mse_loss(m(b["x"]), b["y_"])
+    kwargs = dict(step_fn=step_fn, accumulation_steps=2, num_steps=10, end_lr=1e-3)
+    with pytest.raises(GradpilotError, match="pass num_items"):
+        find_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), None, batches, **kwargs)
+    result = find_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), None, batches,
+                     num_items=lambda b: len(b["x"]), **kwargs)
+    # the first step, by hand: the 2- and 6-item batches weighted 2/8 and 6/8 — the mean over all 8 items
+    x = torch.cat([batches[0]["x"], batches[1]["x"]])
+    y = torch.cat([batches[0]["y_"], batches[1]["y_"]])
+    with torch.no_grad():
+        assert result.losses[0] == pytest.approx(nn.functional.mse_loss(model(x), y).item(), rel=1e-5)
