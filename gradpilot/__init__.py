@@ -23,12 +23,13 @@ if TYPE_CHECKING:  # need torch: imported on first use, through __getattr__ belo
     from gradpilot.monitor import Monitor
     from gradpilot.task import Task, load_task
     from gradpilot.training import FitResult, fit
+    from gradpilot.tune import TuneResult, tune
 
 _WHERE = {
     "BatchSizeResult": "batch_size", "NoiseScaleResult": "batch_size", "estimate_noise_scale": "batch_size",
     "find_batch_size": "batch_size", "LRFinderResult": "lr_finder",
     "find_lr": "lr_finder", "Monitor": "monitor", "Task": "task", "load_task": "task", "FitResult": "training",
-    "fit": "training",
+    "fit": "training", "TuneResult": "tune", "tune": "tune",
 }
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Monitor",
     "NoiseScaleResult",
     "Task",
+    "TuneResult",
     "diagnose",
     "estimate_noise_scale",
     "find_batch_size",
@@ -51,12 +53,13 @@ __all__ = [
     "load_task",
     "read_log",
     "scaling",
+    "tune",
 ]
 __version__ = "0.1.0"
 
 
 _SUBMODULES = ("batch_size", "lr_finder", "training", "evaluation", "monitor", "task", "report", "cli", "examples",
-               "accumulation", "schedules", "suggest")
+               "accumulation", "schedules", "suggest", "tune")
 
 
 def __getattr__(name: str) -> Any:

@@ -43,7 +43,8 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 RULES = ("descent-edge", "valley", "steepest", "minimum/10")  # gradpilot.suggest.RULES, without importing it
 LR_RULES = ("linear", "sqrt", "none", "auto")  # gradpilot.scaling.LR_RULES
-SCHEDULES = ("constant", "step", "cosine", "plateau", "onecycle", "warmup_cosine")  # schedules.BUILDERS
+SCHEDULES = ("constant", "step", "cosine", "plateau", "onecycle", "warmup_cosine", "constant_with_warmup", "linear",
+             "cosine_with_min_lr")  # schedules.BUILDERS
 
 
 def _version(value: bool) -> None:
@@ -211,6 +212,55 @@ def _print_result(result: LRFinderResult, task: Task, plot: Path | None) -> None
     console.print(table)
     console.print(f"{len(result.lrs)} steps, {result.stop_reason}." + (f" Curve written to {plot}" if plot else ""))
     console.print(f"[bold]Suggested learning rate: {result.suggestion:.3g}[/]")
+
+
+@app.command("tune")
+@_one_line_errors
+def tune_command(
+    task_file: Annotated[
+        Path | None, typer.Argument(help="Python file defining task(seed); omit for the built-in example")
+    ] = None,
+    budget: Annotated[float, typer.Option(help="how much training tune may do, in runs of the task as written")] = 3.0,
+    out: Annotated[Path, typer.Option("--out", help="folder for plan.yaml, model.pt, tune.json and the trials")] = Path(
+        "gradpilot-tune"
+    ),
+    fix: Annotated[
+        list[str] | None,
+        typer.Option("--fix", help="keep a plan value, e.g. --fix batch_size=64 --fix epochs=10 (repeatable)"),
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL for the trials (default: a SQLite file in --out)")
+    ] = None,
+    cooldown: Annotated[float, typer.Option(help="share of each short run spent decaying the LR before scoring")] = 0.2,
+    seed: Annotated[int, typer.Option(help="seed passed to task() and to every run")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan and figures as JSON")] = False,
+) -> None:
+    """Tune LR, batch, accumulation, epochs and schedule within a budget; write the plan, the model and a record."""
+    fixed = dict(_key_value(item) for item in fix or [])
+    from gradpilot import _hf_plan
+
+    _hf_plan.parse_fixed(fixed)  # a wrong name fails before the task is even loaded
+    _validate.positive_float("--budget", budget)
+    from gradpilot._tune_view import budget_bar, summary
+    from gradpilot.tune import tune
+
+    task = _load(task_file, seed)
+    with budget_bar(err_console, budget, disable=as_json) as progress:
+        result = tune(task, budget=budget, out_dir=out, fixed=fixed, storage=storage, seed=seed, cooldown=cooldown,
+                      progress=progress)
+    if as_json:
+        typer.echo(_dumps({"plan": result.plan, "spent_runs": result.spent, "budget_runs": result.budget,
+                           "metric": result.metric, "plan_path": str(result.plan_path),
+                           "model_path": str(result.model_path), "record_path": str(result.record_path)}))
+    else:
+        summary(result, console)
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise GradpilotError(f"--fix takes NAME=VALUE (e.g. --fix batch_size=64), got {item!r}")
+    return name.strip(), value.strip()
 
 
 @app.command("plan")

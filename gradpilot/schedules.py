@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -72,6 +73,47 @@ def _warmup_cosine(opt: torch.optim.Optimizer, total_steps: int, *, warmup_ratio
     return Schedule(lr_scheduler.SequentialLR(opt, [warmup, decay], milestones=[warm]), "step")
 
 
+def _warmup_factor(step: int, warmup_steps: int) -> float | None:
+    """Hugging Face's linear warmup from 0: the factor during warmup, None after it."""
+    return step / max(1, warmup_steps) if step < warmup_steps else None
+
+
+def _constant_with_warmup(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0) -> Schedule:
+    """transformers' ``constant_with_warmup``: linear from 0 over ``warmup_steps``, then constant."""
+    def factor(step: int) -> float:
+        warm = _warmup_factor(step, warmup_steps)
+        return 1.0 if warm is None else warm
+
+    return Schedule(lr_scheduler.LambdaLR(opt, factor), "step")
+
+
+def _linear(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0) -> Schedule:
+    """transformers' ``linear``: warmup, then a straight line to 0 at ``total_steps``."""
+    def factor(step: int) -> float:
+        warm = _warmup_factor(step, warmup_steps)
+        return warm if warm is not None else max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return Schedule(lr_scheduler.LambdaLR(opt, factor), "step")
+
+
+def _cosine_with_min_lr(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0,
+                        min_lr: float | None = None, min_lr_rate: float | None = None) -> Schedule:
+    """transformers' ``cosine_with_min_lr``: warmup, then half a cosine down to ``min_lr`` (absolute) or
+    ``min_lr_rate`` × the optimizer's LR."""
+    if (min_lr is None) == (min_lr_rate is None):
+        raise GradpilotError("cosine_with_min_lr takes exactly one of min_lr or min_lr_rate")
+    rate = min_lr_rate if min_lr_rate is not None else float(min_lr) / opt.defaults["lr"]  # type: ignore[arg-type]
+
+    def factor(step: int) -> float:
+        warm = _warmup_factor(step, warmup_steps)
+        if warm is not None:
+            return warm
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)) * (1 - rate) + rate)
+
+    return Schedule(lr_scheduler.LambdaLR(opt, factor), "step")
+
+
 BUILDERS: dict[str, Callable[..., Schedule]] = {
     "constant": _constant,
     "step": _step,
@@ -79,6 +121,10 @@ BUILDERS: dict[str, Callable[..., Schedule]] = {
     "plateau": _plateau,
     "onecycle": _onecycle,
     "warmup_cosine": _warmup_cosine,
+    # the names and formulas of transformers' get_scheduler, so a plan means the same in a Trainer
+    "constant_with_warmup": _constant_with_warmup,
+    "linear": _linear,
+    "cosine_with_min_lr": _cosine_with_min_lr,
 }
 
 

@@ -350,3 +350,53 @@ def test_the_console_entry_point_shows_help_and_exit_codes():
     assert bare.returncode == 0 and bare.stdout.startswith("Usage: ") and "diagnose" in bare.stdout
     version = subprocess.run([sys.executable, "-m", "gradpilot.cli", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("gradpilot ")
+
+
+TUNE_FILE = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+import gradpilot
+
+def task(seed: int = 0) -> gradpilot.Task:
+    torch.manual_seed(seed)
+    x, v = torch.randn(256, 4), torch.randn(64, 4)
+    return gradpilot.Task(model=nn.Linear(4, 2), train_data=TensorDataset(x, (x[:, 0] > 0).long()),
+                          val_data=TensorDataset(v, (v[:, 0] > 0).long()), loss_fn=nn.CrossEntropyLoss(),
+                          optimizer="sgd", optimizer_kwargs={"momentum": 0.9}, lr=0.05, batch_size=8, epochs=3,
+                          name=f"tune-task-{seed}")
+"""
+
+
+def test_tune_on_a_task_file_writes_the_plan_model_and_record(tmp_path):
+    path = write(tmp_path, TUNE_FILE)
+    out = tmp_path / "out"
+    args = ["tune", str(path), "--out", str(out), "--budget", "3", "--fix", "epochs=2", "--storage",
+            f"sqlite:///{tmp_path / 'trials.db'}", "--cooldown", "0.1", "--seed", "1", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert got["plan"]["num_train_epochs"] == 2 and got["plan"]["optim"] == "sgd"
+    assert got["plan"]["optim_args"] == "momentum=0.9" and got["spent_runs"] <= 3
+    assert all(Path(got[k]).exists() for k in ("plan_path", "model_path", "record_path"))
+    assert json.loads((out / "tune.json").read_text())["settings"]["seed"] == 1
+    again = runner.invoke(app, args[:-1])  # the same command: nothing runs again, the summary ends with the paths
+    assert again.exit_code == 0, again.output
+    assert again.output.rstrip().splitlines()[-1].startswith("record:") and "learning_rate" in again.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--fix", "batch_size"], "--fix takes NAME=VALUE"),
+    (["--fix", "momentum=0.9"], "not a plan field"),
+    (["--budget", "-1"], "--budget must be a positive"),
+])
+def test_tune_bad_input_is_one_line(tmp_path, args, message):
+    result = runner.invoke(app, ["tune", "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_tune_refuses_a_task_without_validation_data(tmp_path):
+    result = runner.invoke(app, ["tune", str(write(tmp_path, TASK_FILE)), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "tune needs validation data" in result.output

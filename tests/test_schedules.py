@@ -103,7 +103,8 @@ def test_bad_scheduler_arguments_fail_at_once(kwargs, message):
 
 
 def test_schedule_helpers():
-    assert set(BUILDERS) == {"constant", "step", "cosine", "plateau", "onecycle", "warmup_cosine"}
+    assert set(BUILDERS) == {"constant", "step", "cosine", "plateau", "onecycle", "warmup_cosine",
+                             "constant_with_warmup", "linear", "cosine_with_min_lr"}
     assert options_of("step") == ["step_size", "gamma"]
     with pytest.raises(GradpilotError, match="total_steps"):
         make_schedule("cosine", torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=0)

@@ -1,0 +1,127 @@
+"""tune's plan in the names users already use — Hugging Face ``TrainingArguments`` — and the YAML file it is
+written to, a comment above each value saying why it was chosen."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gradpilot.errors import GradpilotError
+from gradpilot.task import Task
+
+FIXABLE = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
+           "lr_scheduler_type")
+ALIASES = {"lr": "learning_rate", "batch_size": "per_device_train_batch_size",
+           "accumulation": "gradient_accumulation_steps", "accumulation_steps": "gradient_accumulation_steps",
+           "epochs": "num_train_epochs", "scheduler": "lr_scheduler_type"}
+SCHEDULER_NAMES = ("constant", "constant_with_warmup", "linear", "cosine_with_min_lr")  # transformers' names
+_TORCH_DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
+                   "alpha": 0.99, "centered": False, "lr_decay": 0.0}
+_OPTIM_ARGS = {"sgd": ("momentum", "dampening", "nesterov"), "rmsprop": ("momentum", "alpha", "eps", "centered"),
+               "adagrad": ("lr_decay", "eps")}
+
+
+def parse_fixed(fixed: dict[str, Any]) -> dict[str, Any]:
+    """Fixed values under their plan names, checked: a name that is not a plan field, or a bad value, is refused."""
+    out: dict[str, Any] = {}
+    for name, value in fixed.items():
+        key = ALIASES.get(name, name)
+        if key not in FIXABLE:
+            raise GradpilotError(f"cannot fix {name!r}: it is not a plan field; fix one of {', '.join(FIXABLE)} "
+                                 f"(or {', '.join(ALIASES)})")
+        out[key] = _checked(key, value)
+    return out
+
+
+def _checked(key: str, value: Any) -> Any:
+    if key == "lr_scheduler_type":
+        if value not in SCHEDULER_NAMES:
+            raise GradpilotError(f"lr_scheduler_type must be one of {', '.join(SCHEDULER_NAMES)}, got {value!r}")
+        return value
+    try:
+        number = float(value) if key == "learning_rate" else int(value)
+    except (TypeError, ValueError):
+        raise GradpilotError(f"{key} must be a {'number' if key == 'learning_rate' else 'whole number'}, "
+                             f"got {value!r}") from None
+    if key != "learning_rate" and float(value) != number:
+        raise GradpilotError(f"{key} must be a whole number, got {value!r}")
+    if not number > 0:
+        raise GradpilotError(f"{key} must be positive, got {value!r}")
+    return number
+
+
+def plan(values: dict[str, Any], task: Task, stages: Sequence[Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The plan as ``TrainingArguments`` keyword arguments, and why each value (from the stage that set it)."""
+    why = {s.name: s.why for s in stages}
+    out: dict[str, Any] = {
+        "learning_rate": float(values["learning_rate"]),
+        "per_device_train_batch_size": int(values["micro_batch"]),
+        "gradient_accumulation_steps": int(values["accumulation"]),
+        "num_train_epochs": int(values["num_train_epochs"]),
+        "lr_scheduler_type": values["lr_scheduler_type"],
+        "lr_scheduler_kwargs": dict(values["lr_scheduler_kwargs"]),
+        "warmup_steps": int(values["warmup_steps"]) if values["lr_scheduler_type"] != "constant" else 0,
+    }
+    reasons = {
+        "learning_rate": f"{why['lr_range']}. {why['lr_search']}",
+        "per_device_train_batch_size": why["batch"],
+        "gradient_accumulation_steps": why["accumulation"],
+        "num_train_epochs": why["epochs"],
+        "lr_scheduler_type": why["schedule"],
+        "lr_scheduler_kwargs": "the schedule's floor" if out["lr_scheduler_kwargs"] else "the schedule takes none",
+        "warmup_steps": "linear warmup from 0, because the batch (and so the LR) grew" if out["warmup_steps"]
+        else "no warmup: the LR was found stable at this batch",
+    }
+    optim, optim_reason = optimizer_arguments(task)
+    out.update(optim)
+    reasons.update({"optim": optim_reason, "weight_decay": optim_reason})
+    return out, reasons
+
+
+def optimizer_arguments(task: Task) -> tuple[dict[str, Any], str]:
+    """``optim``, ``weight_decay`` and the optimizer's other settings as the task had them, in HF's names."""
+    opt = task.make_optimizer()
+    group, kind = opt.param_groups[0], type(opt).__name__.lower()
+    decay = float(group.get("weight_decay", 0.0))
+    if kind == "adam" and decay == 0.0:
+        kind = "adamw"  # Adam without weight decay is AdamW without it
+    out: dict[str, Any] = {"weight_decay": decay}
+    if kind == "adamw":
+        out["optim"] = "adamw_torch"
+        beta1, beta2 = group["betas"]
+        out.update(adam_beta1=float(beta1), adam_beta2=float(beta2), adam_epsilon=float(group["eps"]))
+    elif kind in _OPTIM_ARGS:
+        out["optim"] = kind
+        extra = [f"{k}={group[k]}" for k in _OPTIM_ARGS[kind] if k in group and group[k] != _TORCH_DEFAULTS[k]]
+        if extra:
+            out["optim_args"] = ",".join(extra)
+    else:
+        return {"weight_decay": decay}, (f"the task's optimizer ({type(opt).__name__}) has no TrainingArguments name: "
+                                         "give it to the Trainer yourself (Trainer(optimizers=...))")
+    note = " (HF decays all but biases and LayerNorm weights)" if decay else ""
+    return out, f"as the task had it{note}"
+
+
+def write_yaml(plan: dict[str, Any], reasons: dict[str, str], path: Path, *, header: str) -> None:
+    """One ``key: value`` per plan field, each under a comment block saying why; loads with ``yaml.safe_load``."""
+    lines = [f"# {header}", "# Load with: TrainingArguments(output_dir=..., **yaml.safe_load(open('plan.yaml')))", ""]
+    for key, value in plan.items():
+        lines += [f"# {line}" for line in _wrap(reasons.get(key, ""))]
+        lines.append(yaml.safe_dump({key: value}, default_flow_style=False, width=10**6).strip())
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+
+
+def _wrap(text: str, width: int = 100) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return [*lines, line] if line else lines

@@ -1,0 +1,300 @@
+"""The budgeted LR search inside ``tune``: short real runs of a few candidate (LR, batch) pairs, compared by
+successive halving on an Optuna study (its pruner decides, its storage keeps the trials for a resume).
+
+A short run at a constant LR favours an LR that is too small: it is judged before a larger LR's noise has been
+annealed away. So each rung is scored after a brief cooldown — a branch that decays the LR linearly to 0 over
+``cooldown`` × the rung's length, is validated, and is thrown away (Hägele et al. 2024) — and the run then
+goes on from where it was, at its constant LR.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from torch.utils.data import DataLoader
+
+from gradpilot._batch import model_device
+from gradpilot.accumulation import accumulate, item_counter
+from gradpilot.evaluation import evaluate
+from gradpilot.task import Task
+
+ETA = 3  # successive halving promotes a third of the candidates at each rung
+RUNGS = 3  # rungs at r, 3r and 9r samples
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One setting the search tries: an LR at a micro-batch and accumulation (their product: the batch)."""
+
+    lr: float
+    micro_batch: int
+    accumulation: int = 1
+    warmup_ratio: float = 0.0  # share of the longest rung spent warming up (when the batch grew)
+
+    @property
+    def batch(self) -> int:
+        return self.micro_batch * self.accumulation
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """What the search will do: the candidates in the order tried, the rungs (samples) and the cooldown share."""
+
+    candidates: tuple[Candidate, ...]
+    rungs: tuple[int, ...]
+    cooldown: float
+
+
+def lr_grid(center: float, ceiling: float, points: int = 5) -> list[float]:
+    """``points`` LRs half a decade apart around ``center``, none above ``ceiling``: center first, then its
+    neighbours outwards, so the promising ones run first (an asynchronous halving favours early trials)."""
+    half = (points - 1) // 2
+    grid = [center * 10 ** (k / 2) for k in range(-half, points - half)]
+    while grid[-1] > ceiling * 1.0001 and grid[0] > center / 1e3:
+        grid = [lr / math.sqrt(10) for lr in grid]  # slide below the edge rather than lose candidates
+    return sorted(grid, key=lambda lr: (abs(math.log10(lr / center)), -lr))
+
+
+def rungs_for(budget_samples: int, candidates: int, cooldown: float, smallest: int) -> tuple[int, ...]:
+    """Rung lengths r, 3r, 9r (samples) such that halving ``candidates`` — a third go on at each rung, at
+    least one — fits ``budget_samples``, cooldowns included; ``smallest`` is the largest batch tried."""
+    alive = [max(1, candidates // ETA**k) for k in range(RUNGS)]
+    unit = sum(n * (ETA**k - (ETA ** (k - 1) if k else 0) + cooldown * ETA**k) for k, n in enumerate(alive))
+    rounding = 2 * smallest * sum(alive)  # each stretch of training and each cooldown ends on a whole batch
+    first = max(smallest, int((budget_samples - rounding) / unit))
+    return tuple(first * ETA**k for k in range(RUNGS))
+
+
+class ShortRun:
+    """One candidate trained from the task's initial weights; ``advance`` continues it, ``score`` branches."""
+
+    def __init__(self, task: Task, initial: dict[str, torch.Tensor], cand: Candidate, *, seed: int,
+                 warmup_samples: int) -> None:
+        self.task, self.cand, self.seed = task, cand, seed
+        task.model.load_state_dict(initial)
+        self.optimizer = task.make_optimizer(cand.lr)
+        self.device = model_device(task.model)
+        self.count = item_counter(task.loss_fn, None)
+        self.batches = _endless(task, cand.micro_batch, seed)
+        self.warmup_steps = math.ceil(warmup_samples / cand.batch)
+        self.steps = self.samples = self.branch_samples = 0
+
+    def advance(self, to_samples: int) -> None:
+        """Train at the constant LR (after any warmup) until ``to_samples`` items have been seen."""
+        while self.samples < to_samples:
+            self._set_lr(self.cand.lr * min(1.0, (self.steps + 1) / max(1, self.warmup_steps)))
+            self._step()
+
+    def score(self, cooldown_samples: int) -> float:
+        """Validation metric after a linear cooldown of ``cooldown_samples`` items, on a branch: the run itself
+        is put back as it was (weights, optimizer, LR), though the cooldown's samples count as spent."""
+        saved = copy.deepcopy(self.task.model.state_dict()), copy.deepcopy(self.optimizer.state_dict())
+        steps, samples, done = math.ceil(cooldown_samples / self.cand.batch), self.samples, self.steps
+        branch = _endless(self.task, self.cand.micro_batch, self.seed + 7919 * (1 + done))  # the run's own data stays
+        for i in range(steps):
+            self._set_lr(self.cand.lr * (1 - (i + 1) / (steps + 1)))
+            self._step(branch)
+        value = evaluate(self.task)
+        self.task.model.load_state_dict(saved[0])
+        self.optimizer.load_state_dict(saved[1])
+        self.branch_samples += self.samples - samples
+        self.samples, self.steps = samples, done
+        return value if math.isfinite(value) else (-math.inf if self.task.higher_is_better else math.inf)
+
+    @property
+    def spent(self) -> int:
+        """Items trained on, the cooldown branches included."""
+        return self.samples + self.branch_samples
+
+    def save(self, path: Path) -> None:
+        """The run as it stands (weights, optimizer, counters), written atomically."""
+        state = {"model": self.task.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "counters": torch.tensor([self.steps, self.samples, self.branch_samples])}
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def load(self, path: Path) -> None:
+        """Continue a saved run: its weights, optimizer, counters, and its place in the data."""
+        state = torch.load(path, weights_only=True)
+        self.task.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps, self.samples, self.branch_samples = (int(x) for x in state["counters"])
+        for _ in range(self.steps * self.cand.accumulation):
+            next(self.batches)
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _step(self, batches: Iterator[Any] | None = None) -> None:
+        self.task.model.train()
+        source = self.batches if batches is None else batches
+        window = [next(source) for _ in range(self.cand.accumulation)]
+        self.optimizer.zero_grad(set_to_none=True)
+        accumulate(self.task.model, window, self.task.loss_fn, None, self.device, self.count)
+        self.optimizer.step()
+        self.steps += 1
+        self.samples += self.cand.batch
+
+
+def _endless(task: Task, micro_batch: int, seed: int) -> Iterator[Any]:
+    """Full micro-batches of the task's training set, reshuffled every epoch, for ever."""
+    dataset, collate = task.dataset()
+    for epoch in range(10**9):
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        loader = DataLoader(dataset, batch_size=micro_batch, shuffle=True, generator=gen, collate_fn=collate,
+                            drop_last=len(dataset) >= micro_batch)  # type: ignore[arg-type]
+        yield from loader
+    raise AssertionError("unreachable")
+
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class _Live:
+    """A trial still in the running: its Optuna trial, its candidate, and where its short run is saved."""
+
+    trial: optuna.Trial
+    cand: Candidate
+    path: Path
+    closed: bool = False
+
+    def value_at(self, rung: int) -> float | None:
+        return self.trial.study._storage.get_trial(self.trial._trial_id).intermediate_values.get(rung)
+
+
+class Search:
+    """Successive halving, rung by rung: every trial still in the running trains to the rung and is scored;
+    then, best first, each asks the study's ``SuccessiveHalvingPruner`` whether it goes on. Each trial's run is
+    saved after each rung (``folder``), so a killed search continues from the last rung it finished."""
+
+    def __init__(self, study: optuna.Study, task: Task, initial: dict[str, torch.Tensor], plan: SearchPlan, *,
+                 seed: int, folder: Path, budget_left: Callable[[], int], charge: Callable[[int], None],
+                 progress: Progress | None = None) -> None:
+        self.study, self.task, self.initial, self.plan, self.seed = study, task, initial, plan, seed
+        self.folder, self.budget_left, self.charge, self.progress = folder, budget_left, charge, progress
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def run(self) -> None:
+        live = self._open()
+        for k, rung in enumerate(self.plan.rungs):
+            contenders = [t for t in live if not t.closed]
+            for t in contenders:
+                if t.value_at(rung) is None:
+                    self._train(t, rung)
+            self._halve([t for t in contenders if not t.closed], k)
+        for t in live:
+            if not t.closed:
+                last = max(t.trial.study._storage.get_trial(t.trial._trial_id).intermediate_values)
+                self.study.tell(t.trial, t.value_at(last))
+
+    def _open(self) -> list[_Live]:
+        """Trials left running by a killed search, re-attached; a new trial for each candidate never tried."""
+        running = {_key(t.params): t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING}
+        tried = {_key(t.params) for t in self.study.get_trials(deepcopy=False)}
+        live = []
+        for cand in self.plan.candidates:
+            if _key(_params(cand)) in running:
+                trial = optuna.trial.Trial(self.study, running[_key(_params(cand))]._trial_id)
+            elif _key(_params(cand)) not in tried:
+                trial = self._ask(cand)
+            else:
+                continue
+            live.append(_Live(trial, cand, self.folder / f"trial-{trial.number}.pt"))
+        return live
+
+    def _ask(self, cand: Candidate) -> optuna.Trial:
+        self.study.enqueue_trial(_params(cand))
+        trial = self.study.ask()
+        trial.suggest_float("lr", 1e-12, 1e6, log=True)  # the enqueued values, declared so the study records them
+        trial.suggest_int("micro_batch", 1, 1 << 30)
+        trial.suggest_int("accumulation", 1, 1 << 20)
+        trial.set_user_attr("warmup_ratio", cand.warmup_ratio)
+        return trial
+
+    def _train(self, t: _Live, rung: int) -> None:
+        """Continue the trial's run to ``rung`` samples and score it; stop it when the budget cannot pay."""
+        run = ShortRun(self.task, self.initial, t.cand, seed=self.seed,
+                       warmup_samples=round(t.cand.warmup_ratio * self.plan.rungs[-1]))
+        if t.path.exists():
+            run.load(t.path)
+        cooldown = max(t.cand.batch, round(self.plan.cooldown * rung))
+        if rung - run.samples + cooldown > self.budget_left():
+            t.trial.set_user_attr("stopped", "budget")
+            self._close(t)
+            return
+        if self.progress is not None:
+            self.progress(f"lr {t.cand.lr:.3g}, batch {t.cand.batch}: {rung:,} samples")
+        charged = run.spent
+        run.advance(rung)
+        value = run.score(cooldown)
+        self.charge(run.spent - charged)
+        run.save(t.path)
+        t.trial.set_user_attr("samples", run.spent)
+        t.trial.report(value, rung)
+
+    def _halve(self, scored: list[_Live], k: int) -> None:
+        """Best first, each scored trial asks the pruner whether it goes on to the next rung."""
+        rung = self.plan.rungs[k]
+        sign = -1.0 if self.task.higher_is_better else 1.0
+        for t in sorted(scored, key=lambda t: sign * (t.value_at(rung) or 0.0)):
+            if t.trial.study._storage.get_trial(t.trial._trial_id).user_attrs.get(f"rung-{k}") == "promoted":
+                continue  # decided before a kill
+            if t.trial.should_prune():
+                self._close(t)
+            else:
+                t.trial.set_user_attr(f"rung-{k}", "promoted")
+
+    def _close(self, t: _Live) -> None:
+        self.study.tell(t.trial, state=TrialState.PRUNED)
+        t.closed = True
+        t.path.unlink(missing_ok=True)
+
+
+def best_candidate(study: optuna.Study, higher_is_better: bool) -> tuple[Candidate, float, int]:
+    """The candidate with the best score at the longest rung any trial reached: (candidate, score, rung)."""
+    scored = [t for t in study.trials if t.intermediate_values]
+    if not scored:
+        raise ValueError("no trial reached its first rung")
+    top = max(max(t.intermediate_values) for t in scored)
+    at_top = [t for t in scored if top in t.intermediate_values]
+    sign = -1.0 if higher_is_better else 1.0
+    best = min(at_top, key=lambda t: sign * t.intermediate_values[top])
+    return _candidate(best), best.intermediate_values[top], top
+
+
+def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every trial, for tune.json: its setting, state, score per rung and samples trained."""
+    return [{"lr": t.params.get("lr"), "batch": t.params.get("micro_batch", 0) * t.params.get("accumulation", 1),
+             "state": t.state.name.lower(), "scores": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+             "samples": t.user_attrs.get("samples", 0), **({"stopped": "budget"} if "stopped" in t.user_attrs else {})}
+            for t in study.trials]
+
+
+def spent_in(study: optuna.Study) -> int:
+    """Samples trained by every trial so far, those a kill cut short included."""
+    return sum(int(t.user_attrs.get("samples", 0)) for t in study.trials)
+
+
+def _params(cand: Candidate) -> dict[str, Any]:
+    return {"lr": cand.lr, "micro_batch": cand.micro_batch, "accumulation": cand.accumulation}
+
+
+def _candidate(trial: optuna.trial.FrozenTrial) -> Candidate:
+    p = trial.params
+    return Candidate(float(p["lr"]), int(p["micro_batch"]), int(p["accumulation"]),
+                     float(trial.user_attrs.get("warmup_ratio", 0.0)))
+
+
+def _key(params: dict[str, Any]) -> tuple[float, int, int]:
+    return (round(float(params["lr"]), 15), int(params["micro_batch"]), int(params.get("accumulation", 1)))

@@ -1,0 +1,357 @@
+"""``tune``'s stages, in the order they run; each is ``(ctx) -> Stage`` and builds on a gradpilot tool:
+``find_lr``, ``estimate_noise_scale`` + ``find_batch_size``, ``scaling.plan``, the Optuna LR search, ``fit``
+with early stopping, ``fit`` under a decaying schedule. A stage reads what earlier ones decided from
+``ctx.values`` and returns its own decision; every item it trains on is charged to the budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import torch
+from torch.utils.data import DataLoader
+
+from gradpilot import _search, scaling
+from gradpilot.batch_size import estimate_noise_scale, find_batch_size
+from gradpilot.early_stopping import EarlyStopping
+from gradpilot.errors import GradpilotError
+from gradpilot.lr_finder import find_lr
+from gradpilot.task import Task
+from gradpilot.training import FitResult, fit
+
+MIN_LR_RATE = 0.01  # the decaying schedule ends at 1% of the peak LR
+FINAL_SHARE = 0.65  # of the budget left after the batch stage, at most this goes to the last two stages
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage's outcome: the values it decided, why (one line), what it weighed, its numbers, the training
+    items it spent, and, when it did not run, why not (a fixed value, the budget)."""
+
+    name: str
+    decision: dict[str, Any]
+    why: str
+    alternatives: list[Any] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    samples: int = 0
+    skipped: str = ""
+
+
+@dataclass
+class _Context:
+    """A tune in progress: the task, the budget and what is spent of it (items), and the values decided."""
+
+    task: Task
+    out: Path
+    seed: int
+    fixed: dict[str, Any]
+    cooldown: float
+    train_items: int
+    budget_samples: int
+    budget: float
+    initial: dict[str, torch.Tensor]
+    storage: str
+    progress: Callable[[str, float], None] | None
+    spent: int = 0
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_samples(self) -> int:
+        return self.train_items * self.task.epochs
+
+    @property
+    def left(self) -> int:
+        return self.budget_samples - self.spent
+
+    def charge(self, samples: int) -> None:
+        self.spent += samples
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message, self.spent / self.run_samples)
+
+
+def _range_steps(ctx: _Context) -> int:
+    """Range-test steps: a tenth of a run's steps, between 20 and 100."""
+    return max(20, min(100, round(0.1 * ctx.run_samples / ctx.task.batch_size)))
+
+
+def check_budget(ctx: _Context) -> None:
+    """Refuse, before any work, a budget that cannot pay for the range test and one epoch, or for fixed epochs."""
+    need = ctx.train_items * int(ctx.fixed.get("num_train_epochs", 1))
+    if "learning_rate" not in ctx.fixed:
+        need += _range_steps(ctx) * ctx.task.batch_size
+    if need > ctx.budget_samples:
+        least = math.ceil(100 * need / ctx.run_samples) / 100
+        raise GradpilotError(f"budget {ctx.budget:g} runs is too small: the range test and the epochs it must train "
+                             f"cost {need / ctx.run_samples:.2f} runs; give a budget of at least {least:g}")
+
+
+def lr_range(ctx: _Context) -> Stage:
+    """An LR range test at the task's batch: a suggestion, and the edge past which the loss climbs."""
+    if "learning_rate" in ctx.fixed:
+        return Stage("lr_range", {}, "learning_rate is fixed", skipped="fixed")
+    steps = _range_steps(ctx)
+    ctx.say(f"range test, {steps} steps")
+    ctx.task.model.load_state_dict(ctx.initial)
+    torch.manual_seed(ctx.seed)
+    result = find_lr(ctx.task, train_loader=ctx.task.train_loader(ctx.seed), num_steps=steps)
+    ctx.charge(steps * ctx.task.batch_size)
+    smoothed = result.smoothed_losses
+    edge = result.lrs[min(range(len(smoothed)), key=lambda i: smoothed[i])]
+    return Stage("lr_range", {"lr_found": result.suggestion, "lr_edge": max(edge, result.suggestion)},
+                 f"range test over {len(result.lrs)} steps suggests {result.suggestion:.3g} ({result.rule}); "
+                 f"the loss is lowest at {edge:.3g}",
+                 alternatives=[{"rule": k, "lr": v} for k, v in result.alternatives.items()],
+                 evidence={"lrs": list(result.lrs), "smoothed_losses": list(smoothed), "stop": result.stop_reason},
+                 samples=steps * ctx.task.batch_size)
+
+
+def batch(ctx: _Context) -> Stage:
+    """The batches worth trying: the task's, and the critical batch the gradient noise scale points to; the
+    largest micro-batch that fits memory; the rule that rescales the LR between them."""
+    task, b = ctx.task, ctx.task.batch_size
+    rule = _rule(task)
+    if "per_device_train_batch_size" in ctx.fixed:
+        fixed = int(ctx.fixed["per_device_train_batch_size"])
+        return Stage("batch", {"batches": [fixed], "max_micro": fixed, "rule": rule}, "batch size is fixed",
+                     skipped="fixed")
+    if isinstance(task.train_data, DataLoader):
+        return Stage("batch", {"batches": [b], "max_micro": b, "rule": rule},
+                     "the task gives a ready DataLoader, whose batch size tune keeps", skipped="data loader")
+    if ctx.left < ctx.run_samples:
+        return Stage("batch", {"batches": [b], "max_micro": b, "rule": rule},
+                     "the budget left is under one run: the task's batch is kept", skipped="budget")
+    ctx.say("gradient noise scale and memory")
+    spent, batches, evidence = _noise_candidates(ctx)
+    found = find_batch_size(task, max_batch_size=max(batches), steps_per_trial=1)
+    spent += sum(t.batch_size for t in found.trials) + min(batches)
+    ctx.charge(spent)
+    evidence.update(max_micro=found.batch_size, memory_limit=found.limit)
+    why = (f"the noise scale puts the critical batch near {evidence['noise_scale']:.0f}: trying "
+           f"{' and '.join(map(str, batches))}, LR rescaled by the {rule} rule") if len(batches) > 1 else \
+        f"the task's batch {b} is kept: the noise scale ({evidence['noise_scale']:.0f}) gives no reason to change it"
+    return Stage("batch", {"batches": batches, "max_micro": found.batch_size, "rule": rule}, why,
+                 alternatives=[{"batch": x} for x in batches], evidence=evidence, samples=spent)
+
+
+def _noise_candidates(ctx: _Context) -> tuple[int, list[int], dict[str, Any]]:
+    b, n = ctx.task.batch_size, ctx.train_items
+    small, big, reps = max(1, min(8, b // 4)), min(n, max(4 * b, 32)), 8
+    if big <= small:
+        return 0, [b], {"noise_scale": float(b)}
+    ctx.task.model.load_state_dict(ctx.initial)
+    noise = estimate_noise_scale(ctx.task, small_batch=small, big_batch=big, batches=reps, seed=ctx.seed)
+    batches = [b]
+    if math.isfinite(noise.b_simple) and noise.b_simple > 0:
+        shift = max(-2, min(3, round(math.log2(noise.b_simple / b))))
+        other = b * 2**shift if shift >= 0 else max(1, b >> -shift)
+        if other != b and n // other >= 8:  # at least 8 steps an epoch
+            batches.append(other)
+    return reps * (small + big), batches, {"noise_scale": noise.b_simple}
+
+
+def _rule(task: Task) -> scaling.LRRule:
+    try:
+        return scaling.resolve_rule("auto", task.optimizer_name)
+    except GradpilotError:
+        return "none"  # an optimizer gradpilot cannot place: the search measures instead
+
+
+def accumulation(ctx: _Context) -> Stage:
+    """Each batch to try as micro-batch × accumulation steps: accumulate where the batch exceeds memory."""
+    batches, max_micro = ctx.values["batches"], int(ctx.values["max_micro"])
+    if "gradient_accumulation_steps" in ctx.fixed:
+        k = int(ctx.fixed["gradient_accumulation_steps"])
+        micro = int(ctx.fixed.get("per_device_train_batch_size", 0)) or max(1, batches[0] // k)
+        return Stage("accumulation", {"splits": [[micro, k]]}, "accumulation is fixed", skipped="fixed")
+    splits, notes = [], []
+    for target in batches:
+        p = scaling.plan(target, max_micro)
+        splits.append([p.micro_batch_size, p.accumulation_steps])
+        notes.append(p.note)
+    needed = any(k > 1 for _, k in splits)
+    why = "; ".join(notes) if needed else f"every batch tried fits in memory (up to {max_micro}): no accumulation"
+    return Stage("accumulation", {"splits": splits}, why, alternatives=notes)
+
+
+def lr_search(ctx: _Context) -> Stage:
+    """Short real runs of a few LRs around the range test's suggestion (rescaled to each batch), halved by
+    Optuna's successive-halving pruner; the winner is the best score at the longest rung reached."""
+    plan = _search_plan(ctx)
+    if "learning_rate" in ctx.fixed or plan is None:
+        return _no_search(ctx, "fixed" if "learning_rate" in ctx.fixed else "budget")
+    reserve = _final_reserve(ctx)  # before a resumed search charges what it spent already, so it is the same
+    study, plan = _study(ctx, plan)
+    ctx.charge(_search.spent_in(study))
+    _search.Search(study, ctx.task, ctx.initial, plan, seed=ctx.seed, folder=ctx.out / "runs" / "search",
+                   budget_left=lambda: ctx.left - reserve, charge=ctx.charge, progress=ctx.say).run()
+    best, score, rung = _search.best_candidate(study, ctx.task.higher_is_better)
+    trials = _search.trial_records(study)
+    return Stage("lr_search", _decision(best),
+                 f"{len(trials)} short runs; lr {best.lr:.3g} at batch {best.batch} scored best ({score:.4g}) after "
+                 f"{rung:,} samples and a cooldown", alternatives=trials,
+                 evidence={"rungs": list(plan.rungs), "cooldown": plan.cooldown, "score": score},
+                 samples=_search.spent_in(study))
+
+
+def _decision(cand: _search.Candidate) -> dict[str, Any]:
+    return {"learning_rate": cand.lr, "micro_batch": cand.micro_batch, "accumulation": cand.accumulation,
+            "warmup_ratio": cand.warmup_ratio}
+
+
+def _scaled(ctx: _Context, target: int) -> float:
+    return scaling.scale_lr(float(ctx.values["lr_found"]), ctx.task.batch_size, target, ctx.values["rule"])
+
+
+def _no_search(ctx: _Context, reason: str) -> Stage:
+    micro, k = ctx.values["splits"][0]
+    lr = float(ctx.fixed["learning_rate"]) if reason == "fixed" else _scaled(ctx, micro * k)
+    why = "learning_rate is fixed" if reason == "fixed" else \
+        f"the budget left cannot pay for short runs: the range test's {lr:.3g} (rescaled to batch {micro * k}) is kept"
+    warm = _warmup(ctx, lr) if reason != "fixed" and micro * k > ctx.task.batch_size else 0.0
+    return Stage("lr_search", _decision(_search.Candidate(lr, micro, k, warm)), why, skipped=reason)
+
+
+def _search_plan(ctx: _Context) -> _search.SearchPlan | None:
+    if "learning_rate" in ctx.fixed:
+        return None
+    cands = []
+    for i, (micro, k) in enumerate(ctx.values["splits"]):
+        center = _scaled(ctx, micro * k)
+        ceiling = center / float(ctx.values["lr_found"]) * float(ctx.values["lr_edge"])
+        grid = _search.lr_grid(center, ceiling, 5 if i == 0 else 3)
+        grew = micro * k > ctx.task.batch_size
+        cands += [_search.Candidate(lr, micro, k, _warmup(ctx, lr) if grew else 0.0) for lr in grid]
+    order = sorted(range(len(cands)), key=lambda j: j % 5 if j < 5 else j - 4.5)  # interleave the batches
+    budget = ctx.left - _final_reserve(ctx)
+    rungs = _search.rungs_for(budget, len(cands), ctx.cooldown, max(c.batch for c in cands))
+    if budget < rungs[0] * len(cands):
+        return None
+    return _search.SearchPlan(tuple(cands[j] for j in order), rungs, ctx.cooldown)
+
+
+def _warmup(ctx: _Context, lr: float) -> float:
+    """Warmup share for an LR above the one the range test found stable at the task's batch."""
+    return scaling.warmup_ratio(lr / float(ctx.values["lr_found"]))
+
+
+def _final_reserve(ctx: _Context) -> int:
+    """Items kept for the last two stages (one run with early stopping, one under a decaying schedule): two
+    runs, or two thirds of what is left when that is less, so the search always gets a share."""
+    if "num_train_epochs" in ctx.fixed:
+        return 2 * ctx.train_items * int(ctx.fixed["num_train_epochs"])
+    return min(2 * ctx.run_samples, round(FINAL_SHARE * ctx.left))
+
+
+def _study(ctx: _Context, plan: _search.SearchPlan) -> tuple[optuna.Study, _search.SearchPlan]:
+    """The search's study in ctx.storage, and the plan it runs: a study made before (a resume) keeps its rungs."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=plan.rungs[0], reduction_factor=_search.ETA)
+    direction: Literal["maximize", "minimize"] = "maximize" if ctx.task.higher_is_better else "minimize"
+    study = optuna.create_study(storage=ctx.storage, study_name="lr_search", direction=direction, pruner=pruner,
+                                load_if_exists=True)
+    if "rungs" not in study.user_attrs:
+        study.set_user_attr("rungs", list(plan.rungs))
+    rungs = tuple(int(r) for r in study.user_attrs["rungs"])
+    if rungs != plan.rungs:
+        study.pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=rungs[0], reduction_factor=_search.ETA)
+    return study, dataclasses.replace(plan, rungs=rungs)
+
+
+def epochs(ctx: _Context) -> Stage:
+    """A run at the chosen LR and batch with early stopping on validation: its best epoch is the epoch count."""
+    fixed = ctx.fixed.get("num_train_epochs")
+    most = int(fixed) if fixed is not None else _most_epochs(ctx)
+    patience = max(3, math.ceil(0.25 * most))
+    ctx.say(f"constant LR for up to {most} epochs")
+    result, warm = _train(ctx, "constant", most, None if fixed is not None else EarlyStopping(patience=patience))
+    score = _score(result)
+    chosen = int(fixed) if fixed is not None else int(result.best_epoch or most)
+    why = f"fixed at {chosen}" if fixed is not None else (
+        f"validation was best after epoch {chosen} of {result.epochs_completed} ({result.stop_reason})")
+    return Stage("epochs", {"num_train_epochs": chosen, "warmup_steps": warm, "constant_metric": score},
+                 why, evidence={"val_metrics": list(result.val_metrics), "max_epochs": most, "patience": patience,
+                                "lrs": list(result.lrs)},
+                 samples=_charge_run(ctx, result), skipped="fixed" if fixed is not None else "")
+
+
+def _most_epochs(ctx: _Context) -> int:
+    """The task's epochs, fewer when the budget left cannot pay for them twice (this run and the next)."""
+    per_epoch = ctx.train_items
+    return max(1, min(ctx.task.epochs, ctx.left // (2 * per_epoch) or ctx.left // per_epoch))
+
+
+def schedule(ctx: _Context) -> Stage:
+    """The constant LR against warmup + cosine to 1% of the peak over the same epochs; the better validation
+    score wins and its weights become model.pt."""
+    n, constant = int(ctx.values["num_train_epochs"]), ctx.values["constant_metric"]
+    fixed = ctx.fixed.get("lr_scheduler_type")
+    name = fixed or "cosine_with_min_lr"
+    if fixed in ("constant", "constant_with_warmup") or (fixed is None and n * ctx.train_items > ctx.left):
+        reason = "fixed" if fixed else "budget"
+        return Stage("schedule", _kept_constant(ctx), f"constant LR ({reason})", skipped=reason)
+    ctx.say(f"{name} over {n} epochs")
+    result, _ = _train(ctx, name, n, None)
+    score = _score(result)
+    sign = -1.0 if ctx.task.higher_is_better else 1.0
+    better = fixed is not None or sign * score < sign * float(constant)
+    options = {"min_lr": MIN_LR_RATE * float(ctx.values["learning_rate"])} if name == "cosine_with_min_lr" else {}
+    decision = {"lr_scheduler_type": name, "lr_scheduler_kwargs": options, "metric": score,
+                "model_file": f"{name}.pt"} if better else _kept_constant(ctx)
+    why = f"{name} validates at {score:.4g} against the constant LR's {constant:.4g}: " + \
+        ("kept" if better else "the constant LR is kept")
+    return Stage("schedule", decision, why, alternatives=[{"constant": constant}, {name: score}],
+                 evidence={"val_metrics": list(result.val_metrics), "lrs": list(result.lrs)},
+                 samples=_charge_run(ctx, result),
+                 skipped="fixed" if fixed else "")
+
+
+def _kept_constant(ctx: _Context) -> dict[str, Any]:
+    name = "constant_with_warmup" if ctx.values["warmup_steps"] else "constant"
+    return {"lr_scheduler_type": name, "lr_scheduler_kwargs": {}, "metric": ctx.values["constant_metric"],
+            "model_file": "constant.pt"}
+
+
+def _train(ctx: _Context, name: str, n_epochs: int, stopper: EarlyStopping | None) -> tuple[FitResult, int]:
+    """``fit`` from the initial weights at the decided LR and batch; resumable through its checkpoint folder.
+    The best weights are saved as runs/NAME.pt. Returns the run and its warmup steps."""
+    task, v = ctx.task, ctx.values
+    micro, k = int(v["micro_batch"]), int(v["accumulation"])
+    steps = math.ceil(math.ceil(ctx.train_items / micro) / k) * n_epochs
+    warm = v.get("warmup_steps")
+    warm = int(warm) if warm is not None else math.ceil(float(v["warmup_ratio"]) * steps)
+    options: dict[str, Any] = {"warmup_steps": warm} if warm or name != "constant" else {}
+    if name == "constant" and warm:
+        name = "constant_with_warmup"
+    if name == "cosine_with_min_lr":
+        options["min_lr"] = MIN_LR_RATE * float(v["learning_rate"])
+    task.model.load_state_dict(ctx.initial)
+    dataset, collate = task.dataset()
+    loader = DataLoader(dataset, batch_size=micro, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(ctx.seed))
+    torch.manual_seed(ctx.seed)
+    result = fit(task, task.make_optimizer(float(v["learning_rate"])), train_loader=loader, epochs=n_epochs,
+                 accumulation_steps=k, scheduler=name, scheduler_options=options, early_stopping=stopper,
+                 checkpoint_dir=ctx.out / "runs" / name)
+    torch.save(task.model.state_dict(), ctx.out / "runs" / f"{'constant' if 'constant' in name else name}.pt")
+    return result, warm
+
+
+def _score(result: FitResult) -> float:
+    """The validation metric of the weights a run ends with: its best epoch's when early stopping put those
+    back, else its last epoch's (what a Trainer following the plan ends with)."""
+    if result.restored_best and result.best_metric is not None:
+        return float(result.best_metric)
+    return float(result.val_metrics[-1]) if result.val_metrics else math.nan
+
+
+def _charge_run(ctx: _Context, result: FitResult) -> int:
+    samples = result.epochs_completed * ctx.train_items
+    ctx.charge(samples)
+    return samples

@@ -1,0 +1,49 @@
+"""How ``gradpilot tune`` shows its work: a progress bar over the budget, and the summary that ends in the paths."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from gradpilot.tune import TuneResult
+
+
+@contextmanager
+def budget_bar(console: Console, budget: float, *, disable: bool = False) -> Iterator[Callable[[str, float], None]]:
+    """A bar filling as the budget is spent; yields the ``progress(message, spent_runs)`` callback for tune."""
+    with Progress(TextColumn("[bold]tune"), BarColumn(), TextColumn("{task.completed:.2f}/{task.total:g} runs"),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True,
+                  disable=disable) as bar:
+        job = bar.add_task("", total=budget)
+
+        def update(message: str, spent: float) -> None:
+            bar.update(job, completed=min(spent, budget), description=message)
+
+        yield update
+
+
+def summary(result: TuneResult, console: Console) -> None:
+    """Each stage's decision and cost, the plan, the model's validation metric, and where the files are."""
+    stages = Table(title=f"tune: {result.spent:.2f} of {result.budget:g} runs spent")
+    for col in ("stage", "decision", "runs"):
+        stages.add_column(col, justify="right" if col == "runs" else "left", overflow="fold")
+    per_run = max(1, result.run_samples)
+    for s in result.stages:
+        why = s.why if not s.skipped or s.skipped == "budget" else f"skipped ({s.why})"
+        stages.add_row(s.name, why, f"{s.samples / per_run:.2f}")
+    console.print(stages)
+    plan = Table(title="plan (transformers TrainingArguments)")
+    plan.add_column("argument")
+    plan.add_column("value", justify="right")
+    for key, value in result.plan.items():
+        plan.add_row(key, f"{value:.3g}" if isinstance(value, float) else str(value))
+    console.print(plan)
+    console.print(f"validation metric of the trained model: {result.metric:.4g}")
+    console.print(f"plan:   {result.plan_path}\nmodel:  {result.model_path}\nrecord: {result.record_path}",
+                  soft_wrap=True, highlight=False)

@@ -1,0 +1,197 @@
+"""``tune``: the order practitioners tune in — learning rate, batch size, accumulation, the LR checked by short
+real runs, epochs, schedule — as one call within a budget, ending in a plan, the trained model and a record.
+
+One unit of budget is one training run of the task as written: its epochs over its training set. Every item
+tune trains on counts (the range test, the batch trials, the search's runs and cooldowns, the final runs).
+Each stage is a function of the same shape (``_Context -> Stage``) in ``gradpilot._stages``; this module
+drives them, records them in ``DIR/tune.json`` as they finish (what a resume reads back) and writes the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradpilot import _hf_plan, _stages, _validate
+from gradpilot._stages import Stage, _Context
+from gradpilot.errors import GradpilotError
+from gradpilot.task import Task
+
+__all__ = ["FIXABLE", "Stage", "TuneResult", "tune"]
+
+FIXABLE = _hf_plan.FIXABLE
+STAGES: tuple[tuple[str, Callable[[_Context], Stage]], ...] = (
+    ("lr_range", _stages.lr_range),
+    ("batch", _stages.batch),
+    ("accumulation", _stages.accumulation),
+    ("lr_search", _stages.lr_search),
+    ("epochs", _stages.epochs),
+    ("schedule", _stages.schedule),
+)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """The plan (Hugging Face ``TrainingArguments`` names), every stage's decision and evidence, the budget and
+    what was spent (in runs), the validation metric of the model tune trained, and that model."""
+
+    plan: dict[str, Any]
+    stages: tuple[Stage, ...]
+    budget: float
+    spent: float
+    metric: float
+    model: nn.Module
+    out_dir: Path
+    run_samples: int  # the items one run of the task trains on: the budget's unit
+
+    @property
+    def plan_path(self) -> Path:
+        return self.out_dir / "plan.yaml"
+
+    @property
+    def model_path(self) -> Path:
+        return self.out_dir / "model.pt"
+
+    @property
+    def record_path(self) -> Path:
+        return self.out_dir / "tune.json"
+
+
+def tune(
+    task: Task,
+    *,
+    budget: float = 3.0,
+    out_dir: str | Path = "gradpilot-tune",
+    fixed: dict[str, Any] | None = None,
+    storage: str | None = None,
+    seed: int = 0,
+    cooldown: float = 0.2,
+    progress: Callable[[str, float], None] | None = None,
+) -> TuneResult:
+    """Tune ``task``'s LR, batch, accumulation, epochs and schedule within ``budget`` runs of the task.
+
+    ``fixed`` holds plan values to keep (``{"per_device_train_batch_size": 64}``; short names such as
+    ``batch_size`` or ``epochs`` work too): their stages are skipped and the rest adapt (a fixed batch still
+    gets its LR rescaled). Trials live in the Optuna ``storage`` (default: a SQLite file in ``out_dir``); the
+    same call again after a crash or kill continues, running nothing that finished. ``cooldown`` is the share
+    of each short run spent decaying the LR before it is scored (0: score at the constant LR).
+    ``progress(message, spent_runs)`` follows the work.
+    """
+    ctx = _context(task, budget, Path(out_dir), fixed or {}, storage, seed, cooldown, progress)
+    record = _load_record(ctx)
+    stages = []
+    for name, run_stage in STAGES:
+        stage = _resume(record, name) or _finish(ctx, record, run_stage(ctx))
+        ctx.values.update(stage.decision)
+        stages.append(stage)
+    return _outputs(ctx, tuple(stages), record)
+
+
+def _context(task: Task, budget: float, out: Path, fixed: dict[str, Any], storage: str | None, seed: int,
+             cooldown: float, progress: Callable[[str, float], None] | None) -> _Context:
+    if not isinstance(task, Task):
+        raise GradpilotError(f"tune needs a gradpilot.Task, got {type(task).__name__}")
+    _validate.positive_float("budget", budget)
+    if _validate.unit_interval("cooldown", cooldown, closed=True) >= 1:
+        raise GradpilotError(f"cooldown must be in [0, 1), got {cooldown=}")
+    if task.val_data is None:
+        raise GradpilotError("tune needs validation data: set Task.val_data (every choice tune makes is checked on it)")
+    _validate.writable_folder(out, "out_dir")
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    n = _train_length(task)
+    initial = _initial_weights(task, out / "runs" / "initial.pt")
+    ctx = _Context(task=task, out=out, seed=seed, fixed=_hf_plan.parse_fixed(fixed), cooldown=cooldown,
+                   train_items=n, budget_samples=math.floor(budget * n * task.epochs), budget=budget,
+                   initial=initial, storage=storage or f"sqlite:///{(out / 'trials.db').resolve()}",
+                   progress=progress)
+    _stages.check_budget(ctx)
+    return ctx
+
+
+def _train_length(task: Task) -> int:
+    dataset, _ = task.dataset()
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise GradpilotError("tune needs a training set with a length (a map-style Dataset): its budget is counted "
+                             "in passes over it") from None
+
+
+def _initial_weights(task: Task, path: Path) -> dict[str, torch.Tensor]:
+    """The weights every run starts from, kept in DIR so a resumed tune starts its runs from the same ones."""
+    if path.exists():
+        state: dict[str, torch.Tensor] = torch.load(path, weights_only=True)
+        try:
+            task.model.load_state_dict(state)
+        except RuntimeError:
+            raise GradpilotError(f"{path} holds another model's weights: use a new out_dir for this task") from None
+        return state
+    state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
+    torch.save(state, path)
+    return state
+
+
+def _settings(ctx: _Context) -> dict[str, Any]:
+    """What a tune folder's record must match for the same command to continue it."""
+    t = ctx.task
+    return {"task": t.name, "budget": ctx.budget, "fixed": ctx.fixed, "seed": ctx.seed, "cooldown": ctx.cooldown,
+            "train_items": ctx.train_items, "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
+            "optimizer": t.optimizer_name}
+
+
+def _load_record(ctx: _Context) -> dict[str, Any]:
+    path = ctx.out / "tune.json"
+    settings = json.loads(json.dumps(_settings(ctx)))
+    if not path.exists():
+        return {"settings": settings, "stages": {}}
+    try:
+        record: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GradpilotError(f"{path} cannot be read ({exc}): use a new out_dir") from None
+    if record.get("settings") != settings:
+        changed = sorted(k for k in settings if record.get("settings", {}).get(k) != settings[k])
+        raise GradpilotError(f"{ctx.out} holds a tune with other settings ({', '.join(changed)}): use a new out_dir, "
+                             "or the same arguments to continue it")
+    for stage in record["stages"].values():
+        ctx.spent += int(stage["samples"])
+    return record
+
+
+def _resume(record: dict[str, Any], name: str) -> Stage | None:
+    saved = record["stages"].get(name)
+    return None if saved is None else Stage(**saved)
+
+
+def _finish(ctx: _Context, record: dict[str, Any], stage: Stage) -> Stage:
+    record["stages"][stage.name] = asdict(stage)
+    _write_json(ctx.out / "tune.json", record)
+    return stage
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from gradpilot.diagnose import json_safe
+
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False))
+    tmp.replace(path)
+
+
+def _outputs(ctx: _Context, stages: tuple[Stage, ...], record: dict[str, Any]) -> TuneResult:
+    """plan.yaml, model.pt and the finished tune.json; the model holds the best weights tune trained."""
+    plan, reasons = _hf_plan.plan(ctx.values, ctx.task, stages)
+    _hf_plan.write_yaml(plan, reasons, ctx.out / "plan.yaml", header=f"gradpilot tune plan for {ctx.task.name}")
+    best: dict[str, torch.Tensor] = torch.load(ctx.out / "runs" / ctx.values["model_file"], weights_only=True)
+    ctx.task.model.load_state_dict(best)
+    torch.save(best, ctx.out / "model.pt")
+    spent = ctx.spent / (ctx.train_items * ctx.task.epochs)
+    record.update(plan=plan, spent_runs=spent, budget_runs=ctx.budget, metric=ctx.values["metric"])
+    _write_json(ctx.out / "tune.json", record)
+    return TuneResult(plan, stages, ctx.budget, spent, float(ctx.values["metric"]), ctx.task.model, ctx.out,
+                      ctx.run_samples)

@@ -1,0 +1,290 @@
+"""tune on tiny real tasks: each stage, fixed values, the budget, the plan as transformers reads it, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import Dataset
+
+from gradpilot import scaling
+from gradpilot._search import Candidate, ShortRun, lr_grid, rungs_for
+from gradpilot.errors import GradpilotError
+from gradpilot.examples import accuracy, spirals
+from gradpilot.task import Task
+from gradpilot.tune import tune
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Counting(Dataset):
+    """A dataset that counts the items read from it: the absolute reference for the budget."""
+
+    def __init__(self, inner: Dataset) -> None:
+        self.inner, self.reads = inner, 0
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        self.reads += 1
+        return self.inner[i]
+
+
+def small_task(seed: int = 0, *, n: int = 512, epochs: int = 4, optimizer: str = "adamw", batch_size: int = 32,
+               train=None, val=True) -> Task:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 3))
+    return Task(model=model, train_data=train if train is not None else spirals(n, seed=seed),
+                val_data=spirals(256, seed=seed + 1) if val else None, loss_fn=nn.CrossEntropyLoss(),
+                metric=accuracy, higher_is_better=True, optimizer=optimizer, lr=1e-3, batch_size=batch_size,
+                epochs=epochs, name="small")
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune")
+    seen: list[tuple[str, float]] = []
+    result = tune(small_task(), out_dir=out, progress=lambda m, s: seen.append((m, s)))
+    return result, out, seen
+
+
+def test_every_stage_runs_in_order_and_records_its_evidence(tuned):
+    result, out, seen = tuned
+    assert [s.name for s in result.stages] == ["lr_range", "batch", "accumulation", "lr_search", "epochs", "schedule"]
+    by = {s.name: s for s in result.stages}
+    assert by["lr_range"].decision["lr_found"] > 0 and len(by["lr_range"].evidence["lrs"]) >= 10
+    assert 32 in by["batch"].decision["batches"] and by["batch"].evidence["max_micro"] >= 32
+    assert by["accumulation"].decision["splits"][0] == [32, 1]
+    trials = by["lr_search"].alternatives
+    assert len(trials) >= 3 and sum(t["state"] == "complete" for t in trials) <= 1
+    assert result.plan["learning_rate"] == by["lr_search"].decision["learning_rate"]
+    assert 1 <= result.plan["num_train_epochs"] <= 4
+    assert result.plan["lr_scheduler_type"] in ("constant", "cosine_with_min_lr")
+    assert result.metric > 0.5  # three spiral arms: chance is 1/3
+    assert seen and seen[-1][1] <= result.spent + 1e-9 and any("range test" in m for m, _ in seen)
+    record = json.loads((out / "tune.json").read_text())
+    assert set(record["stages"]) == {s.name for s in result.stages} and record["plan"] == result.plan
+
+
+def test_the_model_file_holds_the_weights_scored(tuned):
+    result, out, _ = tuned
+    from gradpilot.evaluation import evaluate
+
+    task = small_task()
+    task.model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    assert evaluate(task) == pytest.approx(result.metric)
+    assert evaluate(result.model, task.val_loader(), task.loss_fn, accuracy) == pytest.approx(result.metric)
+
+
+def test_the_plan_means_what_transformers_means_by_it(tuned):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    result, out, _ = tuned
+    plan = yaml.safe_load((out / "plan.yaml").read_text())
+    assert plan == result.plan
+    args = transformers.TrainingArguments(output_dir=str(out / "hf"), report_to="none", **plan)
+    steps = math.ceil(512 / (args.per_device_train_batch_size * args.gradient_accumulation_steps))
+    total = steps * int(args.num_train_epochs)
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([param], lr=args.learning_rate)
+    sched = transformers.get_scheduler(args.lr_scheduler_type, opt, num_warmup_steps=args.get_warmup_steps(total),
+                                       num_training_steps=total, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    hf = []
+    for _ in range(total):
+        hf.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    stage = "schedule" if "cosine" in result.plan["lr_scheduler_type"] else "epochs"
+    ours = next(s for s in result.stages if s.name == stage).evidence["lrs"][:total]
+    assert ours == pytest.approx(hf, rel=1e-9, abs=1e-15)
+    assert hf[0] == pytest.approx(result.plan["learning_rate"])  # no warmup here: the run starts at the peak
+
+
+@pytest.mark.parametrize("name", ["constant_with_warmup", "linear", "cosine_with_min_lr"])
+def test_gradpilot_s_transformers_schedules_equal_transformers(name):
+    transformers = pytest.importorskip("transformers")
+    from gradpilot.schedules import lr_curve
+
+    options = {"warmup_steps": 7, **({"min_lr": 1e-5} if name == "cosine_with_min_lr" else {})}
+    ours = lr_curve(name, steps=60, lr=1e-3, **options)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = transformers.get_scheduler(name, opt, num_warmup_steps=7, num_training_steps=60,
+                                       scheduler_specific_kwargs={"min_lr": 1e-5} if "min" in name else None)
+    theirs = []
+    for _ in range(60):
+        theirs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert ours == pytest.approx(theirs, rel=1e-12)
+    assert ours[0] == 0.0 and ours[7] == pytest.approx(1e-3)  # by hand: from 0, at the peak after warmup
+
+
+def test_the_budget_is_never_exceeded_counted_by_the_data(tmp_path):
+    train = Counting(spirals(512, seed=0))
+    task = small_task(train=train)
+    result = tune(task, budget=1.5, out_dir=tmp_path)
+    run = 512 * 4
+    digests = 2 * 8  # each checkpointed fit reads 8 items to fingerprint its data
+    assert result.spent <= 1.5
+    assert train.reads - digests <= 1.5 * run
+    assert train.reads - digests == pytest.approx(result.spent * run, rel=0.05)  # tune's count is the real one
+
+
+def test_a_fixed_batch_skips_its_stage_and_rescales_the_lr(tmp_path):
+    result = tune(small_task(), out_dir=tmp_path, fixed={"batch_size": 64, "epochs": 2}, budget=2)
+    by = {s.name: s for s in result.stages}
+    assert by["batch"].skipped == "fixed" and by["epochs"].skipped == "fixed"
+    assert result.plan["per_device_train_batch_size"] == 64 and result.plan["num_train_epochs"] == 2
+    found = by["lr_range"].decision["lr_found"]
+    center = scaling.scale_lr(found, 32, 64, "sqrt")
+    assert center == pytest.approx(found * math.sqrt(2))
+    assert any(t["lr"] == pytest.approx(center) for t in by["lr_search"].alternatives)
+
+
+def test_fixed_lr_and_schedule_skip_their_stages(tmp_path):
+    result = tune(small_task(), out_dir=tmp_path, budget=2,
+                  fixed={"learning_rate": 0.02, "lr_scheduler_type": "linear", "accumulation": 2})
+    by = {s.name: s for s in result.stages}
+    assert by["lr_range"].skipped == by["lr_search"].skipped == by["accumulation"].skipped == "fixed"
+    assert result.plan["learning_rate"] == 0.02 and result.plan["lr_scheduler_type"] == "linear"
+    assert result.plan["gradient_accumulation_steps"] == 2 and result.plan["per_device_train_batch_size"] == 16
+
+
+def test_no_cooldown_and_an_own_storage(tmp_path):
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    result = tune(small_task(), out_dir=tmp_path / "out", cooldown=0.0, storage=url, seed=3, budget=2)
+    study = optuna.load_study(study_name="lr_search", storage=url)
+    assert len(study.trials) == len(next(s for s in result.stages if s.name == "lr_search").alternatives)
+    assert not (tmp_path / "out" / "trials.db").exists()
+    assert next(s for s in result.stages if s.name == "lr_search").evidence["cooldown"] == 0.0
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"budget": 0}, "budget must be a positive"),
+    ({"budget": 0.05}, "too small"),
+    ({"fixed": {"momentum": 0.9}}, "not a plan field"),
+    ({"fixed": {"epochs": 2.5}}, "whole number"),
+    ({"fixed": {"scheduler": "cosine"}}, "lr_scheduler_type must be one of"),
+    ({"cooldown": 1.0}, "cooldown"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, kwargs, message):
+    with pytest.raises(GradpilotError, match=message) as err:
+        tune(small_task(), out_dir=tmp_path, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_a_task_without_validation_data_is_refused(tmp_path):
+    with pytest.raises(GradpilotError, match="tune needs validation data"):
+        tune(small_task(val=False), out_dir=tmp_path)
+
+
+def test_another_command_in_the_same_folder_is_refused(tuned):
+    _, out, _ = tuned
+    with pytest.raises(GradpilotError, match=r"other settings \(budget\)"):
+        tune(small_task(), out_dir=out, budget=2.5)
+
+
+def test_the_same_command_again_runs_nothing(tuned):
+    result, out, _ = tuned
+    task = small_task()
+    train = Counting(task.train_data)
+    again = tune(Task(**{**task.__dict__, "train_data": train}), out_dir=out)
+    assert train.reads == 0 and again.plan == result.plan and again.spent == result.spent
+
+
+def test_search_helpers():
+    grid = lr_grid(1e-3, 1.0)
+    assert grid[0] == pytest.approx(1e-3) and sorted(grid) == pytest.approx([1e-4, 10**-3.5, 1e-3, 10**-2.5, 1e-2])
+    low = lr_grid(1e-3, 2e-3)  # the edge slides the grid down rather than lose candidates
+    assert max(low) <= 2e-3 and len(low) == 5
+    rungs = rungs_for(100_000, 5, 0.2, 32)
+    assert rungs[1] == 3 * rungs[0] and rungs[2] == 9 * rungs[0]
+    cost = 5 * 1.2 * rungs[0] + 1 * (2 * rungs[0] + 0.2 * rungs[1]) + 1 * (6 * rungs[0] + 0.2 * rungs[2])
+    assert cost <= 100_000 and cost > 0.8 * 100_000
+    assert Candidate(1e-3, 16, 4).batch == 64
+
+
+def test_a_short_run_scores_on_a_branch_that_leaves_it_as_it_was(tmp_path):
+    task = small_task()
+    initial = {k: v.clone() for k, v in task.model.state_dict().items()}
+    run = ShortRun(task, initial, Candidate(0.01, 32), seed=0, warmup_samples=0)
+    run.advance(320)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    score = run.score(64)
+    assert 0 <= score <= 1 and run.samples == 320 and run.spent == 320 + 64
+    assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
+    run.save(tmp_path / "r.pt")
+    run.advance(640)
+    after = {k: v.clone() for k, v in task.model.state_dict().items()}
+    again = ShortRun(task, initial, Candidate(0.01, 32), seed=0, warmup_samples=0)
+    again.load(tmp_path / "r.pt")
+    again.advance(640)  # a saved run continues exactly as the unbroken one did
+    assert all(torch.equal(after[k], v) for k, v in task.model.state_dict().items())
+
+
+TASK_FILE = """
+import time, torch
+from torch import nn
+from gradpilot import Task
+from gradpilot.examples import spirals, accuracy
+
+class Slow(nn.CrossEntropyLoss):
+    def forward(self, a, b):
+        time.sleep(0.005)
+        return super().forward(a, b)
+
+def task(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 3))
+    return Task(model=model, train_data=spirals(2048, seed=seed), val_data=spirals(256, seed=seed + 1),
+                loss_fn=Slow(), metric=accuracy, higher_is_better=True, lr=1e-3, batch_size=32, epochs=2)
+"""
+
+
+def _tune_cli(task_file: Path, out: Path) -> list[str]:
+    return [sys.executable, "-c", "from gradpilot.cli import main; main()", "tune", str(task_file), "--out", str(out),
+            "--budget", "3", "--json"]
+
+
+@pytest.mark.slow
+def test_a_killed_tune_continues_and_reruns_nothing_finished(tmp_path):
+    task_file = tmp_path / "slow_task.py"
+    task_file.write_text(TASK_FILE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    whole = subprocess.run(_tune_cli(task_file, tmp_path / "whole"), capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_tune_cli(task_file, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((out / "runs" / "search").glob("trial-*.pt")) and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = json.loads((out / "tune.json").read_text())["stages"]
+    study = optuna.load_study(study_name="lr_search", storage=f"sqlite:///{out / 'trials.db'}")
+    scored = {t.number: dict(t.intermediate_values) for t in study.trials}
+    assert "lr_search" not in before and "lr_range" in before and any(scored.values())
+    resumed = subprocess.run(_tune_cli(task_file, out), capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    after = json.loads((out / "tune.json").read_text())
+    for name, stage in before.items():
+        assert after["stages"][name] == stage  # finished stages are read back, not run again
+    study = optuna.load_study(study_name="lr_search", storage=f"sqlite:///{out / 'trials.db'}")
+    for t in study.trials:  # a score reported before the kill is kept, not recomputed
+        for rung, value in scored.get(t.number, {}).items():
+            assert t.intermediate_values[rung] == value
+    assert len({(t.params["lr"], t.params["micro_batch"]) for t in study.trials}) == len(study.trials)
+    assert json.loads(resumed.stdout)["plan"] == json.loads(whole.stdout)["plan"]  # as if never killed
