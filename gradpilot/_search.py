@@ -27,7 +27,7 @@ from gradpilot.evaluation import evaluate
 from gradpilot.task import Task
 
 ETA = 3  # successive halving promotes a third of the candidates at each rung
-RUNGS = 3  # rungs at r, 3r and 9r samples
+RUNGS = 2  # rungs at r and 3r samples: a first rung long enough to tell LRs apart
 
 
 @dataclass(frozen=True)

@@ -77,8 +77,8 @@ class _Context:
 
 
 def _range_steps(ctx: _Context) -> int:
-    """Range-test steps: a tenth of a run's steps, between 20 and 100."""
-    return max(20, min(100, round(0.1 * ctx.run_samples / ctx.task.batch_size)))
+    """Range-test steps: a tenth of a run's steps, between 30 and 100."""
+    return max(30, min(100, round(0.1 * ctx.run_samples / ctx.task.batch_size)))
 
 
 def check_budget(ctx: _Context) -> None:
@@ -242,11 +242,12 @@ def _warmup(ctx: _Context, lr: float) -> float:
 
 
 def _final_reserve(ctx: _Context) -> int:
-    """Items kept for the last two stages (one run with early stopping, one under a decaying schedule): two
-    runs, or two thirds of what is left when that is less, so the search always gets a share."""
+    """Items kept for the last two stages — a run with early stopping, and one under a decaying schedule unless
+    the schedule is fixed to a constant one — at most two thirds of what is left, so the search gets a share."""
+    runs = 1 if ctx.fixed.get("lr_scheduler_type") in ("constant", "constant_with_warmup") else 2
     if "num_train_epochs" in ctx.fixed:
-        return 2 * ctx.train_items * int(ctx.fixed["num_train_epochs"])
-    return min(2 * ctx.run_samples, round(FINAL_SHARE * ctx.left))
+        return runs * ctx.train_items * int(ctx.fixed["num_train_epochs"])
+    return min(runs * ctx.run_samples, round(FINAL_SHARE * ctx.left))
 
 
 def _study(ctx: _Context, plan: _search.SearchPlan) -> tuple[optuna.Study, _search.SearchPlan]:

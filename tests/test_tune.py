@@ -210,9 +210,10 @@ def test_search_helpers():
     low = lr_grid(1e-3, 2e-3)  # the edge slides the grid down rather than lose candidates
     assert max(low) <= 2e-3 and len(low) == 5
     rungs = rungs_for(100_000, 5, 0.2, 32)
-    assert rungs[1] == 3 * rungs[0] and rungs[2] == 9 * rungs[0]
-    cost = 5 * 1.2 * rungs[0] + 1 * (2 * rungs[0] + 0.2 * rungs[1]) + 1 * (6 * rungs[0] + 0.2 * rungs[2])
-    assert cost <= 100_000 and cost > 0.8 * 100_000
+    assert len(rungs) == 2 and rungs[1] == 3 * rungs[0]
+    cost = 5 * (rungs[0] + 0.2 * rungs[0]) + 1 * (2 * rungs[0] + 0.2 * rungs[1])  # a third of 5, at least one, goes on
+    assert 0.9 * 100_000 < cost <= 100_000
+    assert rungs_for(10, 5, 0.2, 32)[0] == 32  # never shorter than one batch
     assert Candidate(1e-3, 16, 4).batch == 64
 
 
@@ -269,8 +270,8 @@ def test_a_killed_tune_continues_and_reruns_nothing_finished(tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(_tune_cli(task_file, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not list((out / "runs" / "search").glob("trial-*.pt")) and time.time() < deadline:
-        time.sleep(0.01)
+    while len(list((out / "runs" / "search").glob("trial-*.pt"))) < 2 and time.time() < deadline:
+        time.sleep(0.01)  # a second trial saved: the first one's score is in the study
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = json.loads((out / "tune.json").read_text())["stages"]
