@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import lr_tasks  # noqa: E402
+import lr_tasks
 
-from gradpilot import Task, find_lr, fit  # noqa: E402
-from gradpilot._batch import compute_loss, to_device  # noqa: E402
-from gradpilot.evaluation import evaluate  # noqa: E402
-from gradpilot.tune import tune  # noqa: E402
+from gradpilot import Task, find_lr, fit
+from gradpilot._batch import compute_loss, to_device
+from gradpilot.evaluation import evaluate
+from gradpilot.tune import tune
 
 CHOSEN = ("spirals-mlp-adamw", "digits-cnn-sgdm", "friedman-mlp-sgd", "count-gru-rmsprop", "max-transformer-adamw",
           "charlm-lstm-adam", "moons-mlp-nesterov", "regression-mlp-nadam", "minilm-finetune-adamw")
