@@ -276,7 +276,9 @@ def epochs(ctx: _Context) -> Stage:
     chosen = int(fixed) if fixed is not None else int(result.best_epoch or most)
     why = f"fixed at {chosen}" if fixed is not None else (
         f"validation was best after epoch {chosen} of {result.epochs_completed} ({result.stop_reason})")
-    return Stage("epochs", {"num_train_epochs": chosen, "warmup_steps": warm, "constant_metric": score},
+    stopped = fixed is None and result.epochs_completed < most  # early stopping saw validation turn
+    return Stage("epochs", {"num_train_epochs": chosen, "warmup_steps": warm, "constant_metric": score,
+                            "decay_epochs": chosen if stopped or fixed is not None else most},
                  why, evidence={"val_metrics": list(result.val_metrics), "max_epochs": most, "patience": patience,
                                 "lrs": list(result.lrs)},
                  samples=_charge_run(ctx, result), skipped="fixed" if fixed is not None else "")
@@ -289,9 +291,11 @@ def _most_epochs(ctx: _Context) -> int:
 
 
 def schedule(ctx: _Context) -> Stage:
-    """The constant LR against warmup + cosine to 1% of the peak over the same epochs; the better validation
-    score wins and its weights become model.pt."""
-    n, constant = int(ctx.values["num_train_epochs"]), ctx.values["constant_metric"]
+    """The constant LR against warmup + cosine to 1% of the peak; the better validation score wins and its
+    weights become model.pt. The decay runs over the epochs early stopping chose when it stopped the run
+    (validation turned), else over all the epochs the constant run had: a decaying schedule is made to end at
+    its end, and the best of a few noisy epochs that never turned is no reason to cut it short."""
+    n, constant = int(ctx.values["decay_epochs"]), ctx.values["constant_metric"]
     fixed = ctx.fixed.get("lr_scheduler_type")
     name = fixed or "cosine_with_min_lr"
     if fixed in ("constant", "constant_with_warmup") or (fixed is None and n * ctx.train_items > ctx.left):
@@ -303,9 +307,9 @@ def schedule(ctx: _Context) -> Stage:
     sign = -1.0 if ctx.task.higher_is_better else 1.0
     better = fixed is not None or sign * score < sign * float(constant)
     options = {"min_lr": MIN_LR_RATE * float(ctx.values["learning_rate"])} if name == "cosine_with_min_lr" else {}
-    decision = {"lr_scheduler_type": name, "lr_scheduler_kwargs": options, "metric": score,
+    decision = {"lr_scheduler_type": name, "lr_scheduler_kwargs": options, "metric": score, "num_train_epochs": n,
                 "model_file": f"{name}.pt"} if better else _kept_constant(ctx)
-    why = f"{name} validates at {score:.4g} against the constant LR's {constant:.4g}: " + \
+    why = f"{name} over {n} epochs validates at {score:.4g} against the constant LR's {constant:.4g}: " + \
         ("kept" if better else "the constant LR is kept")
     return Stage("schedule", decision, why, alternatives=[{"constant": constant}, {name: score}],
                  evidence={"val_metrics": list(result.val_metrics), "lrs": list(result.lrs)},
