@@ -243,11 +243,20 @@ def _warmup(ctx: _Context, lr: float) -> float:
 
 def _final_reserve(ctx: _Context) -> int:
     """Items kept for the last two stages — a run with early stopping, and one under a decaying schedule unless
-    the schedule is fixed to a constant one — at most two thirds of what is left, so the search gets a share."""
+    the schedule is fixed to a constant one — at most FINAL_SHARE of what is left, so the search gets a share.
+    Where that share would cut both runs by more than a quarter of the task's epochs, it keeps one full run."""
     runs = 1 if ctx.fixed.get("lr_scheduler_type") in ("constant", "constant_with_warmup") else 2
     if "num_train_epochs" in ctx.fixed:
         return runs * ctx.train_items * int(ctx.fixed["num_train_epochs"])
-    return min(runs * ctx.run_samples, round(FINAL_SHARE * ctx.left))
+    share = round(FINAL_SHARE * ctx.left)
+    if runs == 2 and share < 2 * _least_epochs(ctx) * ctx.train_items:
+        return min(ctx.run_samples, share)
+    return min(runs * ctx.run_samples, share)
+
+
+def _least_epochs(ctx: _Context) -> int:
+    """The fewest epochs the early-stopping run may be cut to by the budget: three quarters of the task's."""
+    return math.ceil(0.75 * ctx.task.epochs)
 
 
 def _study(ctx: _Context, plan: _search.SearchPlan) -> tuple[optuna.Study, _search.SearchPlan]:
@@ -269,6 +278,8 @@ def epochs(ctx: _Context) -> Stage:
     """A run at the chosen LR and batch with early stopping on validation: its best epoch is the epoch count."""
     fixed = ctx.fixed.get("num_train_epochs")
     most = int(fixed) if fixed is not None else _most_epochs(ctx)
+    if fixed is None and _one_run(ctx, most):
+        return _task_epochs(ctx)
     patience = max(3, math.ceil(0.25 * most))
     ctx.say(f"constant LR for up to {most} epochs")
     result, warm = _train(ctx, "constant", most, None if fixed is not None else EarlyStopping(patience=patience))
@@ -282,6 +293,21 @@ def epochs(ctx: _Context) -> Stage:
                  why, evidence={"val_metrics": list(result.val_metrics), "max_epochs": most, "patience": patience,
                                 "lrs": list(result.lrs)},
                  samples=_charge_run(ctx, result), skipped="fixed" if fixed is not None else "")
+
+
+def _one_run(ctx: _Context, most: int) -> bool:
+    """Whether the budget left pays for one full run but would cut two by more than a quarter: then the
+    early-stopping run is skipped and the one run goes to the decaying schedule over the task's epochs."""
+    decays = ctx.fixed.get("lr_scheduler_type") not in ("constant", "constant_with_warmup")
+    return decays and most < _least_epochs(ctx) and ctx.left >= ctx.run_samples
+
+
+def _task_epochs(ctx: _Context) -> Stage:
+    n = ctx.task.epochs
+    return Stage("epochs", {"num_train_epochs": n, "warmup_steps": _warmup_steps(ctx, n), "constant_metric": None,
+                            "decay_epochs": n},
+                 f"the budget left pays for one full run, not two: the task's {n} epochs are kept and trained once, "
+                 "under the decaying schedule", skipped="budget")
 
 
 def _most_epochs(ctx: _Context) -> int:
@@ -305,13 +331,15 @@ def schedule(ctx: _Context) -> Stage:
     result, _ = _train(ctx, name, n, None)
     score = _score(result)
     sign = -1.0 if ctx.task.higher_is_better else 1.0
-    better = fixed is not None or sign * score < sign * float(constant)
+    better = fixed is not None or constant is None or sign * score < sign * float(constant)
     options = {"min_lr": MIN_LR_RATE * float(ctx.values["learning_rate"])} if name == "cosine_with_min_lr" else {}
     decision = {"lr_scheduler_type": name, "lr_scheduler_kwargs": options, "metric": score, "num_train_epochs": n,
                 "model_file": f"{name}.pt"} if better else _kept_constant(ctx)
-    why = f"{name} over {n} epochs validates at {score:.4g} against the constant LR's {constant:.4g}: " + \
+    why = f"{name} over {n} epochs validates at {score:.4g}, the one run the budget paid for" if constant is None else \
+        f"{name} over {n} epochs validates at {score:.4g} against the constant LR's {constant:.4g}: " + \
         ("kept" if better else "the constant LR is kept")
-    return Stage("schedule", decision, why, alternatives=[{"constant": constant}, {name: score}],
+    tried = [{name: score}] if constant is None else [{"constant": constant}, {name: score}]
+    return Stage("schedule", decision, why, alternatives=tried,
                  evidence={"val_metrics": list(result.val_metrics), "lrs": list(result.lrs)},
                  samples=_charge_run(ctx, result),
                  skipped="fixed" if fixed else "")
@@ -328,9 +356,8 @@ def _train(ctx: _Context, name: str, n_epochs: int, stopper: EarlyStopping | Non
     The best weights are saved as runs/NAME.pt. Returns the run and its warmup steps."""
     task, v = ctx.task, ctx.values
     micro, k = int(v["micro_batch"]), int(v["accumulation"])
-    steps = math.ceil(math.ceil(ctx.train_items / micro) / k) * n_epochs
     warm = v.get("warmup_steps")
-    warm = int(warm) if warm is not None else math.ceil(float(v["warmup_ratio"]) * steps)
+    warm = int(warm) if warm is not None else _warmup_steps(ctx, n_epochs)
     options: dict[str, Any] = {"warmup_steps": warm} if warm or name != "constant" else {}
     if name == "constant" and warm:
         name = "constant_with_warmup"
@@ -346,6 +373,13 @@ def _train(ctx: _Context, name: str, n_epochs: int, stopper: EarlyStopping | Non
                  checkpoint_dir=ctx.out / "runs" / name)
     torch.save(task.model.state_dict(), ctx.out / "runs" / f"{'constant' if 'constant' in name else name}.pt")
     return result, warm
+
+
+def _warmup_steps(ctx: _Context, n_epochs: int) -> int:
+    """The search winner's warmup share, in optimizer steps of an ``n_epochs`` run at its batch."""
+    v = ctx.values
+    micro, k = int(v["micro_batch"]), int(v["accumulation"])
+    return math.ceil(float(v["warmup_ratio"]) * math.ceil(math.ceil(ctx.train_items / micro) / k) * n_epochs)
 
 
 def _score(result: FitResult) -> float:

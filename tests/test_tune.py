@@ -153,6 +153,15 @@ def test_a_fixed_batch_skips_its_stage_and_rescales_the_lr(tmp_path):
     assert any(t["lr"] == pytest.approx(center) for t in by["lr_search"].alternatives)
 
 
+def test_a_budget_for_one_full_run_spends_it_on_the_decaying_schedule(tmp_path):
+    result = tune(small_task(n=2048, epochs=2), out_dir=tmp_path)  # two 2-epoch runs would leave the search little
+    by = {s.name: s for s in result.stages}
+    assert by["epochs"].skipped == "budget" and by["epochs"].decision["num_train_epochs"] == 2
+    assert by["schedule"].decision["lr_scheduler_type"] == "cosine_with_min_lr" and not by["schedule"].skipped
+    assert len(by["schedule"].evidence["val_metrics"]) == 2 and result.plan["num_train_epochs"] == 2
+    assert result.metric == by["schedule"].evidence["val_metrics"][-1] and result.spent <= 3
+
+
 def test_fixed_lr_and_schedule_skip_their_stages(tmp_path):
     result = tune(small_task(), out_dir=tmp_path, budget=2,
                   fixed={"learning_rate": 0.02, "lr_scheduler_type": "linear", "accumulation": 2})
