@@ -108,7 +108,8 @@ def lr_range(ctx: _Context) -> Stage:
                  f"range test over {len(result.lrs)} steps suggests {result.suggestion:.3g} ({result.rule}); "
                  f"the loss is lowest at {edge:.3g}",
                  alternatives=[{"rule": k, "lr": v} for k, v in result.alternatives.items()],
-                 evidence={"lrs": list(result.lrs), "smoothed_losses": list(smoothed), "stop": result.stop_reason},
+                 evidence={"lrs": list(result.lrs), "losses": list(result.losses), "smoothed_losses": list(smoothed),
+                           "stop": result.stop_reason},
                  samples=steps * ctx.task.batch_size)
 
 
@@ -132,7 +133,8 @@ def batch(ctx: _Context) -> Stage:
     found = find_batch_size(task, max_batch_size=max(batches), steps_per_trial=1)
     spent += sum(t.batch_size for t in found.trials) + min(batches)
     ctx.charge(spent)
-    evidence.update(max_micro=found.batch_size, memory_limit=found.limit)
+    evidence.update(max_micro=found.batch_size, memory_limit=found.limit,
+                    trials=[dataclasses.asdict(t) for t in found.trials])
     why = (f"the noise scale puts the critical batch near {evidence['noise_scale']:.0f}: trying "
            f"{' and '.join(map(str, batches))}, LR rescaled by the {rule} rule") if len(batches) > 1 else \
         f"the task's batch {b} is kept: the noise scale ({evidence['noise_scale']:.0f}) gives no reason to change it"

@@ -45,5 +45,6 @@ def summary(result: TuneResult, console: Console) -> None:
         plan.add_row(key, f"{value:.3g}" if isinstance(value, float) else str(value))
     console.print(plan)
     console.print(f"validation metric of the trained model: {result.metric:.4g}")
-    console.print(f"plan:   {result.plan_path}\nmodel:  {result.model_path}\nrecord: {result.record_path}",
+    console.print(f"plan:   {result.plan_path}\nmodel:  {result.model_path}\nrecord: {result.record_path}"
+                  + (f"\nreport: {result.report_path}" if result.report_path.exists() else ""),
                   soft_wrap=True, highlight=False)

@@ -445,7 +445,7 @@ def schedule_command(
         values = None if metrics is None else [float(v) for v in metrics.split(",")]
     except ValueError:
         raise GradpilotError(f"--metrics takes numbers separated by commas, got {metrics!r}") from None
-    from gradpilot import report, schedules
+    from gradpilot import plots, schedules
 
     with console.status(f"stepping {name} through {steps:,} steps…"):
         lrs = schedules.lr_curve(name, steps=steps, lr=lr, steps_per_epoch=steps_per_epoch, metrics=values, **options)
@@ -456,7 +456,7 @@ def schedule_command(
         table.add_row(str(i), f"{lrs[i]:.4g}")
     console.print(table)
     title = f"{name} ({', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'})"
-    if not _draw(lambda: report.plot_schedule(lrs, plot, title), plot):
+    if not _draw(lambda: plots.plot_schedule(lrs, plot, title), plot):
         raise typer.Exit(code=2)
     console.print(f"Curve written to {plot}")
 
@@ -469,6 +469,9 @@ def diagnose_command(
     ],
     as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="write the curves with the findings marked (PNG)")] = None,
+    html_page: Annotated[
+        Path | None, typer.Option("--html", help="write a self-contained page: curves, findings, verdict (HTML)")
+    ] = None,
 ) -> None:
     """Say what went wrong in a run and what to change, from its log.
 
@@ -477,8 +480,9 @@ def diagnose_command(
     from gradpilot.diagnose import diagnose
     from gradpilot.logs import read_log
 
-    if plot is not None:
-        _validate.writable_file(plot, "--plot")
+    for target, flag in ((plot, "--plot"), (html_page, "--html")):
+        if target is not None:
+            _validate.writable_file(target, flag)
     history = read_log(path)
     result = diagnose(history)
     for warning in history.warnings:
@@ -490,16 +494,38 @@ def diagnose_command(
     drawn = plot is None or _draw(lambda: _plot_diagnosis(history, result, plot), plot)
     if plot is not None and drawn and not as_json:
         console.print(f"Curves written to {plot}")
-    if not drawn:
+    paged = html_page is None or _draw(lambda: _diagnosis_page(history, result, html_page), html_page)
+    if html_page is not None and paged and not as_json:
+        console.print(f"Page written to {html_page}")
+    if not (drawn and paged):
         raise typer.Exit(code=2)
     if result.kinds - {"healthy", "insufficient_data"}:
         raise typer.Exit(code=1)
 
 
 def _plot_diagnosis(history: Any, result: Diagnosis, plot: Path) -> None:
-    from gradpilot import report
+    from gradpilot import plots
 
-    report.plot_diagnosis(history, result, plot)
+    plots.plot_diagnosis(history, result, plot)
+
+
+def _diagnosis_page(history: Any, result: Diagnosis, path: Path) -> None:
+    from gradpilot.report import write_diagnosis_report
+
+    write_diagnosis_report(history, result, path)
+
+
+@app.command("report")
+@_one_line_errors
+def report_command(
+    folder: Annotated[Path, typer.Argument(help="the folder a `gradpilot tune` wrote (its --out)")],
+) -> None:
+    """Rebuild FOLDER/report.html from FOLDER/tune.json: every stage's curves, trials and decisions on one page."""
+    from gradpilot.report import write_tune_report
+
+    if not folder.is_dir():
+        raise _fail(f"{folder} is not a folder: give the --out folder of a `gradpilot tune`")
+    console.print(f"Report written to {write_tune_report(folder)}", soft_wrap=True, highlight=False)
 
 
 def _print_diagnosis(source: str, result: Diagnosis) -> None:

@@ -39,7 +39,7 @@ class LRFinderResult:
 
     def plot(self, path: str | Path) -> Path:
         """Draw the curve with every rule's pick marked and save it as an image at ``path``."""
-        from gradpilot.report import plot_lr_curve
+        from gradpilot.plots import plot_lr_curve
 
         return plot_lr_curve(self, Path(path))
 

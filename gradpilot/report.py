@@ -1,108 +1,249 @@
-"""Rendering: turns gradpilot's results into pictures. Analysis lives elsewhere; this module only draws."""
+"""The pages a person reads to decide whether to trust a result: ``DIR/report.html`` for a tune, rebuilt from
+``DIR/tune.json`` alone, and one page for a diagnosed run. Each is a single self-contained HTML file — the
+figures are PNGs embedded in the page, the tables are HTML tables — that opens offline with no server.
+
+The numbers come from tune.json and the run logs (analysis happened there); this module only lays them out.
+No torch import: ``gradpilot report`` and ``gradpilot diagnose --html`` stay light.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import json
+import math
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from gradpilot.diagnose import Diagnosis
-    from gradpilot.history import History
-    from gradpilot.lr_finder import LRFinderResult
+from gradpilot import plots
+from gradpilot.diagnose import Diagnosis, diagnose
+from gradpilot.errors import GradpilotError
+from gradpilot.history import History
+from gradpilot.logs import read_log
+
+SECTIONS = (("range-test", "1. Learning rate: the range test"), ("batch", "2. Batch size and scaling"),
+            ("search", "3. The LR search: successive halving"), ("epochs", "4. Epochs: early stopping"),
+            ("schedule", "5. The schedule"), ("final-run", "6. The final run, diagnosed"),
+            ("plan", "7. The plan"))
+_STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}img{max-width:100%}
+table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;
+vertical-align:top}th{background:#f3f3f3}.why{color:#444}.skipped{color:#a60}code{background:#f3f3f3}"""
 
 
-_DRAWABLE = 1e100  # values beyond are drawn at this bound
+def write_tune_report(out_dir: str | Path) -> Path:
+    """Write ``out_dir/report.html`` from ``out_dir/tune.json`` (what ``gradpilot report DIR`` does)."""
+    out = Path(out_dir)
+    record = _read_record(out / "tune.json")
+    stages = record["stages"]
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = _Figures(Path(tmp))
+        body = [_header(record), _range_section(stages, figures), _batch_section(record, figures),
+                _search_section(stages, figures), _epochs_section(stages, figures),
+                _schedule_section(stages, figures), _final_section(out, stages, figures), _plan_section(record)]
+    return _write_page(out / "report.html", f"gradpilot tune — {record['settings'].get('task', '')}", body)
 
 
-def _pyplot() -> Any:
+def write_diagnosis_report(history: History, diagnosis: Diagnosis, path: str | Path) -> Path:
+    """One run's page: its curves with each finding marked, the findings, and the verdict on the LR."""
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = _Figures(Path(tmp))
+        body = [f"<p>Read from <code>{_e(history.source)}</code>.</p>",
+                _section("final-run", "The run, diagnosed", _diagnosis_html(history, diagnosis, figures))]
+    return _write_page(Path(path), f"gradpilot diagnosis — {history.source}", body)
+
+
+def _read_record(path: Path) -> dict[str, Any]:
     try:
-        import matplotlib
+        record: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GradpilotError(f"{path} does not exist: give the folder a `gradpilot tune` wrote") from None
+    except (OSError, ValueError) as exc:
+        raise GradpilotError(f"{path} cannot be read ({exc}): run `gradpilot tune` again") from None
+    if not isinstance(record, dict) or "plan" not in record or "stages" not in record:
+        raise GradpilotError(f"{path} holds no finished tune: finish it first (run the same `gradpilot tune` again)")
+    return record
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is a core dependency
-        raise ImportError("plotting needs matplotlib: pip install matplotlib") from None
-    return plt
+
+class _Figures:
+    """Draws each figure into a scratch folder and hands it back as an embedded <img>."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.count = folder, 0
+
+    def img(self, draw: Callable[[Path], Path], alt: str) -> str:
+        self.count += 1
+        path = draw(self.folder / f"figure-{self.count}.png")
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
 
 
-def _save(plt: Any, fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return _e(value)
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_num(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _section(anchor: str, title: str, *parts: str) -> str:
+    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{"".join(parts)}</section>'
+
+
+def _why(stage: dict[str, Any] | None) -> str:
+    if stage is None:
+        return '<p class="skipped">This stage did not run.</p>'
+    kind = "skipped" if stage.get("skipped") else "why"
+    return f'<p class="{kind}"><b>Decision.</b> {_e(stage["why"])}</p>'
+
+
+def _title(anchor: str) -> str:
+    return dict(SECTIONS)[anchor]
+
+
+def _header(record: dict[str, Any]) -> str:
+    s = record["settings"]
+    rows = [[name, st.get("skipped") or "ran", st["why"], round(st["samples"] / _run(record), 3)]
+            for name, st in record["stages"].items()]
+    return (f"<h1>gradpilot tune: {_e(s.get('task', ''))}</h1><p>Budget {record['budget_runs']:g} runs, spent "
+            f"{record['spent_runs']:.2f}; validation metric of the model tune trained: <b>{_num(record['metric'])}"
+            f"</b>. One run is {s['epochs']} epochs over {s['train_items']:,} items at batch {s['batch_size']}.</p>"
+            + _table(["stage", "ran", "decision", "cost (runs)"], rows))
+
+
+def _run(record: dict[str, Any]) -> int:
+    return max(1, int(record["settings"]["train_items"]) * int(record["settings"]["epochs"]))
+
+
+def _range_section(stages: dict[str, Any], figures: _Figures) -> str:
+    st = stages.get("lr_range")
+    if st is None or st.get("skipped"):
+        return _section("range-test", _title("range-test"), _why(st))
+    d = st["decision"]
+    picks = {a["rule"]: a["lr"] for a in st["alternatives"]}
+    search = stages.get("lr_search") or {}
+    candidates = [t["lr"] for t in search.get("alternatives", [])]
+    figure = figures.img(lambda p: plots.plot_range_test(st["evidence"], picks, d["lr_found"], d["lr_edge"],
+                                                         candidates, p), "range test")
+    rows = [[rule, lr] for rule, lr in sorted(picks.items())] + [["edge (lowest smoothed loss)", d["lr_edge"]]]
+    return _section("range-test", _title("range-test"), _why(st), figure, _table(["rule", "learning rate"], rows))
+
+
+def _batch_section(record: dict[str, Any], figures: _Figures) -> str:
+    stages = record["stages"]
+    st, acc = stages.get("batch"), stages.get("accumulation")
+    parts = [_why(st), _why(acc)]
+    trials = (st or {}).get("evidence", {}).get("trials", [])
+    if trials:
+        parts.append(figures.img(lambda p: plots.plot_batch_trials(trials, p), "batch-size trials"))
+        parts.append(_table(["micro-batch", "fits", "samples/s", "peak memory (MiB)", "error"],
+                            [[t["batch_size"], "yes" if t["fits"] else "no", t["samples_per_second"] or "",
+                              "" if t["peak_memory"] is None else round(t["peak_memory"] / 2**20, 1),
+                              t.get("error") or ""] for t in trials]))
+    parts.append(_scaling_table(record))
+    return _section("batch", _title("batch"), *parts)
+
+
+def _scaling_table(record: dict[str, Any]) -> str:
+    """The arithmetic that set each batch's LR: the range test's LR at the task's batch, rescaled by the rule."""
+    stages, base = record["stages"], int(record["settings"]["batch_size"])
+    found = (stages.get("lr_range") or {}).get("decision", {}).get("lr_found")
+    rule = (stages.get("batch") or {}).get("decision", {}).get("rule", "none")
+    splits = (stages.get("accumulation") or {}).get("decision", {}).get("splits", [])
+    if found is None or not splits:
+        return ""
+    power = {"linear": 1.0, "sqrt": 0.5}.get(rule, 0.0)
+    rows = [[f"{micro} × {k}", micro * k, f"{found:.3g} × ({micro * k}/{base})^{power:g}",
+             found * (micro * k / base) ** power] for micro, k in splits]
+    return (f"<p>LR rule for this optimizer: <b>{_e(rule)}</b>.</p>"
+            + _table(["micro-batch × accumulation", "batch", "arithmetic", "centre of the LR search"], rows))
+
+
+def _search_section(stages: dict[str, Any], figures: _Figures) -> str:
+    st = stages.get("lr_search")
+    if st is None or st.get("skipped"):
+        return _section("search", _title("search"), _why(st))
+    d, trials = st["decision"], st["alternatives"]
+    winner = (d["learning_rate"], d["micro_batch"] * d["accumulation"])
+    figure = figures.img(lambda p: plots.plot_ladder(trials, winner, p), "successive halving ladder")
+    rungs = [str(r) for r in st["evidence"]["rungs"]]
+    rows = [[t["lr"], t["batch"], t["state"], *(t["scores"].get(r, "") for r in rungs), t["samples"]]
+            for t in sorted(trials, key=lambda t: t["lr"])]
+    note = (f"<p>Rungs at {', '.join(f'{int(r):,}' for r in rungs)} samples; each score is taken after a cooldown "
+            f"of {st['evidence']['cooldown']:.0%} of the rung, on a branch that is then thrown away.</p>")
+    return _section("search", _title("search"), _why(st), note, figure,
+                    _table(["lr", "batch", "state", *(f"score at {int(r):,}" for r in rungs), "samples"], rows))
+
+
+def _epochs_section(stages: dict[str, Any], figures: _Figures) -> str:
+    st = stages.get("epochs")
+    if st is None or st.get("skipped"):
+        return _section("epochs", _title("epochs"), _why(st))
+    metrics, chosen = st["evidence"]["val_metrics"], st["decision"]["num_train_epochs"]
+    figure = figures.img(lambda p: plots.plot_epochs(metrics, chosen, p), "early stopping")
+    rows = [[i + 1, m, "chosen" if i + 1 == chosen else ""] for i, m in enumerate(metrics)]
+    return _section("epochs", _title("epochs"), _why(st), figure, _table(["epoch", "validation metric", ""], rows))
+
+
+def _schedule_section(stages: dict[str, Any], figures: _Figures) -> str:
+    st, ep = stages.get("schedule"), stages.get("epochs") or {}
+    runs = {}
+    if ep.get("evidence", {}).get("lrs"):
+        runs["constant"] = {"lrs": ep["evidence"]["lrs"], "val_metrics": ep["evidence"]["val_metrics"]}
+    if st is not None and st.get("evidence", {}).get("lrs"):
+        name = next((k for a in st.get("alternatives", []) for k in a if k != "constant"), "decaying")
+        runs[name] = {"lrs": st["evidence"]["lrs"], "val_metrics": st["evidence"]["val_metrics"]}
+    parts = [_why(st)]
+    if runs:
+        parts.append(figures.img(lambda p: plots.plot_schedules(runs, p), "schedules compared"))
+    if st is not None and st.get("alternatives"):
+        parts.append(_table(["schedule", "validation metric"],
+                            [next(iter(a.items())) for a in st["alternatives"]]))
+    return _section("schedule", _title("schedule"), *parts)
+
+
+def _final_section(out: Path, stages: dict[str, Any], figures: _Figures) -> str:
+    model_file = (stages.get("schedule") or {}).get("decision", {}).get("model_file", "")
+    stem = Path(model_file).stem
+    logs = [out / "runs" / name / "metrics.csv" for name in (stem, f"{stem}_with_warmup")]
+    found = next((p for p in logs if p.exists()), None)
+    if found is None:
+        return _section("final-run", _title("final-run"), "<p>The final run's log is not in this folder.</p>")
+    history = read_log(found)
+    return _section("final-run", _title("final-run"), f"<p>The run behind model.pt: <code>{_e(found.name)}</code> "
+                    f"in <code>runs/{_e(found.parent.name)}</code>.</p>", _diagnosis_html(history, diagnose(history),
+                                                                                     figures))
+
+
+def _diagnosis_html(history: History, diagnosis: Diagnosis, figures: _Figures) -> str:
+    figure = figures.img(lambda p: plots.plot_diagnosis(history, diagnosis, p), "run curves with findings")
+    rows = [[f.kind, f"{f.unit} {f.start:g}–{f.end:g}", f.evidence, f"{f.confidence:.0%}", f.advice]
+            for f in diagnosis.findings]
+    return (figure + _table(["finding", "where", "evidence", "confidence", "what to change"], rows)
+            + f"<p><b>Learning rate {_e(diagnosis.lr_verdict)}.</b> {_e(diagnosis.lr_reason)}</p>")
+
+
+def _plan_section(record: dict[str, Any]) -> str:
+    reasons = record.get("reasons", {})
+    rows = [[name, json.dumps(value), reasons.get(name, "")] for name, value in record["plan"].items()]
+    return _section("plan", _title("plan"), "<p>In <code>transformers.TrainingArguments</code> names, as in "
+                    "<code>plan.yaml</code>.</p>", _table(["argument", "value", "why"], rows))
+
+
+def _write_page(path: Path, title: str, body: list[str]) -> Path:
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
     return path
-
-
-def plot_lr_curve(result: LRFinderResult, path: Path) -> Path:
-    """Save the range-test curve (raw and smoothed loss over log-LR) with each rule's pick marked."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    n = len(result.smoothed_losses)
-    ax.plot(result.lrs[:n], result.losses[:n], color="0.75", lw=0.8, label="loss")
-    ax.plot(result.lrs[:n], result.smoothed_losses, color="C0", lw=1.8, label="smoothed loss")
-    for i, (name, lr) in enumerate(sorted(result.alternatives.items())):
-        chosen = name == result.rule
-        ax.axvline(lr, color="C3" if chosen else f"C{i + 1}", lw=2 if chosen else 1,
-                   ls="-" if chosen else "--", label=f"{name}: {lr:.2g}" + (" (suggested)" if chosen else ""))
-    ax.set_xscale("log")
-    lo, hi = min(result.smoothed_losses), result.smoothed_losses[0]
-    pad = 0.15 * max(hi - lo, abs(lo) * 0.05, 1e-8)
-    ax.set_ylim(lo - pad, max(result.smoothed_losses[: max(n // 2, 1)]) + 3 * pad)
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"LR range test — suggestion {result.suggestion:.3g}")
-    ax.legend(fontsize=8)
-    return _save(plt, fig, path)
-
-
-def plot_schedule(lrs: list[float], path: Path, title: str) -> Path:
-    """Save an LR schedule (LR against optimizer step) as an image."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    ax.plot(range(len(lrs)), lrs, color="C0", lw=1.8)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("learning rate")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    return _save(plt, fig, path)
-
-
-def plot_diagnosis(history: History, diagnosis: Diagnosis, path: Path) -> Path:
-    """Save the run's curves (train and validation loss, LR) with each finding's span shaded and named."""
-    import numpy as np
-
-    from gradpilot._signal import centred_smooth
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 4.8))
-    t = history.train_loss
-    values = np.clip(t.values, -_DRAWABLE, _DRAWABLE)  # matplotlib cannot scale axes near the float limits
-    ax.plot(t.steps, values, color="0.75", lw=0.7, label="train loss")
-    finite = np.isfinite(values)
-    if finite.sum() > 8:
-        ax.plot(t.steps[finite], centred_smooth(values[finite], max(2.0, finite.sum() / 40)), color="C0", lw=1.8,
-                label="train loss (trend)")
-    if history.val_loss is not None:
-        ax.plot(history.val_loss.steps, np.clip(history.val_loss.values, -_DRAWABLE, _DRAWABLE), "o-", color="C1",
-                lw=1.5, label="validation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if finite.any():
-        with np.errstate(all="ignore"):  # losses near the float limits: keep matplotlib's own limits
-            lo, hi = np.nanpercentile(values[finite], [1, 99])
-            bottom, top = lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo)
-        if np.isfinite([bottom, top]).all() and bottom < top:
-            ax.set_ylim(bottom, top)
-    colours = {"divergence": "C3", "nan": "C3", "oscillation": "C4", "plateau": "C7", "slow_convergence": "C8",
-               "overfitting": "C1", "underfitting": "C9", "healthy": "C2"}
-    for i, f in enumerate(diagnosis.findings):
-        ax.axvspan(f.start, max(f.end, f.start + 1e-9), color=colours.get(f.kind, "C5"), alpha=0.12)
-        ax.annotate(f.kind, xy=(f.start, 1.0 - 0.06 * i), xycoords=("data", "axes fraction"), fontsize=8,
-                    color=colours.get(f.kind, "C5"), va="top")
-    if history.lr is not None:
-        lr_ax = ax.twinx()
-        lr_ax.plot(history.lr.steps, history.lr.values, color="C2", lw=1, ls="--", label="learning rate")
-        lr_ax.set_ylabel("learning rate")
-    ax.set_title(f"learning rate {diagnosis.lr_verdict}: " + ", ".join(sorted(diagnosis.kinds)), fontsize=10)
-    ax.legend(fontsize=8, loc="upper right")
-    return _save(plt, fig, path)

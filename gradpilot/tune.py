@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,6 +63,10 @@ class TuneResult:
     @property
     def record_path(self) -> Path:
         return self.out_dir / "tune.json"
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / "report.html"
 
 
 def tune(
@@ -191,7 +196,19 @@ def _outputs(ctx: _Context, stages: tuple[Stage, ...], record: dict[str, Any]) -
     ctx.task.model.load_state_dict(best)
     torch.save(best, ctx.out / "model.pt")
     spent = ctx.spent / (ctx.train_items * ctx.task.epochs)
-    record.update(plan=plan, spent_runs=spent, budget_runs=ctx.budget, metric=ctx.values["metric"])
+    record.update(plan=plan, reasons=reasons, spent_runs=spent, budget_runs=ctx.budget, metric=ctx.values["metric"])
     _write_json(ctx.out / "tune.json", record)
+    _report(ctx.out)
     return TuneResult(plan, stages, ctx.budget, spent, float(ctx.values["metric"]), ctx.task.model, ctx.out,
                       ctx.run_samples)
+
+
+def _report(out: Path) -> None:
+    """report.html; a figure that cannot be drawn costs the page, never the plan or the model."""
+    from gradpilot.report import write_tune_report
+
+    try:
+        write_tune_report(out)
+    except Exception as exc:  # the page is a view: what tune decided is already on disk
+        warnings.warn(f"report.html was not written ({type(exc).__name__}: {exc}); "
+                      f"`gradpilot report {out}` tries again", stacklevel=3)

@@ -195,12 +195,12 @@ def test_json_writes_no_picture_unless_asked(tmp_path, monkeypatch):
 
 
 def test_a_drawing_that_fails_loses_no_result(tmp_path, monkeypatch):
-    import gradpilot.report
+    import gradpilot.plots
 
     def broken(*args, **kwargs):
         raise OverflowError("cannot draw 1e308")
 
-    monkeypatch.setattr(gradpilot.report, "plot_lr_curve", broken)
+    monkeypatch.setattr(gradpilot.plots, "plot_lr_curve", broken)
     result = runner.invoke(app, ["find-lr", "--num-steps", "20", "--plot", str(tmp_path / "c.png")])
     assert result.exit_code == 2 and "Suggested learning rate" in result.output
     assert "could not draw" in result.output and "Traceback" not in result.output

@@ -1,0 +1,211 @@
+"""Drawings: turns gradpilot's results into matplotlib images. Analysis lives elsewhere; this module only draws."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gradpilot.diagnose import Diagnosis
+    from gradpilot.history import History
+    from gradpilot.lr_finder import LRFinderResult
+
+
+_DRAWABLE = 1e100  # values beyond are drawn at this bound
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a core dependency
+        raise ImportError("plotting needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_lr_curve(result: LRFinderResult, path: Path) -> Path:
+    """Save the range-test curve (raw and smoothed loss over log-LR) with each rule's pick marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    n = len(result.smoothed_losses)
+    ax.plot(result.lrs[:n], result.losses[:n], color="0.75", lw=0.8, label="loss")
+    ax.plot(result.lrs[:n], result.smoothed_losses, color="C0", lw=1.8, label="smoothed loss")
+    for i, (name, lr) in enumerate(sorted(result.alternatives.items())):
+        chosen = name == result.rule
+        ax.axvline(lr, color="C3" if chosen else f"C{i + 1}", lw=2 if chosen else 1,
+                   ls="-" if chosen else "--", label=f"{name}: {lr:.2g}" + (" (suggested)" if chosen else ""))
+    ax.set_xscale("log")
+    lo, hi = min(result.smoothed_losses), result.smoothed_losses[0]
+    pad = 0.15 * max(hi - lo, abs(lo) * 0.05, 1e-8)
+    ax.set_ylim(lo - pad, max(result.smoothed_losses[: max(n // 2, 1)]) + 3 * pad)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"LR range test — suggestion {result.suggestion:.3g}")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def plot_schedule(lrs: list[float], path: Path, title: str) -> Path:
+    """Save an LR schedule (LR against optimizer step) as an image."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot(range(len(lrs)), lrs, color="C0", lw=1.8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def plot_diagnosis(history: History, diagnosis: Diagnosis, path: Path) -> Path:
+    """Save the run's curves (train and validation loss, LR) with each finding's span shaded and named."""
+    import numpy as np
+
+    from gradpilot._signal import centred_smooth
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    t = history.train_loss
+    values = np.clip(t.values, -_DRAWABLE, _DRAWABLE)  # matplotlib cannot scale axes near the float limits
+    ax.plot(t.steps, values, color="0.75", lw=0.7, label="train loss")
+    finite = np.isfinite(values)
+    if finite.sum() > 8:
+        ax.plot(t.steps[finite], centred_smooth(values[finite], max(2.0, finite.sum() / 40)), color="C0", lw=1.8,
+                label="train loss (trend)")
+    if history.val_loss is not None:
+        ax.plot(history.val_loss.steps, np.clip(history.val_loss.values, -_DRAWABLE, _DRAWABLE), "o-", color="C1",
+                lw=1.5, label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if finite.any():
+        with np.errstate(all="ignore"):  # losses near the float limits: keep matplotlib's own limits
+            lo, hi = np.nanpercentile(values[finite], [1, 99])
+            bottom, top = lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo)
+        if np.isfinite([bottom, top]).all() and bottom < top:
+            ax.set_ylim(bottom, top)
+    colours = {"divergence": "C3", "nan": "C3", "oscillation": "C4", "plateau": "C7", "slow_convergence": "C8",
+               "overfitting": "C1", "underfitting": "C9", "healthy": "C2"}
+    for i, f in enumerate(diagnosis.findings):
+        ax.axvspan(f.start, max(f.end, f.start + 1e-9), color=colours.get(f.kind, "C5"), alpha=0.12)
+        ax.annotate(f.kind, xy=(f.start, 1.0 - 0.06 * i), xycoords=("data", "axes fraction"), fontsize=8,
+                    color=colours.get(f.kind, "C5"), va="top")
+    if history.lr is not None:
+        lr_ax = ax.twinx()
+        lr_ax.plot(history.lr.steps, history.lr.values, color="C2", lw=1, ls="--", label="learning rate")
+        lr_ax.set_ylabel("learning rate")
+    ax.set_title(f"learning rate {diagnosis.lr_verdict}: " + ", ".join(sorted(diagnosis.kinds)), fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    return _save(plt, fig, path)
+
+
+# --- the tune report's figures: each takes plain numbers from tune.json --------------------------------
+
+
+def plot_range_test(evidence: dict[str, Any], picks: dict[str, float], chosen: float, edge: float,
+                    candidates: list[float], path: Path) -> Path:
+    """The range test as tune ran it: raw and smoothed loss over log-LR, each rule's pick, the edge and the
+    LRs the search then tried (at the task's batch)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    smoothed = evidence["smoothed_losses"]
+    lrs = evidence["lrs"][: len(smoothed)]
+    if evidence.get("losses"):
+        ax.plot(lrs, evidence["losses"][: len(lrs)], color="0.75", lw=0.8, label="loss")
+    ax.plot(lrs, smoothed, color="C0", lw=1.8, label="smoothed loss")
+    for i, (rule, lr) in enumerate(sorted(picks.items())):
+        ax.axvline(lr, color=f"C{i + 1}", lw=1, ls="--", label=f"{rule}: {lr:.2g}")
+    ax.axvline(chosen, color="C3", lw=2, label=f"suggestion: {chosen:.2g}")
+    ax.axvline(edge, color="k", lw=1.5, ls=":", label=f"edge (lowest loss): {edge:.2g}")
+    for lr in candidates:
+        ax.plot([lr], [min(smoothed)], marker="v", color="C2", ms=8, ls="none")
+    if candidates:
+        ax.plot([], [], marker="v", color="C2", ls="none", label="search candidates")
+    ax.set_xscale("log")
+    lo, hi = min(smoothed), max(smoothed[: max(len(smoothed) // 2, 1)])
+    pad = 0.15 * max(hi - lo, abs(lo) * 0.05, 1e-8)
+    ax.set_ylim(lo - 2 * pad, hi + 3 * pad)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def plot_batch_trials(trials: list[dict[str, Any]], path: Path) -> Path:
+    """Each micro-batch tried: throughput (bars) and peak memory (line); a size that did not fit is marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    labels = [str(t["batch_size"]) for t in trials]
+    speeds = [t["samples_per_second"] or 0.0 for t in trials]
+    ax.bar(labels, speeds, color=["C0" if t["fits"] else "C3" for t in trials])
+    for i, t in enumerate(trials):
+        if not t["fits"]:
+            ax.annotate("out of memory", (i, 0), ha="center", va="bottom", color="C3", fontsize=8)
+    ax.set_xlabel("micro-batch size")
+    ax.set_ylabel("samples / s")
+    memory = [t["peak_memory"] for t in trials]
+    if any(m is not None for m in memory):
+        twin = ax.twinx()
+        twin.plot(labels, [(m or 0) / 2**20 for m in memory], "o-", color="C1")
+        twin.set_ylabel("peak memory (MiB)", color="C1")
+    return _save(plt, fig, path)
+
+
+def plot_ladder(trials: list[dict[str, Any]], winner: tuple[float, int], path: Path) -> Path:
+    """Successive halving: each candidate's score at each rung it reached; pruned ones end in a cross."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for i, t in enumerate(sorted(trials, key=lambda t: t["lr"] or 0.0)):
+        points = sorted((int(k), v) for k, v in t["scores"].items())
+        if not points:
+            continue
+        best = (t["lr"], t["batch"]) == winner
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, "o-", color=f"C{i % 10}", lw=2.5 if best else 1.2,
+                label=f"lr {t['lr']:.2g}, batch {t['batch']}" + (" (chosen)" if best else ""))
+        if t["state"] == "pruned":
+            ax.plot([xs[-1]], [ys[-1]], marker="x", color="k", ms=10, mew=2)
+    ax.plot([], [], marker="x", color="k", ls="none", label="pruned here")
+    ax.set_xscale("log")
+    ax.set_xlabel("samples trained (rung)")
+    ax.set_ylabel("validation metric after cooldown")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def plot_epochs(val_metrics: list[float], chosen: int, path: Path) -> Path:
+    """The early-stopping run's validation metric per epoch, with the epoch chosen."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    epochs = list(range(1, len(val_metrics) + 1))
+    ax.plot(epochs, val_metrics, "o-", color="C1", label="validation metric (constant LR)")
+    ax.axvline(chosen, color="C3", lw=1.5, ls="--", label=f"chosen: {chosen} epochs")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation metric")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def plot_schedules(runs: dict[str, dict[str, list[float]]], path: Path) -> Path:
+    """The schedules compared: each run's LR per step (left) and validation metric per epoch (right)."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (name, run) in enumerate(runs.items()):
+        left.plot(range(len(run["lrs"])), run["lrs"], color=f"C{i}", lw=1.6, label=name)
+        right.plot(range(1, len(run["val_metrics"]) + 1), run["val_metrics"], "o-", color=f"C{i}", label=name)
+    left.set_xlabel("optimizer step")
+    left.set_ylabel("learning rate")
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation metric")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    return _save(plt, fig, path)

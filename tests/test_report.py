@@ -1,0 +1,139 @@
+"""The HTML pages: the tune report rendered in a real headless browser, rebuilt from tune.json, and the page
+for one diagnosed run."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from gradpilot.cli import app
+from gradpilot.errors import GradpilotError
+from gradpilot.examples import accuracy, spirals
+from gradpilot.report import SECTIONS, write_tune_report
+from gradpilot.task import Task
+from gradpilot.tune import tune
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+CHECK = """<script>window.addEventListener('load', () => {
+  const images = [...document.images];
+  const out = {images: images.length, loaded: images.filter(i => i.complete && i.naturalWidth > 0).length,
+               sections: [...document.querySelectorAll('section')].map(s => s.id),
+               tables: document.querySelectorAll('table').length};
+  const pre = document.createElement('pre'); pre.id = 'gp-check'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});</script></body>"""
+
+
+def browser() -> str:
+    found = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    if found is None:
+        if os.environ.get("GRADPILOT_REQUIRE_BROWSER"):
+            pytest.fail("no chromium on PATH, and GRADPILOT_REQUIRE_BROWSER is set (.ci/run installs it)")
+        pytest.skip("no headless browser here: `apt-get install chromium` (.ci/run does)")
+    return found
+
+
+def headless(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def page_images(folder: Path) -> int:
+    return (folder / "report.html").read_text().count("<img ")
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 3))
+    task = Task(model=model, train_data=spirals(1024, seed=0), val_data=spirals(256, seed=1),
+                loss_fn=nn.CrossEntropyLoss(), metric=accuracy, higher_is_better=True, optimizer="adamw", lr=1e-3,
+                batch_size=32, epochs=8, name="report-task")
+    tune(task, out_dir=out)
+    return out
+
+
+def test_tune_writes_a_self_contained_page_under_the_size_limit(tuned):
+    page = (tuned / "report.html").read_text()
+    assert (tuned / "report.html").stat().st_size < 2 * 2**20
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", page)  # nothing fetched from outside the file
+    for anchor, title in SECTIONS:
+        assert f'id="{anchor}"' in page and html.escape(title) in page
+    plan = json.loads((tuned / "tune.json").read_text())["plan"]
+    assert f"<td>{plan['per_device_train_batch_size']}</td>" in page and "cosine_with_min_lr" in page
+
+
+def test_the_page_renders_in_a_real_browser_with_every_image_loaded(tuned, tmp_path):
+    probe = tmp_path / "probe.html"
+    probe.write_text((tuned / "report.html").read_text().replace("</body>", CHECK))
+    done = headless("--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
+    found = re.search(r'<pre id="gp-check">(.*?)</pre>', done.stdout)
+    assert found, done.stderr[-2000:]
+    check = json.loads(html.unescape(found.group(1)))
+    assert check["images"] == page_images(tuned) >= 6 and check["loaded"] == check["images"]
+    assert check["sections"] == [anchor for anchor, _ in SECTIONS] and check["tables"] >= 7
+    shot = tmp_path / "report.png"
+    headless("--window-size=1100,6000", f"--screenshot={shot}", (tuned / "report.html").as_uri())
+    assert shot.stat().st_size > 50_000  # a page of figures, not a blank one
+    saved = Path(os.environ.get("GRADPILOT_SCREENSHOTS", tmp_path))
+    saved.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, saved / "report.png")
+
+
+def test_gradpilot_report_rebuilds_the_page_from_tune_json(tuned):
+    (tuned / "report.html").unlink()
+    result = CliRunner().invoke(app, ["report", str(tuned)])
+    assert result.exit_code == 0, result.output
+    assert "Report written to" in result.output and (tuned / "report.html").stat().st_size > 100_000
+
+
+def test_a_folder_without_a_finished_tune_is_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "tune.json does not exist" in result.output
+    (tmp_path / "tune.json").write_text(json.dumps({"settings": {}, "stages": {}}))
+    with pytest.raises(GradpilotError, match="holds no finished tune"):
+        write_tune_report(tmp_path)
+    (tmp_path / "tune.json").write_text("{cut")
+    with pytest.raises(GradpilotError, match="cannot be read"):
+        write_tune_report(tmp_path)
+
+
+def test_diagnose_html_writes_the_run_s_page_without_importing_torch(tuned, tmp_path):
+    log, page = next((tuned / "runs").glob("*/metrics.csv")), tmp_path / "run.html"
+    code = ("import sys; from gradpilot.cli import main; sys.argv = ['gradpilot', 'diagnose', sys.argv[1], "
+            "'--html', sys.argv[2]]\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'diagnose imported torch'")
+    done = subprocess.run([sys.executable, "-c", code, str(log), str(page)], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    text = page.read_text()
+    assert "Page written to" in done.stdout and 'id="final-run"' in text and "data:image/png;base64," in text
+    assert "Learning rate" in text and "<table>" in text
+
+
+def test_a_page_that_cannot_be_drawn_costs_the_page_not_the_plan(tmp_path, monkeypatch):
+    import gradpilot.report
+
+    def broken(out):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(gradpilot.report, "write_tune_report", broken)
+    torch.manual_seed(0)
+    task = Task(model=nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3)), train_data=spirals(256, seed=0),
+                val_data=spirals(128, seed=1), loss_fn=nn.CrossEntropyLoss(), metric=accuracy, higher_is_better=True,
+                optimizer="adam", lr=1e-3, batch_size=32, epochs=4, name="no-page")
+    with pytest.warns(UserWarning, match="report.html was not written .*no fonts"):
+        result = tune(task, out_dir=tmp_path, budget=2)
+    assert result.plan_path.exists() and result.model_path.exists() and not result.report_path.exists()
