@@ -1,5 +1,6 @@
 """The budgeted LR search inside ``tune``: short real runs of a few candidate (LR, batch) pairs, compared by
-successive halving on an Optuna study (its pruner decides, its storage keeps the trials for a resume).
+successive halving on an Optuna study (its pruner decides; its storage keeps the trials for a resume and
+shares the runs between workers).
 
 A short run at a constant LR favours an LR that is too small: it is judged before a larger LR's noise has been
 annealed away. So each rung is scored after a brief cooldown — a branch that decays the LR linearly to 0 over
@@ -10,18 +11,21 @@ goes on from where it was, at its constant LR.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import torch
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 from torch.utils.data import DataLoader
 
 from gradpilot._batch import model_device
+from gradpilot._workers import Queue, quiet
 from gradpilot.accumulation import accumulate, item_counter
 from gradpilot.evaluation import evaluate
 from gradpilot.task import Task
@@ -160,105 +164,127 @@ def _endless(task: Task, micro_batch: int, seed: int) -> Iterator[Any]:
 Progress = Callable[[str], None]
 
 
-@dataclass
-class _Live:
-    """A trial still in the running: its Optuna trial, its candidate, and where its short run is saved."""
-
-    trial: optuna.Trial
-    cand: Candidate
-    path: Path
-    closed: bool = False
-
-    def value_at(self, rung: int) -> float | None:
-        return self.trial.study._storage.get_trial(self.trial._trial_id).intermediate_values.get(rung)
-
-
 class Search:
-    """Successive halving, rung by rung: every trial still in the running trains to the rung and is scored;
-    then, best first, each asks the study's ``SuccessiveHalvingPruner`` whether it goes on. Each trial's run is
-    saved after each rung (``folder``), so a killed search continues from the last rung it finished."""
+    """Successive halving, rung by rung, shared by every worker on the storage. Rung k is a queue of short-run
+    jobs (one per candidate still in the running); when it is empty, the worker that fills the next rung's
+    queue first asks, best first, each scored trial whether the study's ``SuccessiveHalvingPruner`` lets it
+    go on. The trials of the ``{prefix}:lr_search`` study hold each candidate's scores; its runs are saved
+    after each rung in ``folder``, so a rung continues where the last one stopped (a worker that lacks the
+    file — another machine — trains the run again from the start, and pays for it)."""
 
-    def __init__(self, study: optuna.Study, task: Task, initial: dict[str, torch.Tensor], plan: SearchPlan, *,
-                 seed: int, folder: Path, budget_left: Callable[[], int], charge: Callable[[int], None],
-                 progress: Progress | None = None) -> None:
-        self.study, self.task, self.initial, self.plan, self.seed = study, task, initial, plan, seed
-        self.folder, self.budget_left, self.charge, self.progress = folder, budget_left, charge, progress
+    def __init__(self, storage: BaseStorage, prefix: str, task: Task, initial: dict[str, torch.Tensor], *, seed: int,
+                 folder: Path, progress: Progress | None = None, wait: Callable[[], None] | None = None) -> None:
+        self.storage, self.prefix, self.task, self.initial, self.seed = storage, prefix, task, initial, seed
+        self.folder, self.progress, self.wait = folder, progress, wait
         folder.mkdir(parents=True, exist_ok=True)
 
-    def run(self) -> None:
-        live = self._open()
-        for k, rung in enumerate(self.plan.rungs):
-            contenders = [t for t in live if not t.closed]
-            for t in contenders:
-                if t.value_at(rung) is None:
-                    self._train(t, rung)
-            self._halve([t for t in contenders if not t.closed], k)
-        for t in live:
-            if not t.closed:
-                last = max(t.trial.study._storage.get_trial(t.trial._trial_id).intermediate_values)
-                self.study.tell(t.trial, t.value_at(last))
+    def study(self, rungs: tuple[int, ...] = (1,)) -> optuna.Study:
+        """The study of the candidates' scores (made by the first caller)."""
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=rungs[0], reduction_factor=ETA)
+        direction: Literal["maximize", "minimize"] = "maximize" if self.task.higher_is_better else "minimize"
+        return optuna.create_study(storage=self.storage, study_name=f"{self.prefix}:lr_search", direction=direction,
+                                   pruner=pruner, load_if_exists=True)
 
-    def _open(self) -> list[_Live]:
-        """Trials left running by a killed search, re-attached; a new trial for each candidate never tried."""
-        running = {_key(t.params): t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING}
-        tried = {_key(t.params) for t in self.study.get_trials(deepcopy=False)}
-        live = []
-        for cand in self.plan.candidates:
-            if _key(_params(cand)) in running:
-                trial = optuna.trial.Trial(self.study, running[_key(_params(cand))]._trial_id)
-            elif _key(_params(cand)) not in tried:
-                trial = self._ask(cand)
+    def run(self, make_plan: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Take part in every rung; ``make_plan`` is called by the one worker that starts the search. Returns
+        the plan's note (``{"skipped": why}`` when there is no search)."""
+        first = Queue(self.storage, f"{self.prefix}:lr_search:rung-0")
+        if first.claim_filling():
+            note = make_plan()
+            first.fill([{"index": i} for i in range(len(note.get("candidates", [])))], note)
+        note = first.note(self.wait)
+        if "skipped" in note:
+            return note
+        plan, allowance = _plan(note), int(note["allowance"])
+        study = self.study(plan.rungs)
+        for k in range(len(plan.rungs)):
+            queue = first if k == 0 else Queue(self.storage, f"{self.prefix}:lr_search:rung-{k}")
+            if k and queue.claim_filling():
+                queue.fill([{"index": i} for i in self._halve(study, plan, k - 1)])
+            queue.work(functools.partial(self._rung_job, study, plan, k, allowance), self.wait)
+        return note
+
+    def close(self, study: optuna.Study) -> None:
+        """Tell every trial still running its last score (the search is over)."""
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.intermediate_values:
+                study.tell(t.number, t.intermediate_values[max(t.intermediate_values)])
             else:
-                continue
-            live.append(_Live(trial, cand, self.folder / f"trial-{trial.number}.pt"))
-        return live
+                study.tell(t.number, state=TrialState.PRUNED)
 
-    def _ask(self, cand: Candidate) -> optuna.Trial:
-        self.study.enqueue_trial(_params(cand))
-        trial = self.study.ask()
+    def _rung_job(self, study: optuna.Study, plan: SearchPlan, k: int, allowance: int,
+                  job: dict[str, Any]) -> dict[str, Any]:
+        return self._job(study, plan, int(job["index"]), k, allowance)
+
+    def _job(self, study: optuna.Study, plan: SearchPlan, index: int, k: int, allowance: int) -> dict[str, Any]:
+        """Continue candidate ``index``'s run to rung ``k`` and score it; stop it when the budget cannot pay."""
+        cand, rung = plan.candidates[index], plan.rungs[k]
+        trial = self._trial(study, cand, index)
+        reported = study._storage.get_trial(trial._trial_id).intermediate_values
+        if rung in reported:  # scored before its worker was killed, between the report and the job's end
+            return {"value": reported[rung]}
+        path = self.folder / f"trial-{trial.number}.pt"
+        run = ShortRun(self.task, self.initial, cand, seed=self.seed,
+                       warmup_samples=round(cand.warmup_ratio * plan.rungs[-1]))
+        if path.exists():
+            run.load(path)
+        cooldown = max(cand.batch, round(plan.cooldown * rung))
+        if spent_in(study) + rung - run.samples + cooldown > allowance:
+            trial.set_user_attr("stopped", "budget")
+            study.tell(trial, state=TrialState.PRUNED)
+            return {"stopped": "budget"}
+        if self.progress is not None:
+            self.progress(f"lr {cand.lr:.3g}, batch {cand.batch}: {rung:,} samples")
+        before = run.spent
+        run.advance(rung)
+        value = run.score(cooldown)
+        run.save(path)
+        done = study._storage.get_trial(trial._trial_id).user_attrs.get("samples", 0)
+        trial.set_user_attr("samples", int(done) + run.spent - before)
+        trial.report(value, rung)
+        return {"value": value}
+
+    def _trial(self, study: optuna.Study, cand: Candidate, index: int) -> optuna.Trial:
+        """The candidate's trial: made on its first rung, found again on the next ones (or after a kill)."""
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("index") == index:
+                return optuna.trial.Trial(study, t._trial_id)
+        study.enqueue_trial(_params(cand))
+        with quiet():
+            trial = study.ask()
         trial.suggest_float("lr", 1e-12, 1e6, log=True)  # the enqueued values, declared so the study records them
         trial.suggest_int("micro_batch", 1, 1 << 30)
         trial.suggest_int("accumulation", 1, 1 << 20)
         trial.set_user_attr("warmup_ratio", cand.warmup_ratio)
+        trial.set_user_attr("index", index)
         return trial
 
-    def _train(self, t: _Live, rung: int) -> None:
-        """Continue the trial's run to ``rung`` samples and score it; stop it when the budget cannot pay."""
-        run = ShortRun(self.task, self.initial, t.cand, seed=self.seed,
-                       warmup_samples=round(t.cand.warmup_ratio * self.plan.rungs[-1]))
-        if t.path.exists():
-            run.load(t.path)
-        cooldown = max(t.cand.batch, round(self.plan.cooldown * rung))
-        if rung - run.samples + cooldown > self.budget_left():
-            t.trial.set_user_attr("stopped", "budget")
-            self._close(t)
-            return
-        if self.progress is not None:
-            self.progress(f"lr {t.cand.lr:.3g}, batch {t.cand.batch}: {rung:,} samples")
-        charged = run.spent
-        run.advance(rung)
-        value = run.score(cooldown)
-        self.charge(run.spent - charged)
-        run.save(t.path)
-        t.trial.set_user_attr("samples", run.spent)
-        t.trial.report(value, rung)
+    def _halve(self, study: optuna.Study, plan: SearchPlan, k: int) -> list[int]:
+        """After rung ``k``: best first, each scored trial asks the pruner whether it goes on; the indexes that do."""
+        rung, sign = plan.rungs[k], (-1.0 if self.task.higher_is_better else 1.0)
+        scored = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                  if rung in t.intermediate_values]
+        promoted = []
+        for t in sorted(scored, key=lambda t: sign * t.intermediate_values[rung]):
+            trial = optuna.trial.Trial(study, t._trial_id)
+            if t.user_attrs.get(f"rung-{k}") != "promoted" and trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                (self.folder / f"trial-{t.number}.pt").unlink(missing_ok=True)
+                continue
+            trial.set_user_attr(f"rung-{k}", "promoted")
+            promoted.append(int(t.user_attrs["index"]))
+        return promoted
 
-    def _halve(self, scored: list[_Live], k: int) -> None:
-        """Best first, each scored trial asks the pruner whether it goes on to the next rung."""
-        rung = self.plan.rungs[k]
-        sign = -1.0 if self.task.higher_is_better else 1.0
-        for t in sorted(scored, key=lambda t: sign * (t.value_at(rung) or 0.0)):
-            if t.trial.study._storage.get_trial(t.trial._trial_id).user_attrs.get(f"rung-{k}") == "promoted":
-                continue  # decided before a kill
-            if t.trial.should_prune():
-                self._close(t)
-            else:
-                t.trial.set_user_attr(f"rung-{k}", "promoted")
 
-    def _close(self, t: _Live) -> None:
-        self.study.tell(t.trial, state=TrialState.PRUNED)
-        t.closed = True
-        t.path.unlink(missing_ok=True)
+def plan_note(plan: SearchPlan, allowance: int) -> dict[str, Any]:
+    """The search plan as the first worker writes it for the others (JSON)."""
+    return {"candidates": [[c.lr, c.micro_batch, c.accumulation, c.warmup_ratio] for c in plan.candidates],
+            "rungs": list(plan.rungs), "cooldown": plan.cooldown, "allowance": allowance}
+
+
+def _plan(note: dict[str, Any]) -> SearchPlan:
+    cands = tuple(Candidate(float(lr), int(m), int(k), float(w)) for lr, m, k, w in note["candidates"])
+    return SearchPlan(cands, tuple(int(r) for r in note["rungs"]), float(note["cooldown"]))
 
 
 def best_candidate(study: optuna.Study, higher_is_better: bool) -> tuple[Candidate, float, int]:
@@ -294,7 +320,3 @@ def _candidate(trial: optuna.trial.FrozenTrial) -> Candidate:
     p = trial.params
     return Candidate(float(p["lr"]), int(p["micro_batch"]), int(p["accumulation"]),
                      float(trial.user_attrs.get("warmup_ratio", 0.0)))
-
-
-def _key(params: dict[str, Any]) -> tuple[float, int, int]:
-    return (round(float(params["lr"]), 15), int(params["micro_batch"]), int(params.get("accumulation", 1)))

@@ -10,13 +10,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import optuna
 import torch
+from optuna.storages import BaseStorage
 from torch.utils.data import DataLoader
 
 from gradpilot import _search, scaling
+from gradpilot._workers import worker_id
 from gradpilot.batch_size import estimate_noise_scale, find_batch_size
 from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError
@@ -25,6 +26,7 @@ from gradpilot.task import Task
 from gradpilot.training import FitResult, fit
 
 MIN_LR_RATE = 0.01  # the decaying schedule ends at 1% of the peak LR
+NO_EDGE = 10.0  # where the range test shows no edge above its suggestion, candidates go up to this many times it
 FINAL_SHARE = 0.65  # of the budget left after the batch stage, at most this goes to the last two stages
 
 
@@ -55,10 +57,16 @@ class _Context:
     budget_samples: int
     budget: float
     initial: dict[str, torch.Tensor]
-    storage: str
+    storage: BaseStorage
+    prefix: str  # the study names' prefix: workers given the same storage and prefix share the work
     progress: Callable[[str, float], None] | None
+    wait: Callable[[], None] | None = None  # called while a worker waits on others (the n_jobs parent watches them)
     spent: int = 0
     values: dict[str, Any] = field(default_factory=dict)
+
+    def searcher(self) -> _search.Search:
+        return _search.Search(self.storage, self.prefix, self.task, self.initial, seed=self.seed,
+                              folder=self.out / "runs" / "search", progress=self.say, wait=self.wait)
 
     @property
     def run_samples(self) -> int:
@@ -103,10 +111,12 @@ def lr_range(ctx: _Context) -> Stage:
     result = find_lr(ctx.task, train_loader=ctx.task.train_loader(ctx.seed), num_steps=steps)
     ctx.charge(steps * ctx.task.batch_size)
     smoothed = result.smoothed_losses
-    edge = result.lrs[min(range(len(smoothed)), key=lambda i: smoothed[i])]
-    return Stage("lr_range", {"lr_found": result.suggestion, "lr_edge": max(edge, result.suggestion)},
-                 f"range test over {len(result.lrs)} steps suggests {result.suggestion:.3g} ({result.rule}); "
-                 f"the loss is lowest at {edge:.3g}",
+    lowest = result.lrs[min(range(len(smoothed)), key=lambda i: smoothed[i])]
+    edge = lowest if lowest > result.suggestion else NO_EDGE * result.suggestion
+    seen = f"the loss is lowest at {lowest:.3g}" if lowest > result.suggestion else \
+        f"the loss is lowest below it ({lowest:.3g}): no edge seen, the search may go {NO_EDGE:g}× above it"
+    return Stage("lr_range", {"lr_found": result.suggestion, "lr_edge": edge},
+                 f"range test over {len(result.lrs)} steps suggests {result.suggestion:.3g} ({result.rule}); {seen}",
                  alternatives=[{"rule": k, "lr": v} for k, v in result.alternatives.items()],
                  evidence={"lrs": list(result.lrs), "losses": list(result.losses), "smoothed_losses": list(smoothed),
                            "stop": result.stop_reason},
@@ -182,23 +192,34 @@ def accumulation(ctx: _Context) -> Stage:
     return Stage("accumulation", {"splits": splits}, why, alternatives=notes)
 
 
+def search(ctx: _Context) -> None:
+    """Every worker's part in the LR search: the first to arrive plans it (or says why there is none), then all
+    take the short runs, rung by rung, until the last rung's queue is empty."""
+    ctx.searcher().run(lambda: _plan_note(ctx))
+
+
+def _plan_note(ctx: _Context) -> dict[str, Any]:
+    plan = _search_plan(ctx)
+    if "learning_rate" in ctx.fixed or plan is None:
+        return {"skipped": "fixed" if "learning_rate" in ctx.fixed else "budget"}
+    return _search.plan_note(plan, ctx.left - _final_reserve(ctx))
+
+
 def lr_search(ctx: _Context) -> Stage:
     """Short real runs of a few LRs around the range test's suggestion (rescaled to each batch), halved by
     Optuna's successive-halving pruner; the winner is the best score at the longest rung reached."""
-    plan = _search_plan(ctx)
-    if "learning_rate" in ctx.fixed or plan is None:
-        return _no_search(ctx, "fixed" if "learning_rate" in ctx.fixed else "budget")
-    reserve = _final_reserve(ctx)  # before a resumed search charges what it spent already, so it is the same
-    study, plan = _study(ctx, plan)
-    ctx.charge(_search.spent_in(study))
-    _search.Search(study, ctx.task, ctx.initial, plan, seed=ctx.seed, folder=ctx.out / "runs" / "search",
-                   budget_left=lambda: ctx.left - reserve, charge=ctx.charge, progress=ctx.say).run()
+    searcher = ctx.searcher()
+    note = searcher.run(lambda: _plan_note(ctx))  # the search is over: this only reads its plan
+    if "skipped" in note:
+        return _no_search(ctx, note["skipped"])
+    study = searcher.study()
+    searcher.close(study)
     best, score, rung = _search.best_candidate(study, ctx.task.higher_is_better)
     trials = _search.trial_records(study)
     return Stage("lr_search", _decision(best),
                  f"{len(trials)} short runs; lr {best.lr:.3g} at batch {best.batch} scored best ({score:.4g}) after "
                  f"{rung:,} samples and a cooldown", alternatives=trials,
-                 evidence={"rungs": list(plan.rungs), "cooldown": plan.cooldown, "score": score},
+                 evidence={"rungs": note["rungs"], "cooldown": note["cooldown"], "score": score},
                  samples=_search.spent_in(study))
 
 
@@ -261,21 +282,6 @@ def _least_epochs(ctx: _Context) -> int:
     return math.ceil(0.75 * ctx.task.epochs)
 
 
-def _study(ctx: _Context, plan: _search.SearchPlan) -> tuple[optuna.Study, _search.SearchPlan]:
-    """The search's study in ctx.storage, and the plan it runs: a study made before (a resume) keeps its rungs."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=plan.rungs[0], reduction_factor=_search.ETA)
-    direction: Literal["maximize", "minimize"] = "maximize" if ctx.task.higher_is_better else "minimize"
-    study = optuna.create_study(storage=ctx.storage, study_name="lr_search", direction=direction, pruner=pruner,
-                                load_if_exists=True)
-    if "rungs" not in study.user_attrs:
-        study.set_user_attr("rungs", list(plan.rungs))
-    rungs = tuple(int(r) for r in study.user_attrs["rungs"])
-    if rungs != plan.rungs:
-        study.pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=rungs[0], reduction_factor=_search.ETA)
-    return study, dataclasses.replace(plan, rungs=rungs)
-
-
 def epochs(ctx: _Context) -> Stage:
     """A run at the chosen LR and batch with early stopping on validation: its best epoch is the epoch count."""
     fixed = ctx.fixed.get("num_train_epochs")
@@ -328,7 +334,8 @@ def schedule(ctx: _Context) -> Stage:
     name = fixed or "cosine_with_min_lr"
     if fixed in ("constant", "constant_with_warmup") or (fixed is None and n * ctx.train_items > ctx.left):
         reason = "fixed" if fixed else "budget"
-        return Stage("schedule", _kept_constant(ctx), f"constant LR ({reason})", skipped=reason)
+        return Stage("schedule", {**_kept_constant(ctx), "trained_by": f"{worker_id()} in {ctx.out.resolve()}"},
+                     f"constant LR ({reason})", skipped=reason)
     ctx.say(f"{name} over {n} epochs")
     result, _ = _train(ctx, name, n, None)
     score = _score(result)
@@ -337,6 +344,7 @@ def schedule(ctx: _Context) -> Stage:
     options = {"min_lr": MIN_LR_RATE * float(ctx.values["learning_rate"])} if name == "cosine_with_min_lr" else {}
     decision = {"lr_scheduler_type": name, "lr_scheduler_kwargs": options, "metric": score, "num_train_epochs": n,
                 "model_file": f"{name}.pt"} if better else _kept_constant(ctx)
+    decision["trained_by"] = f"{worker_id()} in {ctx.out.resolve()}"
     why = f"{name} over {n} epochs validates at {score:.4g}, the one run the budget paid for" if constant is None else \
         f"{name} over {n} epochs validates at {score:.4g} against the constant LR's {constant:.4g}: " + \
         ("kept" if better else "the constant LR is kept")

@@ -229,8 +229,14 @@ def tune_command(
         typer.Option("--fix", help="keep a plan value, e.g. --fix batch_size=64 --fix epochs=10 (repeatable)"),
     ] = None,
     storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL for the trials (default: a SQLite file in --out)")
+        str | None,
+        typer.Option(help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db (default: a file in "
+                     "--out)"),
     ] = None,
+    study: Annotated[
+        str, typer.Option(help="study name: tune processes with the same --storage and --study share the work")
+    ] = "gradpilot",
+    n_jobs: Annotated[int, typer.Option("--n-jobs", help="worker processes on this machine (journal file)")] = 1,
     cooldown: Annotated[float, typer.Option(help="share of each short run spent decaying the LR before scoring")] = 0.2,
     seed: Annotated[int, typer.Option(help="seed passed to task() and to every run")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print the plan and figures as JSON")] = False,
@@ -246,12 +252,13 @@ def tune_command(
 
     task = _load(task_file, seed)
     with budget_bar(err_console, budget, disable=as_json) as progress:
-        result = tune(task, budget=budget, out_dir=out, fixed=fixed, storage=storage, seed=seed, cooldown=cooldown,
-                      progress=progress)
+        result = tune(task, budget=budget, out_dir=out, fixed=fixed, storage=storage, study=study, n_jobs=n_jobs,
+                      seed=seed, cooldown=cooldown, progress=progress)
     if as_json:
         typer.echo(_dumps({"plan": result.plan, "spent_runs": result.spent, "budget_runs": result.budget,
                            "metric": result.metric, "plan_path": str(result.plan_path),
-                           "model_path": str(result.model_path), "record_path": str(result.record_path)}))
+                           "model_path": str(result.model_path), "record_path": str(result.record_path),
+                           "report_path": str(result.report_path)}))
     else:
         summary(result, console)
 

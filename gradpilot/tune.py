@@ -9,6 +9,7 @@ drives them, records them in ``DIR/tune.json`` as they finish (what a resume rea
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from optuna.storages import BaseStorage
 from torch import nn
 
-from gradpilot import _hf_plan, _stages, _validate
+from gradpilot import _hf_plan, _stages, _validate, _workers
 from gradpilot._stages import Stage, _Context
 from gradpilot.errors import GradpilotError
 from gradpilot.task import Task
@@ -75,7 +77,9 @@ def tune(
     budget: float = 3.0,
     out_dir: str | Path = "gradpilot-tune",
     fixed: dict[str, Any] | None = None,
-    storage: str | None = None,
+    storage: str | BaseStorage | None = None,
+    study: str = "gradpilot",
+    n_jobs: int = 1,
     seed: int = 0,
     cooldown: float = 0.2,
     progress: Callable[[str, float], None] | None = None,
@@ -84,40 +88,94 @@ def tune(
 
     ``fixed`` holds plan values to keep (``{"per_device_train_batch_size": 64}``; short names such as
     ``batch_size`` or ``epochs`` work too): their stages are skipped and the rest adapt (a fixed batch still
-    gets its LR rescaled). Trials live in the Optuna ``storage`` (default: a SQLite file in ``out_dir``); the
-    same call again after a crash or kill continues, running nothing that finished. ``cooldown`` is the share
-    of each short run spent decaying the LR before it is scored (0: score at the constant LR).
-    ``progress(message, spent_runs)`` follows the work.
+    gets its LR rescaled). ``cooldown`` is the share of each short run spent decaying the LR before it is
+    scored (0: score at the constant LR). ``progress(message, spent_runs)`` follows the work.
+
+    Where the work runs: by default, in this process, its trials in a SQLite file in ``out_dir``; the same call
+    again after a crash or kill continues, running nothing that finished. ``n_jobs`` > 1 runs that many worker
+    processes on this machine, sharing Optuna's journal file in ``out_dir``. ``storage`` (an Optuna storage or
+    any URL Optuna accepts, e.g. ``postgresql://user@host/db``) with a ``study`` name shares the work between
+    every ``tune`` process started with the same two, on any machine: each stage and each short run runs once,
+    and all end with the same plan.
     """
-    ctx = _context(task, budget, Path(out_dir), fixed or {}, storage, seed, cooldown, progress)
+    ctx = _context(task, budget, Path(out_dir), fixed or {}, storage, study, n_jobs, seed, cooldown, progress)
+    if n_jobs == 1:
+        return _drive(ctx)
+    from gradpilot import _helpers
+
+    with _helpers.Helpers(ctx, n_jobs, lambda c: _drive(c, outputs=False)) as helpers:
+        ctx.wait = helpers.watch
+        return _drive(ctx)
+
+
+def _drive(ctx: _Context, *, outputs: bool = True) -> TuneResult:
+    """One worker's way through the stages: a stage runs in whichever worker takes it first, and every worker
+    reads its record back; the LR search's short runs are shared out between all of them."""
     record = _load_record(ctx)
     stages = []
     for name, run_stage in STAGES:
-        stage = _resume(record, name) or _finish(ctx, record, run_stage(ctx))
+        if name == "lr_search":
+            _stages.search(ctx)
+        saved = _workers.once(ctx.storage, f"{ctx.prefix}:stage:{name}", functools.partial(_run, run_stage, ctx),
+                              ctx.wait)
+        stage = Stage(**saved)
         ctx.values.update(stage.decision)
         stages.append(stage)
+        record["stages"][name] = saved
+        ctx.spent = sum(int(s["samples"]) for s in record["stages"].values())
+        if outputs:
+            _write_json(ctx.out / "tune.json", record)
+    if not outputs:
+        return _result(ctx, tuple(stages), {})
     return _outputs(ctx, tuple(stages), record)
 
 
-def _context(task: Task, budget: float, out: Path, fixed: dict[str, Any], storage: str | None, seed: int,
-             cooldown: float, progress: Callable[[str, float], None] | None) -> _Context:
+def _run(stage: Callable[[_Context], Stage], ctx: _Context) -> dict[str, Any]:
+    from gradpilot.diagnose import json_safe
+
+    out: dict[str, Any] = json_safe(asdict(stage(ctx)))
+    return out
+
+
+def _context(task: Task, budget: float, out: Path, fixed: dict[str, Any], storage: str | BaseStorage | None,
+             study: str, n_jobs: int, seed: int, cooldown: float,
+             progress: Callable[[str, float], None] | None) -> _Context:
     if not isinstance(task, Task):
         raise GradpilotError(f"tune needs a gradpilot.Task, got {type(task).__name__}")
     _validate.positive_float("budget", budget)
+    _validate.positive_int("n_jobs", n_jobs)
     if _validate.unit_interval("cooldown", cooldown, closed=True) >= 1:
         raise GradpilotError(f"cooldown must be in [0, 1), got {cooldown=}")
+    if not isinstance(study, str) or not study or ":" in study:
+        raise GradpilotError(f"study must be a non-empty name without ':', got {study!r}")
     if task.val_data is None:
         raise GradpilotError("tune needs validation data: set Task.val_data (every choice tune makes is checked on it)")
+    if n_jobs > 1 and storage is not None:
+        raise GradpilotError("n_jobs runs workers on this machine's journal file: for a shared storage, start one "
+                             "tune per worker with the same storage and study instead")
     _validate.writable_folder(out, "out_dir")
     (out / "runs").mkdir(parents=True, exist_ok=True)
     n = _train_length(task)
     initial = _initial_weights(task, out / "runs" / "initial.pt")
+    store = _workers.open_storage(storage, out, shared=n_jobs > 1)
     ctx = _Context(task=task, out=out, seed=seed, fixed=_hf_plan.parse_fixed(fixed), cooldown=cooldown,
                    train_items=n, budget_samples=math.floor(budget * n * task.epochs), budget=budget,
-                   initial=initial, storage=storage or f"sqlite:///{(out / 'trials.db').resolve()}",
-                   progress=progress)
+                   initial=initial, storage=store, prefix=study, progress=progress)
     _stages.check_budget(ctx)
+    if storage is None:  # the storage is this command's own: nothing else can be working on it
+        _workers.sweep(store, study, keep=(f"{study}:lr_search",))
+    _check_shared_settings(ctx)
     return ctx
+
+
+def _check_shared_settings(ctx: _Context) -> None:
+    """Workers sharing a study must tune the same thing the same way: the first one's settings rule."""
+    mine = json.loads(json.dumps(_settings(ctx)))
+    first = _workers.once(ctx.storage, f"{ctx.prefix}:settings", lambda: mine)
+    if first != mine:
+        changed = sorted(k for k in mine if first.get(k) != mine[k])
+        raise GradpilotError(f"study {ctx.prefix!r} in this storage was started with other settings "
+                             f"({', '.join(changed)}): use another --study, or the same arguments and task")
 
 
 def _train_length(task: Task) -> int:
@@ -148,7 +206,18 @@ def _settings(ctx: _Context) -> dict[str, Any]:
     t = ctx.task
     return {"task": t.name, "budget": ctx.budget, "fixed": ctx.fixed, "seed": ctx.seed, "cooldown": ctx.cooldown,
             "train_items": ctx.train_items, "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
-            "optimizer": t.optimizer_name}
+            "optimizer": t.optimizer_name, "initial_weights": _digest(ctx.initial)}
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
+    """A fingerprint of the initial weights: every worker's runs must start from the same model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _load_record(ctx: _Context) -> dict[str, Any]:
@@ -164,20 +233,7 @@ def _load_record(ctx: _Context) -> dict[str, Any]:
         changed = sorted(k for k in settings if record.get("settings", {}).get(k) != settings[k])
         raise GradpilotError(f"{ctx.out} holds a tune with other settings ({', '.join(changed)}): use a new out_dir, "
                              "or the same arguments to continue it")
-    for stage in record["stages"].values():
-        ctx.spent += int(stage["samples"])
-    return record
-
-
-def _resume(record: dict[str, Any], name: str) -> Stage | None:
-    saved = record["stages"].get(name)
-    return None if saved is None else Stage(**saved)
-
-
-def _finish(ctx: _Context, record: dict[str, Any], stage: Stage) -> Stage:
-    record["stages"][stage.name] = asdict(stage)
-    _write_json(ctx.out / "tune.json", record)
-    return stage
+    return {"settings": settings, "stages": {}}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -189,16 +245,29 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _outputs(ctx: _Context, stages: tuple[Stage, ...], record: dict[str, Any]) -> TuneResult:
-    """plan.yaml, model.pt and the finished tune.json; the model holds the best weights tune trained."""
+    """plan.yaml, model.pt and the finished tune.json; the model holds the best weights tune trained (where
+    another machine's worker trained them, model.pt is on that machine: the record says where)."""
     plan, reasons = _hf_plan.plan(ctx.values, ctx.task, stages)
     _hf_plan.write_yaml(plan, reasons, ctx.out / "plan.yaml", header=f"gradpilot tune plan for {ctx.task.name}")
-    best: dict[str, torch.Tensor] = torch.load(ctx.out / "runs" / ctx.values["model_file"], weights_only=True)
-    ctx.task.model.load_state_dict(best)
-    torch.save(best, ctx.out / "model.pt")
-    spent = ctx.spent / (ctx.train_items * ctx.task.epochs)
-    record.update(plan=plan, reasons=reasons, spent_runs=spent, budget_runs=ctx.budget, metric=ctx.values["metric"])
+    trained = ctx.out / "runs" / ctx.values["model_file"]
+    if trained.exists():
+        best: dict[str, torch.Tensor] = torch.load(trained, weights_only=True)
+        ctx.task.model.load_state_dict(best)
+        torch.save(best, ctx.out / "model.pt")
+    else:
+        warnings.warn(f"the final run was trained by worker {ctx.values.get('trained_by')}: model.pt is in its "
+                      "out_dir, not here", stacklevel=3)
+    result = _result(ctx, stages, reasons)
+    record.update(plan=plan, reasons=reasons, spent_runs=result.spent, budget_runs=ctx.budget,
+                  metric=result.metric)
     _write_json(ctx.out / "tune.json", record)
     _report(ctx.out)
+    return result
+
+
+def _result(ctx: _Context, stages: tuple[Stage, ...], reasons: dict[str, str]) -> TuneResult:
+    plan, _ = _hf_plan.plan(ctx.values, ctx.task, stages)
+    spent = ctx.spent / (ctx.train_items * ctx.task.epochs)
     return TuneResult(plan, stages, ctx.budget, spent, float(ctx.values["metric"]), ctx.task.model, ctx.out,
                       ctx.run_samples)
 

@@ -378,11 +378,11 @@ def test_tune_on_a_task_file_writes_the_plan_model_and_record(tmp_path):
     got = json.loads(result.stdout)
     assert got["plan"]["num_train_epochs"] == 2 and got["plan"]["optim"] == "sgd"
     assert got["plan"]["optim_args"] == "momentum=0.9" and got["spent_runs"] <= 3
-    assert all(Path(got[k]).exists() for k in ("plan_path", "model_path", "record_path"))
+    assert all(Path(got[k]).exists() for k in ("plan_path", "model_path", "record_path", "report_path"))
     assert json.loads((out / "tune.json").read_text())["settings"]["seed"] == 1
     again = runner.invoke(app, args[:-1])  # the same command: nothing runs again, the summary ends with the paths
     assert again.exit_code == 0, again.output
-    assert again.output.rstrip().splitlines()[-1].startswith("record:") and "learning_rate" in again.output
+    assert again.output.rstrip().splitlines()[-1].startswith("report:") and "learning_rate" in again.output
 
 
 @pytest.mark.parametrize(("args", "message"), [

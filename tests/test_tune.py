@@ -174,7 +174,7 @@ def test_fixed_lr_and_schedule_skip_their_stages(tmp_path):
 def test_no_cooldown_and_an_own_storage(tmp_path):
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     result = tune(small_task(), out_dir=tmp_path / "out", cooldown=0.0, storage=url, seed=3, budget=2)
-    study = optuna.load_study(study_name="lr_search", storage=url)
+    study = optuna.load_study(study_name="gradpilot:lr_search", storage=url)
     assert len(study.trials) == len(next(s for s in result.stages if s.name == "lr_search").alternatives)
     assert not (tmp_path / "out" / "trials.db").exists()
     assert next(s for s in result.stages if s.name == "lr_search").evidence["cooldown"] == 0.0
@@ -284,7 +284,7 @@ def test_a_killed_tune_continues_and_reruns_nothing_finished(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = json.loads((out / "tune.json").read_text())["stages"]
-    study = optuna.load_study(study_name="lr_search", storage=f"sqlite:///{out / 'trials.db'}")
+    study = optuna.load_study(study_name="gradpilot:lr_search", storage=f"sqlite:///{out / 'trials.db'}")
     scored = {t.number: dict(t.intermediate_values) for t in study.trials}
     assert "lr_search" not in before and "lr_range" in before and any(scored.values())
     resumed = subprocess.run(_tune_cli(task_file, out), capture_output=True, text=True, env=env, timeout=300)
@@ -292,7 +292,7 @@ def test_a_killed_tune_continues_and_reruns_nothing_finished(tmp_path):
     after = json.loads((out / "tune.json").read_text())
     for name, stage in before.items():
         assert after["stages"][name] == stage  # finished stages are read back, not run again
-    study = optuna.load_study(study_name="lr_search", storage=f"sqlite:///{out / 'trials.db'}")
+    study = optuna.load_study(study_name="gradpilot:lr_search", storage=f"sqlite:///{out / 'trials.db'}")
     for t in study.trials:  # a score reported before the kill is kept, not recomputed
         for rung, value in scored.get(t.number, {}).items():
             assert t.intermediate_values[rung] == value

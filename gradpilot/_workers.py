@@ -1,0 +1,248 @@
+"""Work shared by several ``tune`` processes through one Optuna storage, with Optuna's own means only.
+
+A piece of work — a stage that must run once, a short run to a rung — is a trial waiting in a *queue*: an
+Optuna study whose trials are enqueued with the job's parameters. A worker takes one with ``study.ask()``,
+which hands each waiting trial to exactly one caller (the storage's own atomic WAITING → RUNNING), and tells
+it COMPLETE with its result. Filling a queue happens once: the worker whose ``create_study`` succeeds fills
+it (a study name is unique in every storage); the others wait until it says it is full. On a storage with a
+heartbeat (SQLite, PostgreSQL and every RDB URL), a worker beats while it works; a worker that dies stops
+beating, its job is failed as stale and Optuna's ``RetryFailedTrialCallback`` puts a copy back in the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from gradpilot.errors import GradpilotError
+
+HEARTBEAT_S = 5  # a working worker writes a heartbeat this often
+GRACE_S = 30  # a job whose worker has not beaten for this long is failed and put back
+POLL_S = 0.2
+
+
+def open_storage(url: str | BaseStorage | None, out: Path, *, shared: bool) -> BaseStorage:
+    """The storage the trials live in: a given one; else, for several processes on this machine, Optuna's
+    journal file in ``out`` (SQLite is for one writer); else a SQLite file in ``out``. An RDB URL gets a
+    heartbeat, so a dead worker's job goes back to the queue."""
+    if isinstance(url, BaseStorage):
+        return url
+    if url is None and shared:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(out / "trials.journal")))
+    url = url or f"sqlite:///{(out / 'trials.db').resolve()}"
+    for attempt in range(4):
+        try:
+            return _rdb(url)
+        except (ImportError, ModuleNotFoundError) as exc:
+            raise GradpilotError(f"storage {url.split(':')[0]} needs a driver that is not installed ({exc}): "
+                                 "pip install 'gradpilot[postgres]' for PostgreSQL") from None
+        except Exception as exc:  # SQLAlchemy's errors: a bad URL, a server that does not answer, a race
+            if attempt < 3 and type(exc).__name__ in ("IntegrityError", "ProgrammingError", "OperationalError"):
+                time.sleep(0.5 * (attempt + 1))  # workers starting together race to make Optuna's tables
+                continue
+            first = str(exc).splitlines()[0][:200]
+            raise GradpilotError(f"cannot open storage {url!r}: {first}") from None
+    raise AssertionError("unreachable")
+
+
+def _rdb(url: str) -> RDBStorage:
+    with quiet():
+        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                          **_callback_arg())
+
+
+class Queue:
+    """Jobs in one Optuna study named ``name``; each job's parameters are a dict of numbers."""
+
+    def __init__(self, storage: BaseStorage, name: str) -> None:
+        self.storage, self.name = storage, name
+        self.study: optuna.Study | None = None
+
+    def claim_filling(self) -> bool:
+        """True for the one worker that must fill the queue: the one whose ``create_study`` made it."""
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            self.study = optuna.create_study(storage=self.storage, study_name=self.name)
+            return True
+        except optuna.exceptions.DuplicatedStudyError:
+            self.study = optuna.load_study(storage=self.storage, study_name=self.name)
+            return False
+
+    def fill(self, jobs: list[dict[str, Any]], note: dict[str, Any] | None = None) -> None:
+        """Enqueue the jobs (none twice), then say the queue is full, with ``note``: what the others must read."""
+        study = self._study
+        for params in jobs:
+            study.enqueue_trial(params, skip_if_exists=True)
+        study.set_user_attr("full", json.dumps(note or {}))
+
+    def note(self, wait: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Wait until the queue is full; its note."""
+        while "full" not in self._study.user_attrs:
+            (wait or _sleep)()
+        note: dict[str, Any] = json.loads(self._study.user_attrs["full"])
+        return note
+
+    def work(self, do: Callable[[dict[str, Any]], dict[str, Any]], wait: Callable[[], None] | None = None) -> None:
+        """Take jobs and do them until every job is done (by this worker or another). ``wait`` is called while
+        only other workers' jobs are left (the default sleeps a moment)."""
+        self.note(wait)
+        study = self._study
+        while True:
+            with quiet():
+                optuna.storages.fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+            if not trials:
+                return
+            if not any(t.state == TrialState.WAITING for t in trials):
+                (wait or _sleep)()
+                continue
+            with quiet():  # Optuna warns that heartbeats suit optimize(); a queue beats on its own
+                trial = study.ask()
+            if "fixed_params" not in trial._cached_frozen_trial.system_attrs:  # another worker took the last one
+                study._storage.set_trial_user_attr(trial._trial_id, "spare", True)
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            study._storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
+            params = dict(trial._cached_frozen_trial.system_attrs["fixed_params"])
+            with _heartbeat(study._storage, trial._trial_id):
+                result = do(params)
+            study._storage.set_trial_user_attr(trial._trial_id, "result", json.dumps(result))
+            study.tell(trial, 0.0)
+
+    def results(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(parameters, result) of every job done, in the order enqueued."""
+        done = [t for t in self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if "result" in t.user_attrs]
+        return [(dict(t.system_attrs["fixed_params"]), json.loads(t.user_attrs["result"])) for t in done]
+
+    def retry(self, worker: str | None = None) -> None:
+        """Put back the jobs left running by ``worker`` (by any worker when None): they died with it."""
+        for trial in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if worker is not None and trial.user_attrs.get("worker") != worker:
+                continue
+            if self._study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                with quiet():
+                    _retry(None)(self._study, self._study._storage.get_trial(trial._trial_id))
+
+    @property
+    def _study(self) -> optuna.Study:
+        if self.study is None:
+            self.claim_filling()
+        assert self.study is not None
+        return self.study
+
+
+def worker_id() -> str:
+    """This process, as the jobs it takes record it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def once(storage: BaseStorage, name: str, do: Callable[[], dict[str, Any]],
+         wait: Callable[[], None] | None = None) -> dict[str, Any]:
+    """``do()`` run by exactly one worker; every worker gets its result (a JSON-able dict)."""
+    queue = Queue(storage, name)
+    if queue.claim_filling():
+        queue.fill([{"job": 0}])
+    queue.work(lambda _: do(), wait)
+    return queue.results()[0][1]
+
+
+def queues(storage: BaseStorage, prefix: str, keep: tuple[str, ...]) -> list[Queue]:
+    """Every queue under ``prefix`` (the studies named ``prefix:...`` but those in ``keep``)."""
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    out = []
+    for name in names:
+        if name.startswith(f"{prefix}:") and name not in keep:
+            queue = Queue(storage, name)
+            queue.study = optuna.load_study(storage=storage, study_name=name)
+            out.append(queue)
+    return out
+
+
+def sweep(storage: BaseStorage, prefix: str, keep: tuple[str, ...]) -> None:
+    """Before any worker starts on a storage only this command uses: put back the jobs a killed run left
+    running, and drop a queue it made but never filled (it is made again)."""
+    for queue in queues(storage, prefix, keep):
+        assert queue.study is not None
+        if "full" in queue.study.user_attrs:
+            queue.retry()
+        else:
+            optuna.delete_study(study_name=queue.name, storage=storage)
+
+
+def retry_worker(storage: BaseStorage, prefix: str, keep: tuple[str, ...], worker: str) -> None:
+    """Put back every job a dead worker process held."""
+    for queue in queues(storage, prefix, keep):
+        queue.retry(worker)
+
+
+@contextmanager
+def _heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
+    """Beat for the trial while the block runs, on storages that watch beats (Optuna's RDB storage, which a
+    study wraps in a cache: hence asked by what it can do, not by its class)."""
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            try:
+                storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+            except Exception:  # a busy database: a beat missed is tried again soon, the thread must not die
+                stop.wait(0.5)
+                continue
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+# Optuna 4.9 renamed the callback that puts a stale trial back; take the new name where it exists.
+_NEW_RETRY = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+_CALLBACK_ARG = "heartbeat_stale_trial_callback" if _NEW_RETRY is not None else "failed_trial_callback"
+
+
+def _callback_arg() -> dict[str, Any]:
+    return {_CALLBACK_ARG: _retry(3)}
+
+
+def _retry(max_retry: int | None) -> Callable[[optuna.Study, Any], None]:
+    with quiet():
+        made: Callable[[optuna.Study, Any], None] = (_NEW_RETRY or RetryFailedTrialCallback)(max_retry=max_retry)
+    return made
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Optuna's notes on its heartbeat API (experimental, renamed, meant for optimize()) are not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        yield
+
+
+def _sleep() -> None:
+    time.sleep(POLL_S)

@@ -1,0 +1,182 @@
+"""tune past one process: worker processes on this machine (journal file), several `gradpilot tune` processes on
+one PostgreSQL study (a real server from the pgserver wheel), a dead worker's job retried, and the queues."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+
+from gradpilot import _workers
+from gradpilot.errors import GradpilotError
+from gradpilot.tune import tune
+from tests.test_tune import small_task
+
+ROOT = Path(__file__).resolve().parent.parent
+TASK_FILE = """
+import time, torch
+from torch import nn
+from gradpilot import Task
+from gradpilot.examples import spirals, accuracy
+
+class Slow(nn.CrossEntropyLoss):
+    def forward(self, a, b):
+        time.sleep(0.002)
+        return super().forward(a, b)
+
+def task(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 3))
+    return Task(model=model, train_data=spirals(1024, seed=seed), val_data=spirals(256, seed=seed + 1),
+                loss_fn=Slow(), metric=accuracy, higher_is_better=True, lr=1e-3, batch_size=32, epochs=6)
+"""
+
+
+def cli(task_file: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-c", "from gradpilot.cli import main; main()", "tune", str(task_file), "--out", str(out),
+            "--budget", "3", "--json", *extra]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def studies(storage: optuna.storages.BaseStorage) -> dict[str, optuna.Study]:
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    return {name: optuna.load_study(study_name=name, storage=storage) for name in names}
+
+
+def assert_each_job_ran_once(storage: optuna.storages.BaseStorage, prefix: str = "gradpilot") -> Counter[str]:
+    """Every queue empty, each job done exactly once; the workers that did them."""
+    workers: Counter[str] = Counter()
+    found = studies(storage)
+    assert f"{prefix}:stage:schedule" in found
+    for name, study in found.items():
+        if name == f"{prefix}:lr_search":
+            keys = [(t.params["lr"], t.params["micro_batch"], t.params["accumulation"]) for t in study.trials]
+            assert len(keys) == len(set(keys)) and all(t.state.is_finished() for t in study.trials)
+            continue
+        done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        jobs = [json.dumps(t.system_attrs["fixed_params"], sort_keys=True) for t in done]
+        assert len(jobs) == len(set(jobs)), f"{name}: a job ran twice"
+        assert not [t for t in study.trials if t.state in (TrialState.WAITING, TrialState.RUNNING)], name
+        workers.update(t.user_attrs["worker"] for t in done)
+    return workers
+
+
+def test_n_jobs_runs_worker_processes_on_one_journal_file(tmp_path):
+    result = tune(small_task(n=1024, epochs=6), out_dir=tmp_path, n_jobs=2)
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "trials.journal")))
+    workers = assert_each_job_ran_once(storage)
+    assert len(workers) >= 1 and not (tmp_path / "trials.db").exists()
+    assert result.plan_path.exists() and result.model_path.exists() and result.metric > 0.5
+    again = tune(small_task(n=1024, epochs=6), out_dir=tmp_path, n_jobs=2)  # resumes: nothing runs again
+    assert again.plan == result.plan and assert_each_job_ran_once(storage) == workers
+
+
+def test_n_jobs_with_a_shared_storage_is_refused(tmp_path):
+    with pytest.raises(GradpilotError, match="n_jobs runs workers on this machine"):
+        tune(small_task(), out_dir=tmp_path, n_jobs=2, storage=f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(GradpilotError, match="n_jobs must be"):
+        tune(small_task(), out_dir=tmp_path, n_jobs=0)
+    with pytest.raises(GradpilotError, match="study must be a non-empty name"):
+        tune(small_task(), out_dir=tmp_path, study="a:b")
+
+
+def test_workers_with_other_settings_on_one_study_are_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    tune(small_task(), out_dir=tmp_path / "a", storage=url, study="s", budget=2)
+    with pytest.raises(GradpilotError, match=r"study 's' in this storage was started with other settings \(budget\)"):
+        tune(small_task(), out_dir=tmp_path / "b", storage=url, study="s", budget=2.5)
+
+
+def test_a_queue_gives_each_job_to_one_worker_and_puts_back_a_dead_worker_s_job(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'q.db'}")
+    queue = _workers.Queue(storage, "p:jobs")
+    assert queue.claim_filling() and not _workers.Queue(storage, "p:jobs").claim_filling()
+    queue.fill([{"i": 0}, {"i": 1}, {"i": 2}], {"plan": 7})
+    assert _workers.Queue(storage, "p:jobs").note() == {"plan": 7}
+    study = optuna.load_study(study_name="p:jobs", storage=storage)
+    taken = study.ask()  # a worker takes job 0 and dies with it
+    storage.set_trial_user_attr(taken._trial_id, "worker", "elsewhere:1")
+    _workers.retry_worker(storage, "p", (), "elsewhere:1")
+    queue.work(lambda job: {"double": 2 * job["i"]})
+    results = sorted((p["i"], r["double"]) for p, r in queue.results())
+    assert results == [(0, 0), (1, 2), (2, 4)]
+    assert [t.state for t in study.trials].count(TrialState.FAIL) == 1  # the dead worker's copy
+    assert _workers.once(storage, "p:once", lambda: {"ran": 1}) == {"ran": 1}
+    assert _workers.once(storage, "p:once", lambda: {"ran": 2}) == {"ran": 1}  # done once, read back after
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path):
+    with pytest.raises(GradpilotError, match="cannot open storage") as err:
+        tune(small_task(), out_dir=tmp_path, storage="nosuchdb://x")
+    assert "\n" not in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    pgserver = pytest.importorskip("pgserver", reason="pgserver (a PostgreSQL server in a wheel) is in the test extra")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+def database(server, name: str) -> str:
+    server.psql(f"CREATE DATABASE {name};")
+    return server.get_uri(name)
+
+
+@pytest.mark.slow
+def test_two_tune_processes_share_one_postgresql_study(tmp_path, postgres):
+    url = database(postgres, "shared")
+    task_file = tmp_path / "task.py"
+    task_file.write_text(TASK_FILE)
+    procs = [subprocess.Popen(cli(task_file, tmp_path / f"w{i}", "--storage", url, "--study", "both"), env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=400) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+        assert "database is locked" not in err and "could not serialize" not in err
+    plans = [json.loads(out)["plan"] for out, _ in outs]
+    assert plans[0] == plans[1]
+    workers = assert_each_job_ran_once(optuna.storages.RDBStorage(url), "both")
+    assert len(workers) == 2  # both took jobs
+
+
+@pytest.mark.slow
+def test_a_killed_worker_s_job_goes_to_the_other_worker(tmp_path, postgres):
+    url = database(postgres, "killed")
+    task_file = tmp_path / "task.py"
+    task_file.write_text(TASK_FILE.replace("time.sleep(0.002)", "time.sleep(0.01)"))
+    victim = subprocess.Popen(cli(task_file, tmp_path / "victim", "--storage", url, "--study", "k"), env=env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = optuna.storages.RDBStorage(url)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the victim holds a job of the LR search
+        running = [t for name, s in studies(storage).items() if "rung" in name for t in s.trials
+                   if t.state == TrialState.RUNNING]
+        if running:
+            break
+        time.sleep(0.05)
+    assert running, "the victim never reached the search"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    survivor = subprocess.run(cli(task_file, tmp_path / "survivor", "--storage", url, "--study", "k"), env=env(),
+                              capture_output=True, text=True, timeout=400)
+    assert survivor.returncode == 0, survivor.stderr
+    failed = [t for name, s in studies(storage).items() for t in s.trials
+              if t.state == TrialState.FAIL and not t.user_attrs.get("spare")]
+    assert failed and all(t.user_attrs.get("worker", "").endswith(f":{victim.pid}") for t in failed)
+    assert_each_job_ran_once(storage, "k")
+    assert "learning_rate" in json.loads(survivor.stdout)["plan"]
