@@ -113,6 +113,9 @@ def lr_free(bt: lr_tasks.BenchTask, kind: str) -> float:
         for batch in loader:
             opt.zero_grad()
             compute_loss(model, to_device(batch, torch.device("cpu")), task.loss_fn, None).backward()
+            for p in params:  # LDoG steps every parameter it was given: one the loss does not reach gets 0
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
             opt.step()
             if sched is not None:
                 sched.step()

@@ -173,9 +173,11 @@ class Search:
     file — another machine — trains the run again from the start, and pays for it)."""
 
     def __init__(self, storage: BaseStorage, prefix: str, task: Task, initial: dict[str, torch.Tensor], *, seed: int,
-                 folder: Path, progress: Progress | None = None, wait: Callable[[], None] | None = None) -> None:
+                 folder: Path, progress: Progress | None = None, wait: Callable[[], None] | None = None,
+                 ray_address: str | None = None, on_ray: bool = False) -> None:
         self.storage, self.prefix, self.task, self.initial, self.seed = storage, prefix, task, initial, seed
         self.folder, self.progress, self.wait = folder, progress, wait
+        self.on_ray, self.ray_address = on_ray, ray_address
         folder.mkdir(parents=True, exist_ok=True)
 
     def study(self, rungs: tuple[int, ...] = (1,)) -> optuna.Study:
@@ -191,9 +193,13 @@ class Search:
         first = Queue(self.storage, f"{self.prefix}:lr_search:rung-0")
         if first.claim_filling():
             note = make_plan()
-            first.fill([{"index": i} for i in range(len(note.get("candidates", [])))], note)
+            if self.on_ray and "skipped" not in note:
+                self._on_ray(note)
+                note["ran_on"] = "ray"
+            first.fill([{"index": i} for i in range(len(note.get("candidates", [])))] if "ran_on" not in note else [],
+                       note)
         note = first.note(self.wait)
-        if "skipped" in note:
+        if "skipped" in note or "ran_on" in note:
             return note
         plan, allowance = _plan(note), int(note["allowance"])
         study = self.study(plan.rungs)
@@ -203,6 +209,15 @@ class Search:
                 queue.fill([{"index": i} for i in self._halve(study, plan, k - 1)])
             queue.work(functools.partial(self._rung_job, study, plan, k, allowance), self.wait)
         return note
+
+    def _on_ray(self, note: dict[str, Any]) -> None:
+        """The whole search as Ray Tune trials, recorded in the study (see gradpilot.integrations.ray_tune)."""
+        from gradpilot.integrations.ray_tune import run_search
+
+        plan = _plan(note)
+        if self.progress is not None:
+            self.progress(f"{len(plan.candidates)} short runs on Ray")
+        run_search(self, self.study(plan.rungs), plan, int(note["allowance"]), self.ray_address)
 
     def close(self, study: optuna.Study) -> None:
         """Tell every trial still running its last score (the search is over)."""

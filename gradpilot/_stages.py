@@ -61,12 +61,15 @@ class _Context:
     prefix: str  # the study names' prefix: workers given the same storage and prefix share the work
     progress: Callable[[str, float], None] | None
     wait: Callable[[], None] | None = None  # called while a worker waits on others (the n_jobs parent watches them)
+    on_ray: bool = False  # the search's short runs as Ray Tune trials
+    ray_address: str | None = None
     spent: int = 0
     values: dict[str, Any] = field(default_factory=dict)
 
     def searcher(self) -> _search.Search:
         return _search.Search(self.storage, self.prefix, self.task, self.initial, seed=self.seed,
-                              folder=self.out / "runs" / "search", progress=self.say, wait=self.wait)
+                              folder=self.out / "runs" / "search", progress=self.say, wait=self.wait,
+                              on_ray=self.on_ray, ray_address=self.ray_address)
 
     @property
     def run_samples(self) -> int:

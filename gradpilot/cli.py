@@ -237,6 +237,10 @@ def tune_command(
         str, typer.Option(help="study name: tune processes with the same --storage and --study share the work")
     ] = "gradpilot",
     n_jobs: Annotated[int, typer.Option("--n-jobs", help="worker processes on this machine (journal file)")] = 1,
+    backend: Annotated[str, typer.Option(help="where the short runs go: optuna (these processes) or ray")] = "optuna",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (auto: this machine's); default: start a local Ray")
+    ] = None,
     cooldown: Annotated[float, typer.Option(help="share of each short run spent decaying the LR before scoring")] = 0.2,
     seed: Annotated[int, typer.Option(help="seed passed to task() and to every run")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print the plan and figures as JSON")] = False,
@@ -253,7 +257,7 @@ def tune_command(
     task = _load(task_file, seed)
     with budget_bar(err_console, budget, disable=as_json) as progress:
         result = tune(task, budget=budget, out_dir=out, fixed=fixed, storage=storage, study=study, n_jobs=n_jobs,
-                      seed=seed, cooldown=cooldown, progress=progress)
+                      backend=backend, ray_address=ray_address, seed=seed, cooldown=cooldown, progress=progress)
     if as_json:
         typer.echo(_dumps({"plan": result.plan, "spent_runs": result.spent, "budget_runs": result.budget,
                            "metric": result.metric, "plan_path": str(result.plan_path),

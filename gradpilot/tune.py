@@ -80,6 +80,8 @@ def tune(
     storage: str | BaseStorage | None = None,
     study: str = "gradpilot",
     n_jobs: int = 1,
+    backend: str = "optuna",
+    ray_address: str | None = None,
     seed: int = 0,
     cooldown: float = 0.2,
     progress: Callable[[str, float], None] | None = None,
@@ -96,9 +98,15 @@ def tune(
     processes on this machine, sharing Optuna's journal file in ``out_dir``. ``storage`` (an Optuna storage or
     any URL Optuna accepts, e.g. ``postgresql://user@host/db``) with a ``study`` name shares the work between
     every ``tune`` process started with the same two, on any machine: each stage and each short run runs once,
-    and all end with the same plan.
+    and all end with the same plan. ``backend="ray"`` runs the search's short runs as Ray Tune trials instead
+    (Optuna's search, Ray's successive halving), on a local Ray or the cluster at ``ray_address``.
     """
+    if backend not in ("optuna", "ray"):
+        raise GradpilotError(f"backend must be 'optuna' or 'ray', got {backend!r}")
+    if backend == "ray" and n_jobs > 1:
+        raise GradpilotError("with backend='ray', Ray places the work: leave n_jobs at 1")
     ctx = _context(task, budget, Path(out_dir), fixed or {}, storage, study, n_jobs, seed, cooldown, progress)
+    ctx.on_ray, ctx.ray_address = backend == "ray", ray_address
     if n_jobs == 1:
         return _drive(ctx)
     from gradpilot import _helpers

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import optuna
 import pytest
 from typer.testing import CliRunner
 
@@ -389,12 +390,26 @@ def test_tune_on_a_task_file_writes_the_plan_model_and_record(tmp_path):
     (["--fix", "batch_size"], "--fix takes NAME=VALUE"),
     (["--fix", "momentum=0.9"], "not a plan field"),
     (["--budget", "-1"], "--budget must be a positive"),
+    (["--backend", "dask"], "backend must be 'optuna' or 'ray'"),
+    (["--n-jobs", "2", "--storage", "sqlite:///x.db"], "n_jobs runs workers on this machine"),
+    (["--backend", "ray", "--ray-address", "auto", "--n-jobs", "2"], "leave n_jobs at 1"),
 ])
 def test_tune_bad_input_is_one_line(tmp_path, args, message):
     result = runner.invoke(app, ["tune", "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 2
     lines = [l for l in result.output.splitlines() if l.strip()]
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_tune_with_worker_processes_and_a_study_name(tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["tune", str(write(tmp_path, TUNE_FILE)), "--out", str(out), "--n-jobs", "2",
+                                 "--study", "cli", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["plan"]["optim"] == "sgd" and (out / "trials.journal").exists()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "trials.journal")))
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    assert "cli:stage:schedule" in names and all(n.startswith("cli:") for n in names)
 
 
 def test_tune_refuses_a_task_without_validation_data(tmp_path):

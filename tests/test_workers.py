@@ -180,3 +180,27 @@ def test_a_killed_worker_s_job_goes_to_the_other_worker(tmp_path, postgres):
     assert failed and all(t.user_attrs.get("worker", "").endswith(f":{victim.pid}") for t in failed)
     assert_each_job_ran_once(storage, "k")
     assert "learning_rate" in json.loads(survivor.stdout)["plan"]
+
+
+@pytest.mark.slow
+def test_backend_ray_runs_the_short_runs_as_ray_tune_trials(tmp_path, monkeypatch):
+    pytest.importorskip("ray.tune", reason="Ray Tune is in the test extra ('gradpilot[ray]')")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local Ray inside the test
+    task = small_task(n=1024, epochs=6)
+    on_ray = tune(task, out_dir=tmp_path / "ray", backend="ray", ray_address="local")
+    here = tune(small_task(n=1024, epochs=6), out_dir=tmp_path / "here")
+    trials = {s.name: s for s in on_ray.stages}["lr_search"].alternatives
+    mine = {s.name: s for s in here.stages}["lr_search"].alternatives
+    assert sorted(t["lr"] for t in trials) == sorted(t["lr"] for t in mine)  # the same plan, run elsewhere
+    assert all(t["scores"] for t in trials) and any(t["state"] == "pruned" for t in trials)
+    study = optuna.load_study(study_name="gradpilot:lr_search", storage=f"sqlite:///{tmp_path / 'ray' / 'trials.db'}")
+    assert all(t.user_attrs.get("backend") == "ray" for t in study.trials if t.intermediate_values)
+    assert list((tmp_path / "ray" / "runs" / "search" / "ray").glob("lr_search-rung-*"))  # Ray Tune's own record
+    assert on_ray.plan_path.exists() and on_ray.model_path.exists() and on_ray.spent <= 3
+
+
+def test_backend_is_checked(tmp_path):
+    with pytest.raises(GradpilotError, match="backend must be 'optuna' or 'ray'"):
+        tune(small_task(), out_dir=tmp_path, backend="dask")
+    with pytest.raises(GradpilotError, match="leave n_jobs at 1"):
+        tune(small_task(), out_dir=tmp_path, backend="ray", n_jobs=2)
