@@ -9,18 +9,14 @@ before anything that may still fail (a plot) is attempted.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
-import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from gradpilot import _validate
+from gradpilot import _cli_tune, _validate  # noqa: F401 - _cli_tune adds `tune` and `report` to the app
+from gradpilot._cli_common import _draw, _dumps, _escape, _load, _one_line_errors, app, console, err_console
 from gradpilot.errors import GradpilotError
 
 if TYPE_CHECKING:
@@ -32,92 +28,10 @@ if TYPE_CHECKING:
     from gradpilot.suggest import RuleName
     from gradpilot.task import Task
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    help="Learning rate, batch size, accumulation, epochs and schedules for PyTorch, measured.",
-)
-console = Console()
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
 RULES = ("descent-edge", "valley", "steepest", "minimum/10")  # gradpilot.suggest.RULES, without importing it
 LR_RULES = ("linear", "sqrt", "none", "auto")  # gradpilot.scaling.LR_RULES
 SCHEDULES = ("constant", "step", "cosine", "plateau", "onecycle", "warmup_cosine", "constant_with_warmup", "linear",
              "cosine_with_min_lr")  # schedules.BUILDERS
-
-
-def _version(value: bool) -> None:
-    if value:
-        from gradpilot import __version__
-
-        typer.echo(f"gradpilot {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
-    ] = False,
-) -> None:
-    """Learning rate, batch size, accumulation, epochs and schedules for PyTorch, measured."""
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
-    return typer.Exit(code=code)
-
-
-def _one_line_errors(command: F) -> F:
-    """Bad input → one line, exit 2; anything unexpected → one line, exit 3 (traceback with GRADPILOT_DEBUG=1)."""
-
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except GradpilotError as exc:
-            raise _fail(_escape(str(exc))) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            if os.environ.get("GRADPILOT_DEBUG"):
-                raise
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise _fail(_escape(f"{type(exc).__name__}: {first} (GRADPILOT_DEBUG=1 shows where)"), code=3) from None
-
-    return run  # type: ignore[return-value]
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", "\\[")
-
-
-def _load(task_file: Path | None, seed: int) -> Task:
-    from gradpilot.examples import example_task
-    from gradpilot.task import load_task
-
-    return example_task(seed) if task_file is None else load_task(task_file, seed=seed)
-
-
-def _dumps(value: Any) -> str:
-    from gradpilot.diagnose import json_safe
-
-    return json.dumps(json_safe(value), allow_nan=False)
-
-
-def _draw(draw: Callable[[], Any], path: Path) -> bool:
-    """Render after the results are out: a failure here costs the picture, never the work."""
-    try:
-        draw()
-        return True
-    except Exception as exc:
-        err_console.print(
-            f"[bold red]error:[/] could not draw {path}: {_escape(str(exc).splitlines()[0][:200])}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        return False
 
 
 @app.command("find-lr")
@@ -212,66 +126,6 @@ def _print_result(result: LRFinderResult, task: Task, plot: Path | None) -> None
     console.print(table)
     console.print(f"{len(result.lrs)} steps, {result.stop_reason}." + (f" Curve written to {plot}" if plot else ""))
     console.print(f"[bold]Suggested learning rate: {result.suggestion:.3g}[/]")
-
-
-@app.command("tune")
-@_one_line_errors
-def tune_command(
-    task_file: Annotated[
-        Path | None, typer.Argument(help="Python file defining task(seed); omit for the built-in example")
-    ] = None,
-    budget: Annotated[float, typer.Option(help="how much training tune may do, in runs of the task as written")] = 3.0,
-    out: Annotated[Path, typer.Option("--out", help="folder for plan.yaml, model.pt, tune.json and the trials")] = Path(
-        "gradpilot-tune"
-    ),
-    fix: Annotated[
-        list[str] | None,
-        typer.Option("--fix", help="keep a plan value, e.g. --fix batch_size=64 --fix epochs=10 (repeatable)"),
-    ] = None,
-    storage: Annotated[
-        str | None,
-        typer.Option(help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db (default: a file in "
-                     "--out)"),
-    ] = None,
-    study: Annotated[
-        str, typer.Option(help="study name: tune processes with the same --storage and --study share the work")
-    ] = "gradpilot",
-    n_jobs: Annotated[int, typer.Option("--n-jobs", help="worker processes on this machine (journal file)")] = 1,
-    backend: Annotated[str, typer.Option(help="where the short runs go: optuna (these processes) or ray")] = "optuna",
-    ray_address: Annotated[
-        str | None, typer.Option(help="Ray cluster to join (auto: this machine's); default: start a local Ray")
-    ] = None,
-    cooldown: Annotated[float, typer.Option(help="share of each short run spent decaying the LR before scoring")] = 0.2,
-    seed: Annotated[int, typer.Option(help="seed passed to task() and to every run")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="print the plan and figures as JSON")] = False,
-) -> None:
-    """Tune LR, batch, accumulation, epochs and schedule within a budget; write the plan, the model and a record."""
-    fixed = dict(_key_value(item) for item in fix or [])
-    from gradpilot import _hf_plan
-
-    _hf_plan.parse_fixed(fixed)  # a wrong name fails before the task is even loaded
-    _validate.positive_float("--budget", budget)
-    from gradpilot._tune_view import budget_bar, summary
-    from gradpilot.tune import tune
-
-    task = _load(task_file, seed)
-    with budget_bar(err_console, budget, disable=as_json) as progress:
-        result = tune(task, budget=budget, out_dir=out, fixed=fixed, storage=storage, study=study, n_jobs=n_jobs,
-                      backend=backend, ray_address=ray_address, seed=seed, cooldown=cooldown, progress=progress)
-    if as_json:
-        typer.echo(_dumps({"plan": result.plan, "spent_runs": result.spent, "budget_runs": result.budget,
-                           "metric": result.metric, "plan_path": str(result.plan_path),
-                           "model_path": str(result.model_path), "record_path": str(result.record_path),
-                           "report_path": str(result.report_path)}))
-    else:
-        summary(result, console)
-
-
-def _key_value(item: str) -> tuple[str, str]:
-    name, sep, value = item.partition("=")
-    if not sep or not name.strip() or not value.strip():
-        raise GradpilotError(f"--fix takes NAME=VALUE (e.g. --fix batch_size=64), got {item!r}")
-    return name.strip(), value.strip()
 
 
 @app.command("plan")
@@ -524,19 +378,6 @@ def _diagnosis_page(history: Any, result: Diagnosis, path: Path) -> None:
     from gradpilot.report import write_diagnosis_report
 
     write_diagnosis_report(history, result, path)
-
-
-@app.command("report")
-@_one_line_errors
-def report_command(
-    folder: Annotated[Path, typer.Argument(help="the folder a `gradpilot tune` wrote (its --out)")],
-) -> None:
-    """Rebuild FOLDER/report.html from FOLDER/tune.json: every stage's curves, trials and decisions on one page."""
-    from gradpilot.report import write_tune_report
-
-    if not folder.is_dir():
-        raise _fail(f"{folder} is not a folder: give the --out folder of a `gradpilot tune`")
-    console.print(f"Report written to {write_tune_report(folder)}", soft_wrap=True, highlight=False)
 
 
 def _print_diagnosis(source: str, result: Diagnosis) -> None:

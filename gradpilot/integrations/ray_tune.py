@@ -1,11 +1,12 @@
 """The LR search's short runs on Ray (``tune(backend="ray")``, ``gradpilot tune --backend ray``).
 
-Each rung of the successive halving is one Ray Tune experiment: every candidate still in the running is a
-trial — a Ray task on whatever cluster ``ray.init`` joins — that continues its run from the checkpoint of the
-rung before, trains to this rung, scores after the cooldown and reports with a new checkpoint. Between rungs
-the search's Optuna study decides, with the same ``SuccessiveHalvingPruner`` as the built-in search, which
-trials go on; so the decisions are those the processes of the built-in search would make, and the rest of
-tune reads the study as it reads its own.
+Each rung of the successive halving is one Ray Tune experiment, its trials proposed by Optuna's search
+(``OptunaSearch``, given the candidates still in the running as the points to evaluate). Each trial is a
+Ray task on whatever cluster ``ray.init`` joins: it continues its run from the checkpoint of the rung
+before, trains to this rung, scores after the cooldown and reports with a new checkpoint. Between rungs the
+search's Optuna study decides, with the same ``SuccessiveHalvingPruner`` as the built-in search, which
+trials go on; so the decisions are those the built-in search would make, and the rest of tune reads the
+study as it reads its own.
 
 Needs the ``ray`` extra: ``pip install 'gradpilot[ray]'``.
 """
@@ -94,11 +95,16 @@ def _affordable(search: Search, study: optuna.Study, plan: SearchPlan, alive: li
 
 
 def _rung(tune: Any, search: Search, plan: SearchPlan, k: int, alive: list[int], saved: dict[int, Any]) -> Any:
+    from ray.tune.search.optuna import OptunaSearch
+
     trainable = tune.with_parameters(_short_run, task=search.task, initial=search.initial, plan=plan, k=k,
                                      seed=search.seed, checkpoints={i: saved[i] for i in alive if i in saved})
+    searcher = OptunaSearch(space={"index": optuna.distributions.CategoricalDistribution(alive)}, metric="score",
+                            mode="max" if search.task.higher_is_better else "min", seed=search.seed,
+                            points_to_evaluate=[{"index": i} for i in alive])  # each candidate once, as planned
     return tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
-        param_space={"index": tune.grid_search(alive)},
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(alive)),
         run_config=tune.RunConfig(name=f"lr_search-rung-{k}", storage_path=str((search.folder / "ray").resolve()),
                                   verbose=0),
     )

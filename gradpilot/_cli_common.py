@@ -1,0 +1,101 @@
+"""What every ``gradpilot`` command shares: the app, the consoles, one-line errors, loading a task file."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from gradpilot.errors import GradpilotError
+
+if TYPE_CHECKING:
+    from gradpilot.task import Task
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Learning rate, batch size, accumulation, epochs and schedules for PyTorch, measured.",
+)
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _version(value: bool) -> None:
+    if value:
+        from gradpilot import __version__
+
+        typer.echo(f"gradpilot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Learning rate, batch size, accumulation, epochs and schedules for PyTorch, measured."""
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    return typer.Exit(code=code)
+
+
+def _one_line_errors(command: F) -> F:
+    """Bad input → one line, exit 2; anything unexpected → one line, exit 3 (traceback with GRADPILOT_DEBUG=1)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except GradpilotError as exc:
+            raise _fail(_escape(str(exc))) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("GRADPILOT_DEBUG"):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise _fail(_escape(f"{type(exc).__name__}: {first} (GRADPILOT_DEBUG=1 shows where)"), code=3) from None
+
+    return run  # type: ignore[return-value]
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+def _load(task_file: Path | None, seed: int) -> Task:
+    from gradpilot.examples import example_task
+    from gradpilot.task import load_task
+
+    return example_task(seed) if task_file is None else load_task(task_file, seed=seed)
+
+
+def _dumps(value: Any) -> str:
+    from gradpilot.diagnose import json_safe
+
+    return json.dumps(json_safe(value), allow_nan=False)
+
+
+def _draw(draw: Callable[[], Any], path: Path) -> bool:
+    """Render after the results are out: a failure here costs the picture, never the work."""
+    try:
+        draw()
+        return True
+    except Exception as exc:
+        err_console.print(
+            f"[bold red]error:[/] could not draw {path}: {_escape(str(exc).splitlines()[0][:200])}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return False
