@@ -22,7 +22,7 @@ from gradpilot.accumulation import NumItems, accumulate, comm_device, item_count
 from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError
 from gradpilot.evaluation import Metric, evaluate_both, world
-from gradpilot.monitor import Monitor
+from gradpilot.monitor import Monitor, steer
 
 log = logging.getLogger("gradpilot.training")
 
@@ -213,7 +213,7 @@ class _Loop:
         if s.cfg.monitor is not None:
             new = s.cfg.monitor.update(run.step, self.epoch_losses[-1], run.lrs[-1])
             if self.autopilot:
-                _steer(new, s.cfg.monitor, self.good, run.step, s.model, s.cfg.optimizer, s.schedule)
+                steer(new, s.cfg.monitor, self.good, run.step, s.model, s.cfg.optimizer, s.schedule)
         if s.cfg.checkpoint_every is not None and run.step % s.cfg.checkpoint_every == 0:
             self.checkpoint()
 
@@ -283,25 +283,6 @@ class _Loop:
         if restored and self.run.best_state is not None:
             self.s.model.load_state_dict(self.run.best_state)
         return restored
-
-
-def _steer(new: list[Any], monitor: Monitor, good: Snapshot, step: int, model: nn.Module,
-           optimizer: torch.optim.Optimizer, schedule: schedules.Schedule | None) -> None:
-    """The autopilot: act on new findings; after a clean check, remember the state as good."""
-    checked = len(monitor.steps) % monitor.check_every == 0
-    for finding in new:
-        if finding.kind in ("nan", "divergence"):
-            back = good.step
-            restored = good.restore(model, optimizer)
-            before, after = schedules.multiply_lr(optimizer, schedule, monitor.lr_factor_divergence)
-            where = f"rolled back to step {back}" if restored else "no good state to roll back to"
-            monitor.record(step, finding.kind, f"{finding.kind}: {where}, lr {before:.3g} → {after:.3g}")
-            return
-        if finding.kind == "oscillation":
-            before, after = schedules.multiply_lr(optimizer, schedule, monitor.lr_factor_oscillation)
-            monitor.record(step, finding.kind, f"oscillation: lr {before:.3g} → {after:.3g}")
-    if checked and not new:
-        good.take(step, model, optimizer)
 
 
 def _gather_losses(losses: list[torch.Tensor], world_size: int) -> list[float]:

@@ -3,14 +3,18 @@ training loop applies the remedy (lower the LR, roll back a divergence, stop on 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from gradpilot import schedules
+from gradpilot._state import Snapshot
 from gradpilot.diagnose import (
     Diagnosis,
     Finding,
@@ -19,6 +23,7 @@ from gradpilot.diagnose import (
     detect_oscillation,
     detect_overfitting,
     diagnose,
+    json_safe,
 )
 from gradpilot.errors import GradpilotError
 from gradpilot.history import History, Series
@@ -106,6 +111,16 @@ class Monitor:
         """A full diagnosis of everything recorded so far."""
         return diagnose(self.history())
 
+    def write_json(self, path: Path, source: str) -> Path:
+        """The diagnosis of the whole run, in the ``gradpilot diagnose --json`` shape, plus the findings raised
+        while it ran (``raised``) and the autopilot's actions."""
+        report = {"source": source, "warnings": [], **self.diagnosis().to_json(),
+                  "raised": [f.to_json() for f in self.findings],
+                  "actions": [{"step": a.step, "kind": a.kind, "description": a.description} for a in self.actions]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(json_safe(report), indent=1, allow_nan=False))
+        return path
+
     def record(self, step: int, kind: str, description: str) -> None:
         """Note an action taken on a finding; later checks look only at what comes after it."""
         self.actions.append(Action(step, kind, description))
@@ -128,3 +143,30 @@ class Monitor:
             if self.on_finding is not None:
                 self.on_finding(finding)
         return new
+
+
+def steer(new: list[Finding], monitor: Monitor, good: Snapshot, step: int, model: torch.nn.Module,
+          optimizer: torch.optim.Optimizer, schedule: Any) -> None:
+    """The autopilot, for any training loop (``fit``'s, a Trainer's callback): act on new findings — on NaN or
+    divergence roll back to the last clean state and lower the LR, on oscillation lower it less — and after a
+    clean check remember the state as good. ``schedule`` is a gradpilot ``Schedule``, a torch scheduler or None."""
+    checked = len(monitor.steps) % monitor.check_every == 0
+    for finding in new:
+        if finding.kind in ("nan", "divergence"):
+            back = good.step
+            restored = good.restore(model, optimizer)
+            before, after = schedules.multiply_lr(optimizer, schedule, monitor.lr_factor_divergence)
+            where = f"rolled back to step {back}" if restored else "no good state to roll back to"
+            monitor.record(step, finding.kind, f"{finding.kind}: {where}, lr {before:.3g} → {after:.3g}")
+            return
+        if finding.kind == "oscillation":
+            before, after = schedules.multiply_lr(optimizer, schedule, monitor.lr_factor_oscillation)
+            monitor.record(step, finding.kind, f"oscillation: lr {before:.3g} → {after:.3g}")
+    if checked and not new:
+        good.take(step, model, optimizer)
+
+
+def log_finding(finding: Finding) -> None:
+    """Log a finding as it appears (an ``on_finding`` for the Trainer callbacks)."""
+    log.warning("gradpilot: %s at %s %g: %s — %s", finding.kind, finding.unit, finding.end, finding.evidence,
+                finding.advice)

@@ -192,16 +192,17 @@ def lr_curve(name: str, *, steps: int, lr: float = 1e-3, steps_per_epoch: int = 
     return out
 
 
-def multiply_lr(optimizer: torch.optim.Optimizer, schedule: Schedule | None, factor: float) -> tuple[float, float]:
+def multiply_lr(optimizer: torch.optim.Optimizer, schedule: Schedule | lr_scheduler.LRScheduler | None,
+                factor: float) -> tuple[float, float]:
     """Multiply the learning rate by ``factor`` wherever it lives — each param group, and the base LRs the
-    schedule (and the schedules it chains) computes from — so that the rest of the run follows the same
-    curve, scaled. Returns the first group's LR before and after."""
+    schedule (a gradpilot ``Schedule`` or any torch scheduler, and the schedules it chains) computes from — so
+    that the rest of the run follows the same curve, scaled. Returns the first group's LR before and after."""
     before = optimizer.param_groups[0]["lr"]
     for group in optimizer.param_groups:
         for key in ("lr", "initial_lr", "max_lr", "min_lr"):
             if key in group:
                 group[key] *= factor
-    stack = [schedule.scheduler] if schedule is not None else []
+    stack: list[Any] = [getattr(schedule, "scheduler", schedule)] if schedule is not None else []
     while stack:
         sched = stack.pop()
         if hasattr(sched, "base_lrs"):

@@ -1,0 +1,113 @@
+"""gradpilot on Lightning: the range test on a ``LightningModule``'s own pieces, and a callback that watches
+the run (and, with ``autopilot=True``, steers it through the trainer's own means).
+
+    from gradpilot.integrations.lightning import GradpilotCallback, find_lr
+    result = find_lr(trainer, module, datamodule)               # training_step, configure_optimizers, data
+    trainer = L.Trainer(callbacks=[GradpilotCallback(autopilot=True)])   # gradpilot-diagnosis.json in log_dir
+
+Needs the ``lightning`` extra: ``pip install 'gradpilot[lightning]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from gradpilot import lr_finder
+from gradpilot._state import Snapshot
+from gradpilot.errors import GradpilotError
+from gradpilot.monitor import Monitor, log_finding, steer
+
+log = logging.getLogger(__name__)
+DIAGNOSIS_FILE = "gradpilot-diagnosis.json"
+
+
+def find_lr(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule | None = None,
+            **kwargs: Any) -> lr_finder.LRFinderResult:
+    """The LR range test on ``module`` with its ``training_step`` as the loss, the optimizer its
+    ``configure_optimizers`` makes, the train dataloader of ``datamodule`` (else the module's) and the
+    trainer's ``accumulate_grad_batches``. The module's weights are left as they were. ``kwargs`` go to
+    ``gradpilot.find_lr`` (``num_steps``, ``start_lr``, ``end_lr``, ``rule``, ...)."""
+    if not isinstance(module, pl.LightningModule):
+        raise GradpilotError(f"find_lr needs a LightningModule, got {type(module).__name__}")
+    if datamodule is not None:
+        datamodule.setup("fit")
+    source = datamodule if datamodule is not None else module
+    loader = source.train_dataloader()
+    optimizer = _first_optimizer(module.configure_optimizers())
+
+    def step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        out = module.training_step(batch, 0)
+        loss = out["loss"] if isinstance(out, dict) else out
+        if not isinstance(loss, torch.Tensor):
+            raise GradpilotError("training_step returned no loss: return the loss tensor (or {'loss': ...})")
+        return loss
+
+    kwargs.setdefault("accumulation_steps", int(trainer.accumulate_grad_batches))
+    with warnings.catch_warnings():  # self.log() outside a fit has nowhere to go: Lightning says so per step
+        warnings.filterwarnings("ignore", message=".*self.log.*")
+        return lr_finder.find_lr(module, optimizer, train_loader=loader, step_fn=step, **kwargs)
+
+
+def _first_optimizer(configured: Any) -> torch.optim.Optimizer:
+    """The optimizer out of any shape ``configure_optimizers`` may return."""
+    if isinstance(configured, torch.optim.Optimizer):
+        return configured
+    if isinstance(configured, dict):
+        return _first_optimizer(configured["optimizer"])
+    if isinstance(configured, (list, tuple)) and configured:
+        return _first_optimizer(configured[0])
+    raise GradpilotError(f"configure_optimizers returned {type(configured).__name__}: gradpilot needs an optimizer")
+
+
+class GradpilotCallback(pl.Callback):
+    """Feeds gradpilot's monitor from the run: the loss ``training_step`` returned (kept as a tensor and read
+    only at checks: no host sync per step), the LR of the trainer's first optimizer, and ``val_loss`` from
+    the logged metrics after each validation. Logs each finding as it appears and writes
+    ``gradpilot-diagnosis.json`` (the ``gradpilot diagnose --json`` shape, with what the autopilot did) into
+    the trainer's ``log_dir`` (``default_root_dir`` without a logger) when training ends.
+
+    With ``autopilot=True`` it acts as ``gradpilot.fit``'s autopilot does: on oscillation it lowers the LR
+    (the optimizer's param groups and its schedulers' base LRs); on NaN or divergence it puts back the last
+    state that checked clean and lowers the LR more; on overfitting it stops the run (``trainer.should_stop``;
+    a ``ModelCheckpoint(monitor="val_loss")`` keeps the best weights).
+    """
+
+    def __init__(self, autopilot: bool = False, *, check_every: int = 10, val_key: str = "val_loss") -> None:
+        self.monitor = Monitor(check_every=check_every, autopilot=autopilot, on_finding=log_finding)
+        self.good = Snapshot()
+        self.val_key = val_key
+        self.output: Path | None = None
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = int(trainer.global_step)
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if step == self._last_step or not isinstance(loss, torch.Tensor):
+            return  # an accumulation step: the optimizer has not stepped
+        self._last_step = step
+        optimizer = trainer.optimizers[0]
+        new = self.monitor.update(step, loss.detach(), float(optimizer.param_groups[0]["lr"]))
+        if self.monitor.autopilot:
+            configs = trainer.lr_scheduler_configs
+            steer(new, self.monitor, self.good, step, module, optimizer, configs[0].scheduler if configs else None)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.val_key)
+        if value is None or trainer.sanity_checking:
+            return
+        overfit = self.monitor.end_epoch(int(trainer.global_step), float(value))
+        if self.monitor.autopilot and overfit:
+            trainer.should_stop = True
+            self.monitor.record(int(trainer.global_step), "overfitting", f"stopped the run: {overfit[0].evidence}")
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self.monitor.steps:
+            folder = Path(trainer.log_dir or trainer.default_root_dir)
+            self.output = self.monitor.write_json(folder / DIAGNOSIS_FILE, "lightning.Trainer (gradpilot callback)")

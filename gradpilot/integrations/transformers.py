@@ -1,0 +1,105 @@
+"""gradpilot on a Hugging Face ``Trainer``: the range test on the trainer's own pieces, and a callback that
+watches the run (and, with ``autopilot=True``, steers it through the trainer's own means).
+
+    from gradpilot.integrations.transformers import GradpilotCallback, find_lr
+    result = find_lr(trainer)                                   # model, optimizer, data, loss: the trainer's
+    trainer.add_callback(GradpilotCallback(autopilot=True))     # gradpilot-diagnosis.json in output_dir
+
+Needs the ``transformers`` extra: ``pip install 'gradpilot[transformers]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from gradpilot import lr_finder
+from gradpilot._state import Snapshot
+from gradpilot.errors import GradpilotError
+from gradpilot.monitor import Monitor, log_finding, steer
+
+log = logging.getLogger(__name__)
+DIAGNOSIS_FILE = "gradpilot-diagnosis.json"
+
+
+def find_lr(trainer: Trainer, **kwargs: Any) -> lr_finder.LRFinderResult:
+    """The LR range test on ``trainer``'s model, with the optimizer its arguments make (type, betas, weight
+    decay, parameter groups), its train dataloader (collator, batch size), its gradient accumulation and its
+    ``compute_loss``. The model, the trainer's optimizer and its state are left as they were. ``kwargs`` go
+    to ``gradpilot.find_lr`` (``num_steps``, ``start_lr``, ``end_lr``, ``rule``, ...)."""
+    if not isinstance(trainer, Trainer):
+        raise GradpilotError(f"find_lr needs a transformers.Trainer, got {type(trainer).__name__}")
+    loader = trainer.get_train_dataloader()
+    kept = trainer.optimizer
+    trainer.optimizer = None
+    try:
+        optimizer = trainer.create_optimizer()
+    finally:
+        trainer.optimizer = kept
+
+    def step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        loss = trainer.compute_loss(model, batch)
+        return loss[0] if isinstance(loss, tuple) else loss
+
+    kwargs.setdefault("accumulation_steps", trainer.args.gradient_accumulation_steps)
+    kwargs.setdefault("device", trainer.args.device)
+    if trainer.model is None:
+        raise GradpilotError("the trainer has no model: give Trainer(model=...) or model_init")
+    return lr_finder.find_lr(trainer.model, optimizer, train_loader=loader, step_fn=step, **kwargs)
+
+
+class GradpilotCallback(TrainerCallback):
+    """Feeds gradpilot's monitor from the trainer's own logs (``loss``, ``learning_rate``, ``grad_norm``,
+    ``eval_loss``: values the trainer already brought to the host, so no sync is added), logs each finding
+    as it appears and writes ``gradpilot-diagnosis.json`` (the ``gradpilot diagnose --json`` shape, with
+    what the autopilot did) into ``output_dir`` when training ends.
+
+    With ``autopilot=True`` it acts as ``gradpilot.fit``'s autopilot does: on oscillation it lowers the LR
+    (the optimizer's param groups and the scheduler's base LRs); on NaN or divergence it puts back the last
+    state that checked clean and lowers the LR more; on overfitting it stops training
+    (``control.should_training_stop``; the best checkpoint comes back with ``load_best_model_at_end=True``).
+    The trainer's loss of 0.0 where its ``logging_nan_inf_filter`` hid a NaN is read as the NaN it was.
+    """
+
+    def __init__(self, autopilot: bool = False, *, check_every: int = 5) -> None:
+        self.monitor = Monitor(check_every=check_every, autopilot=autopilot, on_finding=log_finding)
+        self.good = Snapshot()
+        self.output: Path | None = None
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        logs = logs or {}
+        step = state.global_step
+        if "loss" in logs:
+            new = self.monitor.update(step, _true_loss(logs), logs.get("learning_rate"))
+            if self.monitor.autopilot:
+                model, optimizer = kwargs.get("model"), kwargs.get("optimizer")
+                if model is not None and optimizer is not None:
+                    steer(new, self.monitor, self.good, step, model, optimizer, kwargs.get("lr_scheduler"))
+        if "eval_loss" in logs:
+            overfit = self.monitor.end_epoch(step, float(logs["eval_loss"]))
+            if self.monitor.autopilot and overfit:
+                control.should_training_stop = True
+                kept = " (the best checkpoint is loaded at the end)" if args.load_best_model_at_end else \
+                    " (set load_best_model_at_end=True to get the best weights back)"
+                self.monitor.record(step, "overfitting", f"stopped training: {overfit[0].evidence}{kept}")
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        if self.monitor.steps:
+            folder = Path(args.output_dir or ".")
+            self.output = self.monitor.write_json(folder / DIAGNOSIS_FILE, "transformers.Trainer (gradpilot callback)")
+
+
+
+def _true_loss(logs: dict[str, float]) -> float:
+    """The logged loss, or NaN where the trainer's NaN filter logged 0.0 over a NaN gradient norm."""
+    loss, norm = float(logs["loss"]), logs.get("grad_norm")
+    if norm is not None and not math.isfinite(float(norm)):
+        return math.nan
+    return loss

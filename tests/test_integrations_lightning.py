@@ -1,0 +1,102 @@
+"""gradpilot on a real Lightning Trainer: a small LightningModule on the spirals, on CPU."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+pl = pytest.importorskip("lightning.pytorch", reason="lightning is in the test extra")
+
+from gradpilot.errors import GradpilotError  # noqa: E402
+from gradpilot.examples import spirals  # noqa: E402
+from gradpilot.integrations.lightning import DIAGNOSIS_FILE, GradpilotCallback, find_lr  # noqa: E402
+
+
+class Spirals(pl.LightningModule):
+    def __init__(self, lr: float) -> None:
+        super().__init__()
+        self.lr = lr
+        self.net = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 3))
+        self.steps_seen = 0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        self.steps_seen += 1
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self.net(x), y))
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1000)}
+
+
+class Data(pl.LightningDataModule):
+    def setup(self, stage: str) -> None:
+        self.train, self.val = spirals(1024, seed=0), spirals(256, seed=1)
+
+    def train_dataloader(self):
+        return DataLoader(self.train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+    def val_dataloader(self):
+        return DataLoader(self.val, batch_size=128)
+
+
+def trainer(tmp_path, callback=None, epochs: int = 4, accumulate: int = 1) -> pl.Trainer:
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", default_root_dir=str(tmp_path),
+                      logger=pl.loggers.CSVLogger(str(tmp_path)), callbacks=[callback] if callback else None,
+                      enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                      accumulate_grad_batches=accumulate, log_every_n_steps=5)
+
+
+def test_find_lr_uses_the_module_s_pieces_and_leaves_its_weights_as_they_were(tmp_path):
+    torch.manual_seed(0)
+    module = Spirals(0.05)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    result = find_lr(trainer(tmp_path, accumulate=2), module, Data(), num_steps=30)
+    assert 1e-4 < result.suggestion < 10 and len(result.lrs) <= 30
+    assert module.steps_seen == 2 * len(result.lrs)  # its training_step, the trainer's accumulation
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    with pytest.raises(GradpilotError, match="needs a LightningModule"):
+        find_lr(trainer(tmp_path), nn.Linear(2, 3))  # type: ignore[arg-type]
+
+
+def test_the_callback_names_the_divergence_a_100x_lr_causes(tmp_path, caplog):
+    good, bad = GradpilotCallback(check_every=5), GradpilotCallback(check_every=5)
+    torch.manual_seed(0)
+    trainer(tmp_path / "good", good).fit(Spirals(0.05), datamodule=Data())
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING, logger="gradpilot.monitor"):
+        run = trainer(tmp_path / "bad", bad)
+        run.fit(Spirals(5.0), datamodule=Data())
+    report = json.loads((bad.output or tmp_path).read_text())
+    assert bad.output is not None and bad.output.parent == Path(run.log_dir) and bad.output.name == DIAGNOSIS_FILE
+    kinds = {f["kind"] for f in report["findings"] + report["raised"]}
+    assert kinds & {"divergence", "nan"} and report["learning_rate"]["verdict"] == "too high"
+    assert any("gradpilot: " in r.message for r in caplog.records)
+    fine = json.loads(good.output.read_text())
+    assert not {f["kind"] for f in fine["findings"]} & {"divergence", "nan"}
+    assert len(bad.monitor.steps) == 4 * 32 and bad.monitor.val_losses  # one point per optimizer step
+
+
+def test_autopilot_lowers_the_lr_in_the_trainer_s_optimizer(tmp_path):
+    pilot = GradpilotCallback(autopilot=True, check_every=5)
+    torch.manual_seed(0)
+    run = trainer(tmp_path, pilot)
+    run.fit(Spirals(5.0), datamodule=Data())
+    assert pilot.monitor.actions and pilot.monitor.actions[0].kind in ("divergence", "nan", "oscillation")
+    assert run.optimizers[0].param_groups[0]["lr"] < 5.0
+    assert run.lr_scheduler_configs[0].scheduler.base_lrs[0] < 5.0
+    assert json.loads(pilot.output.read_text())["actions"]
+
+

@@ -1,0 +1,96 @@
+"""gradpilot on a real Hugging Face Trainer: a 2-layer BERT on a toy task, on CPU."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+transformers = pytest.importorskip("transformers", reason="transformers is in the test extra")
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+)
+
+from gradpilot.errors import GradpilotError  # noqa: E402
+from gradpilot.integrations.transformers import DIAGNOSIS_FILE, GradpilotCallback, find_lr  # noqa: E402
+
+
+class Toy(Dataset):
+    """Token sequences labelled by whether their first token is in the upper half of the vocabulary."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(5, 100, (n, 12), generator=g)
+        self.labels = (self.ids[:, 0] > 52).long()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(12, dtype=torch.long), "labels": self.labels[i]}
+
+
+def trainer(tmp_path, lr: float, *, callback=None, steps: int = 60, accumulation: int = 1, **extra) -> Trainer:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=lr, per_device_train_batch_size=16,
+                             gradient_accumulation_steps=accumulation, max_steps=steps, logging_steps=2,
+                             eval_strategy="steps", eval_steps=20, lr_scheduler_type="constant", optim="sgd",
+                             report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, **extra)
+    return Trainer(model=BertForSequenceClassification(config), args=args, train_dataset=Toy(512, 0),
+                   eval_dataset=Toy(128, 1), data_collator=default_data_collator,
+                   callbacks=[callback] if callback is not None else None)
+
+
+def test_find_lr_uses_the_trainer_s_pieces_and_leaves_everything_as_it_was(tmp_path):
+    t = trainer(tmp_path, 0.05, accumulation=2)
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    calls = []
+    original = t.compute_loss
+    t.compute_loss = lambda model, inputs, **kw: calls.append(len(inputs["labels"])) or original(model, inputs, **kw)
+    result = find_lr(t, num_steps=20, end_lr=10.0)
+    assert 1e-4 < result.suggestion < 10 and len(result.lrs) <= 20
+    assert set(calls) == {16} and len(calls) == 2 * len(result.lrs)  # its batch size, its accumulation
+    assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())  # bit for bit
+    assert t.optimizer is None and t.state.global_step == 0
+    with pytest.raises(GradpilotError, match="needs a transformers.Trainer"):
+        find_lr(object())  # type: ignore[arg-type]
+
+
+def test_the_callback_names_the_divergence_a_100x_lr_causes(tmp_path, caplog):
+    good, bad = GradpilotCallback(), GradpilotCallback()
+    trainer(tmp_path / "good", 0.05, callback=good).train()
+    with caplog.at_level(logging.WARNING, logger="gradpilot.integrations.transformers"):
+        trainer(tmp_path / "bad", 5.0, callback=bad).train()
+    report = json.loads((tmp_path / "bad" / "out" / DIAGNOSIS_FILE).read_text())
+    kinds = {f["kind"] for f in report["findings"] + report["raised"]}
+    assert kinds & {"divergence", "nan"} and report["learning_rate"]["verdict"] == "too high"
+    assert any("learning_rate" in f["remedy"] for f in report["findings"]) and report["actions"] == []
+    assert any("gradpilot: divergence" in r.message or "gradpilot: nan" in r.message for r in caplog.records)
+    fine = json.loads((tmp_path / "good" / "out" / DIAGNOSIS_FILE).read_text())
+    assert not {f["kind"] for f in fine["findings"]} & {"divergence", "nan"}
+    assert len(bad.monitor.steps) == 30  # one point per logging step: the trainer's own logs, no extra sync
+
+
+def test_autopilot_lowers_the_lr_in_the_trainer_s_optimizer(tmp_path):
+    pilot = GradpilotCallback(autopilot=True, check_every=3)
+    t = trainer(tmp_path, 5.0, callback=pilot)
+    t.train()
+    assert pilot.monitor.actions and pilot.monitor.actions[0].kind in ("divergence", "nan", "oscillation")
+    assert t.optimizer.param_groups[0]["lr"] < 5.0 and t.lr_scheduler.base_lrs[0] < 5.0
+    report = json.loads((tmp_path / "out" / DIAGNOSIS_FILE).read_text())
+    assert report["actions"][0]["description"].startswith(pilot.monitor.actions[0].kind)
+
+
+def test_a_hidden_nan_is_read_as_nan():
+    from gradpilot.integrations.transformers import _true_loss
+
+    assert _true_loss({"loss": 0.0, "grad_norm": float("nan")}) != _true_loss({"loss": 0.0, "grad_norm": 1.0})
