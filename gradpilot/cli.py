@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from gradpilot import _cli_tune, _validate  # noqa: F401 - _cli_tune adds `tune` and `report` to the app
-from gradpilot._cli_common import _draw, _dumps, _escape, _load, _one_line_errors, app, console, err_console
+from gradpilot._cli_common import _draw, _dumps, _escape, _fail, _load, _one_line_errors, app, console, err_console
 from gradpilot.errors import GradpilotError
 
 if TYPE_CHECKING:
@@ -337,14 +337,22 @@ def diagnose_command(
     html_page: Annotated[
         Path | None, typer.Option("--html", help="write a self-contained page: curves, findings, verdict (HTML)")
     ] = None,
+    every_run: Annotated[
+        bool, typer.Option("--all", help="diagnose every run in the folder (default: the newest only)")
+    ] = False,
 ) -> None:
     """Say what went wrong in a run and what to change, from its log.
 
-    Exit code 0 when the run looks healthy (or is too short to judge), 1 when something was found, 2 on bad input.
+    A folder holding several runs (lightning_logs/version_N, a Trainer's checkpoint-N, TensorBoard runs) is read
+    at its newest run; --all diagnoses each. Exit code 0 when the runs look healthy (or are too short to
+    judge), 1 when something was found, 2 on bad input.
     """
     from gradpilot.diagnose import diagnose
     from gradpilot.logs import read_log
 
+    if every_run:
+        _diagnose_all(path, as_json, plot is not None or html_page is not None)
+        return
     for target, flag in ((plot, "--plot"), (html_page, "--html")):
         if target is not None:
             _validate.writable_file(target, flag)
@@ -365,6 +373,30 @@ def diagnose_command(
     if not (drawn and paged):
         raise typer.Exit(code=2)
     if result.kinds - {"healthy", "insufficient_data"}:
+        raise typer.Exit(code=1)
+
+
+def _diagnose_all(path: Path, as_json: bool, drawing: bool) -> None:
+    """``diagnose --all``: each run of a folder, oldest first."""
+    from gradpilot.diagnose import diagnose
+    from gradpilot.logs import find_runs, read_log
+
+    if drawing:
+        raise _fail("--all diagnoses several runs: --plot and --html draw one (give the run's own folder or file)")
+    if not path.is_dir():
+        raise _fail(f"--all needs a folder of runs; {path} is a file")
+    found, out = False, []
+    for run in find_runs(path):
+        history = read_log(run)
+        result = diagnose(history)
+        found = found or bool(result.kinds - {"healthy", "insufficient_data"})
+        if as_json:
+            out.append({"source": history.source, "warnings": list(history.warnings), **result.to_json()})
+        else:
+            _print_diagnosis(history.source, result)
+    if as_json:
+        typer.echo(_dumps(out))
+    if found:
         raise typer.Exit(code=1)
 
 

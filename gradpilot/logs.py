@@ -10,8 +10,10 @@ with the file.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,27 +23,65 @@ from gradpilot._columns import Columns, classify, from_records, tokens
 from gradpilot.errors import GradpilotError
 from gradpilot.history import History
 
-__all__ = ["classify", "read_csv", "read_jsonl", "read_log", "read_tensorboard", "read_trainer_state", "tokens"]
+__all__ = ["classify", "find_runs", "read_csv", "read_jsonl", "read_log", "read_tensorboard", "read_trainer_state",
+           "tokens"]
 
+# Where a run's log is, most telling first: a log the libraries write by name beats any CSV lying beside it
+# (a data file next to lightning_logs/ is not a log).
 _PATTERNS = (("trainer_state.json", 0), ("metrics.csv", 0), ("events.out.tfevents*", 0), ("*.jsonl", 0),
-             ("*.csv", 0), ("trainer_state.json", 1), ("events.out.tfevents*", None), ("metrics.csv", None))
+             ("trainer_state.json", 1), ("metrics.csv", None), ("events.out.tfevents*", None), ("*.csv", 0))
+_NUMBERED = re.compile(r"^(?:version|checkpoint)[-_](\d+)$")
+_EVENT_TIME = re.compile(r"tfevents\.(\d+)")
 
 
 def read_log(path: str | Path) -> History:
-    """Read a run's log; ``path`` is a file or a run folder (Lightning ``version_N``, a TensorBoard log dir,
-    a Trainer checkpoint folder)."""
+    """Read a run's log; ``path`` is a file or a folder (Lightning ``lightning_logs/`` or one ``version_N``, a
+    TensorBoard log dir, a Trainer ``output_dir`` or one checkpoint). A folder holding several runs is read
+    at its newest — the highest ``version_N`` or ``checkpoint-N``, the latest event file — never spliced,
+    with a warning naming the others (``find_runs`` lists them all)."""
     path = Path(path)
     if not path.exists():
         raise GradpilotError(f"{path} does not exist")
+    others: list[Path] = []
     if path.is_dir():
-        path = _pick_file(path)
+        *others, path = find_runs(path)
+    history = _read_file(path)
+    if others:
+        note = (f"{len(others) + 1} runs in this folder: read the newest, {path}; `gradpilot diagnose --all` "
+                "diagnoses each")
+        history = dataclasses.replace(history, warnings=(*history.warnings, note))
+    return history
+
+
+def find_runs(folder: str | Path) -> list[Path]:
+    """The logs of every run in ``folder``, oldest first: one file per run (an event file stands for its
+    own run only). The kind looked for is the first of ``_PATTERNS`` found there."""
+    folder = Path(folder)
+    files = list(_files_inside(folder))
+    for pattern, depth in _PATTERNS:
+        found = [p for p, d in files if (depth is None or d == depth) and p.match(pattern)]
+        if found:
+            return sorted(found, key=lambda p: _run_order(p, folder))
+    raise GradpilotError(f"{folder} holds no log gradpilot can read (trainer_state.json, metrics.csv, "
+                         "TensorBoard events, .jsonl or .csv)")
+
+
+def _run_order(path: Path, folder: Path) -> tuple[tuple[int, ...], int, float]:
+    """Runs by their numbers (``version_N``, ``checkpoint-N``: N, not the file's time), then by the time an
+    event file's name records, then by modification time."""
+    numbers = tuple(int(m.group(1)) for part in path.relative_to(folder).parts if (m := _NUMBERED.match(part)))
+    stamp = _EVENT_TIME.search(path.name)
+    return numbers, int(stamp.group(1)) if stamp else 0, path.stat().st_mtime
+
+
+def _read_file(path: Path) -> History:
     if not path.is_file():
         raise GradpilotError(f"{path} is not a regular file")
     if path.stat().st_size == 0:
         raise GradpilotError(f"{path} is empty")
     name = path.name
     if name.startswith("events.out.tfevents"):
-        return read_tensorboard(path.parent)
+        return read_tensorboard(path)
     if name.endswith(".json") and name != "metrics.json":
         return read_trainer_state(path)
     if name.endswith((".jsonl", ".ndjson")):
@@ -64,16 +104,6 @@ def _files_inside(folder: Path) -> Iterator[tuple[Path, int]]:
                 continue
             if p.is_file():
                 yield p, depth
-
-
-def _pick_file(folder: Path) -> Path:
-    files = list(_files_inside(folder))
-    for pattern, depth in _PATTERNS:
-        found = [p for p, d in files if (depth is None or d == depth) and p.match(pattern)]
-        if found:
-            return max(found, key=lambda p: p.stat().st_mtime)
-    raise GradpilotError(f"{folder} holds no log gradpilot can read (trainer_state.json, metrics.csv, "
-                         "TensorBoard events, .jsonl or .csv)")
 
 
 def _text_lines(path: Path) -> Iterator[str]:
@@ -170,13 +200,19 @@ def read_trainer_state(path: Path) -> History:
 
 
 def read_tensorboard(folder: Path) -> History:
-    """Scalars from TensorBoard event files in ``folder``, read with the tensorboard package's reader."""
+    """Scalars from one TensorBoard event file (``folder`` may be the file, or a folder: then its newest event
+    file — two runs writing one folder are not spliced into one), read with the tensorboard package's reader."""
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     except ImportError:
         raise GradpilotError("reading TensorBoard logs needs the tensorboard package: "
                              "pip install 'gradpilot[tensorboard]'") from None
-    warnings = [w for f in sorted(folder.glob("events.out.tfevents*")) if (w := _truncation(f))]
+    if folder.is_dir():
+        files = sorted(folder.glob("events.out.tfevents*"), key=lambda p: _run_order(p, folder))
+        if not files:
+            raise GradpilotError(f"{folder} holds no TensorBoard event file")
+        folder = files[-1]
+    warnings = [w for w in [_truncation(folder)] if w]
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     try:
         acc.Reload()

@@ -100,3 +100,41 @@ def test_autopilot_lowers_the_lr_in_the_trainer_s_optimizer(tmp_path):
     assert json.loads(pilot.output.read_text())["actions"]
 
 
+
+
+def test_diagnose_reads_the_newest_version_of_the_folders_lightning_writes(tmp_path):
+    """Two runs into one lightning_logs/ (CSVLogger and TensorBoardLogger, a LearningRateMonitor's lr-SGD
+    column, train_loss_step/train_loss_epoch), and a data CSV beside it that is not a log."""
+    from typer.testing import CliRunner
+
+    from gradpilot.cli import app
+    from gradpilot.logs import read_log
+
+    class Logged(Spirals):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = nn.functional.cross_entropy(self.net(x), y)
+            self.log("train_loss", loss, on_step=True, on_epoch=True)
+            return loss
+
+    for lr in (0.05, 100.0):  # version_0 trains well, version_1 blows up
+        torch.manual_seed(0)
+        loggers = [pl.loggers.CSVLogger(str(tmp_path)), pl.loggers.TensorBoardLogger(str(tmp_path / "tb"))]
+        pl.Trainer(max_epochs=3, accelerator="cpu", logger=loggers, enable_progress_bar=False,
+                   enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=2,
+                   callbacks=[pl.callbacks.LearningRateMonitor()]).fit(Logged(lr), datamodule=Data())
+    (tmp_path / "data.csv").write_text("x,y\n" + "\n".join(f"{i},{i % 3}" for i in range(50)))
+    (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").touch()  # the older run, touched last
+    newest = read_log(tmp_path)
+    assert "version_1" in newest.source and newest.lr is not None and newest.val_loss is not None
+    assert any("2 runs in this folder" in w for w in newest.warnings)
+    result = CliRunner().invoke(app, ["diagnose", str(tmp_path / "lightning_logs"), "--json"])
+    got = json.loads(result.stdout)
+    assert "version_1" in got["source"] and got["learning_rate"]["verdict"] == "too high"
+    assert {f["kind"] for f in got["findings"]} & {"divergence", "nan", "oscillation"}
+    every = CliRunner().invoke(app, ["diagnose", str(tmp_path), "--all", "--json"])
+    runs = json.loads(every.stdout)
+    assert [("version_0" in r["source"], "version_1" in r["source"]) for r in runs] == [(True, False), (False, True)]
+    tb = CliRunner().invoke(app, ["diagnose", str(tmp_path / "tb"), "--all", "--json"])
+    assert len(json.loads(tb.stdout)) == 2 and every.exit_code == 1
+    assert CliRunner().invoke(app, ["diagnose", str(tmp_path), "--all", "--plot", "x.png"]).exit_code == 2

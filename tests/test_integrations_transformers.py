@@ -41,10 +41,11 @@ def trainer(tmp_path, lr: float, *, callback=None, steps: int = 60, accumulation
     torch.manual_seed(0)
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=32)
+    options = {"report_to": "none", "save_strategy": "no", **extra}
     args = TrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=lr, per_device_train_batch_size=16,
                              gradient_accumulation_steps=accumulation, max_steps=steps, logging_steps=2,
                              eval_strategy="steps", eval_steps=20, lr_scheduler_type="constant", optim="sgd",
-                             report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, **extra)
+                             use_cpu=True, disable_tqdm=True, **options)
     return Trainer(model=BertForSequenceClassification(config), args=args, train_dataset=Toy(512, 0),
                    eval_dataset=Toy(128, 1), data_collator=default_data_collator,
                    callbacks=[callback] if callback is not None else None)
@@ -94,3 +95,24 @@ def test_a_hidden_nan_is_read_as_nan():
     from gradpilot.integrations.transformers import _true_loss
 
     assert _true_loss({"loss": 0.0, "grad_norm": float("nan")}) != _true_loss({"loss": 0.0, "grad_norm": 1.0})
+
+
+def test_diagnose_reads_the_last_checkpoint_and_the_tensorboard_runs_a_trainer_writes(tmp_path):
+    from typer.testing import CliRunner
+
+    from gradpilot.cli import app
+    from gradpilot.logs import read_log
+
+    t = trainer(tmp_path, 5.0, save_strategy="steps", save_steps=20, report_to="tensorboard")
+    t.train()
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-40", "checkpoint-60"]
+    (out / "checkpoint-20" / "trainer_state.json").touch()  # the oldest checkpoint, touched last
+    history = read_log(out)
+    assert "checkpoint-60" in history.source and len(history.train_loss) == 30
+    assert any("3 runs in this folder" in w for w in history.warnings)
+    got = json.loads(CliRunner().invoke(app, ["diagnose", str(out), "--json"]).stdout)
+    assert got["learning_rate"]["verdict"] == "too high" and "checkpoint-60" in got["source"]
+    board = json.loads(CliRunner().invoke(app, ["diagnose", str(out / "runs"), "--json"]).stdout)
+    assert "tfevents" in board["source"] and board["learning_rate"]["verdict"] == "too high"
+    assert {f["kind"] for f in board["findings"]} == {f["kind"] for f in got["findings"]}  # one run, two formats
