@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from gradpilot._dialects import speak
 from gradpilot._signal import centred_smooth, robust_noise
 from gradpilot.history import History
 
@@ -364,7 +365,7 @@ def diagnose(history: History) -> Diagnosis:
     token = _MEMO.set({})
     try:
         with np.errstate(all="ignore"):  # losses near the float limits overflow in sums; the detectors cope
-            return _diagnose(history)
+            return speak(_diagnose(history), history.tool)
     finally:
         _MEMO.reset(token)
 

@@ -35,6 +35,7 @@ class History:
     source: str = ""
     val_epochs: np.ndarray | None = None  # epochs completed at each validation point, when the log says
     warnings: tuple[str, ...] = ()  # what the reader skipped or could not trust (a cut last line, ...)
+    tool: str = ""  # what wrote the log, where it can tell: "transformers", "lightning", "keras"
 
     @classmethod
     def from_fit(cls, result: Any, *, metric_name: str | None = None, higher_is_better: bool = True) -> History:

@@ -140,7 +140,7 @@ def read_csv(path: Path) -> History:
                         "read the complete rows before it")
     if not columns.rows:
         raise GradpilotError(f"{path}: a header but no rows")
-    return columns.history(warnings)
+    return dataclasses.replace(columns.history(warnings), tool=tool_of(header, path))
 
 
 def _bad_row(path: Path, lineno: int, row: list[str], expected: int) -> None:
@@ -196,7 +196,19 @@ def read_trainer_state(path: Path) -> History:
         raise GradpilotError(f"{path}: no 'log_history' list; is this a Trainer's trainer_state.json?")
     # the last entry summarises the run ("train_loss" is an average over all of it): not a step
     records = [r for r in history if isinstance(r, dict) and "train_runtime" not in r]
-    return from_records(records, str(path))
+    return dataclasses.replace(from_records(records, str(path)), tool="transformers")
+
+
+def tool_of(names: list[str], path: Path) -> str:
+    """What wrote a log, from its column or tag names (and its folder): "transformers", "lightning", "keras"."""
+    if any(n.startswith(("train/", "eval/")) for n in names):
+        return "transformers"
+    lightning = any(n.startswith("lr-") or n.endswith(("_step", "_epoch")) for n in names)
+    if lightning or "lightning_logs" in path.parts or (path.parent / "hparams.yaml").exists():
+        return "lightning"
+    if "epoch" in names and "loss" in names and "step" not in names and "val_loss" in names:
+        return "keras"
+    return ""
 
 
 def read_tensorboard(folder: Path) -> History:
@@ -225,7 +237,8 @@ def read_tensorboard(folder: Path) -> History:
     for tag in tags:
         for event in acc.Scalars(tag):
             rows.setdefault(event.step, {"step": event.step})[tag] = event.value
-    return from_records([rows[s] for s in sorted(rows)], str(folder), warnings)
+    history = from_records([rows[s] for s in sorted(rows)], str(folder), warnings)
+    return dataclasses.replace(history, tool=tool_of(list(tags), folder))
 
 
 def _truncation(path: Path) -> str | None:

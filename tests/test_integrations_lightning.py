@@ -132,6 +132,9 @@ def test_diagnose_reads_the_newest_version_of_the_folders_lightning_writes(tmp_p
     got = json.loads(result.stdout)
     assert "version_1" in got["source"] and got["learning_rate"]["verdict"] == "too high"
     assert {f["kind"] for f in got["findings"]} & {"divergence", "nan", "oscillation"}
+    lowered = [f for f in got["findings"] if "optimizer.lr" in f["remedy"]]  # Lightning's words, not the plan's
+    assert lowered and lowered[0]["remedy"]["optimizer.lr"] < 100 and "configure_optimizers" in lowered[0]["advice"]
+    assert not any("learning_rate" in f["remedy"] for f in got["findings"])
     every = CliRunner().invoke(app, ["diagnose", str(tmp_path), "--all", "--json"])
     runs = json.loads(every.stdout)
     assert [("version_0" in r["source"], "version_1" in r["source"]) for r in runs] == [(True, False), (False, True)]

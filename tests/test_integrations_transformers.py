@@ -113,6 +113,7 @@ def test_diagnose_reads_the_last_checkpoint_and_the_tensorboard_runs_a_trainer_w
     assert any("3 runs in this folder" in w for w in history.warnings)
     got = json.loads(CliRunner().invoke(app, ["diagnose", str(out), "--json"]).stdout)
     assert got["learning_rate"]["verdict"] == "too high" and "checkpoint-60" in got["source"]
+    assert any(f["remedy"].get("learning_rate", 5.0) < 5.0 for f in got["findings"])  # TrainingArguments names
     board = json.loads(CliRunner().invoke(app, ["diagnose", str(out / "runs"), "--json"]).stdout)
     assert "tfevents" in board["source"] and board["learning_rate"]["verdict"] == "too high"
     assert {f["kind"] for f in board["findings"]} == {f["kind"] for f in got["findings"]}  # one run, two formats
