@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from torch.utils.data import DataLoader
 
 from gradpilot._batch import model_device
-from gradpilot._workers import Queue, quiet
+from gradpilot._workers import Queue
 from gradpilot.accumulation import accumulate, item_counter
 from gradpilot.evaluation import evaluate
 from gradpilot.task import Task
@@ -260,19 +260,17 @@ class Search:
         return {"value": value}
 
     def _trial(self, study: optuna.Study, cand: Candidate, index: int) -> optuna.Trial:
-        """The candidate's trial: made on its first rung, found again on the next ones (or after a kill)."""
+        """The candidate's trial: made on its first rung — in one storage call, params and index together, so
+        a worker killed half-way leaves nothing half-made — and found again on the next ones (or after a kill)."""
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.user_attrs.get("index") == index:
                 return optuna.trial.Trial(study, t._trial_id)
-        study.enqueue_trial(_params(cand))
-        with quiet():
-            trial = study.ask()
-        trial.suggest_float("lr", 1e-12, 1e6, log=True)  # the enqueued values, declared so the study records them
-        trial.suggest_int("micro_batch", 1, 1 << 30)
-        trial.suggest_int("accumulation", 1, 1 << 20)
-        trial.set_user_attr("warmup_ratio", cand.warmup_ratio)
-        trial.set_user_attr("index", index)
-        return trial
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.RUNNING, params=_params(cand), distributions=_DISTRIBUTIONS,
+            user_attrs={"index": index, "warmup_ratio": cand.warmup_ratio}))
+        made = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.user_attrs.get("index") == index]
+        return optuna.trial.Trial(study, made[-1]._trial_id)
 
     def _halve(self, study: optuna.Study, plan: SearchPlan, k: int) -> list[int]:
         """After rung ``k``: best first, each scored trial asks the pruner whether it goes on; the indexes that do."""
@@ -289,6 +287,11 @@ class Search:
             trial.set_user_attr(f"rung-{k}", "promoted")
             promoted.append(int(t.user_attrs["index"]))
         return promoted
+
+
+_DISTRIBUTIONS = {"lr": optuna.distributions.FloatDistribution(1e-12, 1e6, log=True),
+                  "micro_batch": optuna.distributions.IntDistribution(1, 1 << 30),
+                  "accumulation": optuna.distributions.IntDistribution(1, 1 << 20)}
 
 
 def plan_note(plan: SearchPlan, allowance: int) -> dict[str, Any]:
