@@ -190,3 +190,14 @@ def test_backend_is_checked(tmp_path):
         tune(small_task(), out_dir=tmp_path, backend="dask")
     with pytest.raises(GradpilotError, match="leave n_jobs at 1"):
         tune(small_task(), out_dir=tmp_path, backend="ray", n_jobs=2)
+
+
+@pytest.mark.slow
+def test_backend_ray_takes_a_task_file_to_its_workers(tmp_path):
+    pytest.importorskip("ray.tune", reason="Ray Tune is in the test extra ('gradpilot[ray]')")
+    task_file = tmp_path / "task.py"
+    task_file.write_text(TASK_FILE)  # a module Ray's workers cannot import: it travels by value
+    done = subprocess.run(cli(task_file, tmp_path / "out", "--backend", "ray"), capture_output=True, text=True,
+                          timeout=400, env={**env(), "RAY_AUTH_MODE": "disabled"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "learning_rate" in json.loads(done.stdout)["plan"]

@@ -13,6 +13,7 @@ Needs the ``ray`` extra: ``pip install 'gradpilot[ray]'``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import tempfile
@@ -40,7 +41,8 @@ def run_search(search: Search, study: optuna.Study, plan: SearchPlan, allowance:
         for k, rung in enumerate(plan.rungs):
             alive = _affordable(search, study, plan, alive, k, allowance - spent_in(study))
             if alive:
-                grid = _rung(tune, search, plan, k, alive, saved).fit()
+                with contextlib.redirect_stdout(sys.stderr):  # Ray Tune's tables: stdout is for tune's own output
+                    grid = _rung(tune, search, plan, k, alive, saved).fit()
                 for result in grid:
                     _record(search, study, plan, rung, result, saved)
             if k + 1 < len(plan.rungs):
@@ -64,9 +66,7 @@ def _init(ray: Any, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     for name in [n for n in sys.modules if n.startswith("gradpilot_task_")]:  # a task file is not importable there
-        import cloudpickle  # type: ignore[import-untyped]
-
-        cloudpickle.register_pickle_by_value(sys.modules[name])
+        ray.cloudpickle.register_pickle_by_value(sys.modules[name])  # Ray's own pickler: by value, not by import
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  configure_logging=False)
