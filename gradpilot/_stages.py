@@ -256,10 +256,17 @@ def _search_plan(ctx: _Context) -> _search.SearchPlan | None:
         cands += [_search.Candidate(lr, micro, k, _warmup(ctx, lr) if grew else 0.0) for lr in grid]
     order = sorted(range(len(cands)), key=lambda j: j % 5 if j < 5 else j - 4.5)  # interleave the batches
     budget = ctx.left - _final_reserve(ctx)
-    rungs = _search.rungs_for(budget, len(cands), ctx.cooldown, max(c.batch for c in cands))
+    cooldown = _cooldown(ctx)
+    rungs = _search.rungs_for(budget, len(cands), cooldown, max(c.batch for c in cands))
     if budget < rungs[0] * len(cands):
         return None
-    return _search.SearchPlan(tuple(cands[j] for j in order), rungs, ctx.cooldown)
+    return _search.SearchPlan(tuple(cands[j] for j in order), rungs, cooldown)
+
+
+def _cooldown(ctx: _Context) -> float:
+    """The cooldown scores a short run as the decaying run it predicts; a plan fixed to a constant LR is scored
+    as it will train: at its constant LR."""
+    return 0.0 if ctx.fixed.get("lr_scheduler_type") in ("constant", "constant_with_warmup") else ctx.cooldown
 
 
 def _warmup(ctx: _Context, lr: float) -> float:

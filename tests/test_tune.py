@@ -171,6 +171,13 @@ def test_fixed_lr_and_schedule_skip_their_stages(tmp_path):
     assert result.plan["gradient_accumulation_steps"] == 2 and result.plan["per_device_train_batch_size"] == 16
 
 
+def test_a_plan_fixed_to_a_constant_lr_is_searched_at_its_constant_lr(tmp_path):
+    result = tune(small_task(), out_dir=tmp_path, budget=2, fixed={"scheduler": "constant"})
+    by = {s.name: s for s in result.stages}
+    assert by["lr_search"].evidence["cooldown"] == 0.0 and by["schedule"].skipped == "fixed"
+    assert result.plan["lr_scheduler_type"] == "constant"
+
+
 def test_no_cooldown_and_an_own_storage(tmp_path):
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     result = tune(small_task(), out_dir=tmp_path / "out", cooldown=0.0, storage=url, seed=3, budget=2)
