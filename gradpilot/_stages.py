@@ -1,7 +1,8 @@
 """``tune``'s stages, in the order they run; each is ``(ctx) -> Stage`` and builds on a gradpilot tool:
-``find_lr``, ``estimate_noise_scale`` + ``find_batch_size``, ``scaling.plan``, the Optuna LR search, ``fit``
-with early stopping, ``fit`` under a decaying schedule. A stage reads what earlier ones decided from
-``ctx.values`` and returns its own decision; every item it trains on is charged to the budget."""
+``find_lr``, ``estimate_noise_scale`` + ``find_batch_size``, ``scaling.plan``, the Optuna LR search (here),
+then ``fit`` with early stopping and ``fit`` under a decaying schedule (``gradpilot._final_stages``). A stage
+reads what earlier ones decided from ``ctx.values`` and returns its own decision; every item it trains on is
+charged to the budget."""
 
 from __future__ import annotations
 
@@ -17,13 +18,10 @@ from optuna.storages import BaseStorage
 from torch.utils.data import DataLoader
 
 from gradpilot import _search, scaling
-from gradpilot._workers import worker_id
 from gradpilot.batch_size import estimate_noise_scale, find_batch_size
-from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError
 from gradpilot.lr_finder import find_lr
 from gradpilot.task import Task
-from gradpilot.training import FitResult, fit
 
 MIN_LR_RATE = 0.01  # the decaying schedule ends at 1% of the peak LR
 NO_EDGE = 10.0  # where the range test shows no edge above its suggestion, candidates go up to this many times it
@@ -290,127 +288,3 @@ def _final_reserve(ctx: _Context) -> int:
 def _least_epochs(ctx: _Context) -> int:
     """The fewest epochs the early-stopping run may be cut to by the budget: three quarters of the task's."""
     return math.ceil(0.75 * ctx.task.epochs)
-
-
-def epochs(ctx: _Context) -> Stage:
-    """A run at the chosen LR and batch with early stopping on validation: its best epoch is the epoch count."""
-    fixed = ctx.fixed.get("num_train_epochs")
-    most = int(fixed) if fixed is not None else _most_epochs(ctx)
-    if fixed is None and _one_run(ctx, most):
-        return _task_epochs(ctx)
-    patience = max(3, math.ceil(0.25 * most))
-    ctx.say(f"constant LR for up to {most} epochs")
-    result, warm = _train(ctx, "constant", most, None if fixed is not None else EarlyStopping(patience=patience))
-    score = _score(result)
-    chosen = int(fixed) if fixed is not None else int(result.best_epoch or most)
-    why = f"fixed at {chosen}" if fixed is not None else (
-        f"validation was best after epoch {chosen} of {result.epochs_completed} ({result.stop_reason})")
-    stopped = fixed is None and result.epochs_completed < most  # early stopping saw validation turn
-    return Stage("epochs", {"num_train_epochs": chosen, "warmup_steps": warm, "constant_metric": score,
-                            "decay_epochs": chosen if stopped or fixed is not None else most},
-                 why, evidence={"val_metrics": list(result.val_metrics), "max_epochs": most, "patience": patience,
-                                "lrs": list(result.lrs)},
-                 samples=_charge_run(ctx, result), skipped="fixed" if fixed is not None else "")
-
-
-def _one_run(ctx: _Context, most: int) -> bool:
-    """Whether the budget left pays for one full run but would cut two by more than a quarter: then the
-    early-stopping run is skipped and the one run goes to the decaying schedule over the task's epochs."""
-    decays = ctx.fixed.get("lr_scheduler_type") not in ("constant", "constant_with_warmup")
-    return decays and most < _least_epochs(ctx) and ctx.left >= ctx.run_samples
-
-
-def _task_epochs(ctx: _Context) -> Stage:
-    n = ctx.task.epochs
-    return Stage("epochs", {"num_train_epochs": n, "warmup_steps": _warmup_steps(ctx, n), "constant_metric": None,
-                            "decay_epochs": n},
-                 f"the budget left pays for one full run, not two: the task's {n} epochs are kept and trained once, "
-                 "under the decaying schedule", skipped="budget")
-
-
-def _most_epochs(ctx: _Context) -> int:
-    """The task's epochs, fewer when the budget left cannot pay for them twice (this run and the next)."""
-    per_epoch = ctx.train_items
-    return max(1, min(ctx.task.epochs, ctx.left // (2 * per_epoch) or ctx.left // per_epoch))
-
-
-def schedule(ctx: _Context) -> Stage:
-    """The constant LR against warmup + cosine to 1% of the peak; the better validation score wins and its
-    weights become model.pt. The decay runs over the epochs early stopping chose when it stopped the run
-    (validation turned), else over all the epochs the constant run had: a decaying schedule is made to end at
-    its end, and the best of a few noisy epochs that never turned is no reason to cut it short."""
-    n, constant = int(ctx.values["decay_epochs"]), ctx.values["constant_metric"]
-    fixed = ctx.fixed.get("lr_scheduler_type")
-    name = fixed or "cosine_with_min_lr"
-    if fixed in ("constant", "constant_with_warmup") or (fixed is None and n * ctx.train_items > ctx.left):
-        reason = "fixed" if fixed else "budget"
-        return Stage("schedule", {**_kept_constant(ctx), "trained_by": f"{worker_id()} in {ctx.out.resolve()}"},
-                     f"constant LR ({reason})", skipped=reason)
-    ctx.say(f"{name} over {n} epochs")
-    result, _ = _train(ctx, name, n, None)
-    score = _score(result)
-    sign = -1.0 if ctx.task.higher_is_better else 1.0
-    better = fixed is not None or constant is None or sign * score < sign * float(constant)
-    options = {"min_lr": MIN_LR_RATE * float(ctx.values["learning_rate"])} if name == "cosine_with_min_lr" else {}
-    decision = {"lr_scheduler_type": name, "lr_scheduler_kwargs": options, "metric": score, "num_train_epochs": n,
-                "model_file": f"{name}.pt"} if better else _kept_constant(ctx)
-    decision["trained_by"] = f"{worker_id()} in {ctx.out.resolve()}"
-    why = f"{name} over {n} epochs validates at {score:.4g}, the one run the budget paid for" if constant is None else \
-        f"{name} over {n} epochs validates at {score:.4g} against the constant LR's {constant:.4g}: " + \
-        ("kept" if better else "the constant LR is kept")
-    tried = [{name: score}] if constant is None else [{"constant": constant}, {name: score}]
-    return Stage("schedule", decision, why, alternatives=tried,
-                 evidence={"val_metrics": list(result.val_metrics), "lrs": list(result.lrs)},
-                 samples=_charge_run(ctx, result),
-                 skipped="fixed" if fixed else "")
-
-
-def _kept_constant(ctx: _Context) -> dict[str, Any]:
-    name = "constant_with_warmup" if ctx.values["warmup_steps"] else "constant"
-    return {"lr_scheduler_type": name, "lr_scheduler_kwargs": {}, "metric": ctx.values["constant_metric"],
-            "model_file": "constant.pt"}
-
-
-def _train(ctx: _Context, name: str, n_epochs: int, stopper: EarlyStopping | None) -> tuple[FitResult, int]:
-    """``fit`` from the initial weights at the decided LR and batch; resumable through its checkpoint folder.
-    The best weights are saved as runs/NAME.pt. Returns the run and its warmup steps."""
-    task, v = ctx.task, ctx.values
-    micro, k = int(v["micro_batch"]), int(v["accumulation"])
-    warm = v.get("warmup_steps")
-    warm = int(warm) if warm is not None else _warmup_steps(ctx, n_epochs)
-    options: dict[str, Any] = {"warmup_steps": warm} if warm or name != "constant" else {}
-    if name == "constant" and warm:
-        name = "constant_with_warmup"
-    if name == "cosine_with_min_lr":
-        options["min_lr"] = MIN_LR_RATE * float(v["learning_rate"])
-    task.model.load_state_dict(ctx.initial)
-    dataset, collate = task.dataset()
-    loader = DataLoader(dataset, batch_size=micro, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(ctx.seed))
-    torch.manual_seed(ctx.seed)
-    result = fit(task, task.make_optimizer(float(v["learning_rate"])), train_loader=loader, epochs=n_epochs,
-                 accumulation_steps=k, scheduler=name, scheduler_options=options, early_stopping=stopper,
-                 checkpoint_dir=ctx.out / "runs" / name)
-    torch.save(task.model.state_dict(), ctx.out / "runs" / f"{'constant' if 'constant' in name else name}.pt")
-    return result, warm
-
-
-def _warmup_steps(ctx: _Context, n_epochs: int) -> int:
-    """The search winner's warmup share, in optimizer steps of an ``n_epochs`` run at its batch."""
-    v = ctx.values
-    micro, k = int(v["micro_batch"]), int(v["accumulation"])
-    return math.ceil(float(v["warmup_ratio"]) * math.ceil(math.ceil(ctx.train_items / micro) / k) * n_epochs)
-
-
-def _score(result: FitResult) -> float:
-    """The validation metric of the weights a run ends with: its best epoch's when early stopping put those
-    back, else its last epoch's (what a Trainer following the plan ends with)."""
-    if result.restored_best and result.best_metric is not None:
-        return float(result.best_metric)
-    return float(result.val_metrics[-1]) if result.val_metrics else math.nan
-
-
-def _charge_run(ctx: _Context, result: FitResult) -> int:
-    samples = result.epochs_completed * ctx.train_items
-    ctx.charge(samples)
-    return samples

@@ -22,7 +22,7 @@ import torch
 from optuna.storages import BaseStorage
 from torch import nn
 
-from gradpilot import _hf_plan, _stages, _validate, _workers
+from gradpilot import _final_stages, _hf_plan, _stages, _validate, _workers
 from gradpilot._stages import Stage, _Context
 from gradpilot.errors import GradpilotError
 from gradpilot.task import Task
@@ -35,8 +35,8 @@ STAGES: tuple[tuple[str, Callable[[_Context], Stage]], ...] = (
     ("batch", _stages.batch),
     ("accumulation", _stages.accumulation),
     ("lr_search", _stages.lr_search),
-    ("epochs", _stages.epochs),
-    ("schedule", _stages.schedule),
+    ("epochs", _final_stages.epochs),
+    ("schedule", _final_stages.schedule),
 )
 
 
