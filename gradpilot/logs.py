@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import re
 import struct
@@ -195,8 +196,25 @@ def read_trainer_state(path: Path) -> History:
     if not isinstance(history, list):
         raise GradpilotError(f"{path}: no 'log_history' list; is this a Trainer's trainer_state.json?")
     # the last entry summarises the run ("train_loss" is an average over all of it): not a step
-    records = [r for r in history if isinstance(r, dict) and "train_runtime" not in r]
+    records = [_unhide_nan(r) for r in history if isinstance(r, dict) and "train_runtime" not in r]
     return dataclasses.replace(from_records(records, str(path)), tool="transformers")
+
+
+def _unhide_nan(record: dict[str, Any]) -> dict[str, Any]:
+    """The Trainer's ``logging_nan_inf_filter`` (on by default) logs ``loss: 0.0`` for a NaN loss; the gradient
+    norm logged with it stays NaN. Such a loss is put back as the NaN it was (in trainer_state.json and in the
+    Trainer's TensorBoard tags)."""
+    for loss, norm in (("loss", "grad_norm"), ("train/loss", "train/grad_norm")):  # trainer_state, TensorBoard
+        if record.get(loss) == 0.0 and record.get(norm) is not None and not _finite(record[norm]):
+            return {**record, loss: float("nan")}
+    return record
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True  # not a number at all: the column reader judges it
 
 
 def tool_of(names: list[str], path: Path) -> str:
@@ -237,7 +255,7 @@ def read_tensorboard(folder: Path) -> History:
     for tag in tags:
         for event in acc.Scalars(tag):
             rows.setdefault(event.step, {"step": event.step})[tag] = event.value
-    history = from_records([rows[s] for s in sorted(rows)], str(folder), warnings)
+    history = from_records([_unhide_nan(rows[s]) for s in sorted(rows)], str(folder), warnings)
     return dataclasses.replace(history, tool=tool_of(list(tags), folder))
 
 

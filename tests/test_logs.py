@@ -88,6 +88,18 @@ def test_trainer_state_json_of_the_documented_shape(tmp_path):
     assert diagnose(h).lr_verdict in ("about right", "too low", "too high")
 
 
+def test_a_nan_the_trainer_logged_as_zero_is_read_as_nan(tmp_path):
+    """HF's logging_nan_inf_filter logs loss 0.0 once the loss is NaN; its grad_norm stays NaN."""
+    history = [{"step": s, "loss": 1.0 - s / 100, "grad_norm": 1.0, "learning_rate": 1e-3} for s in range(1, 21)]
+    history += [{"step": s, "loss": 0.0, "grad_norm": float("nan"), "learning_rate": 1e-3} for s in range(21, 31)]
+    history.append({"step": 31, "loss": 0.0, "grad_norm": 0.5, "learning_rate": 1e-3})  # a real 0.0 stays
+    path = tmp_path / "trainer_state.json"
+    path.write_text(json.dumps({"log_history": history}))
+    h = read_log(path)
+    assert np.isnan(h.train_loss.values[20:30]).all() and h.train_loss.values[30] == 0.0
+    assert h.train_loss.values[5] == pytest.approx(0.94)
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
@@ -195,3 +207,17 @@ def test_memory_grows_with_the_columns_read_not_with_the_file(tmp_path):
     tracemalloc.stop()
     assert len(h.train_loss) == n
     assert peak < 3 * size, f"peak {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
+
+
+def test_a_nan_the_trainer_logged_as_zero_in_tensorboard_is_read_as_nan(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    for s in range(1, 31):
+        hidden = s > 20
+        writer.add_scalar("train/loss", 0.0 if hidden else 1.0 - s / 100, s)
+        writer.add_scalar("train/grad_norm", float("nan") if hidden else 1.0, s)
+    writer.close()
+    h = read_log(tmp_path)
+    assert np.isnan(h.train_loss.values[20:]).all() and not np.isnan(h.train_loss.values[:20]).any()
+    assert h.tool == "transformers" and "nan" in diagnose(h).kinds
