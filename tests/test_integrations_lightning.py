@@ -141,3 +141,15 @@ def test_diagnose_reads_the_newest_version_of_the_folders_lightning_writes(tmp_p
     tb = CliRunner().invoke(app, ["diagnose", str(tmp_path / "tb"), "--all", "--json"])
     assert len(json.loads(tb.stdout)) == 2 and every.exit_code == 1
     assert CliRunner().invoke(app, ["diagnose", str(tmp_path), "--all", "--plot", "x.png"]).exit_code == 2
+
+
+def test_the_callback_reads_validation_under_the_key_given(tmp_path):
+    class Renamed(Spirals):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("valid/ce", nn.functional.cross_entropy(self.net(x), y))
+
+    watcher = GradpilotCallback(val_key="valid/ce")
+    torch.manual_seed(0)
+    trainer(tmp_path, watcher, epochs=2).fit(Renamed(0.05), datamodule=Data())
+    assert len(watcher.monitor.val_losses) == 2 and all(v > 0 for v in watcher.monitor.val_losses)
