@@ -144,7 +144,7 @@ class ShortRun:
         source = self.batches if batches is None else batches
         window = [next(source) for _ in range(self.cand.accumulation)]
         self.optimizer.zero_grad(set_to_none=True)
-        accumulate(self.task.model, window, self.task.loss_fn, None, self.device, self.count)
+        accumulate(self.task.model, window, self.task.loss_fn, self.task.step_fn, self.device, self.count)
         self.optimizer.step()
         self.steps += 1
         self.samples += self.cand.batch

@@ -149,6 +149,7 @@ def find_batch_size(
     """
     if isinstance(model, Task):
         optimizer = optimizer if optimizer is not None else model.make_optimizer()
+        step_fn = step_fn if step_fn is not None else model.step_fn
         model, loss_fn, dataset, collate_fn = _from_task(model, loss_fn, dataset, collate_fn)
     if optimizer is None or dataset is None:
         raise GradpilotError("find_batch_size needs an optimizer and a dataset, or a gradpilot.Task")
@@ -325,6 +326,7 @@ def estimate_noise_scale(
     model (gradients, BatchNorm statistics) and torch's RNG are put back as they were.
     """
     if isinstance(model, Task):
+        step_fn = step_fn if step_fn is not None else model.step_fn
         model, loss_fn, dataset, collate_fn = _from_task(model, loss_fn, dataset, collate_fn)
     if dataset is None:
         raise GradpilotError("estimate_noise_scale needs a dataset, or a gradpilot.Task")

@@ -43,6 +43,7 @@ def evaluate(model: nn.Module | Task, loader: Iterable[Any] | None = None, loss_
     if isinstance(model, Task):
         loader = loader if loader is not None else model.val_loader()
         loss_fn = loss_fn if loss_fn is not None else model.loss_fn
+        step_fn = step_fn if step_fn is not None else model.step_fn
         metric = metric if metric is not None else model.metric
         model = model.model
     if loader is None:

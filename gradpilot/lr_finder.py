@@ -91,6 +91,7 @@ def find_lr(
     if isinstance(model, Task):
         optimizer = optimizer if optimizer is not None else model.make_optimizer()
         loss_fn = loss_fn if loss_fn is not None else model.loss_fn
+        step_fn = step_fn if step_fn is not None else model.step_fn
         train_loader = train_loader if train_loader is not None else model.train_loader()
         model = model.model
     if optimizer is None or train_loader is None:

@@ -41,7 +41,7 @@ class Task:
 
     model: nn.Module
     train_data: Dataset[Any] | DataLoader[Any]
-    loss_fn: Callable[[Any, Any], torch.Tensor]
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None
     val_data: Dataset[Any] | DataLoader[Any] | None = None
     metric: Callable[[Any, Any], float] | None = None
     higher_is_better: bool = False
@@ -51,6 +51,8 @@ class Task:
     batch_size: int = 32
     epochs: int = 1
     name: str = "task"
+    step_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None  # (model, batch) -> loss, instead of loss_fn
+    collate_fn: Callable[[list[Any]], Any] | None = None  # how items become a batch (default: torch's)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -58,8 +60,12 @@ class Task:
         if not any(p.requires_grad for p in self.model.parameters()):
             raise GradpilotError("Task.model has no trainable parameters (all frozen, or none): "
                                  "unfreeze what should train")
-        if not callable(self.loss_fn):
+        if self.step_fn is not None and not callable(self.step_fn):
+            raise GradpilotError(f"Task.step_fn must be callable(model, batch) -> loss, got {self.step_fn!r}")
+        if self.step_fn is None and not callable(self.loss_fn):
             raise GradpilotError(f"Task.loss_fn must be callable (e.g. nn.CrossEntropyLoss()), got {self.loss_fn!r}")
+        if self.collate_fn is not None and not callable(self.collate_fn):
+            raise GradpilotError(f"Task.collate_fn must be callable(items) -> batch, got {self.collate_fn!r}")
         if self.metric is not None and not callable(self.metric):
             raise GradpilotError(f"Task.metric must be callable(outputs, targets) -> float, got {self.metric!r}")
         _validate.positive_float("Task.lr", self.lr)
@@ -93,19 +99,21 @@ class Task:
         if isinstance(self.train_data, DataLoader):
             return self.train_data
         gen = torch.Generator().manual_seed(seed)
-        return DataLoader(self.train_data, batch_size=self.batch_size, shuffle=True, generator=gen)
+        return DataLoader(self.train_data, batch_size=self.batch_size, shuffle=True, generator=gen,
+                          collate_fn=self.collate_fn or default_collate)
 
     def val_loader(self) -> DataLoader[Any] | None:
         """Validation batches in a fixed order, or None when the task has no validation data."""
         if self.val_data is None or isinstance(self.val_data, DataLoader):
             return self.val_data
-        return DataLoader(self.val_data, batch_size=max(self.batch_size, 256))
+        return DataLoader(self.val_data, batch_size=max(self.batch_size, 256),
+                          collate_fn=self.collate_fn or default_collate)
 
     def dataset(self) -> tuple[Dataset[Any], Callable[[list[Any]], Any]]:
         """The training items and how they are batched: the dataset and the loader's ``collate_fn``."""
         if isinstance(self.train_data, DataLoader):
             return self.train_data.dataset, self.train_data.collate_fn
-        return self.train_data, default_collate
+        return self.train_data, self.collate_fn or default_collate
 
     @property
     def optimizer_name(self) -> str:
@@ -153,8 +161,14 @@ def load_task(path: str | Path, seed: int = 0) -> Task:
     sys.modules[spec.name] = module
     _call(f"importing {path}", spec.loader.exec_module, module)
     factory = getattr(module, "task", None)
+    maker = getattr(module, "make_trainer", None)
+    if not callable(factory) and callable(maker):
+        made = _call(f"make_trainer() in {path}", maker, {})
+        adapted: Task = _call(f"make_trainer() in {path}", _from_trainer, made, path.stem)
+        return adapted
     if not callable(factory):
-        raise GradpilotError(f"{path} defines no task() function: add `def task(seed: int = 0) -> gradpilot.Task`")
+        raise GradpilotError(f"{path} defines no task() function: add `def task(seed: int = 0) -> gradpilot.Task` "
+                             "(or `def make_trainer(plan: dict)` returning a Hugging Face or Lightning trainer)")
     try:
         inspect.signature(factory).bind(seed=seed)
     except (TypeError, ValueError):
@@ -164,6 +178,22 @@ def load_task(path: str | Path, seed: int = 0) -> Task:
     if not isinstance(result, Task):
         raise GradpilotError(f"task() in {path} returned {type(result).__name__}, not a gradpilot.Task")
     return result
+
+
+def _from_trainer(made: Any, name: str) -> Task:
+    """A task from what ``make_trainer({})`` returned: a Hugging Face ``Trainer``, or Lightning's
+    ``(trainer, module[, datamodule])``."""
+    kind = type(made[0] if isinstance(made, tuple) and made else made).__module__.split(".")[0]
+    if kind == "transformers":
+        from gradpilot.integrations import transformers
+
+        return transformers.task_from_trainer(made, name)
+    if kind in ("lightning", "pytorch_lightning"):
+        from gradpilot.integrations import lightning
+
+        return lightning.task_from_trainer(made, name)
+    raise GradpilotError(f"make_trainer() returned {type(made).__name__}: return a transformers.Trainer, or "
+                         "(lightning.Trainer, LightningModule[, LightningDataModule])")
 
 
 def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

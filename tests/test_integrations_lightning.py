@@ -153,3 +153,36 @@ def test_the_callback_reads_validation_under_the_key_given(tmp_path):
     torch.manual_seed(0)
     trainer(tmp_path, watcher, epochs=2).fit(Renamed(0.05), datamodule=Data())
     assert len(watcher.monitor.val_losses) == 2 and all(v > 0 for v in watcher.monitor.val_losses)
+
+
+MAKE_TRAINER = """
+import lightning.pytorch as pl
+import torch
+from tests.test_integrations_lightning import Data, Spirals
+
+def make_trainer(plan: dict):
+    torch.manual_seed(0)
+    trainer = pl.Trainer(max_epochs=plan.get("num_train_epochs", 4), accelerator="cpu", logger=False,
+                         enable_progress_bar=False, enable_checkpointing=False)
+    return trainer, Spirals(plan.get("learning_rate", 0.05)), Data()
+"""
+
+
+def test_tune_on_a_make_trainer_file_returning_a_lightning_trainer(tmp_path):
+    from typer.testing import CliRunner
+
+    from gradpilot.cli import app
+
+    source = tmp_path / "lit_task.py"
+    source.write_text(MAKE_TRAINER)
+    result = CliRunner().invoke(app, ["tune", str(source), "--out", str(tmp_path / "tune"), "--budget", "2",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["learning_rate"] > 0 and plan["num_train_epochs"] >= 1 and json.loads(result.stdout)["spent_runs"] <= 2
+    stages = json.loads((tmp_path / "tune" / "tune.json").read_text())["stages"]
+    assert stages["lr_search"]["alternatives"] and stages["lr_range"]["decision"]["lr_found"] > 0
+    bad = tmp_path / "bad.py"
+    bad.write_text("def make_trainer(plan):\n    return 42\n")
+    refused = CliRunner().invoke(app, ["tune", str(bad), "--out", str(tmp_path / "x")])
+    assert refused.exit_code == 2 and "make_trainer() returned int" in refused.output

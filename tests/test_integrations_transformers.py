@@ -117,3 +117,48 @@ def test_diagnose_reads_the_last_checkpoint_and_the_tensorboard_runs_a_trainer_w
     board = json.loads(CliRunner().invoke(app, ["diagnose", str(out / "runs"), "--json"]).stdout)
     assert "tfevents" in board["source"] and board["learning_rate"]["verdict"] == "too high"
     assert {f["kind"] for f in board["findings"]} == {f["kind"] for f in got["findings"]}  # one run, two formats
+
+
+MAKE_TRAINER = """
+import torch
+from transformers import (BertConfig, BertForSequenceClassification, Trainer, TrainingArguments,
+                          default_data_collator)
+from tests.test_integrations_transformers import Toy
+
+def make_trainer(plan: dict) -> Trainer:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32)
+    settings = {"learning_rate": 1e-3, "per_device_train_batch_size": 16, "num_train_epochs": 2,
+                "weight_decay": 0.01, **plan}
+    args = TrainingArguments(output_dir=OUT, report_to="none", use_cpu=True, disable_tqdm=True, **settings)
+    return Trainer(model=BertForSequenceClassification(config), args=args, train_dataset=Toy(512, 0),
+                   eval_dataset=Toy(128, 1), data_collator=default_data_collator)
+"""
+
+
+def test_tune_on_a_make_trainer_file_writes_the_plan_the_trainer_takes_back(tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from gradpilot.cli import app
+
+    source = tmp_path / "hf_task.py"
+    source.write_text(MAKE_TRAINER.replace("OUT", repr(str(tmp_path / "trainer"))))
+    result = CliRunner().invoke(app, ["tune", str(source), "--out", str(tmp_path / "tune"), "--budget", "2",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["per_device_train_batch_size"] in (4, 8, 16, 32, 64) and plan["learning_rate"] > 0
+    spec = importlib.util.spec_from_file_location("hf_task_again", source)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    spec.loader.exec_module(module)
+    again = module.make_trainer(plan)  # what the user pastes back
+    assert again.args.learning_rate == plan["learning_rate"]
+    assert again.args.num_train_epochs == plan["num_train_epochs"]
+    stages = json.loads((tmp_path / "tune" / "tune.json").read_text())["stages"]
+    assert stages["lr_range"]["decision"]["lr_found"] > 0 and stages["lr_search"]["alternatives"]

@@ -147,3 +147,33 @@ def test_task_without_a_seed_and_bad_optimizer_options(tmp_path):
              optimizer=lambda params, lr: torch.optim.SGD(params, lr=-lr)).make_optimizer()
     with pytest.raises(GradpilotError, match=r"is not a \.py file"):
         load_task(write(tmp_path, "x", name="task.txt"))
+
+
+def test_a_task_with_its_own_step_and_collate_trains_and_validates_through_them():
+    import gradpilot
+    from gradpilot.examples import spirals
+
+    calls = {"step": 0, "collate": 0}
+
+    def step(model, batch):
+        calls["step"] += 1
+        return torch.nn.functional.cross_entropy(model(batch["x"]), batch["y"])
+
+    def collate(items):
+        calls["collate"] += 1
+        return {"x": torch.stack([x for x, _ in items]), "y": torch.stack([y for _, y in items])}
+
+    torch.manual_seed(0)
+    task = gradpilot.Task(model=torch.nn.Linear(2, 3), train_data=spirals(256, seed=0), loss_fn=None,
+                          val_data=spirals(64, seed=1), step_fn=step, collate_fn=collate, batch_size=32, epochs=2)
+    result = gradpilot.fit(task, task.make_optimizer(0.05))
+    assert calls["step"] >= 16 and calls["collate"] >= 16 and len(result.val_losses) == 2
+    from gradpilot.evaluation import evaluate
+
+    assert evaluate(task) == pytest.approx(result.val_losses[-1], rel=1e-5)
+    assert gradpilot.find_lr(task, num_steps=12).suggestion > 0
+    with pytest.raises(GradpilotError, match=r"Task\.loss_fn must be callable"):
+        gradpilot.Task(model=torch.nn.Linear(2, 3), train_data=spirals(16, seed=0), loss_fn=None)
+    with pytest.raises(GradpilotError, match=r"Task\.collate_fn must be callable"):
+        gradpilot.Task(model=torch.nn.Linear(2, 3), train_data=spirals(16, seed=0), loss_fn=None, step_fn=step,
+                       collate_fn=3)

@@ -22,6 +22,7 @@ from gradpilot import lr_finder
 from gradpilot._state import Snapshot
 from gradpilot.errors import GradpilotError
 from gradpilot.monitor import Monitor, log_finding, steer
+from gradpilot.task import Task
 
 log = logging.getLogger(__name__)
 DIAGNOSIS_FILE = "gradpilot-diagnosis.json"
@@ -42,16 +43,52 @@ def find_lr(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Ligh
     optimizer = _first_optimizer(module.configure_optimizers())
 
     def step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        out = module.training_step(batch, 0)
-        loss = out["loss"] if isinstance(out, dict) else out
-        if not isinstance(loss, torch.Tensor):
-            raise GradpilotError("training_step returned no loss: return the loss tensor (or {'loss': ...})")
-        return loss
+        return _training_loss(module, batch)
 
     kwargs.setdefault("accumulation_steps", int(trainer.accumulate_grad_batches))
     with warnings.catch_warnings():  # self.log() outside a fit has nowhere to go: Lightning says so per step
         warnings.filterwarnings("ignore", message=".*self.log.*")
         return lr_finder.find_lr(module, optimizer, train_loader=loader, step_fn=step, **kwargs)
+
+
+def task_from_trainer(made: Any, name: str = "lightning") -> Task:
+    """The ``Task`` ``gradpilot tune`` works on for a ``make_trainer(plan)`` file returning ``(trainer, module)``
+    or ``(trainer, module, datamodule)``: the module's ``training_step`` as the loss (also on the validation
+    data), its ``configure_optimizers`` optimizer at each LR tried, the train and validation dataloaders'
+    datasets, collate_fn and batch size, and the trainer's ``max_epochs``."""
+    if not isinstance(made, tuple) or len(made) not in (2, 3) or not isinstance(made[0], pl.Trainer) \
+            or not isinstance(made[1], pl.LightningModule):
+        raise GradpilotError("make_trainer() must return (lightning.Trainer, LightningModule[, LightningDataModule])")
+    trainer, module = made[0], made[1]
+    datamodule = made[2] if len(made) == 3 else None
+    if datamodule is not None:
+        datamodule.setup("fit")
+    source = datamodule if datamodule is not None else module
+    train, val = source.train_dataloader(), source.val_dataloader()
+    first = _first_optimizer(module.configure_optimizers())
+
+    def step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        with warnings.catch_warnings():  # self.log() outside a fit has nowhere to go
+            warnings.filterwarnings("ignore", message=".*self.log.*")
+            return _training_loss(module, batch)
+
+    def make(params: Any, lr: float) -> torch.optim.Optimizer:
+        opt = _first_optimizer(module.configure_optimizers())
+        for group in opt.param_groups:
+            group["lr"] = lr
+        return opt
+
+    return Task(model=module, train_data=train.dataset, loss_fn=None, val_data=val.dataset, higher_is_better=False,
+                optimizer=make, lr=float(first.param_groups[0]["lr"]), batch_size=int(train.batch_size or 1),
+                epochs=max(1, int(trainer.max_epochs or 1)), name=name, step_fn=step, collate_fn=train.collate_fn)
+
+
+def _training_loss(module: pl.LightningModule, batch: Any) -> torch.Tensor:
+    out = module.training_step(batch, 0)
+    loss = out["loss"] if isinstance(out, dict) else out
+    if not isinstance(loss, torch.Tensor):
+        raise GradpilotError("training_step returned no loss: return the loss tensor (or {'loss': ...})")
+    return loss
 
 
 def _first_optimizer(configured: Any) -> torch.optim.Optimizer:

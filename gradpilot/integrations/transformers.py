@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from gradpilot import lr_finder
 from gradpilot._state import Snapshot
 from gradpilot.errors import GradpilotError
 from gradpilot.monitor import Monitor, log_finding, steer
+from gradpilot.task import Task
 
 log = logging.getLogger(__name__)
 DIAGNOSIS_FILE = "gradpilot-diagnosis.json"
@@ -51,6 +53,47 @@ def find_lr(trainer: Trainer, **kwargs: Any) -> lr_finder.LRFinderResult:
     if trainer.model is None:
         raise GradpilotError("the trainer has no model: give Trainer(model=...) or model_init")
     return lr_finder.find_lr(trainer.model, optimizer, train_loader=loader, step_fn=step, **kwargs)
+
+
+def task_from_trainer(trainer: Trainer, name: str = "trainer") -> Task:
+    """The ``Task`` ``gradpilot tune`` works on for a ``make_trainer(plan)`` file: the trainer's model, train
+    and eval datasets, data collator, ``compute_loss`` (the loss every stage trains on and validates with),
+    the optimizer its arguments make (with its weight-decay groups), and its LR, batch size and epochs. The
+    validation metric is the eval loss."""
+    if not isinstance(trainer, Trainer):
+        raise GradpilotError(f"make_trainer() returned {type(trainer).__name__}, not a transformers.Trainer")
+    if trainer.model is None or trainer.train_dataset is None or trainer.eval_dataset is None:
+        raise GradpilotError("tune needs the trainer's model, train_dataset and eval_dataset: give all three")
+    if isinstance(trainer.eval_dataset, dict):
+        raise GradpilotError("tune validates on one eval_dataset: give one, not a dict of them")
+    args = trainer.args
+
+    def step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        loss = trainer.compute_loss(model, batch)
+        return loss[0] if isinstance(loss, tuple) else loss
+
+    return Task(model=trainer.model, train_data=trainer.train_dataset, loss_fn=None, val_data=trainer.eval_dataset,
+                higher_is_better=False, optimizer=_optimizer_factory(trainer), lr=args.learning_rate,
+                batch_size=args.per_device_train_batch_size, epochs=max(1, math.ceil(args.num_train_epochs)),
+                name=name, step_fn=step, collate_fn=trainer.data_collator)
+
+
+def _optimizer_factory(trainer: Trainer) -> Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer]:
+    """Optimizers as the trainer makes them: its class and settings, weight decay on its decay parameters only."""
+    assert trainer.model is not None
+    cls, settings = Trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)  # type: ignore[arg-type]
+    decay = set(trainer.get_decay_parameter_names(trainer.model))
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+
+    def make(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        params = list(params)
+        decayed = [p for p in params if names.get(id(p)) in decay]
+        groups = [{"params": decayed, "weight_decay": trainer.args.weight_decay},
+                  {"params": [p for p in params if names.get(id(p)) not in decay], "weight_decay": 0.0}]
+        made: torch.optim.Optimizer = cls([g for g in groups if g["params"]], **{**settings, "lr": lr})
+        return made
+
+    return make
 
 
 class GradpilotCallback(TrainerCallback):
