@@ -145,6 +145,8 @@ class ShortRun:
         window = [next(source) for _ in range(self.cand.accumulation)]
         self.optimizer.zero_grad(set_to_none=True)
         accumulate(self.task.model, window, self.task.loss_fn, self.task.step_fn, self.device, self.count)
+        if self.task.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.task.model.parameters(), self.task.max_grad_norm)
         self.optimizer.step()
         self.steps += 1
         self.samples += self.cand.batch

@@ -53,6 +53,7 @@ class Task:
     name: str = "task"
     step_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None  # (model, batch) -> loss, instead of loss_fn
     collate_fn: Callable[[list[Any]], Any] | None = None  # how items become a batch (default: torch's)
+    max_grad_norm: float | None = None  # clip the gradient norm at every step of every run (None: no clipping)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -64,6 +65,8 @@ class Task:
             raise GradpilotError(f"Task.step_fn must be callable(model, batch) -> loss, got {self.step_fn!r}")
         if self.step_fn is None and not callable(self.loss_fn):
             raise GradpilotError(f"Task.loss_fn must be callable (e.g. nn.CrossEntropyLoss()), got {self.loss_fn!r}")
+        if self.max_grad_norm is not None:
+            _validate.positive_float("Task.max_grad_norm", self.max_grad_norm)
         if self.collate_fn is not None and not callable(self.collate_fn):
             raise GradpilotError(f"Task.collate_fn must be callable(items) -> batch, got {self.collate_fn!r}")
         if self.metric is not None and not callable(self.metric):

@@ -117,7 +117,8 @@ def _task_defaults(task: Task, options: dict[str, Any]) -> dict[str, Any]:
     """A task's own optimizer, loss, loaders, metric and epochs, for each option left as None."""
     own: dict[str, Callable[[], Any]] = {
         "optimizer": task.make_optimizer, "loss_fn": lambda: task.loss_fn, "train_loader": task.train_loader,
-        "val_loader": task.val_loader, "epochs": lambda: task.epochs, "step_fn": lambda: task.step_fn}
+        "val_loader": task.val_loader, "epochs": lambda: task.epochs, "step_fn": lambda: task.step_fn,
+        "max_grad_norm": lambda: task.max_grad_norm}
     out = {**options, **{k: make() for k, make in own.items() if options[k] is None}}
     if options["metric"] is None:
         out["metric"], out["higher_is_better"] = task.metric, task.higher_is_better

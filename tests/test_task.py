@@ -177,3 +177,24 @@ def test_a_task_with_its_own_step_and_collate_trains_and_validates_through_them(
     with pytest.raises(GradpilotError, match=r"Task\.collate_fn must be callable"):
         gradpilot.Task(model=torch.nn.Linear(2, 3), train_data=spirals(16, seed=0), loss_fn=None, step_fn=step,
                        collate_fn=3)
+
+
+def test_a_task_s_max_grad_norm_clips_every_run_of_it(tmp_path):
+    import dataclasses
+
+    from gradpilot._search import Candidate, ShortRun
+    from gradpilot.examples import spirals
+
+    torch.manual_seed(0)
+    base = Task(model=nn.Linear(2, 3), train_data=spirals(256, seed=0), loss_fn=nn.CrossEntropyLoss(), batch_size=32,
+                optimizer="sgd")  # SGD's step is the gradient: clipped, it all but stops
+    initial = {k: v.clone() for k, v in base.model.state_dict().items()}
+    moved = {}
+    for clip in (None, 1e-6):
+        task = dataclasses.replace(base, max_grad_norm=clip)
+        run = ShortRun(task, initial, Candidate(1.0, 32), seed=0, warmup_samples=0)
+        run.advance(128)
+        moved[clip] = float((task.model.weight - initial["weight"]).abs().max())
+    assert moved[1e-6] < 1e-5 < moved[None]
+    with pytest.raises(GradpilotError, match="max_grad_norm must be a positive"):
+        dataclasses.replace(base, max_grad_norm=0.0)

@@ -80,7 +80,8 @@ def task_from_trainer(made: Any, name: str = "lightning") -> Task:
 
     return Task(model=module, train_data=train.dataset, loss_fn=None, val_data=val.dataset, higher_is_better=False,
                 optimizer=make, lr=float(first.param_groups[0]["lr"]), batch_size=int(train.batch_size or 1),
-                epochs=max(1, int(trainer.max_epochs or 1)), name=name, step_fn=step, collate_fn=train.collate_fn)
+                epochs=max(1, int(trainer.max_epochs or 1)), name=name, step_fn=step, collate_fn=train.collate_fn,
+                max_grad_norm=float(trainer.gradient_clip_val) if trainer.gradient_clip_val else None)
 
 
 def _training_loss(module: pl.LightningModule, batch: Any) -> torch.Tensor:

@@ -75,7 +75,8 @@ def task_from_trainer(trainer: Trainer, name: str = "trainer") -> Task:
     return Task(model=trainer.model, train_data=trainer.train_dataset, loss_fn=None, val_data=trainer.eval_dataset,
                 higher_is_better=False, optimizer=_optimizer_factory(trainer), lr=args.learning_rate,
                 batch_size=args.per_device_train_batch_size, epochs=max(1, math.ceil(args.num_train_epochs)),
-                name=name, step_fn=step, collate_fn=trainer.data_collator)
+                name=name, step_fn=step, collate_fn=trainer.data_collator,
+                max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None)
 
 
 def _optimizer_factory(trainer: Trainer) -> Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer]:
