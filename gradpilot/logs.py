@@ -30,7 +30,8 @@ __all__ = ["classify", "find_runs", "read_csv", "read_jsonl", "read_log", "read_
 # Where a run's log is, most telling first: a log the libraries write by name beats any CSV lying beside it
 # (a data file next to lightning_logs/ is not a log).
 _PATTERNS = (("trainer_state.json", 0), ("metrics.csv", 0), ("events.out.tfevents*", 0), ("*.jsonl", 0),
-             ("trainer_state.json", 1), ("metrics.csv", None), ("events.out.tfevents*", None), ("*.csv", 0))
+             ("training.log", 0), ("trainer_state.json", 1), ("metrics.csv", None), ("events.out.tfevents*", None),
+             ("*.csv", 0))
 _NUMBERED = re.compile(r"^(?:version|checkpoint)[-_](\d+)$")
 _EVENT_TIME = re.compile(r"tfevents\.(\d+)")
 
@@ -87,10 +88,18 @@ def _read_file(path: Path) -> History:
         return read_trainer_state(path)
     if name.endswith((".jsonl", ".ndjson")):
         return read_jsonl(path)
-    if name.endswith((".csv", ".tsv")):
-        return read_csv(path)
-    raise GradpilotError(f"{path}: unknown log format; gradpilot reads .csv, .jsonl, trainer_state.json and "
-                         "TensorBoard event files")
+    if name.endswith((".csv", ".tsv")) or (name.endswith(".log") and _csv_header(path)):
+        return read_csv(path)  # Keras's CSVLogger writes its CSV to training.log by default
+    raise GradpilotError(f"{path}: unknown log format; gradpilot reads .csv (or a CSV .log, as Keras writes), "
+                         ".jsonl, trainer_state.json and TensorBoard event files")
+
+
+def _csv_header(path: Path) -> bool:
+    """Whether a .log file starts with a CSV header that names a loss or an epoch (Keras's CSVLogger)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+    names = {n.strip().lower() for n in first.split(",")}
+    return len(names) > 1 and bool(names & {"epoch", "loss", "step"})
 
 
 def _files_inside(folder: Path) -> Iterator[tuple[Path, int]]:
@@ -197,7 +206,12 @@ def read_trainer_state(path: Path) -> History:
         raise GradpilotError(f"{path}: no 'log_history' list; is this a Trainer's trainer_state.json?")
     # the last entry summarises the run ("train_loss" is an average over all of it): not a step
     records = [_unhide_nan(r) for r in history if isinstance(r, dict) and "train_runtime" not in r]
-    return dataclasses.replace(from_records(records, str(path)), tool="transformers")
+    warnings: list[str] = []
+    if not any("loss" in r for r in records) and any("eval_loss" in r for r in records):
+        records = [{**r, "loss": r["eval_loss"]} if "eval_loss" in r else r for r in records]
+        warnings.append("no training loss in the log (logging_steps is longer than the run: the Trainer's "
+                        "default is 500): diagnosed from eval_loss; set logging_steps=10 to see the training curve")
+    return dataclasses.replace(from_records(records, str(path), warnings), tool="transformers")
 
 
 def _unhide_nan(record: dict[str, Any]) -> dict[str, Any]:

@@ -41,9 +41,9 @@ def trainer(tmp_path, lr: float, *, callback=None, steps: int = 60, accumulation
     torch.manual_seed(0)
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=32)
-    options = {"report_to": "none", "save_strategy": "no", **extra}
+    options = {"report_to": "none", "save_strategy": "no", "logging_steps": 2, **extra}
     args = TrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=lr, per_device_train_batch_size=16,
-                             gradient_accumulation_steps=accumulation, max_steps=steps, logging_steps=2,
+                             gradient_accumulation_steps=accumulation, max_steps=steps,
                              eval_strategy="steps", eval_steps=20, lr_scheduler_type="constant", optim="sgd",
                              use_cpu=True, disable_tqdm=True, **options)
     return Trainer(model=BertForSequenceClassification(config), args=args, train_dataset=Toy(512, 0),
@@ -168,3 +168,11 @@ def test_tune_on_a_make_trainer_file_writes_the_plan_the_trainer_takes_back(tmp_
     assert task.max_grad_norm == 1.0 and task.collate_fn is default_data_collator and task.loss_fn is None
     assert task.batch_size == 16 and task.lr == 1e-3 and task.epochs == 2
     assert type(task.make_optimizer(0.1)).__name__ == "AdamW" and task.make_optimizer(0.1).param_groups[1]["weight_decay"] == 0
+
+
+def test_a_short_run_at_the_default_logging_steps_is_diagnosed_from_its_evaluations(tmp_path):
+    from gradpilot.logs import read_log
+
+    trainer(tmp_path, 0.05, logging_steps=500, save_strategy="steps", save_steps=60).train()
+    history = read_log(tmp_path / "out")  # the Trainer's default logging_steps=500 > 60 steps: eval entries only
+    assert len(history.train_loss) == 3 and any("set logging_steps" in w for w in history.warnings)

@@ -221,3 +221,16 @@ def test_a_nan_the_trainer_logged_as_zero_in_tensorboard_is_read_as_nan(tmp_path
     h = read_log(tmp_path)
     assert np.isnan(h.train_loss.values[20:]).all() and not np.isnan(h.train_loss.values[:20]).any()
     assert h.tool == "transformers" and "nan" in diagnose(h).kinds
+
+
+def test_keras_csvlogger_s_default_training_log(tmp_path):
+    """Keras's documented CSVLogger('training.log'): epoch first, then the metrics sorted by name."""
+    rows = "".join(f"{e},{0.5 + e * 0.04:.4f},{1.0 - e * 0.08:.4f},{0.5 + e * 0.03:.4f},{1.05 - e * 0.07:.4f}\n"
+                   for e in range(10))
+    (tmp_path / "training.log").write_text("epoch,accuracy,loss,val_accuracy,val_loss\n" + rows)
+    (tmp_path / "notes.log").write_text("started training\n")  # a plain log beside it is not read
+    h = read_log(tmp_path)
+    assert h.source.endswith("training.log") and len(h.train_loss) == 10 and len(h.val_loss) == 10
+    assert h.tool == "keras"
+    with pytest.raises(GradpilotError, match="unknown log format"):
+        read_log(tmp_path / "notes.log")
