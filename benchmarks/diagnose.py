@@ -1,27 +1,33 @@
-"""Labelled benchmark for gradpilot.diagnose: precision and recall per kind, and LR-direction accuracy.
+"""Does `gradpilot diagnose` judge runs it was not calibrated on? Leave-one-family-out, on real libraries' logs.
 
-Real runs (benchmarks/diagnose_runs.py) are labelled by what is objectively true of each:
-- nan: the loss became non-finite; divergence: it ended above where it started.
-- LR direction: the grid's best LR for the task (full data, constant LR, mean final metric over seeds) is the
-  reference. A run whose LR is ≥3× above it and that loses ≥10% of the achievable improvement should
-  "lower"; ≥3× below and losing ≥10%, "raise"; otherwise "keep".
-- oscillation: LR too high (as above) but no NaN or divergence.
-- plateau: the train loss never fell 3% below its start (and no NaN/divergence).
-- overfitting: validation loss ended ≥10% above its minimum, reached before the last 20% of training.
-- underfitting: the final metric is ≥10% of the achievable improvement short of the same setting run twice
-  as long would give... approximated by: validation still improving over the last evaluations by ≥10%
-  of its total gain.
-- slow_convergence: the same run with cosine decay ends ≥5% of the achievable improvement better.
-- healthy: none of the above.
-Synthetic edge cases (pure noise, spikes, NaN, flat, overfitting shapes) are added with their own labels.
+The corpus (benchmarks/diagnose_corpus.py) holds runs written by Hugging Face's Trainer, Lightning, Keras 3 and
+a plain CSV, over 14 task families. Each run is read from its folder exactly as `gradpilot diagnose` reads it,
+and labelled from facts the training loop recorded (never from the log):
 
-    python benchmarks/diagnose.py            # generates the runs first if needed (a few minutes, cached)
+- nan: a loss or weight was non-finite at the end. divergence: the training loss ended above where it began.
+- LR direction (full data only): the task's grid (benchmarks/lr_suggestion.py: constant LR, same steps) gives the
+  best LR and metric. A run that loses ≥10% of the achievable improvement — regret = (best − metric) /
+  (best − untrained) — should "lower" its LR if it is ≥3× the best, "raise" it if ≤⅓ of it; every other run
+  should "keep" it. Verdicts map: too high → lower, too low → raise, about right / unknown → keep.
+- overfitting: the validation loss the loop saw ended ≥10% above its minimum, reached before the last 20%.
+- The remedy is tested: each full-data constant-LR run judged too high or too low is trained again at the LR
+  the remedy names (same task and steps), and the share of the lost performance it wins back is reported.
+
+Every figure is leave-one-family-out: the diagnosis's calibrated constants (gradpilot.diagnose.Thresholds) are
+chosen on the other families, then the left-out family is scored.
+
+    python benchmarks/diagnose.py              # generates the corpus first if needed (cached)
+    python benchmarks/diagnose.py --mistakes   # and lists what it got wrong
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import sys
-from collections import defaultdict
+import warnings
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,149 +38,215 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diagnose_runs import load_runs, nan_list
+import importlib
 
-from gradpilot.diagnose import KINDS, diagnose
-from gradpilot.history import History, Series
+from diagnose_corpus import GRID_CACHE, bench_tasks, load_corpus
+from lr_scoring import Cache, Scorer
+
+from gradpilot._run_shape import CALIBRATED, CALIBRATION_GRID, THRESHOLDS, Thresholds
+
+dg = importlib.import_module("gradpilot.diagnose")
+from gradpilot.history import History
+from gradpilot.logs import read_log
 
 DIRECTION = {"too high": "lower", "too low": "raise", "about right": "keep", "unknown": "keep"}
+console = Console(width=160)
 
 
-def history_of(run: dict[str, Any]) -> History:
-    losses = nan_list(run["train_losses"])
-    steps = np.arange(1, len(losses) + 1, dtype=float)
-    at = np.array(run["epoch_steps"][: len(run["val_losses"])], float)
-    return History(Series(steps, losses), Series(at, nan_list(run["val_losses"])), Series(at, nan_list(run["val_metrics"])),
-                   "val_metric", True, Series(steps, np.array(run["lrs"], float)), tuple(run["epoch_steps"]), "bench")
+@dataclass(frozen=True)
+class Case:
+    run: dict[str, Any]
+    history: History
+    direction: str | None
+    broke: bool  # nan or divergence
+    overfit: bool
+
+    @property
+    def regret(self) -> float:
+        m, best, untrained = self.run["final_metric"], self.run["best"], self.run["untrained"]
+        return 1.0 if m is None else float(np.clip((best - m) / (best - untrained), 0, 1))
 
 
-def label(runs: list[dict[str, Any]]) -> list[tuple[str, History, set[str], str | None, set[str]]]:
-    by_key = {(r["task"], r["seed"], r["small"], r["schedule"], round(r["multiplier"], 6)): r for r in runs}
-    best: dict[str, tuple[float, float, float]] = {}
-    for task in {r["task"] for r in runs}:
-        full = [r for r in runs if r["task"] == task and not r["small"] and r["schedule"] is None]
-        scores: dict[float, list[float]] = defaultdict(list)
-        for r in full:
-            final = r["val_metrics"][-1] if r["val_metrics"] and r["val_metrics"][-1] is not None else -np.inf
-            scores[r["multiplier"]].append(final)
-        means = {m: float(np.mean(v)) for m, v in scores.items()}
-        m_best = max(means, key=means.get)
-        untrained = float(np.mean([r["untrained_metric"] for r in full]))
-        best[task] = (m_best, means[m_best], untrained)
+def _median_edges(losses: list[float | None]) -> tuple[float, float]:
+    y = np.array([np.nan if v is None else v for v in losses], float)
+    k = max(3, len(y) // 20)
+    return float(np.nanmedian(y[:k])), float(np.nanmedian(y[-k:])) if np.isfinite(y[-k:]).any() else np.inf
+
+
+def label(run: dict[str, Any], history: History) -> Case:
+    start, end = _median_edges(run["losses"])
+    broke = bool(run["nan"]) or end > start * 1.02
+    m, best, untrained = run["final_metric"], run["best"], run["untrained"]
+    regret = 1.0 if m is None else (best - m) / (best - untrained)
+    direction = None
+    if not run["small"]:
+        ratio = run["multiplier"]
+        direction = "keep"
+        if regret >= 0.1 and ratio >= 3:
+            direction = "lower"
+        elif regret >= 0.1 and ratio <= 1 / 3:
+            direction = "raise"
+    v = np.array([np.nan if x is None else x for x in run["val_losses"]], float)
+    overfit = False
+    if len(v) >= 3 and np.isfinite(v).all() and not broke:
+        b = int(np.argmin(v))
+        overfit = bool(v[-1] >= 1.1 * v[b] and b < 0.8 * len(v))
+    return Case(run, history, direction, broke, overfit)
+
+
+def cases(train: bool = True) -> list[Case]:
     out = []
-    for r in runs:
-        h = history_of(r)
-        m_best, top, untrained = best[r["task"]]
-        final = r["val_metrics"][-1] if r["val_metrics"] and r["val_metrics"][-1] is not None else None
-        regret = 1.0 if final is None else (top - final) / max(top - untrained, 1e-12)
-        kinds: set[str] = set()
-        y = h.train_loss.values
-        if not np.isfinite(y).all():
-            kinds.add("nan")
-        else:
-            edge = max(3, len(y) // 20)
-            start, end = np.median(y[:edge]), np.median(y[-edge:])
-            if end > start * 1.02:
-                kinds.add("divergence")
-            elif start - np.min(np.convolve(y, np.ones(edge) / edge, "valid")) < 0.03 * abs(start):
-                kinds.add("plateau")
-        ratio = r["multiplier"] / m_best
-        direction: str | None = None  # defined only against the grid: full data, constant LR
-        if not r["small"] and r["schedule"] is None:
-            direction = "keep"
-            if ratio >= 3 and regret >= 0.1:
-                direction = "lower"
-            elif ratio <= 1 / 3 and regret >= 0.1:
-                direction = "raise"
-        if direction == "lower" and not kinds:
-            kinds.add("oscillation")
-        v = h.val_loss.values if h.val_loss is not None else np.array([])
-        if len(v) >= 3 and np.isfinite(v).all():
-            b = int(np.argmin(v))
-            if v[-1] >= 1.1 * v[b] and b < 0.8 * len(v) and not kinds & {"nan", "divergence"}:
-                kinds.add("overfitting")
-            gain = v[0] - v.min()
-            if b == len(v) - 1 and gain > 0 and (v[-2] - v[-1]) >= 0.1 * gain:
-                kinds.add("underfitting")
-        twin = by_key.get((r["task"], r["seed"], r["small"], "cosine", round(r["multiplier"], 6)))
-        has_twin = r["schedule"] is None and twin and twin["val_metrics"][-1] is not None and final is not None
-        if has_twin and (twin["val_metrics"][-1] - final) / max(top - untrained, 1e-12) >= 0.05 \
-                and not kinds & {"nan", "divergence"}:
-            kinds.add("slow_convergence")
-        name = f"{r['task']} lr×{r['multiplier']:.3g} {'small×5ep' if r['small'] else ''}{r['schedule'] or ''} s{r['seed']}"
-        unknown = set() if (twin or r["schedule"] == "cosine") else {"slow_convergence"}  # no twin: cannot tell
-        out.append((name, h, kinds or {"healthy"}, direction, unknown))
+    for run in load_corpus(progress=False, train=train):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out.append(label(run, read_log(run["folder"])))
     return out
 
 
-def synthetic() -> list[tuple[str, History, set[str], str, set[str]]]:
-    rng = np.random.default_rng(0)
-    steps = np.arange(1, 1001, dtype=float)
-    lr = Series(steps, np.full(1000, 1e-3))
-    decay = 0.3 + 2.0 * np.exp(-steps / 150)
-    cases = []
-    noisy = decay * (1 + 0.35 * rng.standard_normal(1000))  # heavy but ordinary minibatch noise
-    cases.append(("synthetic noisy healthy", History(Series(steps, np.abs(noisy)), lr=lr), {"healthy"}, "keep", set()))
-    spiky = decay.copy()
-    spiky[rng.choice(1000, 25, replace=False)] *= rng.uniform(3, 8, 25)
-    cases.append(("synthetic spikes", History(Series(steps, spiky * (1 + 0.05 * rng.standard_normal(1000))), lr=lr),
-                  {"oscillation"}, "lower", set()))
-    nan = decay.copy()
-    nan[600:] = np.nan
-    cases.append(("synthetic nan", History(Series(steps, nan), lr=lr), {"nan"}, "lower", set()))
-    flat = 2.3 + 0.02 * rng.standard_normal(1000)
-    cases.append(("synthetic flat", History(Series(steps, flat), lr=Series(steps, np.full(1000, 1e-6))), {"plateau"},
-                  "raise", set()))
-    blow = np.concatenate([decay[:500], decay[499] * np.exp(np.arange(500) / 80)])
-    cases.append(("synthetic blow-up", History(Series(steps, blow), lr=lr), {"divergence"}, "lower", set()))
-    ep = np.arange(1, 21, dtype=float) * 50
-    val = 0.6 + 0.002 * (ep / 50 - 6) ** 2
-    train = 0.6 * np.exp(-steps / 300) + 0.05
-    cases.append(("synthetic overfit", History(Series(steps, train), val_loss=Series(ep, val), lr=lr), {"overfitting"},
-                  "keep", set()))
-    no_lr = History(Series(steps, np.abs(noisy)))
-    cases.append(("synthetic healthy, no LR logged", no_lr, {"healthy"}, "keep", set()))
-    return cases
+@dataclass
+class Tally:
+    right: int = 0
+    judged: int = 0
+    tp: Counter[str] | None = None
+    fp: Counter[str] | None = None
+    fn: Counter[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.tp, self.fp, self.fn = Counter(), Counter(), Counter()
+
+    def add(self, case: Case, d: dg.Diagnosis) -> None:
+        assert self.tp is not None and self.fp is not None and self.fn is not None
+        if case.direction is not None:
+            self.judged += 1
+            self.right += DIRECTION[d.lr_verdict] == case.direction
+        for kind, truth, found in (("nan/divergence", case.broke, bool(d.kinds & {"nan", "divergence"})),
+                                   ("overfitting", case.overfit, "overfitting" in d.kinds)):
+            self.tp[kind] += truth and found
+            self.fp[kind] += found and not truth
+            self.fn[kind] += truth and not found
+
+    def precision(self, kind: str) -> float:
+        assert self.tp is not None and self.fp is not None
+        found = self.tp[kind] + self.fp[kind]
+        return self.tp[kind] / found if found else float("nan")
+
+    def recall(self, kind: str) -> float:
+        assert self.tp is not None and self.fn is not None
+        labelled = self.tp[kind] + self.fn[kind]
+        return self.tp[kind] / labelled if labelled else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.right / self.judged if self.judged else float("nan")
+
+    def score(self) -> float:
+        """What the calibration maximises: direction accuracy plus the two kinds' F1."""
+        f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in
+              ((self.precision(k), self.recall(k)) for k in ("nan/divergence", "overfitting"))]
+        return self.accuracy + float(np.nansum(f1)) / 2
+
+
+_DIAGNOSED: dict[tuple[int, Thresholds], dg.Diagnosis] = {}
+
+
+def diagnosed(case: Case, thresholds: Thresholds) -> dg.Diagnosis:
+    """Each case is diagnosed once per set of thresholds (the folds share them)."""
+    key = (id(case), thresholds)
+    if key not in _DIAGNOSED:
+        _DIAGNOSED[key] = dg.diagnose(case.history, thresholds)
+    return _DIAGNOSED[key]
+
+
+def tally(group: list[Case], thresholds: Thresholds) -> Tally:
+    t = Tally()
+    for c in group:
+        t.add(c, diagnosed(c, thresholds))
+    return t
+
+
+def candidates() -> list[Thresholds]:
+    base = THRESHOLDS
+    return [base.replace(**dict(zip(CALIBRATED, values, strict=True)))
+            for values in itertools.product(*(CALIBRATION_GRID[k] for k in CALIBRATED))]
+
+
+def fit(group: list[Case]) -> Thresholds:
+    return max(candidates(), key=lambda th: tally(group, th).score())
+
+
+def remedy_recovery(group: list[Case], thresholds: Thresholds, scorers: dict[str, Scorer]) -> list[float]:
+    """For constant-LR, full-data runs judged too high/low: the share of the lost performance won back by
+    training again at the remedy's LR."""
+    out = []
+    for c in group:
+        run = c.run
+        if run["schedule"] != "constant" or run["small"]:
+            continue
+        d = diagnosed(c, thresholds)
+        new = next((f.remedy["learning_rate"] for f in d.findings if "learning_rate" in f.remedy), None)
+        if d.lr_verdict not in ("too high", "too low") or new is None:
+            continue
+        before = run["final_metric"] if run["final_metric"] is not None else run["untrained"]
+        lost = run["best"] - before
+        if lost <= 0.05 * (run["best"] - run["untrained"]):
+            continue  # nothing much to win back
+        after = scorers[run["task"]].metric(float(f"{new:.3g}"))
+        after = run["untrained"] if np.isnan(after) else after
+        out.append(float(np.clip((after - before) / lost, -1, 1)))
+    return out
 
 
 def main() -> None:
-    cases = label(load_runs()) + synthetic()
-    tp: dict[str, int] = defaultdict(int)
-    fp: dict[str, int] = defaultdict(int)
-    fn: dict[str, int] = defaultdict(int)
-    right = total = 0
-    mistakes = []
-    for name, h, truth, direction, unknown in cases:
-        d = diagnose(h)
-        found = d.kinds - unknown
-        for k in set(KINDS) - unknown:
-            tp[k] += k in found and k in truth
-            fp[k] += k in found and k not in truth
-            fn[k] += k not in found and k in truth
-        got = DIRECTION[d.lr_verdict]
-        if direction is not None:
-            right += got == direction
-            total += 1
-        if found != truth or (direction is not None and got != direction):
-            mistakes.append((name, sorted(truth), sorted(found), direction, got))
-    console = Console(width=140)
-    table = Table(title=f"diagnose on {len(cases)} labelled runs ({len(cases) - len(synthetic())} real, "
-                        f"{len(synthetic())} synthetic)")
-    for col in ("kind", "labelled", "found", "precision", "recall"):
-        table.add_column(col, justify="right")
-    for k in KINDS:
-        labelled, found = tp[k] + fn[k], tp[k] + fp[k]
-        if not labelled and not found:
-            continue  # a kind this set has no case of (insufficient_data: every run here is long enough)
-        prec = tp[k] / found if found else float("nan")
-        rec = tp[k] / labelled if labelled else float("nan")
-        table.add_row(k, str(labelled), str(found), f"{prec:.2f}", f"{rec:.2f}")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mistakes", action="store_true", help="list the runs judged wrongly")
+    parser.add_argument("--have", action="store_true", help="only the runs already generated (train nothing)")
+    args = parser.parse_args()
+    all_cases = cases(train=not args.have)
+    families = sorted({c.run["family"] for c in all_cases})
+    cache = Cache(GRID_CACHE, False)
+    present = {c.run["task"] for c in all_cases}
+    scorers = {bt.name: Scorer(bt, cache) for bt in bench_tasks() if bt.name in present}
+    table = Table(title=f"diagnose, leave-one-family-out: {len(all_cases)} runs, {len(families)} families")
+    for col in ("left out", "runs", "LR direction", "NaN/div P", "NaN/div R", "overfit P", "overfit R",
+                "remedy recovers"):
+        table.add_column(col, justify="right" if col != "left out" else "left")
+    pooled, recovered, chosen = Tally(), [], Counter()
+    for fam in families:
+        test = [c for c in all_cases if c.run["family"] == fam]
+        th = fit([c for c in all_cases if c.run["family"] != fam])
+        chosen[repr(th)] += 1
+        t = tally(test, th)
+        for c in test:
+            pooled.add(c, diagnosed(c, th))
+        rec = remedy_recovery(test, th, scorers)
+        recovered += rec
+        table.add_row(fam, str(len(test)), f"{t.accuracy:.2f} ({t.judged})", *_kinds(t),
+                      f"{np.mean(rec):.0%} ({len(rec)})" if rec else "–")
     table.add_section()
-    table.add_row("LR direction", str(total), "", f"accuracy {right / total:.2f}", "(runs with a grid reference)")
+    table.add_row("[bold]all, pooled[/]", str(len(all_cases)), f"[bold]{pooled.accuracy:.2f}[/] ({pooled.judged})",
+                  *_kinds(pooled), f"[bold]{np.mean(recovered):.0%}[/] ({len(recovered)})" if recovered else "–")
     console.print(table)
-    if "--mistakes" in sys.argv:
-        for m in mistakes:
-            console.print(m)
+    writers = Counter(c.run["writer"] for c in all_cases)
+    console.print(f"written by {dict(writers)}; thresholds chosen per fold: {dict(chosen)}")
+    if args.mistakes:
+        _mistakes(all_cases)
+
+
+def _kinds(t: Tally) -> list[str]:
+    return [f"{v:.2f}" for k in ("nan/divergence", "overfitting") for v in (t.precision(k), t.recall(k))]
+
+
+def _mistakes(all_cases: list[Case]) -> None:
+    for c in all_cases:
+        d = dg.diagnose(c.history)
+        got = DIRECTION[d.lr_verdict]
+        wrong = (c.direction is not None and got != c.direction) or c.broke != bool(d.kinds & {"nan", "divergence"}) \
+            or c.overfit != ("overfitting" in d.kinds)
+        if wrong:
+            r = c.run
+            console.print(f"{r['task']} ×{r['multiplier']:.3g} {r['schedule']} {'small ' if r['small'] else ''}"
+                          f"{r['writer']}: want {c.direction} broke={c.broke} overfit={c.overfit} "
+                          f"(regret {c.regret:.2f}); got {d.lr_verdict} {sorted(d.kinds)} — {d.lr_reason[:100]}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lr_tasks import TASKS
+from lr_corpus import TASKS
 
 import gradpilot
 

@@ -1,10 +1,15 @@
-"""How far from the grid optimum does each LR suggestion rule land?
+"""How far from the grid optimum does each LR suggestion land, on task families it was not fitted on?
 
-For every task: a log grid of constant LRs trained for a fixed budget (2 seeds each) gives the best
-achievable metric; range tests (2 seeds) give each rule's pick, which is then trained the same way.
-Regret = (best - metric) / (best - untrained), clipped to [0, 1]; a diverged run has regret 1.
+For every task (benchmarks/lr_corpus.py: 8 families) a log grid of constant LRs, 6 per decade, trained for a
+fixed number of steps (2 seeds each) gives the best achievable metric. Range tests (3 seeds) give each rule's
+pick, which is then trained the same way. Regret = (best - metric) / (best - untrained), clipped to [0, 1];
+a run that diverged has regret 1. LR-free optimizers (LDoG, Prodigy) train the same steps with no LR at all.
 
-    python benchmarks/lr_suggestion.py            # all tasks, resumes from benchmarks/results/
+gradpilot's default rule has three margins (gradpilot.suggest.Margins). They are scored leave-one-family-out:
+for each family, the margins are fitted on the other families (mean regret read off their grids) and the
+family's own picks are then trained for real. Tasks marked held out were written after the rule was fixed.
+
+    python benchmarks/lr_suggestion.py              # all tasks, resumes from benchmarks/results/
     python benchmarks/lr_suggestion.py --tasks digits-cnn-sgdm --fresh
 
 Results are cached in benchmarks/results/lr_suggestion.json, so an interrupted run picks up where it stopped.
@@ -13,13 +18,12 @@ Results are cached in benchmarks/results/lr_suggestion.json, so an interrupted r
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import json
+import itertools
 import math
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,149 +34,126 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lr_tasks import TASKS, BenchTask
+from lr_corpus import TASKS
+from lr_scoring import Cache, Scorer, curve_of, range_test, torch_lr_finder_pick
+from lr_tasks import BenchTask
 
-import gradpilot
 from gradpilot import suggest
-from gradpilot._batch import compute_loss, cycle
-from gradpilot.scaling import optimizer_family
 
 CACHE = Path(__file__).parent / "results" / "lr_suggestion.json"
-TRAIN_SEEDS = (0, 1)
-RANGE_SEEDS = (0, 1)
-console = Console(width=150)
+RANGE_SEEDS = (0, 1, 2)
+DEFAULT = "safe-edge (LOFO)"
+FIXED_RULES = ("descent-edge", "valley", "steepest", "minimum/10")
+LABELS = {"valley": "fastai valley", "steepest": "steepest (Lightning)", "minimum/10": "minimum/10"}
+PACKAGES = ("pytorch-lr-finder",)
+LR_FREE = ("ldog", "prodigy")
+MARGIN_GRID = tuple(suggest.Margins(b, lag, spread) for b, lag, spread in
+                    itertools.product((0.0, 0.25, 0.5, 0.75), (0.0, 0.5, 1.0), (0.0, 0.5, 1.0)))
+console = Console(width=170)
 
 
-class Cache:
-    def __init__(self, path: Path, fresh: bool) -> None:
-        self.path = path
-        self.data: dict[str, object] = {} if fresh or not path.exists() else json.loads(path.read_text())
-
-    def get(self, key: str, compute):  # type: ignore[no-untyped-def]
-        if key not in self.data:
-            self.data[key] = compute()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.data))
-            tmp.replace(self.path)
-        return self.data[key]
+@dataclass
+class Bench:
+    bt: BenchTask
+    scorer: Scorer
+    curves: list[suggest.Curve]
+    package_picks: dict[str, list[float]]
 
 
-def evaluate(task: gradpilot.Task) -> float:
-    model = task.model
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for x, y in task.val_loader():
-            total += task.metric(model(x), y) * len(y)
-            count += len(y)
-    model.train()
-    return total / count
+def load(bt: BenchTask, cache: Cache) -> Bench:
+    scorer = Scorer(bt, cache)
+    curves = [curve_of(bt, cache.get(f"{bt.name}|range|{s}", lambda s=s: range_test(bt, s))) for s in RANGE_SEEDS]
+    tlf = [cache.get(f"{bt.name}|tlf|{s}", lambda s=s: torch_lr_finder_pick(bt, s)) for s in RANGE_SEEDS]
+    return Bench(bt, scorer, curves, {"pytorch-lr-finder": tlf})
 
 
-def train_eval(bt: BenchTask, lr: float | None, seed: int) -> float:
-    """Metric after ``bt.steps`` steps at constant ``lr`` (None: untrained); NaN if training diverged."""
-    task = bt.make(seed)
-    if lr is not None:
-        torch.manual_seed(seed)
-        opt = task.make_optimizer(lr)
-        batches = cycle(task.train_loader(seed))
-        task.model.train()
-        for _ in range(bt.steps):
-            opt.zero_grad(set_to_none=True)
-            loss = compute_loss(task.model, next(batches), task.loss_fn, None)
-            if not torch.isfinite(loss):
-                return float("nan")
-            loss.backward()
-            opt.step()
-    value = evaluate(task)
-    return value if math.isfinite(value) else float("nan")
+def fit_margins(benches: list[Bench]) -> suggest.Margins:
+    """The margins with the lowest mean regret on ``benches``, read off their grids (no training)."""
+    def cost(m: suggest.Margins) -> float:
+        return float(np.mean([b.scorer.interpolated(suggest.read(c, m).suggestion) for b in benches
+                              for c in b.curves]))
+    return min(MARGIN_GRID, key=cost)
 
 
-def range_test(bt: BenchTask, seed: int) -> dict[str, object]:
-    task = bt.make(seed)
-    torch.manual_seed(seed)
-    res = gradpilot.find_lr(task.model, task.make_optimizer(), task.loss_fn, task.train_loader(seed))
-    return {"lrs": list(res.lrs), "losses": list(res.losses), "smoothed": list(res.smoothed_losses)}
+def real(b: Bench, lrs: list[float]) -> float:
+    return float(np.mean([b.scorer.regret(lr) for lr in lrs]))
 
 
-def torch_lr_finder_pick(bt: BenchTask, seed: int) -> float:
-    """The suggestion of pytorch-lr-finder's own package (steepest gradient of its smoothed curve)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from torch_lr_finder import LRFinder
-
-    task = bt.make(seed)
-    torch.manual_seed(seed)
-    finder = LRFinder(task.model, task.make_optimizer(), task.loss_fn, device="cpu")
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        finder.range_test(task.train_loader(seed), start_lr=1e-7, end_lr=10, num_iter=100)
-        fig, ax = plt.subplots()
-        _, lr = finder.plot(ax=ax, suggest_lr=True)
-        plt.close(fig)
-    return float(lr)
-
-
-def picks(bt: BenchTask, cache: Cache, seed: int) -> dict[str, float]:
-    curve = cache.get(f"{bt.name}|range|{seed}", lambda: range_test(bt, seed))
-    n = len(curve["smoothed"])
-    family = optimizer_family(bt.make(seed).optimizer_name)
-    c = suggest.Curve(np.array(curve["lrs"][:n]), np.array(curve["losses"][:n]), np.array(curve["smoothed"]), family)
-    out = {name: float(rule(c)) for name, rule in suggest.RULES.items()}
-    out["pytorch-lr-finder"] = cache.get(f"{bt.name}|tlf|{seed}", lambda: torch_lr_finder_pick(bt, seed))
+def score_task(b: Bench, margins: suggest.Margins) -> dict[str, float]:
+    out = {DEFAULT: real(b, [suggest.read(c, margins).suggestion for c in b.curves])}
+    out |= {r: real(b, [suggest.RULES[r](c) for c in b.curves]) for r in FIXED_RULES}
+    out |= {p: real(b, lrs) for p, lrs in b.package_picks.items()}
+    out |= {k: b.scorer.lr_free(k) for k in LR_FREE}
     return out
 
 
-def metric_at(bt: BenchTask, cache: Cache, lr: float | None) -> float:
-    key = "untrained" if lr is None else f"{lr:.4e}"
-    values = [cache.get(f"{bt.name}@{bt.steps}|{key}|{s}", lambda s=s: train_eval(bt, lr, s)) for s in TRAIN_SEEDS]
-    return float("nan") if any(v is None or math.isnan(v) for v in values) else float(np.mean(values))
+def covered(b: Bench) -> bool:
+    """Does the interval contain the grid's best LR on most range-test seeds?"""
+    hits = [lo <= b.scorer.best_lr <= hi for lo, hi in (suggest.read(c).interval for c in b.curves)]
+    return sum(hits) * 2 > len(hits)
 
 
-def regret(best: float, untrained: float, m: float) -> float:
-    if math.isnan(m):
-        return 1.0
-    return float(min(1.0, max(0.0, (best - m) / (best - untrained))))
+def confidence_split(benches: list[Bench]) -> tuple[list[float], list[float]]:
+    sure, unsure = [], []
+    for b in benches:
+        for c in b.curves:
+            r = suggest.read(c)
+            (sure if r.confidence >= 0.5 else unsure).append(b.scorer.regret(r.suggestion))
+    return sure, unsure
 
 
-def run(tasks: list[BenchTask], cache: Cache) -> None:
-    rules = [*suggest.RULES, "pytorch-lr-finder"]
+def run(benches: list[Bench]) -> None:
+    columns = [DEFAULT, *FIXED_RULES, *PACKAGES, *LR_FREE]
     table = Table(title="LR suggestion regret (0 = as good as the grid's best, 1 = no better than untrained)")
-    table.add_column("task")
-    table.add_column("grid best LR", justify="right")
-    for r in rules:
-        table.add_column(r + (" (default)" if r == suggest.DEFAULT_RULE else ""), justify="right")
-    per_rule: dict[str, list[float]] = {r: [] for r in rules}
-    held: dict[str, list[float]] = {r: [] for r in rules}
-    for bt in sorted(tasks, key=lambda t: t.held_out):
-        if bt.held_out and not any(held.values()):
-            table.add_section()
-        t0 = time.time()
-        untrained = metric_at(bt, cache, None)
-        grid = {lr: metric_at(bt, cache, lr) for lr in bt.grid}
-        finite = {lr: m for lr, m in grid.items() if not math.isnan(m)}
-        best_lr = max(finite, key=finite.get)
-        best = finite[best_lr]
-        cells = []
-        for r in rules:
-            scores, lrs = [], []
-            for seed in RANGE_SEEDS:
-                lr = picks(bt, cache, seed)[r]
-                lrs.append(lr)
-                scores.append(regret(best, untrained, metric_at(bt, cache, lr)))
-            (held if bt.held_out else per_rule)[r].append(float(np.mean(scores)))
-            cells.append(f"{np.mean(scores):.2f} @{np.exp(np.mean(np.log(lrs))):.1e}")
-        table.add_row(bt.name + (" (held out)" if bt.held_out else ""), f"{best_lr:.1e}", *cells)
-        console.log(f"{bt.name}: best {best:.4f} at {best_lr:.1e}, untrained {untrained:.4f} ({time.time() - t0:.0f}s)")
-    for title, group in (("", per_rule), ("held out: ", held), ("all: ", {r: per_rule[r] + held[r] for r in rules})):
-        if not group[rules[0]]:
+    for name in ("task", "family", "grid best", "margins", *[LABELS.get(c, c) for c in columns], "interval"):
+        table.add_column(name, justify="left" if name in ("task", "family") else "right")
+    calib = [b for b in benches if not b.bt.held_out]
+    scores: dict[str, dict[str, float]] = {}
+    for family in [*sorted({b.bt.family for b in calib}), "held out"]:
+        group = [b for b in benches if (b.bt.held_out if family == "held out" else
+                                        not b.bt.held_out and b.bt.family == family)]
+        if not group:
             continue
+        margins = suggest.MARGINS if family == "held out" else \
+            fit_margins([b for b in calib if b.bt.family != family])
+        for b in group:
+            t0 = time.time()
+            scores[b.bt.name] = score_task(b, margins)
+            table.add_row(b.bt.name, b.bt.family, f"{b.scorer.best_lr:.1e}",
+                          f"{margins.base:g}/{margins.per_lag:g}/{margins.per_spread:g}",
+                          *[f"{scores[b.bt.name][c]:.2f}" for c in columns], "yes" if covered(b) else "no")
+            console.log(f"{b.bt.name}: {time.time() - t0:.0f}s")
         table.add_section()
-        for label, fn in (("mean", statistics.mean), ("median", statistics.median), ("worst", max)):
-            table.add_row(title + label, "", *[f"{fn(group[r]):.3f}" for r in rules])
+    _summaries(table, benches, scores, columns)
     console.print(table)
+    _footer(benches, calib)
+
+
+def _summaries(table: Table, benches: list[Bench], scores: dict[str, dict[str, float]], columns: list[str]) -> None:
+    for title, held in (("leave-one-family-out", False), ("held out", True)):
+        names = [b.bt.name for b in benches if b.bt.held_out == held]
+        if not names:
+            continue
+        for label, fn in (("mean", statistics.mean), ("median", statistics.median), ("worst", max),
+                          ("tasks > 0.5", lambda v: sum(x > 0.5 for x in v))):
+            cells = [fn([scores[n][c] for n in names]) for c in columns]
+            best = min(cells)
+            table.add_row(f"{title}: {label}", "", "", "",
+                          *[f"[bold]{v:.3f}[/]" if v == best else f"{v:.3f}" for v in cells],
+                          f"{sum(covered(b) for b in benches if b.bt.held_out == held)}/{len(names)}"
+                          if label == "mean" else "")
+        table.add_section()
+
+
+def _footer(benches: list[Bench], calib: list[Bench]) -> None:
+    fitted = fit_margins(calib)
+    note = "" if fitted == suggest.MARGINS else f" (gradpilot ships {suggest.MARGINS})"
+    console.print(f"margins fitted on all {len(calib)} calibration tasks: {fitted}{note}")
+    sure, unsure = confidence_split(benches)
+    console.print(f"confidence ≥ 0.5: {len(sure)} range tests, mean regret {np.mean(sure):.3f}; "
+                  f"< 0.5: {len(unsure)}, mean regret {np.mean(unsure) if unsure else math.nan:.3f}")
+    families = sorted({b.bt.family for b in benches})
+    console.print(f"{len(benches)} tasks in {len(families)} families: {', '.join(families)}")
 
 
 def main() -> None:
@@ -183,7 +164,8 @@ def main() -> None:
     args = parser.parse_args()
     chosen = [t for t in TASKS if not args.tasks or t.name in args.tasks]
     torch.set_num_threads(2)
-    run(chosen, Cache(args.cache, args.fresh))
+    cache = Cache(args.cache, args.fresh)
+    run([load(bt, cache) for bt in chosen])
 
 
 if __name__ == "__main__":

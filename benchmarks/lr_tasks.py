@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from gradpilot import Task
-from gradpilot.examples import accuracy, example_task
+from gradpilot.examples import accuracy
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,8 @@ class BenchTask:
     make: Callable[[int], Task]
     steps: int
     grid: tuple[float, ...]
-    held_out: bool = False  # made after the default rule was chosen; never used to tune it
+    family: str = ""
+    held_out: bool = False  # written after the default rule was fixed; never used to choose it
 
 
 def log_grid(lo: float, hi: float, per_decade: int = 3) -> tuple[float, ...]:
@@ -328,23 +329,3 @@ def waves_conv1d_adam(seed: int) -> Task:
     train, val = _split(signal.unsqueeze(1), labels, 1000)
     return Task(model, train, nn.CrossEntropyLoss(), val, accuracy, True, "adam", batch_size=32,
                 name="waves-conv1d-adam")
-
-
-TASKS: tuple[BenchTask, ...] = (
-    BenchTask("spirals-mlp-adamw", example_task, 200, log_grid(1e-4, 1.0)),
-    BenchTask("digits-cnn-sgdm", digits_cnn_sgdm, 100, log_grid(1e-4, 1.0)),
-    BenchTask("digits-bnmlp-adam", digits_mlp_adam_bn, 60, log_grid(1e-5, 1.0)),
-    BenchTask("friedman-mlp-sgd", friedman_mlp_sgd, 300, log_grid(1e-4, 1.0)),
-    BenchTask("count-gru-rmsprop", count_gru_rmsprop, 150, log_grid(1e-5, 0.1)),
-    BenchTask("max-transformer-adamw", max_transformer_adamw, 150, log_grid(1e-5, 0.1)),
-    BenchTask("minilm-finetune-adamw", minilm_finetune_adamw, 40, log_grid(1e-6, 1e-2)),
-    BenchTask("digits-logreg-sgd", digits_logreg_sgd, 60, log_grid(1e-4, 10.0)),
-    BenchTask("digits-bncnn-adamw", digits_bncnn_adamw, 60, log_grid(1e-5, 1.0)),
-    BenchTask("charlm-lstm-adam", charlm_lstm_adam, 150, log_grid(1e-5, 0.3)),
-    BenchTask("wave-deepmlp-adam", wave_deepmlp_adam, 300, log_grid(1e-5, 0.1)),
-    BenchTask("moons-mlp-nesterov", moons_mlp_nesterov, 100, log_grid(1e-4, 3.0), held_out=True),
-    BenchTask("regression-mlp-nadam", regression_mlp_nadam, 150, log_grid(1e-5, 0.3), held_out=True),
-    BenchTask("digits-rowlstm-adamw", digits_rowlstm_adamw, 100, log_grid(1e-5, 0.3), held_out=True),
-    BenchTask("classes-mlp-sgd-wd", classes_mlp_sgd_wd, 100, log_grid(1e-4, 3.0), held_out=True),
-    BenchTask("waves-conv1d-adam", waves_conv1d_adam, 100, log_grid(1e-5, 0.3), held_out=True),
-)

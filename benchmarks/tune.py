@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lr_corpus
 import lr_tasks
 
 from gradpilot import Task, find_lr, fit
@@ -184,7 +185,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/tune.json")
     args = parser.parse_args()
     names = [n for n in args.tasks.split(",") if not (args.skip_minilm and n.startswith("minilm"))]
-    by_name = {bt.name: bt for bt in lr_tasks.TASKS}
+    by_name = {bt.name: bt for bt in lr_corpus.TASKS}
     results = []
     for name in names:
         results.append(bench(by_name[name]))

@@ -57,13 +57,16 @@ class SearchPlan:
     cooldown: float
 
 
-def lr_grid(center: float, ceiling: float, points: int = 5) -> list[float]:
-    """``points`` LRs half a decade apart around ``center``, none above ``ceiling``: center first, then its
-    neighbours outwards, so the promising ones run first (an asynchronous halving favours early trials)."""
+def lr_grid(center: float, ceiling: float, points: int = 5, floor: float = 0.0) -> list[float]:
+    """``points`` LRs half a decade apart around ``center``, none above ``ceiling`` and, where they fit below it,
+    none below ``floor``: center first, then its neighbours outwards, so the promising ones run first (an
+    asynchronous halving favours early trials)."""
     half = (points - 1) // 2
     grid = [center * 10 ** (k / 2) for k in range(-half, points - half)]
     while grid[-1] > ceiling * 1.0001 and grid[0] > center / 1e3:
         grid = [lr / math.sqrt(10) for lr in grid]  # slide below the edge rather than lose candidates
+    while grid[0] < floor / 1.0001 and grid[-1] * math.sqrt(10) <= ceiling * 1.0001:
+        grid = [lr * math.sqrt(10) for lr in grid]  # and up into the range the curve supports
     return sorted(grid, key=lambda lr: (abs(math.log10(lr / center)), -lr))
 
 

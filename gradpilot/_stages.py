@@ -24,7 +24,6 @@ from gradpilot.lr_finder import find_lr
 from gradpilot.task import Task
 
 MIN_LR_RATE = 0.01  # the decaying schedule ends at 1% of the peak LR
-NO_EDGE = 10.0  # where the range test shows no edge above its suggestion, candidates go up to this many times it
 FINAL_SHARE = 0.65  # of the budget left after the batch stage, at most this goes to the last two stages
 
 
@@ -111,15 +110,14 @@ def lr_range(ctx: _Context) -> Stage:
     torch.manual_seed(ctx.seed)
     result = find_lr(ctx.task, train_loader=ctx.task.train_loader(ctx.seed), num_steps=steps)
     ctx.charge(steps * ctx.task.batch_size)
-    smoothed = result.smoothed_losses
-    lowest = result.lrs[min(range(len(smoothed)), key=lambda i: smoothed[i])]
-    edge = lowest if lowest > result.suggestion else NO_EDGE * result.suggestion
-    seen = f"the loss is lowest at {lowest:.3g}" if lowest > result.suggestion else \
-        f"the loss is lowest below it ({lowest:.3g}): no edge seen, the search may go {NO_EDGE:g}× above it"
-    return Stage("lr_range", {"lr_found": result.suggestion, "lr_edge": edge},
-                 f"range test over {len(result.lrs)} steps suggests {result.suggestion:.3g} ({result.rule}); {seen}",
+    low, high = result.interval
+    why = f"; {result.caveat}" if result.caveat else ""
+    return Stage("lr_range", {"lr_found": result.suggestion, "lr_low": low, "lr_edge": high},
+                 f"range test over {len(result.lrs)} steps suggests {result.suggestion:.3g} ({result.rule}); the curve "
+                 f"supports {low:.3g} to {high:.3g}, confidence {result.confidence:.2f}{why}",
                  alternatives=[{"rule": k, "lr": v} for k, v in result.alternatives.items()],
-                 evidence={"lrs": list(result.lrs), "losses": list(result.losses), "smoothed_losses": list(smoothed),
+                 evidence={"lrs": list(result.lrs), "losses": list(result.losses),
+                           "smoothed_losses": list(result.smoothed_losses), "confidence": result.confidence,
                            "stop": result.stop_reason},
                  samples=steps * ctx.task.batch_size)
 
@@ -248,8 +246,9 @@ def _search_plan(ctx: _Context) -> _search.SearchPlan | None:
     cands = []
     for i, (micro, k) in enumerate(ctx.values["splits"]):
         center = _scaled(ctx, micro * k)
-        ceiling = center / float(ctx.values["lr_found"]) * float(ctx.values["lr_edge"])
-        grid = _search.lr_grid(center, ceiling, 5 if i == 0 else 3)
+        scale = center / float(ctx.values["lr_found"])  # the interval, rescaled to this batch like its suggestion
+        floor = scale * float(ctx.values.get("lr_low", 0.0))
+        grid = _search.lr_grid(center, scale * float(ctx.values["lr_edge"]), 5 if i == 0 else 3, floor)
         grew = micro * k > ctx.task.batch_size
         cands += [_search.Candidate(lr, micro, k, _warmup(ctx, lr) if grew else 0.0) for lr in grid]
     order = sorted(range(len(cands)), key=lambda j: j % 5 if j < 5 else j - 4.5)  # interleave the batches

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from gradpilot.suggest import RuleName
     from gradpilot.task import Task
 
-RULES = ("descent-edge", "valley", "steepest", "minimum/10")  # gradpilot.suggest.RULES, without importing it
+RULES = ("safe-edge", "descent-edge", "valley", "steepest", "minimum/10")  # suggest.RULES, not imported
 LR_RULES = ("linear", "sqrt", "none", "auto")  # gradpilot.scaling.LR_RULES
 SCHEDULES = ("constant", "step", "cosine", "plateau", "onecycle", "warmup_cosine", "constant_with_warmup", "linear",
              "cosine_with_min_lr")  # schedules.BUILDERS
@@ -109,6 +109,10 @@ def _as_dict(result: LRFinderResult, task: Task, plot: Path | None) -> dict[str,
         "task": task.name,
         "suggestion": result.suggestion,
         "rule": result.rule,
+        "interval": list(result.interval),
+        "confidence": result.confidence,
+        "caveat": result.caveat,
+        "edge": result.edge,
         "alternatives": result.alternatives,
         "steps": len(result.lrs),
         "stop_reason": result.stop_reason,
@@ -125,7 +129,10 @@ def _print_result(result: LRFinderResult, task: Task, plot: Path | None) -> None
         table.add_row(name + mark, f"{lr:.3g}", style="bold green" if mark else None)
     console.print(table)
     console.print(f"{len(result.lrs)} steps, {result.stop_reason}." + (f" Curve written to {plot}" if plot else ""))
-    console.print(f"[bold]Suggested learning rate: {result.suggestion:.3g}[/]")
+    console.print(f"[bold]Suggested learning rate: {result.suggestion:.3g}[/] — the curve supports "
+                  f"{result.interval[0]:.3g} to {result.interval[1]:.3g}, confidence {result.confidence:.2f}")
+    if result.caveat:
+        console.print(f"Low confidence: {result.caveat}. Check the pick with short runs: gradpilot tune")
 
 
 @app.command("plan")

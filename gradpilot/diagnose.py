@@ -8,19 +8,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from gradpilot._dialects import speak
-from gradpilot._signal import centred_smooth, robust_noise
+from gradpilot._run_shape import _ACTIVE as _THRESHOLDS
+from gradpilot._run_shape import (
+    MEMO,
+    MIN_POINTS,
+    THRESHOLDS,
+    Curve,
+    Thresholds,
+    decayed,
+    peak_lr,
+    train_curve,
+    usable,
+)
+from gradpilot._run_shape import thresholds as _th
 from gradpilot.history import History
 
 KINDS = ("divergence", "nan", "oscillation", "plateau", "slow_convergence", "overfitting", "underfitting", "healthy",
          "insufficient_data")
-MIN_POINTS = 8  # logged training losses needed to judge a curve's shape
 TOO_HIGH = ("nan", "divergence", "oscillation")
 
 
@@ -83,104 +93,12 @@ def json_safe(value: Any) -> Any:
 Detector = Callable[[History], list[Finding]]
 
 
-# --- shared measurements ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Curve:
-    steps: np.ndarray
-    raw: np.ndarray
-    smooth: np.ndarray
-    noise: float  # of one logged point around the trend
-    start: float  # typical loss at the start
-    end: float  # typical loss at the end
-    low: float  # lowest point of the trend
-    low_step: float
-
-    @property
-    def scale(self) -> float:
-        """How far the loss came down: the yardstick for noise and spikes (relative to the loss itself they
-        blow up as the loss nears zero)."""
-        return max(self.start - self.low, 1e-12)
-
-    @property
-    def late_share(self) -> float:
-        """Share of the run's decrease that came in its second half: high when progress, not stability, limits it."""
-        s = self.smooth
-        return float((s[len(s) // 2] - s[-1]) / max(s[0] - s[-1], 1e-12))
-
-    @property
-    def early_jump(self) -> float:
-        """The highest loss in the first tenth of the run, in multiples of the first losses."""
-        head = self.raw[: max(3, len(self.raw) // 10)]
-        return float(np.max(head) / max(abs(float(np.median(self.raw[:3]))), 1e-12))
-
-    @property
-    def spikes(self) -> int:
-        """Points at over three times the trend and half the run's progress above it."""
-        return int(np.sum((self.raw > 3 * np.abs(self.smooth)) & (self.raw - self.smooth > 0.5 * self.scale)))
-
-    @property
-    def moved(self) -> float:
-        """How far the loss came down from start to end (medians of the first and last twentieth: unlike the
-        trend's lowest point, neither is pulled down by noise), as a share of the starting loss."""
-        return max(0.0, self.start - self.end) / max(abs(self.start), 1e-12)
-
-
-def _usable(values: np.ndarray) -> np.ndarray:
-    """Indices of the finite losses before the run went non-finite for good; a NaN the run recovered from
-    (an fp16 overflow skipped by the scaler, a bad batch) is left out rather than ending the curve."""
-    finite = np.isfinite(values)
-    end = len(values)
-    while end and not finite[end - 1]:
-        end -= 1
-    return np.flatnonzero(finite[:end])
-
-
-_MEMO: ContextVar[dict[int, tuple[np.ndarray, _Curve | None]] | None] = ContextVar("gradpilot_curves", default=None)
-
-
-def _train_curve(history: History) -> _Curve | None:
-    """The training loss's curve; within one ``diagnose`` call it is measured once, not once per detector."""
-    values, memo = history.train_loss.values, _MEMO.get()
-    if memo is not None and id(values) in memo and memo[id(values)][0] is values:
-        return memo[id(values)][1]
-    curve = _curve(values, history.train_loss.steps)
-    if memo is not None:
-        memo[id(values)] = (values, curve)
-    return curve
-
-
-def _curve(values: np.ndarray, steps: np.ndarray) -> _Curve | None:
-    keep = _usable(values)
-    n = len(keep)
-    if n < MIN_POINTS:
-        return None
-    y, x = values[keep], steps[keep]
-    s = centred_smooth(y, max(2.0, n / 40))
-    edge = max(3, n // 20)
-    low_i = int(np.argmin(s))
-    return _Curve(x, y, s, robust_noise(y, s), float(np.median(y[:edge])), float(np.median(y[-edge:])),
-                  float(s[low_i]), float(x[low_i]))
-
-
-TOO_LOW_SHARE = 1 / 3  # a third of the progress still in the second half: the LR, not stability, limits the run
-
-
-def _lr(history: History) -> tuple[float | None, bool]:
-    """The run's peak LR, and whether it was held constant."""
-    if history.lr is None or not len(history.lr):
-        return None, False
-    v = history.lr.values[np.isfinite(history.lr.values)]
-    if not len(v):
-        return None, False
-    return float(v.max()), bool(v.min() >= 0.99 * v.max())
-
-
 def _fmt(lr: float) -> str:
     return f"{lr:.2g}"
 
 
 def _lr_remedy(history: History, factor: float) -> tuple[dict[str, Any], str]:
-    peak, _ = _lr(history)
+    peak, _ = peak_lr(history)
     if peak is None:
         verb = "lower" if factor < 1 else "raise"
         return {}, f"{verb} the learning rate about {max(factor, 1 / factor):.0f}× (the log has no learning rate)"
@@ -205,7 +123,7 @@ def detect_nan(history: History) -> list[Finding]:
 
 def detect_divergence(history: History) -> list[Finding]:
     """A loss that climbs back above where it started, or gives back most of what it had gained."""
-    c = _train_curve(history)
+    c = train_curve(history)
     if c is None:
         return []
     drop, rise = c.start - c.low, c.end - c.low
@@ -225,8 +143,8 @@ def detect_oscillation(history: History) -> list[Finding]:
     """A loss that swings far more than minibatch noise explains: an early overshoot, or many big spikes.
 
     (Noise that is large next to the progress made is no sign: a too-small LR makes little progress too.)"""
-    c = _train_curve(history)
-    if c is None or c.moved < 0.03 or c.late_share >= TOO_LOW_SHARE or detect_divergence(history):
+    c = train_curve(history)
+    if c is None or c.moved < 0.03 or c.late_share >= _th().too_low_share or detect_divergence(history):
         return []  # a loss that never moved is a plateau; one still falling steadily is not oscillating
     n = len(c.raw)
     signs = []
@@ -242,18 +160,40 @@ def detect_oscillation(history: History) -> list[Finding]:
 
 
 def detect_plateau(history: History) -> list[Finding]:
-    """A loss that hardly moves from where it started."""
-    c = _train_curve(history)
-    if c is None or detect_divergence(history):
+    """A loss that ends about where it started: one that never moved (too small an LR), one that fell and came
+    back (the LR undid what it learnt), or one held at chance — the loss of predicting the class prior."""
+    c = train_curve(history)
+    if c is None or detect_divergence(history) or c.moved > _th().plateau:
         return []
-    progress = c.moved
-    if progress > 0.03:
-        return []
-    evidence = f"the loss moved {progress:.1%} over {len(c.raw)} logged steps ({c.start:.4g} → {c.end:.4g})"
-    early_jump = float(np.max(c.raw[: max(3, len(c.raw) // 10)])) > 2 * abs(c.start)
-    remedy, advice = _lr_remedy(history, 0.1 if early_jump else 10.0)
-    why = "an early jump suggests the LR broke the model" if early_jump else "too small an LR barely moves it"
-    return [Finding("plateau", float(c.steps[0]), float(c.steps[-1]), evidence + f"; {why}", 0.7, remedy, advice)]
+    chance = at_chance(history, c)
+    fell = (c.start - c.low) / max(abs(c.start), 1e-12) if c.start - c.low > 3 * c.noise else 0.0
+    jump = float(np.max(c.raw[: max(3, len(c.raw) // 10)])) > 2 * abs(c.start)
+    if jump or fell > _th().plateau or (chance and c.late_share < _th().too_low_share):
+        why = ("an early jump suggests the LR broke the model" if jump else
+               f"it fell {fell:.1%} to {c.low:.4g} by step {c.low_step:g} and came back: the LR undid what it learnt"
+               if fell > _th().plateau else "it sits flat at chance: the LR broke the model, which predicts the prior")
+        factor = 0.1
+    else:
+        why, factor = "too small an LR barely moves it", 10.0
+    where = f"; {chance}" if chance else ""
+    evidence = (f"the loss ended {c.end:.4g} against {c.start:.4g} at the start, over {len(c.raw)} logged "
+                f"steps{where}; {why}")
+    remedy, advice = _lr_remedy(history, factor)
+    return [Finding("plateau", float(c.steps[0]), float(c.steps[-1]), evidence, 0.7, remedy, advice)]
+
+
+def at_chance(history: History, c: Curve) -> str:
+    """Words saying the run sits at chance, or "": its loss ends within a small share of ln(k) for a few classes
+    k (what cross-entropy gives for guessing among k), and its accuracy, where logged, is near 1/k."""
+    k = round(math.exp(c.end)) if 0.5 < c.end < 3.1 else 0
+    if k < 2 or abs(c.end - math.log(k)) > _th().chance * math.log(k):
+        return ""
+    words = f"{c.end:.4g} is the loss of guessing among {k} classes (ln {k} = {math.log(k):.4g})"
+    m = history.val_metric
+    if m is None or not history.metric_name or "acc" not in history.metric_name.lower() or not len(m):
+        return words
+    final = float(m.values[-1])
+    return words + f", and accuracy is {final:.3g}" if 0.5 / k <= final <= 1.5 / k else ""
 
 
 def detect_overfitting(history: History) -> list[Finding]:
@@ -266,7 +206,7 @@ def detect_overfitting(history: History) -> list[Finding]:
     if best < 0 or best == len(y) - 1:
         return []
     rise = (y[-1] - y[best]) / max(abs(y[best]), 1e-12)
-    c = _train_curve(history)
+    c = train_curve(history)
     if c is None or rise < 0.1 or best >= 0.8 * len(y):
         return []
     at_best = float(np.interp(v.steps[best], c.steps, c.smooth))
@@ -307,11 +247,11 @@ def detect_underfitting(history: History) -> list[Finding]:
     longer = _train_longer(history)
     evidence = (f"validation loss was still falling at the end: {y[-2]:.4g} → {y[-1]:.4g} in the last evaluation, "
                 f"{last / total:.0%} of its whole improvement")
-    c = _train_curve(history)
-    if c is not None and (c.late_share >= TOO_LOW_SHARE or c.moved < 0.3):
+    c = train_curve(history)
+    if c is not None and not decayed(history) and (c.late_share >= _th().too_low_share or c.moved < 0.3):
         remedy, advice = _lr_remedy(history, 3.0)
         evidence += (f"; {c.late_share:.0%} of the training loss's decrease came in the second half"
-                     if c.late_share >= TOO_LOW_SHARE
+                     if c.late_share >= _th().too_low_share
                      else f"; the training loss fell only {c.moved:.0%} in the whole run")
         return [Finding("underfitting", float(v.steps[-2]), float(v.steps[-1]), evidence, 0.7, remedy,
                         advice + f", or train longer ({longer[1]})")]
@@ -331,8 +271,8 @@ def _train_longer(history: History) -> tuple[dict[str, Any], str]:
 
 def detect_slow_convergence(history: History) -> list[Finding]:
     """A constant LR whose loss came well down, stopped falling and bounces at a noise floor: decay lowers the floor."""
-    peak, constant = _lr(history)
-    c = _train_curve(history)
+    peak, constant = peak_lr(history)
+    c = train_curve(history)
     if c is None or not constant or c.moved < 0.3 or detect_divergence(history) or detect_oscillation(history):
         return []
     n = len(c.smooth)
@@ -359,15 +299,17 @@ DETECTORS: dict[str, Detector] = {
 }
 
 
-def diagnose(history: History) -> Diagnosis:
+def diagnose(history: History, thresholds: Thresholds = THRESHOLDS) -> Diagnosis:
     """Run every detector on ``history``; a run with nothing wrong gets one ``healthy`` finding, one too short
-    to judge an ``insufficient_data`` finding."""
-    token = _MEMO.set({})
+    to judge an ``insufficient_data`` finding. ``thresholds`` are the calibrated constants (the defaults are
+    what benchmarks/diagnose.py fits)."""
+    token, chosen = MEMO.set({}), _THRESHOLDS.set(thresholds)
     try:
         with np.errstate(all="ignore"):  # losses near the float limits overflow in sums; the detectors cope
             return speak(_diagnose(history), history.tool)
     finally:
-        _MEMO.reset(token)
+        MEMO.reset(token)
+        _THRESHOLDS.reset(chosen)
 
 
 def _diagnose(history: History) -> Diagnosis:
@@ -377,7 +319,7 @@ def _diagnose(history: History) -> Diagnosis:
     kinds = {f.kind for f in findings}
     if "nan" in kinds:  # a NaN run's other symptoms are the NaN's
         findings = [f for f in findings if f.kind in ("nan", "divergence")]
-    points = len(_usable(history.train_loss.values))
+    points = len(usable(history.train_loss.values))
     if not findings and points < MIN_POINTS:
         evidence = (f"only {points} finite training-loss point{'s' if points != 1 else ''} in the log; "
                     f"at least {MIN_POINTS} are needed to judge a curve")
@@ -386,16 +328,29 @@ def _diagnose(history: History) -> Diagnosis:
                                   "log the loss more often (logging_steps, log_every_n_steps) or train longer"),),
                          "unknown", f"too little to judge: {evidence}")
     verdict, reason = _lr_verdict(history, findings)
+    if verdict == "too low" and not any("learning_rate" in f.remedy for f in findings):
+        findings.append(_still_falling(history))
     if not findings:
-        c = _train_curve(history)
+        c = train_curve(history)
         end = float(history.train_loss.steps[-1])
         evidence = "" if c is None else f"the loss fell from {c.start:.4g} to {c.end:.4g} and settled"
         findings.append(Finding("healthy", float(history.train_loss.steps[0]), end, evidence, 0.6, {}, "keep going"))
     return Diagnosis(tuple(findings), verdict, reason)
 
 
+def _still_falling(history: History) -> Finding:
+    """The finding behind a "too low" verdict that no detector put into words: the loss still falling as fast."""
+    c = train_curve(history)
+    assert c is not None
+    remedy, advice = _lr_remedy(history, 3.0)
+    evidence = (f"{c.late_share:.0%} of the loss's decrease came in the second half ({c.start:.4g} → {c.end:.4g}): "
+                "it is still falling about as fast as it was")
+    return Finding("underfitting", float(c.steps[len(c.steps) // 2]), float(c.steps[-1]), evidence, 0.5, remedy,
+                   advice + ", or train longer")
+
+
 def _lr_verdict(history: History, findings: list[Finding]) -> tuple[str, str]:
-    peak, _ = _lr(history)
+    peak, _ = peak_lr(history)
     named = f" ({_fmt(peak)})" if peak is not None else ""
     high = [f for f in findings if f.kind in TOO_HIGH
             or (f.kind == "plateau" and f.remedy.get("learning_rate", 1e9) < (peak or 0))]
@@ -404,8 +359,8 @@ def _lr_verdict(history: History, findings: list[Finding]) -> tuple[str, str]:
     low = [f for f in findings if f.kind == "plateau" or (f.kind == "underfitting" and "learning_rate" in f.remedy)]
     if low:
         return "too low", f"the learning rate{named} is too low: {low[0].evidence}"
-    c = _train_curve(history)
-    if c is not None and c.late_share >= TOO_LOW_SHARE and not findings:
+    c = train_curve(history)
+    if c is not None and c.late_share >= _th().too_low_share and not findings and not decayed(history):
         return "too low", (f"the learning rate{named} is too low: {c.late_share:.0%} of the loss's decrease came in "
                            "the second half — it is still falling about as fast as it was")
     if peak is None:

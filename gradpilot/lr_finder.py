@@ -26,16 +26,26 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LRFinderResult:
-    """What a range test saw: the swept LRs, raw and smoothed losses, and the suggested LR."""
+    """What a range test saw: the swept LRs, raw and smoothed losses, and the suggested LR.
+
+    ``interval`` is the range of LRs the curve supports (low, high) and ``confidence`` (0 to 1) how clearly it
+    supports the suggestion; ``caveat`` says why confidence is low. ``edge`` is the largest LR whose loss stayed
+    within noise of the curve's minimum. A range test sees the training loss over a few steps only: where the
+    best LR is set by overfitting over many epochs, only validation (``gradpilot.tune``) can find it.
+    """
 
     lrs: tuple[float, ...]
     losses: tuple[float, ...]
     smoothed_losses: tuple[float, ...]
     suggestion: float
     rule: str
+    interval: tuple[float, float]
+    confidence: float
+    edge: float
     alternatives: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
     stop_reason: str = "reached end_lr"
+    caveat: str = ""
 
     def plot(self, path: str | Path) -> Path:
         """Draw the curve with every rule's pick marked and save it as an image at ``path``."""
@@ -102,10 +112,11 @@ def find_lr(
     sweep = _Sweep(start_lr, end_lr, num_steps, smoothing, diverge_threshold, progress)
     step = _Step(model, optimizer, loss_fn, step_fn, cycle(train_loader), accumulation_steps,
                  torch.device(device) if device is not None else model_device(model), item_counter(loss_fn, num_items))
+    momentum = suggest.momentum_of(optimizer.param_groups[0])
     with preserved(model, optimizer):
         model.train()
         sweep.run(step)
-    return _result(sweep, rule, resolved)
+    return _result(sweep, rule, resolved, momentum)
 
 
 @dataclass
@@ -178,7 +189,8 @@ class _Sweep:
             step.step()
 
 
-def _result(sweep: _Sweep, rule: suggest.RuleName, family: Literal["sgd", "adaptive"]) -> LRFinderResult:
+def _result(sweep: _Sweep, rule: suggest.RuleName, family: Literal["sgd", "adaptive"],
+            momentum: float) -> LRFinderResult:
     """Every rule's pick from the finite part of the curve; the chosen rule's is the suggestion."""
     finite = len(sweep.smoothed)
     if finite < 5:
@@ -187,13 +199,18 @@ def _result(sweep: _Sweep, rule: suggest.RuleName, family: Literal["sgd", "adapt
             f"(now {sweep.start_lr:g}) so the sweep starts where training is stable"
         )
     curve = suggest.Curve(np.array(sweep.lrs[:finite]), np.array(sweep.losses[:finite]), np.array(sweep.smoothed),
-                          family)
+                          family, momentum)
     alternatives = {name: f(curve) for name, f in suggest.RULES.items()}
-    log.info("range test: %d steps, %s; suggestion %.3g (%s)", len(sweep.lrs), sweep.stop_reason,
-             alternatives[rule], rule)
+    reading = suggest.read(curve)
+    log.info("range test: %d steps, %s; suggestion %.3g (%s), interval %.3g-%.3g, confidence %.2f",
+             len(sweep.lrs), sweep.stop_reason, alternatives[rule], rule, *reading.interval, reading.confidence)
+    low, high = reading.interval
+    interval = (min(low, alternatives[rule]), max(high, alternatives[rule]))  # another rule's pick may lie outside
     return LRFinderResult(lrs=tuple(sweep.lrs), losses=tuple(sweep.losses), smoothed_losses=tuple(sweep.smoothed),
-                          suggestion=alternatives[rule], rule=rule, alternatives=alternatives,
-                          stopped_early=sweep.stop_reason != "reached end_lr", stop_reason=sweep.stop_reason)
+                          suggestion=alternatives[rule], rule=rule, interval=interval,
+                          confidence=reading.confidence, edge=reading.edge, alternatives=alternatives,
+                          stopped_early=sweep.stop_reason != "reached end_lr", stop_reason=sweep.stop_reason,
+                          caveat=reading.caveat)
 
 
 def _family(optimizer: torch.optim.Optimizer, family: str | None) -> Literal["sgd", "adaptive"]:

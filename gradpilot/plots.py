@@ -44,6 +44,7 @@ def plot_lr_curve(result: LRFinderResult, path: Path) -> Path:
         chosen = name == result.rule
         ax.axvline(lr, color="C3" if chosen else f"C{i + 1}", lw=2 if chosen else 1,
                    ls="-" if chosen else "--", label=f"{name}: {lr:.2g}" + (" (suggested)" if chosen else ""))
+    ax.axvspan(*result.interval, color="C2", alpha=0.12, label=f"interval (confidence {result.confidence:.2f})")
     ax.set_xscale("log")
     lo, hi = min(result.smoothed_losses), result.smoothed_losses[0]
     pad = 0.15 * max(hi - lo, abs(lo) * 0.05, 1e-8)
@@ -111,10 +112,10 @@ def plot_diagnosis(history: History, diagnosis: Diagnosis, path: Path) -> Path:
 # --- the tune report's figures: each takes plain numbers from tune.json --------------------------------
 
 
-def plot_range_test(evidence: dict[str, Any], picks: dict[str, float], chosen: float, edge: float,
-                    candidates: list[float], path: Path) -> Path:
-    """The range test as tune ran it: raw and smoothed loss over log-LR, each rule's pick, the edge and the
-    LRs the search then tried (at the task's batch)."""
+def plot_range_test(evidence: dict[str, Any], picks: dict[str, float], chosen: float,
+                    interval: tuple[float, float], candidates: list[float], path: Path) -> Path:
+    """The range test as tune ran it: raw and smoothed loss over log-LR, each rule's pick, the interval the
+    curve supports and the LRs the search then tried (at the task's batch)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.2))
     smoothed = evidence["smoothed_losses"]
@@ -125,7 +126,7 @@ def plot_range_test(evidence: dict[str, Any], picks: dict[str, float], chosen: f
     for i, (rule, lr) in enumerate(sorted(picks.items())):
         ax.axvline(lr, color=f"C{i + 1}", lw=1, ls="--", label=f"{rule}: {lr:.2g}")
     ax.axvline(chosen, color="C3", lw=2, label=f"suggestion: {chosen:.2g}")
-    ax.axvline(edge, color="k", lw=1.5, ls=":", label=f"edge (lowest loss): {edge:.2g}")
+    ax.axvspan(*interval, color="C2", alpha=0.12, label=f"interval: {interval[0]:.2g} to {interval[1]:.2g}")
     for lr in candidates:
         ax.plot([lr], [min(smoothed)], marker="v", color="C2", ms=8, ls="none")
     if candidates:

@@ -133,9 +133,11 @@ def _range_section(stages: dict[str, Any], figures: _Figures) -> str:
     picks = {a["rule"]: a["lr"] for a in st["alternatives"]}
     search = stages.get("lr_search") or {}
     candidates = [t["lr"] for t in search.get("alternatives", [])]
-    figure = figures.img(lambda p: plots.plot_range_test(st["evidence"], picks, d["lr_found"], d["lr_edge"],
+    interval = (float(d.get("lr_low", d["lr_found"])), float(d["lr_edge"]))
+    figure = figures.img(lambda p: plots.plot_range_test(st["evidence"], picks, d["lr_found"], interval,
                                                          candidates, p), "range test")
-    rows = [[rule, lr] for rule, lr in sorted(picks.items())] + [["edge (lowest smoothed loss)", d["lr_edge"]]]
+    rows = [[rule, lr] for rule, lr in sorted(picks.items())] + \
+        [["interval: low", interval[0]], ["interval: high", interval[1]]]
     return _section("range-test", _title("range-test"), _why(st), figure, _table(["rule", "learning rate"], rows))
 
 

@@ -344,3 +344,30 @@ def test_num_items_counts_what_gradpilot_cannot_when_accumulating():
     y = torch.cat([batches[0]["y_"], batches[1]["y_"]])
     with torch.no_grad():
         assert result.losses[0] == pytest.approx(nn.functional.mse_loss(model(x), y).item(), rel=1e-5)
+
+
+def test_interval_confidence_and_safe_pick_on_a_real_model():
+    from gradpilot.suggest import MARGINS
+
+    task = example_task(0)
+    result = find_lr(task)
+    low, high = result.interval
+    assert result.rule == "safe-edge" and low < result.suggestion < high
+    assert result.suggestion < result.edge * 10**-MARGINS.base  # kept below the edge of stability
+    assert 0 <= result.confidence <= 1 and isinstance(result.caveat, str)
+    # the spirals' grid optimum at 200 steps is 1e-2 (benchmarks/lr_suggestion.py): the interval holds it
+    assert low < 1e-2 < high
+    other = find_lr(task, rule="minimum/10")  # another rule's pick widens the interval to hold it
+    assert other.interval[0] <= other.suggestion <= other.interval[1]
+
+
+def test_momentum_pushes_the_safe_pick_further_below_the_edge():
+    picks = {}
+    for momentum in (0.0, 0.9):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+        loader = DataLoader(regression_data(), batch_size=16, shuffle=False)
+        result = find_lr(model, opt, nn.MSELoss(), loader)
+        picks[momentum] = math.log10(result.edge / result.suggestion)
+    assert picks[0.9] > picks[0.0] > 0

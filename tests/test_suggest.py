@@ -3,7 +3,21 @@ import numpy as np
 import pytest
 
 from gradpilot import GradpilotError
-from gradpilot.suggest import DEFAULT_RULE, RULES, Curve, descent_edge, get_rule, minimum_div10, steepest, valley
+from gradpilot.suggest import (
+    DEFAULT_RULE,
+    MARGINS,
+    RULES,
+    Curve,
+    Margins,
+    descent_edge,
+    get_rule,
+    minimum_div10,
+    momentum_of,
+    read,
+    safe_edge,
+    steepest,
+    valley,
+)
 
 LRS = np.logspace(-7, 1, 100)
 
@@ -150,6 +164,12 @@ def random_curve(k):
 # Every rule's pick on 24 such curves, recorded when the rules were benchmarked (benchmarks/lr_suggestion.py):
 # a change to any rule's arithmetic or constants shows here and has to be measured again.
 GOLDEN: dict[str, list[float]] = {
+    'safe-edge': [
+        0.001423254188, 3.296817498e-05, 0.0002350007143, 0.0004023342853, 1.909632426e-05, 0.07771681569,
+        0.0008050503262, 0.00621401276, 0.01, 6.725829779e-05, 0.01576667491, 0.0001414213562,
+        0.02115538002, 6.526706786e-05, 0.01670821043, 0.001470164044, 0.000231883294, 0.1060287713,
+        0.04159778976, 0.0003231721758, 7.342196487e-05, 1.821561784e-05, 0.1188823471, 0.05179474679,
+    ],
     'descent-edge': [
         0.002873847212, 0.0001489965163, 0.0002092930066, 0.001060475444, 4.924184803e-05, 0.104961492,
         0.001088925513, 0.01508624013, 0.008111308308, 0.0003702842346, 0.002982471286, 0.0001650808371,
@@ -197,3 +217,65 @@ def test_short_curves_and_the_trim_by_hand():
 def test_descent_edge_on_a_flat_curve():
     flat = hand_curve(np.full(50, 2.0), np.logspace(-6, 0, 50))
     assert descent_edge(flat) == pytest.approx(1.0 / 5)  # no descent: a fifth of the last LR, still within noise
+
+
+# --- the safe pick, its interval and confidence -------------------------------------------------------
+def with_momentum(curve, momentum):
+    return Curve(curve.lrs, curve.losses, curve.smoothed, curve.family, momentum)
+
+
+def test_read_keeps_a_margin_below_the_edge_that_grows_with_momentum():
+    base = shaped(seed=3, family="sgd")
+    margins = Margins(base=1.0, per_lag=0.5, per_spread=0.0)  # wide enough that the margin, not the descent, decides
+    plain, carried = read(base, margins), read(with_momentum(base, 0.9), margins)
+    assert plain.edge == carried.edge and 1e-2 < plain.edge < 2e-1
+    assert plain.suggestion == pytest.approx(plain.edge / 10, rel=1e-9)
+    # beta = 0.9 carries 9 steps; the sweep grows 10**(8/99) per step: 0.73 decades, half of it in the margin
+    lag = 9 * np.log10(LRS[1] / LRS[0])
+    assert np.log10(plain.suggestion / carried.suggestion) == pytest.approx(0.5 * lag, rel=1e-9)
+    assert read(with_momentum(base, 0.9)).suggestion <= read(base).suggestion  # the shipped margins, too
+
+
+def test_read_margin_grows_with_the_edge_uncertainty():
+    sharp = read(shaped(seed=4, noise=0.005, descent=(-6.0, -5.0)), Margins(0.0, 0.0, 1.0))
+    blurred = read(shaped(seed=4, noise=0.08, descent=(-6.0, -5.0)), Margins(0.0, 0.0, 1.0))
+    ratio = lambda r: np.log10(r.edge / r.suggestion)  # noqa: E731
+    assert ratio(blurred) > ratio(sharp) > 0
+
+
+def test_read_pick_is_never_above_the_descent_picks_geometric_mean():
+    curve = shaped(seed=5)
+    r = read(curve)
+    assert r.suggestion <= np.sqrt(descent_edge(curve) * valley(curve)) * (1 + 1e-12)
+    assert safe_edge(curve) == r.suggestion and DEFAULT_RULE == "safe-edge"
+
+
+def test_read_interval_holds_the_pick_and_reaches_above_the_edge():
+    for seed in range(5):
+        r = read(shaped(seed=seed))
+        low, high = r.interval
+        assert low < r.suggestion < high
+        assert r.edge_seen and high == pytest.approx(r.edge * np.sqrt(10))
+
+
+def test_read_without_an_edge_widens_the_interval_and_says_so():
+    x = np.log10(LRS)
+    y = np.interp(x, (-4.0, -2.0), [2.0, 0.5]) + np.random.default_rng(0).normal(0, 0.02, len(x))
+    r = read(Curve(LRS, y, ema(y)))
+    assert not r.edge_seen and r.interval[1] == pytest.approx(r.edge * 10)
+    assert "never rose" in r.caveat
+
+
+def test_read_confidence_falls_with_noise():
+    clear = read(shaped(seed=6, noise=0.01))
+    noisy = read(shaped(seed=6, noise=1.0))
+    assert 0 <= noisy.confidence < clear.confidence <= 1
+    assert clear.confidence > 0.5 and clear.caveat == ""
+    assert "noise" in noisy.caveat
+
+
+def test_momentum_of_reads_sgd_and_adam_groups():
+    assert momentum_of({"momentum": 0.9}) == 0.9
+    assert momentum_of({"betas": (0.8, 0.999)}) == 0.8
+    assert momentum_of({"lr": 1.0}) == 0.0
+    assert momentum_of({"momentum": None}) == 0.0
