@@ -89,7 +89,7 @@ def bench_tasks() -> list[BenchTask]:
         BenchTask("digits-labelnoise-sgdm", _noisy_labels(by["digits-cnn-sgdm"].make, 0.3), 100,
                   by["digits-cnn-sgdm"].grid, "label-noise"),
     ]
-    return [*TASKS, *extra]
+    return [bt for bt in (*TASKS, *extra) if bt.name in FAMILIES]
 
 
 def writers_for(name: str) -> list[str]:

@@ -66,7 +66,8 @@ class Curve:
     def late_share(self) -> float:
         """Share of the run's decrease that came in its second half: high when progress, not stability, limits it."""
         s = self.smooth
-        return float((s[len(s) // 2] - s[-1]) / max(s[0] - s[-1], 1e-12))
+        share = (s[len(s) // 2] - s[-1]) / max(s[0] - s[-1], 1e-12)
+        return float(np.clip(share, -1.0, 1.5))  # a loss that never fell has no meaningful share: keep it bounded
 
     @property
     def early_jump(self) -> float:

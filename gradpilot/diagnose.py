@@ -132,7 +132,8 @@ def detect_divergence(history: History) -> list[Finding]:
     if not (above_start or gave_back):
         return []
     evidence = (f"loss went from {c.start:.4g} to a low of {c.low:.4g} at step {c.low_step:g}, then rose to "
-                f"{c.end:.4g} by step {c.steps[-1]:g}")
+                f"{c.end:.4g} by step {c.steps[-1]:g}" if c.low < c.start else
+                f"loss rose from {c.start:.4g} to {c.end:.4g} by step {c.steps[-1]:g} and never came below its start")
     confidence = min(1.0, 0.6 + 0.4 * min(1.0, rise / max(abs(drop), c.noise, 1e-12) / 2))
     remedy, advice = _lr_remedy(history, 0.3)
     return [Finding("divergence", c.low_step, float(c.steps[-1]), evidence, confidence, remedy,
@@ -163,15 +164,20 @@ def detect_plateau(history: History) -> list[Finding]:
     """A loss that ends about where it started: one that never moved (too small an LR), one that fell and came
     back (the LR undid what it learnt), or one held at chance — the loss of predicting the class prior."""
     c = train_curve(history)
-    if c is None or detect_divergence(history) or c.moved > _th().plateau:
+    if c is None or detect_divergence(history) or c.moved > 0.25:
         return []
     chance = at_chance(history, c)
+    if c.moved > _th().plateau and not chance:
+        return []
     fell = (c.start - c.low) / max(abs(c.start), 1e-12) if c.start - c.low > 3 * c.noise else 0.0
     jump = float(np.max(c.raw[: max(3, len(c.raw) // 10)])) > 2 * abs(c.start)
-    if jump or fell > _th().plateau or (chance and c.late_share < _th().too_low_share):
+    dropped_to_chance = bool(chance) and c.start > c.end + 2 * c.noise and c.late_share < _th().too_low_share
+    rose = c.end > c.start + c.noise
+    if jump or rose or fell > _th().plateau or dropped_to_chance:
         why = ("an early jump suggests the LR broke the model" if jump else
+               "it ended above where it started: the LR keeps it from settling" if rose else
                f"it fell {fell:.1%} to {c.low:.4g} by step {c.low_step:g} and came back: the LR undid what it learnt"
-               if fell > _th().plateau else "it sits flat at chance: the LR broke the model, which predicts the prior")
+               if fell > _th().plateau else "it dropped a little and sits at chance: the LR broke the model, which now predicts the prior")
         factor = 0.1
     else:
         why, factor = "too small an LR barely moves it", 10.0
@@ -207,7 +213,7 @@ def detect_overfitting(history: History) -> list[Finding]:
         return []
     rise = (y[-1] - y[best]) / max(abs(y[best]), 1e-12)
     c = train_curve(history)
-    if c is None or rise < 0.1 or best >= 0.8 * len(y):
+    if c is None or rise < 0.1 or best >= 0.8 * len(y) or detect_divergence(history):  # a broken run, not memorising
         return []
     at_best = float(np.interp(v.steps[best], c.steps, c.smooth))
     train_end = float(c.smooth[-1])
@@ -248,7 +254,9 @@ def detect_underfitting(history: History) -> list[Finding]:
     evidence = (f"validation loss was still falling at the end: {y[-2]:.4g} → {y[-1]:.4g} in the last evaluation, "
                 f"{last / total:.0%} of its whole improvement")
     c = train_curve(history)
-    if c is not None and not decayed(history) and (c.late_share >= _th().too_low_share or c.moved < 0.3):
+    rising = c is not None and c.end > c.start
+    if c is not None and not rising and not decayed(history) and \
+            (c.late_share >= _th().too_low_share or c.moved < 0.3):
         remedy, advice = _lr_remedy(history, 3.0)
         evidence += (f"; {c.late_share:.0%} of the training loss's decrease came in the second half"
                      if c.late_share >= _th().too_low_share

@@ -251,7 +251,7 @@ def test_diagnose_json_is_valid_json_even_with_nan_and_infinity(tmp_path):
 
 def test_diagnose_warns_about_a_cut_last_line_and_reads_the_rest(tmp_path):
     path = tmp_path / "metrics.csv"
-    path.write_text("step,loss,lr\n" + "".join(f"{s},{2.0 * 0.98 ** s},0.1\n" for s in range(50)) + "50,0.7")
+    path.write_text("step,loss,lr\n" + "".join(f"{s},{0.5 + 1.5 * 0.9 ** s},0.1\n" for s in range(50)) + "50,0.7")
     result = runner.invoke(app, ["diagnose", str(path), "--json"])
     assert result.exit_code == 0 and "warning:" in result.stderr and "cut short" in result.stderr
     assert json.loads(result.stdout)["warnings"][0].endswith("read the complete rows before it")

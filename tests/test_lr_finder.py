@@ -312,7 +312,7 @@ def test_family_is_read_from_the_optimizer_and_can_be_overridden():
     adaptive = find_lr(task.model, task.make_optimizer(), task.loss_fn, task.train_loader(), **kwargs)
     as_sgd = find_lr(task.model, task.make_optimizer(), task.loss_fn, task.train_loader(), family="sgd", **kwargs)
     assert adaptive.alternatives["valley"] == as_sgd.alternatives["valley"]  # same curve
-    assert adaptive.suggestion != as_sgd.suggestion
+    assert adaptive.alternatives["descent-edge"] != as_sgd.alternatives["descent-edge"]  # the family is used
     with pytest.raises(GradpilotError, match="family must be 'sgd' or 'adaptive'"):
         find_lr(task.model, task.make_optimizer(), task.loss_fn, task.train_loader(), family="lbfgs")
 

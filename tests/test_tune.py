@@ -65,10 +65,15 @@ def test_every_stage_runs_in_order_and_records_its_evidence(tuned):
     assert [s.name for s in result.stages] == ["lr_range", "batch", "accumulation", "lr_search", "epochs", "schedule"]
     by = {s.name: s for s in result.stages}
     assert by["lr_range"].decision["lr_found"] > 0 and len(by["lr_range"].evidence["lrs"]) >= 10
+    low, found, high = (by["lr_range"].decision[k] for k in ("lr_low", "lr_found", "lr_edge"))
+    assert low <= found <= high and 0 <= by["lr_range"].evidence["confidence"] <= 1
+    assert "supports" in by["lr_range"].why
     assert 32 in by["batch"].decision["batches"] and by["batch"].evidence["max_micro"] >= 32
     assert by["accumulation"].decision["splits"][0] == [32, 1]
     trials = by["lr_search"].alternatives
     assert len(trials) >= 3 and sum(t["state"] == "complete" for t in trials) <= 1
+    at_32 = [t["lr"] for t in trials if t.get("batch", 32) == 32]
+    assert at_32 and all(lr <= high * 1.0001 for lr in at_32)  # the candidates stay within the interval's edge
     assert result.plan["learning_rate"] == by["lr_search"].decision["learning_rate"]
     assert 1 <= result.plan["num_train_epochs"] <= 4
     assert result.plan["lr_scheduler_type"] in ("constant", "cosine_with_min_lr")
@@ -225,6 +230,11 @@ def test_search_helpers():
     assert grid[0] == pytest.approx(1e-3) and sorted(grid) == pytest.approx([1e-4, 10**-3.5, 1e-3, 10**-2.5, 1e-2])
     low = lr_grid(1e-3, 2e-3)  # the edge slides the grid down rather than lose candidates
     assert max(low) <= 2e-3 and len(low) == 5
+    high = lr_grid(1e-3, 1.0, floor=5e-4)  # and the interval's floor slides it up while it fits under the edge
+    assert min(high) >= 5e-4 and max(high) <= 1.0 and sorted(high) == pytest.approx([10**-3.5 * 10**(k / 2) for k in
+                                                                                     range(1, 6)])
+    squeezed = lr_grid(1e-3, 2e-3, floor=1e-3)  # no room above: the edge wins over the floor
+    assert max(squeezed) <= 2e-3
     rungs = rungs_for(100_000, 5, 0.2, 32)
     assert len(rungs) == 2 and rungs[1] == 3 * rungs[0]
     cost = 5 * (rungs[0] + 0.2 * rungs[0]) + 1 * (2 * rungs[0] + 0.2 * rungs[1])  # a third of 5, at least one, goes on
