@@ -226,6 +226,9 @@ def main() -> None:
     table.add_row("[bold]all, pooled[/]", str(len(all_cases)), f"[bold]{pooled.accuracy:.2f}[/] ({pooled.judged})",
                   *_kinds(pooled), f"[bold]{np.mean(recovered):.0%}[/] ({len(recovered)})" if recovered else "–")
     console.print(table)
+    fitted = fit(all_cases)
+    note = "" if fitted == THRESHOLDS else f" (gradpilot ships {THRESHOLDS})"
+    console.print(f"thresholds fitted on all families: {fitted}{note}")
     writers = Counter(c.run["writer"] for c in all_cases)
     console.print(f"written by {dict(writers)}; thresholds chosen per fold: {dict(chosen)}")
     if args.mistakes:

@@ -23,19 +23,21 @@ class Thresholds:
     """The constants diagnosis is calibrated by (benchmarks/diagnose.py fits them leave-one-family-out)."""
 
     too_low_share: float = 1 / 3  # share of the progress still in the second half: the LR, not stability, limits it
-    plateau: float = 0.03  # a loss that moved less than this share of its start has not trained
-    chance: float = 0.02  # a loss within this share of ln(k) for k classes sits at chance
+    plateau: float = 0.05  # a loss that moved less than this share of its start has not trained
+    chance: float = 0.01  # a loss within this share of ln(k) for k classes sits at chance
+    rise: float = 1.0  # a loss that ends this many noise widths (and 2%) above its start has diverged
 
     def replace(self, **changes: Any) -> Thresholds:
         return dataclasses.replace(self, **changes)
 
 
 THRESHOLDS = Thresholds()
-CALIBRATED = ("too_low_share", "plateau", "chance")
+CALIBRATED = ("too_low_share", "plateau", "chance", "rise")
 CALIBRATION_GRID: dict[str, tuple[float, ...]] = {
     "too_low_share": (0.25, 1 / 3, 0.4),
-    "plateau": (0.02, 0.03, 0.05),
-    "chance": (0.01, 0.02, 0.04),
+    "plateau": (0.03, 0.05),
+    "chance": (0.01, 0.02),
+    "rise": (0.5, 1.0, 2.0),
 }
 _ACTIVE: ContextVar[Thresholds] = ContextVar("gradpilot_thresholds", default=THRESHOLDS)
 

@@ -127,7 +127,7 @@ def detect_divergence(history: History) -> list[Finding]:
     if c is None:
         return []
     drop, rise = c.start - c.low, c.end - c.low
-    above_start = c.end > c.start + 2 * c.noise and c.end > c.start * 1.02
+    above_start = c.end > c.start + _th().rise * c.noise and c.end > c.start * 1.02
     gave_back = drop > 3 * c.noise and rise > 0.5 * drop
     if not (above_start or gave_back):
         return []
