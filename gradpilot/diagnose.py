@@ -171,21 +171,27 @@ def detect_plateau(history: History) -> list[Finding]:
         return []
     fell = (c.start - c.low) / max(abs(c.start), 1e-12) if c.start - c.low > 3 * c.noise else 0.0
     jump = float(np.max(c.raw[: max(3, len(c.raw) // 10)])) > 2 * abs(c.start)
-    dropped_to_chance = bool(chance) and c.start > c.end + 2 * c.noise and c.late_share < _th().too_low_share
-    rose = c.end > c.start + c.noise
-    if jump or rose or fell > _th().plateau or dropped_to_chance:
-        why = ("an early jump suggests the LR broke the model" if jump else
-               "it ended above where it started: the LR keeps it from settling" if rose else
-               f"it fell {fell:.1%} to {c.low:.4g} by step {c.low_step:g} and came back: the LR undid what it learnt"
-               if fell > _th().plateau else "it dropped a little and sits at chance: the LR broke the model, which now predicts the prior")
-        factor = 0.1
-    else:
-        why, factor = "too small an LR barely moves it", 10.0
+    why, factor = _plateau_cause(c, fell, jump, bool(chance))
     where = f"; {chance}" if chance else ""
     evidence = (f"the loss ended {c.end:.4g} against {c.start:.4g} at the start, over {len(c.raw)} logged "
                 f"steps{where}; {why}")
     remedy, advice = _lr_remedy(history, factor)
     return [Finding("plateau", float(c.steps[0]), float(c.steps[-1]), evidence, 0.7, remedy, advice)]
+
+
+def _plateau_cause(c: Curve, fell: float, jump: bool, chance: bool) -> tuple[str, float]:
+    """Why a loss ended where it began, and the factor for the LR: a broken run (jump, rise, a fall undone, a drop
+    to chance) wants a tenth of it, a loss that never moved ten times it."""
+    if jump:
+        return "an early jump suggests the LR broke the model", 0.1
+    if c.end > c.start + c.noise:
+        return "it ended above where it started: the LR keeps it from settling", 0.1
+    if fell > _th().plateau:
+        return (f"it fell {fell:.1%} to {c.low:.4g} by step {c.low_step:g} and came back: the LR undid what it "
+                "learnt", 0.1)
+    if chance and c.start > c.end + 2 * c.noise and c.late_share < _th().too_low_share:
+        return "it dropped a little and sits at chance: the LR broke the model, which now predicts the prior", 0.1
+    return "too small an LR barely moves it", 10.0
 
 
 def at_chance(history: History, c: Curve) -> str:

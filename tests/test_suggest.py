@@ -5,7 +5,6 @@ import pytest
 from gradpilot import GradpilotError
 from gradpilot.suggest import (
     DEFAULT_RULE,
-    MARGINS,
     RULES,
     Curve,
     Margins,
@@ -239,7 +238,7 @@ def test_read_keeps_a_margin_below_the_edge_that_grows_with_momentum():
 def test_read_margin_grows_with_the_edge_uncertainty():
     sharp = read(shaped(seed=4, noise=0.005, descent=(-6.0, -5.0)), Margins(0.0, 0.0, 1.0))
     blurred = read(shaped(seed=4, noise=0.08, descent=(-6.0, -5.0)), Margins(0.0, 0.0, 1.0))
-    ratio = lambda r: np.log10(r.edge / r.suggestion)  # noqa: E731
+    ratio = lambda r: np.log10(r.edge / r.suggestion)
     assert ratio(blurred) > ratio(sharp) > 0
 
 
