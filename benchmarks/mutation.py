@@ -62,11 +62,11 @@ _CONTINUOUS = "a strict or non-strict comparison of two measured floats: they ar
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("diagnose", "memo is not None and id(values) in memo", "IsNot → Is"):
         "without the memo the curve is measured again: the same answer, more work",
-    ("diagnose", "c.end > c.start + 2 * c.noise", "Gt → GtE"): _CONTINUOUS,
+    ("diagnose", "c.end > c.start + _th().rise * c.noise", "Gt → GtE"): _CONTINUOUS,
     ("diagnose", "c.moved < 0.03 or c.late_share", "Lt → LtE"): _CONTINUOUS,
     ("diagnose", "train_end > at_best * 1.5", "Gt → GtE"): _CONTINUOUS,
     ("diagnose", "not constant or c.moved < 0.3", "Lt → LtE"): _CONTINUOUS,
-    ("diagnose", "c.late_share >= TOO_LOW_SHARE or c.moved < 0.3", "GtE → Gt"): _CONTINUOUS,
+    ("diagnose", "(c.late_share >= _th().too_low_share or c.moved < 0.3)", "GtE → Gt"): _CONTINUOUS,
     ("diagnose", 'verb = "lower" if factor < 1', "1 → 2"): "the factors used are 0.1, 0.3, 0.5, 3 and 10: none in [1, 2)",
     ("diagnose", "while end and not finite[end - 1]", "1 → 2"):
         "stops one point earlier inside the trailing non-finite block; the finite points kept are the same",

@@ -179,17 +179,17 @@ def test_a_short_run_at_the_default_logging_steps_is_diagnosed_from_its_evaluati
 
 
 def test_a_real_trainer_run_whose_loss_ends_above_its_start_is_told_to_lower_the_lr(tmp_path):
-    """SGD at lr=0.5 on the toy task: the logged loss never settles below where it began, while validation
-    wanders. Diagnosis must say "too high" with a lower LR, never "too low" (and no percentages of a decrease
-    that did not happen)."""
+    """SGD at lr=3 on the toy task: the logged loss ends far above where it began, while validation wanders.
+    Diagnosis must say "too high" with a lower LR, never "too low" (and no percentages of a decrease that did
+    not happen)."""
     from gradpilot import diagnose, read_log
 
-    t = trainer(tmp_path, 0.5, steps=120)
+    t = trainer(tmp_path, 3.0, steps=120)
     t.train()
     t.save_state()
     d = diagnose(read_log(tmp_path / "out"))
     assert d.lr_verdict == "too high"
-    lowered = [f for f in d.findings if f.remedy.get("learning_rate", 1.0) < 0.5]
-    assert lowered and not any("learning_rate" in f.remedy and f.remedy["learning_rate"] > 0.5 for f in d.findings)
+    lowered = [f for f in d.findings if f.remedy.get("learning_rate", 9.0) < 3.0]
+    assert lowered and not any("learning_rate" in f.remedy and f.remedy["learning_rate"] > 3.0 for f in d.findings)
     assert not any("%" in f.evidence and "e+" in f.evidence for f in d.findings)
     assert all(len(f.evidence) < 400 for f in d.findings)
