@@ -15,7 +15,7 @@ def test_find_lr_on_the_builtin_example_prints_the_suggestion_and_writes_the_plo
     png = tmp_path / "curve.png"
     result = runner.invoke(app, ["find-lr", "--num-steps", "30", "--plot", str(png)])
     assert result.exit_code == 0, result.output
-    assert "Suggested learning rate" in result.output
+    assert "Suggested learning rate" in result.output and "the curve supports" in result.output
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -30,6 +30,9 @@ def test_find_lr_on_a_task_file_as_json(tmp_path):
     assert out["rule"] == "steepest" and out["suggestion"] == out["alternatives"]["steepest"]
     assert 1e-5 <= out["suggestion"] <= 1
     assert out["steps"] <= 20
+    low, high = out["interval"]
+    assert low <= out["suggestion"] <= high and 0 <= out["confidence"] <= 1 and out["edge"] > 0
+    assert isinstance(out["caveat"], str)
 
 
 def test_task_file_without_task_is_a_one_line_error(tmp_path):
