@@ -158,13 +158,17 @@ def _shape(curve: Curve) -> _Shape:
     return _Shape(s, noise, low, edge, spread, seen)
 
 
+MAX_LAG = 1.0  # decades: a short sweep grows its LR so fast per step that the lag would sink the pick orders down
+# (tune's 31-step sweeps: 2.3 decades at beta 0.9); the benchmark's 100-step sweeps stay under it (0.73)
+
+
 def _lag(curve: Curve) -> float:
     """Decades the LR grows over the momentum's mean age (beta / (1 - beta) steps): the sweep sees an LR's
     effect that many decades late, so its edge lies that much above where a long run stays stable."""
     if len(curve.lrs) < 2 or curve.momentum <= 0:
         return 0.0
     per_step = math.log10(curve.lrs[1] / curve.lrs[0])
-    return per_step * curve.momentum / (1 - min(curve.momentum, 0.999))
+    return min(MAX_LAG, per_step * curve.momentum / (1 - min(curve.momentum, 0.999)))
 
 
 def read(curve: Curve, margins: Margins = MARGINS) -> Reading:

@@ -278,3 +278,14 @@ def test_momentum_of_reads_sgd_and_adam_groups():
     assert momentum_of({"betas": (0.8, 0.999)}) == 0.8
     assert momentum_of({"lr": 1.0}) == 0.0
     assert momentum_of({"momentum": None}) == 0.0
+
+
+def test_the_lag_margin_is_capped_on_a_short_sweep():
+    lrs = np.logspace(-7, 1, 31)  # 0.27 decades a step: beta 0.9 would lag 2.4 decades
+    x = np.log10(lrs)
+    y = np.interp(x, (-4.0, -2.0), [2.0, 0.5]) + np.where(x > -1, 10 ** (2 * (x + 1)) - 1, 0.0)
+    short = Curve(lrs, y, ema(y), "adaptive", 0.9)
+    r = read(short, Margins(0.0, 1.0, 0.0))
+    expected = min(np.sqrt(descent_edge(short) * valley(short)), r.edge / 10)  # the lag capped at one decade
+    assert r.suggestion == pytest.approx(expected, rel=1e-9)
+    assert r.edge * 10**-2.4 < expected  # uncapped, the pick would sit 2.4 decades under the edge
