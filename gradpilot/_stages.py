@@ -100,6 +100,9 @@ def check_budget(ctx: _Context) -> None:
                              f"cost {need / ctx.run_samples:.2f} runs; give a budget of at least {least:g}")
 
 
+UNSURE = 0.5  # a range test less confident than this leaves the search centred between its pick and its edge
+
+
 def lr_range(ctx: _Context) -> Stage:
     """An LR range test at the task's batch: a suggestion, and the edge past which the loss climbs."""
     if "learning_rate" in ctx.fixed:
@@ -112,7 +115,8 @@ def lr_range(ctx: _Context) -> Stage:
     ctx.charge(steps * ctx.task.batch_size)
     low, high = result.interval
     why = f"; {result.caveat}" if result.caveat else ""
-    return Stage("lr_range", {"lr_found": result.suggestion, "lr_low": low, "lr_edge": high},
+    return Stage("lr_range", {"lr_found": result.suggestion, "lr_low": low, "lr_edge": high,
+                              "lr_confidence": result.confidence},
                  f"range test over {len(result.lrs)} steps suggests {result.suggestion:.3g} ({result.rule}); the curve "
                  f"supports {low:.3g} to {high:.3g}, confidence {result.confidence:.2f}{why}",
                  alternatives=[{"rule": k, "lr": v} for k, v in result.alternatives.items()],
@@ -248,6 +252,8 @@ def _search_plan(ctx: _Context) -> _search.SearchPlan | None:
         center = _scaled(ctx, micro * k)
         scale = center / float(ctx.values["lr_found"])  # the interval, rescaled to this batch like its suggestion
         floor = scale * float(ctx.values.get("lr_low", 0.0))
+        if float(ctx.values.get("lr_confidence", 1.0)) < UNSURE:  # the curve cannot place the best LR in its
+            center = math.sqrt(center * scale * float(ctx.values["lr_edge"]))  # interval: centre the runs in it
         grid = _search.lr_grid(center, scale * float(ctx.values["lr_edge"]), 5 if i == 0 else 3, floor)
         grew = micro * k > ctx.task.batch_size
         cands += [_search.Candidate(lr, micro, k, _warmup(ctx, lr) if grew else 0.0) for lr in grid]
