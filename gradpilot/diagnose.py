@@ -169,7 +169,8 @@ def detect_plateau(history: History) -> list[Finding]:
     chance = at_chance(history, c)
     if c.moved > _th().plateau and not chance:
         return []
-    fell = (c.start - c.low) / max(abs(c.start), 1e-12) if c.start - c.low > 3 * c.noise else 0.0
+    came_back = c.end - c.low > max(3 * c.noise, 0.25 * (c.start - c.low))
+    fell = (c.start - c.low) / max(abs(c.start), 1e-12) if c.start - c.low > 3 * c.noise and came_back else 0.0
     jump = float(np.max(c.raw[: max(3, len(c.raw) // 10)])) > 2 * abs(c.start)
     why, factor = _plateau_cause(c, fell, jump, bool(chance))
     where = f"; {chance}" if chance else ""
@@ -180,12 +181,11 @@ def detect_plateau(history: History) -> list[Finding]:
 
 
 def _plateau_cause(c: Curve, fell: float, jump: bool, chance: bool) -> tuple[str, float]:
-    """Why a loss ended where it began, and the factor for the LR: a broken run (jump, rise, a fall undone, a drop
-    to chance) wants a tenth of it, a loss that never moved ten times it."""
+    """Why a loss ended where it began, and the factor for the LR: a broken run (a jump, a fall undone, a drop to
+    chance) wants a tenth of it, a loss that never moved ten times it. (One that ended clearly above its start
+    is a divergence, found before this.)"""
     if jump:
         return "an early jump suggests the LR broke the model", 0.1
-    if c.end > c.start + c.noise:
-        return "it ended above where it started: the LR keeps it from settling", 0.1
     if fell > _th().plateau:
         return (f"it fell {fell:.1%} to {c.low:.4g} by step {c.low_step:g} and came back: the LR undid what it "
                 "learnt", 0.1)
@@ -196,15 +196,15 @@ def _plateau_cause(c: Curve, fell: float, jump: bool, chance: bool) -> tuple[str
 
 def at_chance(history: History, c: Curve) -> str:
     """Words saying the run sits at chance, or "": its loss ends within a small share of ln(k) for a few classes
-    k (what cross-entropy gives for guessing among k), and its accuracy, where logged, is near 1/k."""
+    k (what cross-entropy gives for guessing among k), and its logged accuracy is near 1/k."""
     k = round(math.exp(c.end)) if 0.5 < c.end < 3.1 else 0
     if k < 2 or abs(c.end - math.log(k)) > _th().chance * math.log(k):
         return ""
-    words = f"{c.end:.4g} is the loss of guessing among {k} classes (ln {k} = {math.log(k):.4g})"
     m = history.val_metric
     if m is None or not history.metric_name or "acc" not in history.metric_name.lower() or not len(m):
-        return words
+        return ""  # ln k lies close to many losses: without the accuracy to confirm it, it says nothing
     final = float(m.values[-1])
+    words = f"{c.end:.4g} is the loss of guessing among {k} classes (ln {k} = {math.log(k):.4g})"
     return words + f", and accuracy is {final:.3g}" if 0.5 / k <= final <= 1.5 / k else ""
 
 
