@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 import sys
 import warnings
 from collections import Counter
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -43,7 +45,7 @@ import importlib
 from diagnose_corpus import GRID_CACHE, bench_tasks, load_corpus
 from lr_scoring import Cache, Scorer
 
-from gradpilot._run_shape import CALIBRATED, CALIBRATION_GRID, THRESHOLDS, Thresholds
+from gradpilot._run_shape import CALIBRATED, CALIBRATION_GRID, REMEDIES, REMEDY_GRID, THRESHOLDS, Thresholds
 
 dg = importlib.import_module("gradpilot.diagnose")
 from gradpilot.history import History
@@ -114,7 +116,7 @@ class Tally:
     def __post_init__(self) -> None:
         self.tp, self.fp, self.fn = Counter(), Counter(), Counter()
 
-    def add(self, case: Case, d: dg.Diagnosis) -> None:
+    def add(self, case: Case, d: dg.Diagnosis | Seen) -> None:
         assert self.tp is not None and self.fp is not None and self.fn is not None
         if case.direction is not None:
             self.judged += 1
@@ -157,21 +159,91 @@ def diagnosed(case: Case, thresholds: Thresholds) -> dg.Diagnosis:
     return _DIAGNOSED[key]
 
 
+@dataclass(frozen=True)
+class Seen:
+    """What a tally needs of a diagnosis (small enough to send back from a worker process)."""
+
+    lr_verdict: str
+    kinds: frozenset[str]
+
+
+_CASES: list[Case] = []  # every case, shared with the worker processes (forked)
+_INDEX: dict[int, int] = {}
+_SEEN: dict[Thresholds, list[Seen]] = {}
+
+
+def _judge(thresholds: Thresholds) -> list[Seen]:
+    out = []
+    for c in _CASES:
+        d = dg.diagnose(c.history, thresholds)
+        out.append(Seen(d.lr_verdict, frozenset(d.kinds)))
+    return out
+
+
+def judge_all(all_cases: list[Case]) -> None:
+    """Diagnose every case under every candidate set of thresholds, once, on every core."""
+    _CASES[:] = all_cases
+    _INDEX.update({id(c): i for i, c in enumerate(all_cases)})
+    todo = [th for th in candidates() if th not in _SEEN]
+    with multiprocessing.get_context("fork").Pool() as pool, Progress(console=console, transient=True) as bar:
+        job = bar.add_task(f"diagnosing {len(all_cases)} runs under {len(todo)} sets of thresholds", total=len(todo))
+        for th, seen in zip(todo, pool.imap(_judge, todo), strict=True):
+            _SEEN[th] = seen
+            bar.advance(job)
+
+
 def tally(group: list[Case], thresholds: Thresholds) -> Tally:
     t = Tally()
+    seen = _SEEN.get(thresholds)
     for c in group:
-        t.add(c, diagnosed(c, thresholds))
+        t.add(c, seen[_INDEX[id(c)]] if seen is not None else diagnosed(c, thresholds))
     return t
 
 
 def candidates() -> list[Thresholds]:
-    base = THRESHOLDS
-    return [base.replace(**dict(zip(CALIBRATED, values, strict=True)))
+    return [THRESHOLDS.replace(**dict(zip(CALIBRATED, values, strict=True)))
             for values in itertools.product(*(CALIBRATION_GRID[k] for k in CALIBRATED))]
 
 
 def fit(group: list[Case]) -> Thresholds:
-    return max(candidates(), key=lambda th: tally(group, th).score())
+    """The detection constants that score best on ``group``, over the whole CALIBRATION_GRID. A constant leaves
+    its shipped value only to win by more than one run's worth of score: among the sets within that margin of
+    the best, the one that changes the fewest constants (then the best scoring) is chosen."""
+    scored = [(tally(group, th).score(), th) for th in candidates()]
+    top = max(score for score, _ in scored)
+    margin = 1 / max(1, sum(c.direction is not None for c in group))
+    near = [(score, th) for score, th in scored if score >= top - margin]
+    return min(near, key=lambda pair: (_changes(pair[1]), -pair[0]))[1]
+
+
+def _changes(th: Thresholds) -> int:
+    return sum(getattr(th, name) != getattr(THRESHOLDS, name) for name in CALIBRATED)
+
+
+def fit_remedies(group: list[Case], thresholds: Thresholds, scorers: dict[str, Scorer]) -> Thresholds:
+    """Each remedy's LR factor: the one that wins back the most lost performance on ``group`` (each factor is
+    scored on the runs whose LR remedy it sets; the others are held at the shipped values)."""
+    chosen = thresholds
+    for name in REMEDIES:
+        runs = [c for c in group if _remedy_set_by(c, thresholds) == name]
+
+        def recovered(value: float, name: str = name, runs: list[Case] = runs) -> float:
+            rec = remedy_recovery(runs, thresholds.replace(**{name: value}), scorers)
+            return float(np.mean(rec)) if rec else 0.0
+        chosen = chosen.replace(**{name: max(REMEDY_GRID, key=recovered)})
+    return chosen
+
+
+def _remedy_set_by(case: Case, thresholds: Thresholds) -> str | None:
+    """Which of REMEDIES sets the LR of a constant-LR, full-data run judged too high (None otherwise)."""
+    if case.run["schedule"] != "constant" or case.run["small"]:
+        return None
+    d = diagnosed(case, thresholds)
+    finding = next((f for f in d.findings if "learning_rate" in f.remedy), None)
+    return SETS.get(finding.kind) if d.lr_verdict == "too high" and finding is not None else None
+
+
+SETS = {"nan": "cut_broken", "plateau": "cut_broken", "divergence": "cut_diverged", "oscillation": "cut_oscillating"}
 
 
 def remedy_recovery(group: list[Case], thresholds: Thresholds, scorers: dict[str, Scorer]) -> list[float]:
@@ -202,6 +274,7 @@ def main() -> None:
     parser.add_argument("--have", action="store_true", help="only the runs already generated (train nothing)")
     args = parser.parse_args()
     all_cases = cases(train=not args.have)
+    judge_all(all_cases)
     families = sorted({c.run["family"] for c in all_cases})
     cache = Cache(GRID_CACHE, False)
     present = {c.run["task"] for c in all_cases}
@@ -210,14 +283,17 @@ def main() -> None:
     for col in ("left out", "runs", "LR direction", "NaN/div P", "NaN/div R", "overfit P", "overfit R",
                 "remedy recovers"):
         table.add_column(col, justify="right" if col != "left out" else "left")
-    pooled, recovered, chosen = Tally(), [], Counter()
+    pooled, recovered, chosen = Tally(), [], {name: Counter[float]() for name in (*CALIBRATED, *REMEDIES)}
     for fam in families:
         test = [c for c in all_cases if c.run["family"] == fam]
-        th = fit([c for c in all_cases if c.run["family"] != fam])
-        chosen[repr(th)] += 1
-        t = tally(test, th)
+        rest = [c for c in all_cases if c.run["family"] != fam]
+        detect = fit(rest)
+        th = fit_remedies(rest, detect, scorers)
+        for name, counts in chosen.items():
+            counts[getattr(th, name)] += 1
+        t = tally(test, detect)
         for c in test:
-            pooled.add(c, diagnosed(c, th))
+            pooled.add(c, _SEEN[detect][_INDEX[id(c)]])
         rec = remedy_recovery(test, th, scorers)
         recovered += rec
         table.add_row(fam, str(len(test)), f"{t.accuracy:.2f} ({t.judged})", *_kinds(t),
@@ -226,11 +302,13 @@ def main() -> None:
     table.add_row("[bold]all, pooled[/]", str(len(all_cases)), f"[bold]{pooled.accuracy:.2f}[/] ({pooled.judged})",
                   *_kinds(pooled), f"[bold]{np.mean(recovered):.0%}[/] ({len(recovered)})" if recovered else "–")
     console.print(table)
-    fitted = fit(all_cases)
+    fitted = fit_remedies(all_cases, fit(all_cases), scorers)
     note = "" if fitted == THRESHOLDS else f" (gradpilot ships {THRESHOLDS})"
     console.print(f"thresholds fitted on all families: {fitted}{note}")
     writers = Counter(c.run["writer"] for c in all_cases)
-    console.print(f"written by {dict(writers)}; thresholds chosen per fold: {dict(chosen)}")
+    console.print(f"written by {dict(writers)}")
+    console.print("chosen by the folds: " + "; ".join(
+        f"{name} " + ", ".join(f"{v:.3g}×{n}" for v, n in sorted(counts.items())) for name, counts in chosen.items()))
     if args.mistakes:
         _mistakes(all_cases)
 

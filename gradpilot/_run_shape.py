@@ -6,6 +6,7 @@ NumPy only: ``gradpilot diagnose`` never imports torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -22,23 +23,31 @@ MIN_POINTS = 8  # logged training losses needed to judge a curve's shape
 class Thresholds:
     """The constants diagnosis is calibrated by (benchmarks/diagnose.py fits them leave-one-family-out)."""
 
-    too_low_share: float = 1 / 3  # share of the progress still in the second half: the LR, not stability, limits it
+    too_low_share: float = 0.25  # share of the progress still in the second half: the LR, not stability, limits it
     plateau: float = 0.03  # a loss that moved less than this share of its start has not trained
     chance: float = 0.01  # a loss within this share of ln(k) for k classes sits at chance
     rise: float = 1.0  # a loss that ends this many noise widths (and 2%) above its start has diverged
+    swing: float = 1.0  # validation that reverses by this many times its range, beyond one rise and fall, swings
+    # what the remedy multiplies the LR by (fitted on how much of the lost performance a re-run wins back):
+    cut_broken: float = 0.03  # a run the LR broke: a NaN, a loss that came back or sits at chance
+    cut_diverged: float = 0.03  # a loss that climbed back above where it began
+    cut_oscillating: float = 0.03  # a loss or validation score that swings
 
     def replace(self, **changes: Any) -> Thresholds:
         return dataclasses.replace(self, **changes)
 
 
 THRESHOLDS = Thresholds()
-CALIBRATED = ("too_low_share", "plateau", "chance", "rise")
+CALIBRATED = ("too_low_share", "plateau", "chance", "rise", "swing")
 CALIBRATION_GRID: dict[str, tuple[float, ...]] = {
     "too_low_share": (0.25, 1 / 3, 0.4),
     "plateau": (0.03, 0.05),
     "chance": (0.01, 0.02),
     "rise": (0.5, 1.0, 2.0),
+    "swing": (0.7, 1.0, 1.5, math.inf),
 }
+REMEDIES = ("cut_broken", "cut_diverged", "cut_oscillating")
+REMEDY_GRID = (0.5, 0.3, 0.1, 0.03)
 _ACTIVE: ContextVar[Thresholds] = ContextVar("gradpilot_thresholds", default=THRESHOLDS)
 
 
@@ -142,3 +151,36 @@ def decayed(history: History) -> bool:
         return False
     v = history.lr.values[np.isfinite(history.lr.values)]
     return bool(len(v)) and float(v[-1]) < 0.5 * float(v.max())
+
+
+MIN_EVALUATIONS = 5  # validation points needed to tell swings from one rise and fall
+
+
+def swing(values: np.ndarray) -> float:
+    """How far a validation series (higher is better) went up and down beyond one rise and one fall, in multiples
+    of its range: 0 for a series that only rose, only fell, or rose then fell (learning, then overfitting); 1 for
+    one extra reversal across the whole range."""
+    a = values[np.isfinite(values)]
+    if len(a) < MIN_EVALUATIONS:
+        return 0.0
+    top, span = float(a.max()), float(a.max() - a.min())
+    if span <= 1e-12:
+        return 0.0
+    travel = float(np.sum(np.abs(np.diff(a))))
+    return max(0.0, (travel - (top - float(a[0])) - (top - float(a[-1]))) / span)
+
+
+def swinging(history: History) -> tuple[str, np.ndarray, float] | None:
+    """The first validation series (metric, then loss) that swings by at least ``Thresholds.swing``: its name, its
+    finite values and the size of the swing."""
+    found = []
+    if history.val_metric is not None:
+        sign = 1.0 if history.higher_is_better else -1.0
+        found.append((history.metric_name or "metric", history.val_metric.values, sign))
+    if history.val_loss is not None:
+        found.append(("loss", history.val_loss.values, -1.0))
+    for name, values, sign in found:
+        size = swing(sign * values)
+        if size >= thresholds().swing:
+            return name, values[np.isfinite(values)], size
+    return None

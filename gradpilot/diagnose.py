@@ -23,6 +23,7 @@ from gradpilot._run_shape import (
     Thresholds,
     decayed,
     peak_lr,
+    swinging,
     train_curve,
     usable,
 )
@@ -116,7 +117,7 @@ def detect_nan(history: History) -> list[Finding]:
     while i > 0 and not np.isfinite(y[i - 1]):
         i -= 1
     before = f"; the last finite loss was {y[i - 1]:.4g} at step {x[i - 1]:g}" if i > 0 else ""
-    remedy, advice = _lr_remedy(history, 0.1)
+    remedy, advice = _lr_remedy(history, _th().cut_broken)
     return [Finding("nan", float(x[i]), float(x[-1]), f"the training loss is {y[i]} from step {x[i]:g}{before}",
                     1.0, remedy, advice + "; clip gradients (max_grad_norm=1.0)")]
 
@@ -135,29 +136,51 @@ def detect_divergence(history: History) -> list[Finding]:
                 f"{c.end:.4g} by step {c.steps[-1]:g}" if c.low < c.start else
                 f"loss rose from {c.start:.4g} to {c.end:.4g} by step {c.steps[-1]:g} and never came below its start")
     confidence = min(1.0, 0.6 + 0.4 * min(1.0, rise / max(abs(drop), c.noise, 1e-12) / 2))
-    remedy, advice = _lr_remedy(history, 0.3)
+    remedy, advice = _lr_remedy(history, _th().cut_diverged)
     return [Finding("divergence", c.low_step, float(c.steps[-1]), evidence, confidence, remedy,
                     advice + f"; or restart from the checkpoint near step {c.low_step:g}")]
 
 
 def detect_oscillation(history: History) -> list[Finding]:
-    """A loss that swings far more than minibatch noise explains: an early overshoot, or many big spikes.
+    """A loss that swings far more than minibatch noise explains: an early overshoot, many big spikes, or a
+    validation score that goes up and down from one evaluation to the next.
 
     (Noise that is large next to the progress made is no sign: a too-small LR makes little progress too.)"""
     c = train_curve(history)
-    if c is None or c.moved < 0.03 or c.late_share >= _th().too_low_share or detect_divergence(history):
-        return []  # a loss that never moved is a plateau; one still falling steadily is not oscillating
-    n = len(c.raw)
+    if c is None or detect_divergence(history):
+        return []
+    signs = _training_swings(c)
+    validation = _validation_swings(history)
+    if validation:
+        signs.append(validation)
+    if not signs:
+        return []
+    remedy, advice = _lr_remedy(history, _th().cut_oscillating)
+    return [Finding("oscillation", float(c.steps[0]), float(c.steps[-1]), "; ".join(signs),
+                    min(1.0, 0.5 + 0.2 * len(signs)), remedy, advice + " (or a larger batch)")]
+
+
+def _training_swings(c: Curve) -> list[str]:
+    """An early jump to five times the starting loss, or many spikes; none for a loss that never moved (a plateau),
+    and no spikes on one still falling steadily (its noise is large next to the little progress it made)."""
+    if c.moved < 0.03:
+        return []
     signs = []
     if c.early_jump > 5:
         signs.append(f"the loss jumped to {c.early_jump:.0f}× its starting value in the first tenth of the run")
-    if c.spikes >= max(8, n // 50):
+    if c.spikes >= max(8, len(c.raw) // 50) and c.late_share < _th().too_low_share:
         signs.append(f"{c.spikes} spikes to over three times the trend")
-    if not signs:
-        return []
-    remedy, advice = _lr_remedy(history, 0.5)
-    return [Finding("oscillation", float(c.steps[0]), float(c.steps[-1]), "; ".join(signs),
-                    min(1.0, 0.5 + 0.2 * len(signs)), remedy, advice + " (or a larger batch)")]
+    return signs
+
+
+def _validation_swings(history: History) -> str:
+    """Words saying the validation metric or loss swung up and down between evaluations, or ""."""
+    found = swinging(history)
+    if found is None:
+        return ""
+    name, v, size = found
+    return (f"validation {name} swung up and down over {len(v)} evaluations, between {v.min():.4g} and "
+            f"{v.max():.4g} ({size:.1f}× that range beyond one rise and fall)")
 
 
 def detect_plateau(history: History) -> list[Finding]:
@@ -182,15 +205,16 @@ def detect_plateau(history: History) -> list[Finding]:
 
 def _plateau_cause(c: Curve, fell: float, jump: bool, chance: bool) -> tuple[str, float]:
     """Why a loss ended where it began, and the factor for the LR: a broken run (a jump, a fall undone, a drop to
-    chance) wants a tenth of it, a loss that never moved ten times it. (One that ended clearly above its start
-    is a divergence, found before this.)"""
+    chance) wants it cut (``Thresholds.cut_broken``), a loss that never moved ten times it. (One that ended
+    clearly above its start is a divergence, found before this.)"""
+    cut = _th().cut_broken
     if jump:
-        return "an early jump suggests the LR broke the model", 0.1
+        return "an early jump suggests the LR broke the model", cut
     if fell > _th().plateau:
         return (f"it fell {fell:.1%} to {c.low:.4g} by step {c.low_step:g} and came back: the LR undid what it "
-                "learnt", 0.1)
+                "learnt", cut)
     if chance and c.start > c.end + 2 * c.noise and c.late_share < _th().too_low_share:
-        return "it dropped a little and sits at chance: the LR broke the model, which now predicts the prior", 0.1
+        return "it dropped a little and sits at chance: the LR broke the model, which now predicts the prior", cut
     return "too small an LR barely moves it", 10.0
 
 

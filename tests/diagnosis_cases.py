@@ -58,6 +58,9 @@ def cases() -> dict[str, History]:
         "underfitting, val still falling": _run(noisy, val=[1.0, 0.9, 0.8, 0.7, 0.6, 0.5], epochs=[1, 2, 3, 4, 5, 6]),
         "underfitting at a low lr": _run(2.0 - 0.002 * t, val=[1.9, 1.7, 1.5, 1.3, 1.1, 0.9]),
         "underfitting, no epochs": _run(noisy, val=[1.0, 0.9, 0.8, 0.7, 0.6, 0.5]),
+        "validation swings between evaluations (oscillation)": _run(
+            noisy, val=[1.0, 0.6, 0.9, 0.55, 0.95, 0.6, 0.85, 0.6]),
+        "validation falls, then rises and falls again": _run(noisy, val=[1.0, 0.6, 0.5, 0.6, 0.55, 0.7]),
         "two points": _run([2.3, 2.2]),
         "nine points": _run(2.0 * 0.9 ** np.arange(9)),
         "short and noisy": _run(1.0 + 0.3 * rng.standard_normal(30)),

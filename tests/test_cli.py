@@ -143,7 +143,7 @@ def test_diagnose_json_uses_the_plan_names(tmp_path):
     out = json.loads(result.stdout)
     finding = next(f for f in out["findings"] if f["kind"] == "divergence")
     assert set(finding) >= {"kind", "start", "end", "evidence", "confidence", "remedy"}
-    assert finding["remedy"] == {"learning_rate": 0.0003}
+    assert finding["remedy"] == {"learning_rate": 3e-05}  # 1e-3 cut ×0.03 (Thresholds.cut_diverged)
     assert out["learning_rate"]["verdict"] == "too high"
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gradpilot import History, diagnose, fit
-from gradpilot.diagnose import DETECTORS, KINDS
+from gradpilot.diagnose import DETECTORS, KINDS, THRESHOLDS
 from gradpilot.history import Series
 
 
@@ -50,7 +50,8 @@ def test_a_too_high_lr_really_diverges_and_is_found():
             classification(256, 1), 4)
     assert "divergence" in d.kinds and d.lr_verdict == "too high"
     finding = next(f for f in d.findings if f.kind == "divergence")
-    assert finding.remedy == {"learning_rate": 0.3} and "lr 1 → 0.3" in finding.advice
+    cut = THRESHOLDS.cut_diverged
+    assert finding.remedy == {"learning_rate": cut} and f"lr 1 → {cut:.2g}" in finding.advice
     assert "rose" in finding.evidence and "4544" in finding.evidence and finding.start < finding.end
 
 
@@ -58,7 +59,7 @@ def test_nan_is_found_with_the_step_it_started():
     m = mlp()
     d = run(m, torch.optim.SGD(m.parameters(), lr=0.6), nn.MSELoss(), regression(512), regression(256, 1), 4)
     assert d.kinds == {"nan"} and d.lr_verdict == "too high"
-    assert d.findings[0].remedy["learning_rate"] == pytest.approx(0.06) and "max_grad_norm" in d.findings[0].advice
+    assert d.findings[0].remedy["learning_rate"] == pytest.approx(float(f"{0.6 * THRESHOLDS.cut_broken:.2g}")) and "max_grad_norm" in d.findings[0].advice
 
 
 def test_oscillation_from_an_adam_lr_far_too_high():
@@ -66,7 +67,8 @@ def test_oscillation_from_an_adam_lr_far_too_high():
     d = run(m, torch.optim.Adam(m.parameters(), lr=0.3), nn.CrossEntropyLoss(), classification(1024),
             classification(256, 1), 4)
     assert "oscillation" in d.kinds and d.lr_verdict == "too high"
-    assert next(f for f in d.findings if f.kind == "oscillation").remedy == {"learning_rate": 0.15}
+    cut = float(f"{0.3 * THRESHOLDS.cut_oscillating:.2g}")
+    assert next(f for f in d.findings if f.kind == "oscillation").remedy == {"learning_rate": cut}
 
 
 def test_plateau_when_the_lr_is_far_too_low():
@@ -208,7 +210,7 @@ def test_recorded_answers_on_runs_of_every_kind():
 def test_an_early_jump_then_flat_is_an_lr_too_high_not_too_low():
     d = diagnose(synthetic(np.r_[2.3, 2.3, 9.0, 6.0, np.full(96, 2.29)], lr=0.1))
     plateau = next(f for f in d.findings if f.kind == "plateau")
-    assert plateau.remedy == {"learning_rate": 0.01} and "broke the model" in plateau.evidence
+    assert plateau.remedy == {"learning_rate": 0.003} and "broke the model" in plateau.evidence
     assert d.lr_verdict == "too high"
     flat = diagnose(synthetic(np.full(100, 2.3), lr=0.1))
     assert flat.findings[0].remedy == {"learning_rate": 1.0} and flat.lr_verdict == "too low"
@@ -265,7 +267,7 @@ def test_a_loss_that_drops_a_little_then_sits_at_chance_is_an_lr_too_high():
     h = History(Series(steps, loss), val_metric=val_acc, metric_name="val_accuracy", lr=Series(steps, np.full(300, 0.5)))
     d = diagnose(h)
     plateau = next(f for f in d.findings if f.kind == "plateau")
-    assert d.lr_verdict == "too high" and plateau.remedy == {"learning_rate": 0.05}
+    assert d.lr_verdict == "too high" and plateau.remedy == {"learning_rate": float(f"{0.5 * THRESHOLDS.cut_broken:.2g}")}
     assert "guessing among 10 classes" in plateau.evidence and "accuracy is 0.1" in plateau.evidence
     steady = diagnose(synthetic(np.linspace(2.31, 2.27, 300), lr=1e-6))  # no drop to chance: a slow start
     assert steady.lr_verdict == "too low"
@@ -317,8 +319,53 @@ def test_every_lr_verdict_comes_with_a_finding_that_carries_the_new_lr():
 
 
 def test_thresholds_are_a_parameter_and_change_the_judgement():
-    from gradpilot.diagnose import THRESHOLDS
 
     h = synthetic(np.linspace(2.0, 1.86, 300), lr=1e-3)  # moved 7%
     assert "plateau" not in diagnose(h).kinds and THRESHOLDS.plateau < 0.07
     assert "plateau" in diagnose(h, THRESHOLDS.replace(plateau=0.08)).kinds
+
+
+def test_swing_counts_reversals_beyond_one_rise_and_fall():
+    from gradpilot._run_shape import swing
+
+    assert swing(np.array([0.1, 0.4, 0.6, 0.8, 0.9])) == 0.0  # rose
+    assert swing(np.array([0.5, 0.8, 0.9, 0.85, 0.7, 0.6])) == 0.0  # rose, then fell: overfitting's shape
+    assert swing(np.array([0.2, 1.0, 0.2, 1.0, 1.0])) == pytest.approx(2.0)  # one fall and rise across the range
+    assert swing(np.array([0.2, 1.0, 0.2, 1.0])) == 0.0  # too few evaluations to tell
+    assert swing(np.array([0.2, np.nan, 1.0, 0.6, 1.0, 0.9])) == pytest.approx(1.0)  # non-finite points skipped
+
+
+def test_validation_that_swings_between_evaluations_is_an_lr_too_high():
+
+    steps = np.arange(1.0, 401)
+    loss = 0.4 + 1.5 * np.exp(-steps / 40) + 0.02 * np.random.default_rng(6).standard_normal(400)
+    at = np.arange(50.0, 401, 50)
+    swinging = Series(at, np.array([0.55, 0.81, 0.62, 0.86, 0.58, 0.84, 0.6, 0.79]))
+    overfit = Series(at, np.array([0.55, 0.7, 0.8, 0.85, 0.84, 0.82, 0.8, 0.78]))
+
+    def judged(acc):
+        return diagnose(History(Series(steps, loss), val_metric=acc, metric_name="val_accuracy",
+                                lr=Series(steps, np.full(400, 0.02))))
+
+    d = judged(swinging)
+    found = next(f for f in d.findings if f.kind == "oscillation")
+    assert d.lr_verdict == "too high" and "validation val_accuracy swung up and down over 8 evaluations" in found.evidence
+    assert found.remedy == {"learning_rate": float(f"{0.02 * THRESHOLDS.cut_oscillating:.2g}")}
+    assert "oscillation" not in judged(overfit).kinds
+    never = THRESHOLDS.replace(swing=float("inf"))
+    assert "oscillation" not in diagnose(History(Series(steps, loss), val_metric=swinging,
+                                                 metric_name="val_accuracy"), never).kinds
+
+
+def test_remedy_factors_are_thresholds():
+
+    nan_run = synthetic(np.r_[np.linspace(2, 1, 300), np.full(300, np.nan)], lr=1.0)
+    rises = synthetic(np.r_[np.linspace(2.0, 1.5, 100), np.linspace(1.5, 3.5, 500)], lr=1.0)
+    steps = np.arange(1.0, 401)
+    swings = synthetic(0.4 + 1.5 * np.exp(-steps / 40), lr=1.0,
+                       val=Series(np.arange(50.0, 401, 50), np.array([1.0, 0.6, 0.9, 0.55, 0.95, 0.6, 0.85, 0.6])))
+    for name, run, kind in (("cut_broken", nan_run, "nan"), ("cut_diverged", rises, "divergence"),
+                            ("cut_oscillating", swings, "oscillation")):
+        for cut in (0.2, 0.05):
+            d = diagnose(run, THRESHOLDS.replace(**{name: cut}))
+            assert next(f for f in d.findings if f.kind == kind).remedy == {"learning_rate": cut}, name
