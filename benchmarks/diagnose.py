@@ -14,7 +14,9 @@ and labelled from facts the training loop recorded (never from the log):
   the remedy names (same task and steps), and the share of the lost performance it wins back is reported.
 
 Every figure is leave-one-family-out: the diagnosis's calibrated constants (gradpilot.diagnose.Thresholds) are
-chosen on the other families, then the left-out family is scored.
+chosen on the other families, then the left-out family is scored. The detection constants are chosen over their
+whole grid by direction accuracy plus the two kinds' F1 (each run diagnosed once per candidate set, in worker
+processes); the remedy's LR factors by the lost performance their re-runs win back on the other families.
 
     python benchmarks/diagnose.py              # generates the corpus first if needed (cached)
     python benchmarks/diagnose.py --mistakes   # and lists what it got wrong

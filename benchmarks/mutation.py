@@ -67,7 +67,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("diagnose", "train_end > at_best * 1.5", "Gt → GtE"): _CONTINUOUS,
     ("diagnose", "not constant or c.moved < 0.3", "Lt → LtE"): _CONTINUOUS,
     ("diagnose", "(c.late_share >= _th().too_low_share or c.moved < 0.3)", "GtE → Gt"): _CONTINUOUS,
-    ("diagnose", 'verb = "lower" if factor < 1', "1 → 2"): "the factors used are 0.1, 0.3, 0.5, 3 and 10: none in [1, 2)",
+    ("diagnose", "(c.late_share >= _th().too_low_share or c.moved < 0.3)", "Lt → LtE"): _CONTINUOUS,
+    ("diagnose", "gave_back = drop > 3 * c.noise and rise > 0.5 * drop", "Gt → GtE"): _CONTINUOUS,
+    ("diagnose", 'verb = "lower" if factor < 1', "1 → 2"): "the factors used are 3, 10 and Thresholds' cuts (under 1): none in [1, 2)",
     ("diagnose", "while end and not finite[end - 1]", "1 → 2"):
         "stops one point earlier inside the trailing non-finite block; the finite points kept are the same",
     ("accumulation", "if len(counts) == 1 and world_size == 1", "Eq → NotEq"):

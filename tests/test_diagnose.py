@@ -369,3 +369,55 @@ def test_remedy_factors_are_thresholds():
         for cut in (0.2, 0.05):
             d = diagnose(run, THRESHOLDS.replace(**{name: cut}))
             assert next(f for f in d.findings if f.kind == kind).remedy == {"learning_rate": cut}, name
+
+
+def test_two_classes_at_chance_with_accuracy_a_little_under_a_half():
+    rng = np.random.default_rng(8)
+    loss = np.r_[np.linspace(0.75, np.log(2), 20), np.full(280, np.log(2))] + 0.001 * rng.standard_normal(300)
+    steps = np.arange(1.0, 301)
+    acc = Series(np.array([100.0, 200.0, 300.0]), np.array([0.52, 0.47, 0.46]))
+    d = diagnose(History(Series(steps, loss), val_metric=acc, metric_name="val_acc", lr=Series(steps, np.full(300, 1.0))))
+    plateau = next(f for f in d.findings if f.kind == "plateau")
+    assert d.lr_verdict == "too high" and "guessing among 2 classes" in plateau.evidence
+
+
+def test_a_small_fall_a_third_undone_is_a_fall_that_came_back():
+    loss = np.r_[np.linspace(1.0, 0.96, 100), np.linspace(0.96, 0.972, 200)]
+    d = diagnose(synthetic(loss + 0.0005 * np.random.default_rng(9).standard_normal(300), lr=0.2))
+    plateau = next(f for f in d.findings if f.kind == "plateau")
+    assert d.lr_verdict == "too high" and "it fell 3.7% to 0.9608" in plateau.evidence
+
+
+def test_json_safe_reaches_into_nested_dicts_and_lists():
+    from gradpilot.diagnose import json_safe
+
+    assert json_safe({"a": [float("nan"), {"b": float("inf"), "c": np.float64(2.5)}], "d": np.int64(3)}) == \
+        {"a": [None, {"b": None, "c": 2.5}], "d": 3}
+
+
+def test_eight_big_spikes_are_enough_for_oscillation_seven_are_not():
+    steps = np.arange(300)
+    base = 0.3 + 2.0 * np.exp(-steps / 40) + 0.01 * np.random.default_rng(10).standard_normal(300)
+
+    def spiked(count):
+        loss = base.copy()
+        loss[np.arange(count) * 30 + 60] *= 8
+        return diagnose(synthetic(loss, lr=0.01))
+
+    assert "oscillation" in spiked(8).kinds and "8 spikes" in spiked(8).findings[0].evidence
+    assert "oscillation" not in spiked(7).kinds
+
+
+def test_overfitting_needs_its_best_before_the_last_fifth_and_the_training_loss_not_rising():
+    steps = np.arange(1.0, 501)
+    falling = 0.5 + 0.5 * np.exp(-steps / 50)
+    at = np.arange(50.0, 501, 50)
+    late_best = Series(at, np.array([1.0, 0.9, 0.8, 0.7, 0.65, 0.6, 0.55, 0.52, 0.5, 0.56]))
+    assert "overfitting" not in diagnose(History(Series(steps, falling), val_loss=late_best,
+                                                 lr=Series(steps, np.full(500, 1e-3)))).kinds
+    early_best = Series(at, np.array([1.0, 0.8, 0.6, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8]))
+    found = diagnose(History(Series(steps, falling), val_loss=early_best, lr=Series(steps, np.full(500, 1e-3))))
+    assert "overfitting" in found.kinds
+    rose = np.where(steps > 200, falling[199] + 0.1 * (steps - 200) / 300, falling)  # up a fifth of its fall
+    assert "overfitting" not in diagnose(History(Series(steps, rose), val_loss=early_best,
+                                                 lr=Series(steps, np.full(500, 1e-3)))).kinds
