@@ -170,17 +170,27 @@ def swing(values: np.ndarray) -> float:
     return max(0.0, (travel - (top - float(a[0])) - (top - float(a[-1]))) / span)
 
 
+SWING_SHARE = 0.1  # reversals smaller than this share of the yardstick are evaluation noise, not swings
+
+
 def swinging(history: History) -> tuple[str, np.ndarray, float] | None:
     """The first validation series (metric, then loss) that swings by at least ``Thresholds.swing``: its name, its
-    finite values and the size of the swing."""
+    finite values and the size of the swing. The reversals must also be large in absolute terms — a tenth of
+    the metric's typical value, or of how far the training loss came down — so that a validation score
+    already flat at its best, which jitters across its own tiny range, is not taken for a swing."""
     found = []
     if history.val_metric is not None:
         sign = 1.0 if history.higher_is_better else -1.0
-        found.append((history.metric_name or "metric", history.val_metric.values, sign))
-    if history.val_loss is not None:
-        found.append(("loss", history.val_loss.values, -1.0))
-    for name, values, sign in found:
+        v = history.val_metric.values
+        level = float(np.median(np.abs(v[np.isfinite(v)]))) if np.isfinite(v).any() else 0.0
+        found.append((history.metric_name or "metric", v, sign, level))
+    train = train_curve(history)
+    if history.val_loss is not None and train is not None:
+        found.append(("loss", history.val_loss.values, -1.0, train.scale))
+    for name, values, sign, yardstick in found:
+        finite = values[np.isfinite(values)]
         size = swing(sign * values)
-        if size >= thresholds().swing:
-            return name, values[np.isfinite(values)], size
+        excess = size * float(np.ptp(finite)) if len(finite) else 0.0
+        if size >= thresholds().swing and excess >= SWING_SHARE * yardstick:
+            return name, finite, size
     return None

@@ -352,6 +352,14 @@ def test_validation_that_swings_between_evaluations_is_an_lr_too_high():
     assert d.lr_verdict == "too high" and "validation val_accuracy swung up and down over 8 evaluations" in found.evidence
     assert found.remedy == {"learning_rate": float(f"{0.02 * THRESHOLDS.cut_oscillating:.2g}")}
     assert "oscillation" not in judged(overfit).kinds
+    flat_at_best = Series(at, np.array([0.95, 0.96, 0.95, 0.97, 0.95, 0.96, 0.95, 0.96]))  # jitter, not swings
+    assert "oscillation" not in judged(flat_at_best).kinds
+    jitter = Series(at, 0.45 + np.array([0.0, 0.01, -0.01, 0.012, -0.008, 0.01, -0.01, 0.005]))
+    assert "oscillation" not in diagnose(History(Series(steps, loss), val_loss=jitter,
+                                                 lr=Series(steps, np.full(400, 0.02)))).kinds
+    big = Series(at, np.array([0.9, 0.5, 0.8, 0.45, 0.85, 0.5, 0.8, 0.5]))  # the same shape, a fifth of the fall
+    assert "oscillation" in diagnose(History(Series(steps, loss), val_loss=big,
+                                             lr=Series(steps, np.full(400, 0.02)))).kinds
     never = THRESHOLDS.replace(swing=float("inf"))
     assert "oscillation" not in diagnose(History(Series(steps, loss), val_metric=swinging,
                                                  metric_name="val_accuracy"), never).kinds
