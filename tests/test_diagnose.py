@@ -429,3 +429,15 @@ def test_overfitting_needs_its_best_before_the_last_fifth_and_the_training_loss_
     rose = np.where(steps > 200, falling[199] + 0.1 * (steps - 200) / 300, falling)  # up a fifth of its fall
     assert "overfitting" not in diagnose(History(Series(steps, rose), val_loss=early_best,
                                                  lr=Series(steps, np.full(500, 1e-3)))).kinds
+
+
+def test_a_real_adam_run_far_too_high_swings_in_validation_and_a_fine_sgd_run_does_not():
+    m = mlp(2, 64)
+    d = run(m, torch.optim.Adam(m.parameters(), lr=0.1), nn.CrossEntropyLoss(), classification(512),
+            classification(256, 1), 8)
+    found = next(f for f in d.findings if f.kind == "oscillation")
+    assert d.lr_verdict == "too high" and "validation loss swung up and down over 8 evaluations" in found.evidence
+    m = mlp(2, 64)
+    calm = run(m, torch.optim.SGD(m.parameters(), lr=0.5), nn.CrossEntropyLoss(), classification(512),
+               classification(256, 1), 8)
+    assert "oscillation" not in calm.kinds and calm.lr_verdict != "too high"
