@@ -13,7 +13,7 @@ and labelled from facts the training loop recorded (never from the log):
 - The remedy is tested: each full-data constant-LR run judged too high or too low is trained again at the LR
   the remedy names (same task and steps), and the share of the lost performance it wins back is reported.
 
-Every figure is leave-one-family-out: the diagnosis's calibrated constants (gradpilot.diagnose.Thresholds) are
+Every figure is leave-one-family-out: the diagnosis's calibrated constants (gradpilot.diagnosis.Thresholds) are
 chosen on the other families, then the left-out family is scored. The detection constants are chosen over their
 whole grid by direction accuracy plus the two kinds' F1 (each run diagnosed once per candidate set, in worker
 processes); the remedy's LR factors by the lost performance their re-runs win back on the other families.

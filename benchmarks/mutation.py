@@ -33,7 +33,7 @@ TESTS = {  # module -> the tests that speak for it
     "accumulation": ["tests/test_accumulation.py"],
     "schedules": ["tests/test_schedules.py"],
     "early_stopping": ["tests/test_early_stopping.py"],
-    "diagnose": ["tests/test_diagnose.py"],
+    "diagnosis": ["tests/test_diagnosis.py"],
 }
 SWAPS: dict[type, type] = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
                            ast.NotEq: ast.Eq, ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
@@ -60,17 +60,17 @@ class Mutant:
 # table gives the score with and without them. Identified by module, a piece of the line, and the change.
 _CONTINUOUS = "a strict or non-strict comparison of two measured floats: they are equal only by coincidence"
 EQUIVALENT: dict[tuple[str, str, str], str] = {
-    ("diagnose", "memo is not None and id(values) in memo", "IsNot → Is"):
+    ("diagnosis", "memo is not None and id(values) in memo", "IsNot → Is"):
         "without the memo the curve is measured again: the same answer, more work",
-    ("diagnose", "c.end > c.start + _th().rise * c.noise", "Gt → GtE"): _CONTINUOUS,
-    ("diagnose", "c.moved < 0.03 or c.late_share", "Lt → LtE"): _CONTINUOUS,
-    ("diagnose", "train_end > at_best * 1.5", "Gt → GtE"): _CONTINUOUS,
-    ("diagnose", "not constant or c.moved < 0.3", "Lt → LtE"): _CONTINUOUS,
-    ("diagnose", "(c.late_share >= _th().too_low_share or c.moved < 0.3)", "GtE → Gt"): _CONTINUOUS,
-    ("diagnose", "(c.late_share >= _th().too_low_share or c.moved < 0.3)", "Lt → LtE"): _CONTINUOUS,
-    ("diagnose", "gave_back = drop > 3 * c.noise and rise > 0.5 * drop", "Gt → GtE"): _CONTINUOUS,
-    ("diagnose", 'verb = "lower" if factor < 1', "1 → 2"): "the factors used are 3, 10 and Thresholds' cuts (under 1): none in [1, 2)",
-    ("diagnose", "while end and not finite[end - 1]", "1 → 2"):
+    ("diagnosis", "c.end > c.start + _th().rise * c.noise", "Gt → GtE"): _CONTINUOUS,
+    ("diagnosis", "c.moved < 0.03 or c.late_share", "Lt → LtE"): _CONTINUOUS,
+    ("diagnosis", "train_end > at_best * 1.5", "Gt → GtE"): _CONTINUOUS,
+    ("diagnosis", "not constant or c.moved < 0.3", "Lt → LtE"): _CONTINUOUS,
+    ("diagnosis", "(c.late_share >= _th().too_low_share or c.moved < 0.3)", "GtE → Gt"): _CONTINUOUS,
+    ("diagnosis", "(c.late_share >= _th().too_low_share or c.moved < 0.3)", "Lt → LtE"): _CONTINUOUS,
+    ("diagnosis", "gave_back = drop > 3 * c.noise and rise > 0.5 * drop", "Gt → GtE"): _CONTINUOUS,
+    ("diagnosis", 'verb = "lower" if factor < 1', "1 → 2"): "the factors used are 3, 10 and Thresholds' cuts (under 1): none in [1, 2)",
+    ("diagnosis", "while end and not finite[end - 1]", "1 → 2"):
         "stops one point earlier inside the trailing non-finite block; the finite points kept are the same",
     ("accumulation", "if len(counts) == 1 and world_size == 1", "Eq → NotEq"):
         "the fast path and the general one give the same [1.0] for a lone batch in one process",

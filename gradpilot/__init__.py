@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 # torch-free: imported now
 from gradpilot import scaling
-from gradpilot.diagnose import Diagnosis, Finding, diagnose
+from gradpilot.diagnosis import Diagnosis, Finding, diagnose
 from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError
 from gradpilot.history import History
@@ -21,14 +21,15 @@ if TYPE_CHECKING:  # need torch: imported on first use, through __getattr__ belo
     from gradpilot.batch_size import BatchSizeResult, NoiseScaleResult, estimate_noise_scale, find_batch_size
     from gradpilot.lr_finder import LRFinderResult, find_lr
     from gradpilot.monitor import Monitor
-    from gradpilot.task import Task, load_task
+    from gradpilot.task import Task
+    from gradpilot.task_file import load_task
     from gradpilot.training import FitResult, fit
     from gradpilot.tune import TuneResult, tune
 
 _WHERE = {
     "BatchSizeResult": "batch_size", "NoiseScaleResult": "batch_size", "estimate_noise_scale": "batch_size",
     "find_batch_size": "batch_size", "LRFinderResult": "lr_finder",
-    "find_lr": "lr_finder", "Monitor": "monitor", "Task": "task", "load_task": "task", "FitResult": "training",
+    "find_lr": "lr_finder", "Monitor": "monitor", "Task": "task", "load_task": "task_file", "FitResult": "training",
     "fit": "training", "TuneResult": "tune", "tune": "tune",
 }
 
@@ -59,7 +60,7 @@ __version__ = "0.1.0"
 
 
 _SUBMODULES = ("batch_size", "lr_finder", "training", "evaluation", "monitor", "task", "report", "cli", "examples",
-               "accumulation", "schedules", "suggest", "tune")
+               "accumulation", "schedules", "suggest", "tune", "task_file", "distributed", "diagnosis")
 
 
 def __getattr__(name: str) -> Any:

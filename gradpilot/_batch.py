@@ -17,6 +17,22 @@ LossFn = Callable[[Any, Any], torch.Tensor]
 TARGET_KEYS = ("labels", "label", "targets", "target", "y")
 
 
+def check_trains(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Refuse, before any training, a run that would train nothing: an optimizer that holds none of the
+    model's parameters, or parameters (the model's, or those of them the optimizer holds) none of which
+    requires grad."""
+    params = list(model.parameters())
+    if optimizer is not None:
+        own = {id(p) for p in params}
+        params = [p for g in optimizer.param_groups for p in g["params"] if id(p) in own]
+        if not params:
+            raise GradpilotError("the optimizer holds none of the model's parameters: build it from model.parameters()")
+    if not any(p.requires_grad for p in params):
+        held = " the optimizer holds" if optimizer is not None else ""
+        raise GradpilotError(f"the model has no trainable parameters{held} (a frozen model, or none): "
+                             "unfreeze what should train")
+
+
 def split_batch(batch: Any) -> tuple[Any, Any] | None:
     """``(inputs, targets)`` of an ``(inputs, targets)`` pair or of a dict with its targets under one of
     ``TARGET_KEYS`` (the inputs are then the dict without them); None for any other batch."""

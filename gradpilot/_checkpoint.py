@@ -9,56 +9,56 @@ temporary file a kill left behind.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from gradpilot.errors import GradpilotError
+from gradpilot._files import remove_temporaries, write_atomic
+from gradpilot.errors import GradpilotError, describe
 
 NAME = "last.pt"
-FORMAT = 2  # bumped whenever the checkpoint's layout changes
-_TMP_PREFIX = f".{NAME}."
-_TMP_SUFFIX = ".tmp"
+FORMAT = 2  # bumped whenever what a key of LAYOUT holds changes
+# Every key of a fit checkpoint (``_loop._snapshot`` writes them). ``save`` refuses another set of keys and
+# ``load`` a file whose keys differ, so a change to what the loop saves fails its first test until it is
+# written here too, and a checkpoint of the old layout is refused in one line, never half read.
+LAYOUT = frozenset({
+    "fingerprint", "epoch", "windows_done", "step", "losses", "lrs", "val", "val_losses", "epoch_steps",
+    "best_state", "stop_reason", "model", "optimizer", "scheduler", "epoch_rng", "rng", "epoch_losses",
+})
+_AFRESH = "move it away to start the run afresh"
 
 
 def save(state: dict[str, Any], directory: Path) -> Path:
     """Write ``state`` to ``directory/last.pt`` atomically, readable by its owner only."""
+    if set(state) != LAYOUT:
+        raise AssertionError(f"a fit checkpoint's keys changed ({sorted(set(state) ^ LAYOUT)}): update "
+                             "_checkpoint.LAYOUT and bump FORMAT")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=directory)  # mode 0600, O_EXCL
+    return save_file(directory / NAME, {"format": FORMAT, **state})
+
+
+def save_file(path: Path, state: Any) -> Path:
+    """Tensors and plain values (weights, an optimizer's state) in ``path``: atomic, owner-only."""
+    return write_atomic(path, lambda f: torch.save(state, f), private=True)
+
+
+def load_file(path: Path, remedy: str = _AFRESH) -> Any:
+    """What ``save_file`` wrote, on the CPU; runs no code from the file. A damaged or foreign file is one line
+    naming it."""
+    if path.is_symlink() or not path.is_file():
+        raise GradpilotError(f"{path} is not a regular file: {remedy}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_folder(directory)
-    return directory / NAME
-
-
-def _fsync_folder(directory: Path) -> None:
-    try:  # make the rename itself durable
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise GradpilotError(f"{path} cannot be read safely ({describe(exc)}): {remedy}") from None
 
 
 def remove_stale_temporaries(directory: Path) -> None:
     """Delete the temporary files a run killed mid-write left behind (links are removed, never followed)."""
-    if directory.is_dir():
-        for leftover in directory.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):
-            leftover.unlink(missing_ok=True)
+    remove_temporaries(directory, NAME)
 
 
 def load(directory: Path) -> dict[str, Any] | None:
@@ -66,17 +66,9 @@ def load(directory: Path) -> dict[str, Any] | None:
     path = directory / NAME
     if not path.exists() and not path.is_symlink():
         return None
-    if path.is_symlink() or not path.is_file():
-        raise GradpilotError(f"checkpoint {path} is not a regular file: move it away to start the run afresh")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise GradpilotError(f"checkpoint {path} cannot be read safely ({type(exc).__name__}: {first}); "
-                             "move it away to start the run afresh") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise GradpilotError(f"checkpoint {path} was not written by this version of gradpilot's fit; "
-                             "move it away to start the run afresh")
+    state = load_file(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT or set(state) - {"format"} != LAYOUT:
+        raise GradpilotError(f"checkpoint {path} was not written by this version of gradpilot's fit: {_AFRESH}")
     return state
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from gradpilot.errors import GradpilotError
+from gradpilot.errors import GradpilotError, describe, first_line
 
 if TYPE_CHECKING:
     from gradpilot.task import Task
@@ -64,8 +63,7 @@ def _one_line_errors(command: F) -> F:
         except Exception as exc:
             if os.environ.get("GRADPILOT_DEBUG"):
                 raise
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise _fail(_escape(f"{type(exc).__name__}: {first} (GRADPILOT_DEBUG=1 shows where)"), code=3) from None
+            raise _fail(_escape(f"{describe(exc, 300)} (GRADPILOT_DEBUG=1 shows where)"), code=3) from None
 
     return run  # type: ignore[return-value]
 
@@ -76,15 +74,15 @@ def _escape(text: str) -> str:
 
 def _load(task_file: Path | None, seed: int) -> Task:
     from gradpilot.examples import example_task
-    from gradpilot.task import load_task
+    from gradpilot.task_file import load_task
 
     return example_task(seed) if task_file is None else load_task(task_file, seed=seed)
 
 
 def _dumps(value: Any) -> str:
-    from gradpilot.diagnose import json_safe
+    from gradpilot._files import dumps
 
-    return json.dumps(json_safe(value), allow_nan=False)
+    return dumps(value)
 
 
 def _draw(draw: Callable[[], Any], path: Path) -> bool:
@@ -94,7 +92,7 @@ def _draw(draw: Callable[[], Any], path: Path) -> bool:
         return True
     except Exception as exc:
         err_console.print(
-            f"[bold red]error:[/] could not draw {path}: {_escape(str(exc).splitlines()[0][:200])}",
+            f"[bold red]error:[/] could not draw {path}: {_escape(first_line(exc))}",
             highlight=False,
             soft_wrap=True,
         )

@@ -7,32 +7,26 @@ millions of rows costs a few bytes a row (not a dict a row).
 from __future__ import annotations
 
 import math
-import re
 from array import array
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+from gradpilot._direction import lower_is_better, words
 from gradpilot.errors import GradpilotError
 from gradpilot.history import History, Series
 
 STEP_NAMES = ("step", "global_step", "train_global_step", "iteration", "iter", "steps", "trainer_global_step")
 EPOCH_NAMES = ("epoch", "epochs", "train_epoch")
 VAL_TOKENS = {"val", "valid", "validation", "eval", "evaluation", "test", "dev"}
-LOWER_IS_BETTER = {"loss", "error", "err", "mse", "mae", "rmse", "perplexity", "ppl", "wer", "cer"}
 IGNORED = {"runtime", "samples_per_second", "steps_per_second", "flos", "grad_norm", "time", "timestamp"}
-
-
-def tokens(name: str) -> list[str]:
-    """``"train/loss"`` → ``["train", "loss"]``; ``"lr-AdamW/pg1"`` → ``["lr", "adamw", "pg1"]``."""
-    return [t for t in re.split(r"[^a-z0-9]+", name.lower()) if t]
 
 
 def classify(name: str) -> str | None:
     """What a logged column holds: ``step``, ``epoch``, ``train_loss``, ``train_loss_epoch``, ``val_loss``,
     ``val_metric``, ``lr``, or None for anything else."""
-    norm = "_".join(tokens(name))
+    norm = "_".join(words(name))
     toks = set(norm.split("_"))
     if norm in STEP_NAMES:
         return "step"
@@ -115,7 +109,7 @@ class Columns:
         train = self._series(train_col, x)
         if train is None:
             raise GradpilotError(f"{self.source}: the column {train_col!r} holds no numbers")
-        metric_col = next((c for c in self.order.get("val_metric", []) if not set(tokens(c)) & IGNORED), None)
+        metric_col = next((c for c in self.order.get("val_metric", []) if not set(words(c)) & IGNORED), None)
         lr_cols = sorted(self.order.get("lr", []),  # the first param group's LR: "lr-AdamW" or ".../pg1"
                          key=lambda c: (("pg" in c.lower()) and not c.lower().endswith("pg1"), c))
         val_col = self._first("val_loss")
@@ -124,7 +118,7 @@ class Columns:
             val_loss=self._series(val_col, x),
             val_metric=self._series(metric_col, x),
             metric_name=metric_col,
-            higher_is_better=metric_col is not None and not set(tokens(metric_col)) & LOWER_IS_BETTER,
+            higher_is_better=metric_col is not None and not lower_is_better(metric_col),
             lr=self._series(lr_cols[0] if lr_cols else None, x),
             source=self.source,
             val_epochs=self._epochs_at(val_col, x),

@@ -7,7 +7,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gradpilot.diagnose import Diagnosis, Finding
+    from gradpilot.diagnosis import Diagnosis, Finding
 
 # plan name -> (Lightning's name for it, how to say "set it to {value}")
 LIGHTNING: dict[str, tuple[str, str]] = {

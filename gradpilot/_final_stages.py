@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from gradpilot import _checkpoint
+from gradpilot._direction import better
 from gradpilot._stages import MIN_LR_RATE, Stage, _Context, _least_epochs
 from gradpilot._workers import worker_id
 from gradpilot.early_stopping import EarlyStopping
@@ -73,15 +75,15 @@ def schedule(ctx: _Context) -> Stage:
     ctx.say(f"{name} over {n} epochs")
     result, _ = _train(ctx, name, n, None)
     score = _score(result)
-    sign = -1.0 if ctx.task.higher_is_better else 1.0
-    better = fixed is not None or constant is None or sign * score < sign * float(constant)
+    wins = fixed is not None or constant is None or better(score, float(constant),
+                                                           higher_is_better=ctx.task.higher_is_better)
     options = {"min_lr": MIN_LR_RATE * float(ctx.values["learning_rate"])} if name == "cosine_with_min_lr" else {}
     decision = {"lr_scheduler_type": name, "lr_scheduler_kwargs": options, "metric": score, "num_train_epochs": n,
-                "model_file": f"{name}.pt"} if better else _kept_constant(ctx)
+                "model_file": f"{name}.pt"} if wins else _kept_constant(ctx)
     decision["trained_by"] = f"{worker_id()} in {ctx.out.resolve()}"
     why = f"{name} over {n} epochs validates at {score:.4g}, the one run the budget paid for" if constant is None else \
         f"{name} over {n} epochs validates at {score:.4g} against the constant LR's {constant:.4g}: " + \
-        ("kept" if better else "the constant LR is kept")
+        ("kept" if wins else "the constant LR is kept")
     tried = [{name: score}] if constant is None else [{"constant": constant}, {name: score}]
     return Stage("schedule", decision, why, alternatives=tried,
                  evidence={"val_metrics": list(result.val_metrics), "lrs": list(result.lrs)},
@@ -115,7 +117,8 @@ def _train(ctx: _Context, name: str, n_epochs: int, stopper: EarlyStopping | Non
     result = fit(task, task.make_optimizer(float(v["learning_rate"])), train_loader=loader, epochs=n_epochs,
                  accumulation_steps=k, scheduler=name, scheduler_options=options, early_stopping=stopper,
                  checkpoint_dir=ctx.out / "runs" / name)
-    torch.save(task.model.state_dict(), ctx.out / "runs" / f"{'constant' if 'constant' in name else name}.pt")
+    kept = "constant" if "constant" in name else name
+    _checkpoint.save_file(ctx.out / "runs" / f"{kept}.pt", task.model.state_dict())
     return result, warm
 
 

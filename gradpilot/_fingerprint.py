@@ -94,11 +94,24 @@ def _text(value: Any) -> str:
     return repr(value) if isinstance(value, (int, str, bool, tuple, list, type(None))) else type(value).__name__
 
 
-def check_same(saved: Mapping[str, Any], current: Mapping[str, Any], where: str) -> None:
-    """Refuse, in one line, to continue a run whose settings changed."""
+def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """A digest of a state dict's names and values: two runs start from the same weights when it matches."""
+    h = hashlib.blake2b(digest_size=8)
+    _feed(h, dict(state))
+    return h.hexdigest()
+
+
+def check_same(saved: Mapping[str, Any], current: Mapping[str, Any], *, what: str, remedy: str) -> None:
+    """Refuse, in one line naming what changed, to continue ``what`` (a run, a tune, a shared study) whose
+    settings differ from those it was started with."""
     keys = [k for k in dict.fromkeys([*saved, *current]) if saved.get(k) != current.get(k)]
     if keys:
-        changes = "; ".join(f"{k}: {saved.get(k, 'unset')} → {current.get(k, 'unset')}" for k in keys[:4])
+        changes = "; ".join(f"{k}: {_short(saved.get(k, 'unset'))} → {_short(current.get(k, 'unset'))}"
+                            for k in keys[:4])
         more = f" (and {len(keys) - 4} more)" if len(keys) > 4 else ""
-        raise GradpilotError(f"{where} holds a run with other settings ({changes}{more}); "
-                             "use a new checkpoint_dir, or the same arguments to continue it")
+        raise GradpilotError(f"{what} with other settings ({changes}{more}): {remedy}")
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from gradpilot._files import write_atomic
 from gradpilot.errors import GradpilotError
 from gradpilot.task import Task
 
@@ -111,9 +112,7 @@ def write_yaml(plan: dict[str, Any], reasons: dict[str, str], path: Path, *, hea
     for key, value in plan.items():
         lines += [f"# {line}" for line in _wrap(reasons.get(key, ""))]
         lines.append(yaml.safe_dump({key: value}, default_flow_style=False, width=10**6).strip())
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_atomic(path, "\n".join(lines) + "\n")
 
 
 def _wrap(text: str, width: int = 100) -> list[str]:

@@ -18,10 +18,11 @@ from gradpilot import _checkpoint, _fingerprint, _validate, schedules
 from gradpilot._batch import LossFn, StepFn
 from gradpilot._metrics_log import MetricsLog, metric_column
 from gradpilot._state import Snapshot, model_state
-from gradpilot.accumulation import NumItems, accumulate, comm_device, item_counter, sync_contexts, windows
+from gradpilot.accumulation import NumItems, accumulate, item_counter, sync_contexts, windows
+from gradpilot.distributed import comm_device, world
 from gradpilot.early_stopping import EarlyStopping
-from gradpilot.errors import GradpilotError
-from gradpilot.evaluation import Metric, evaluate_both, world
+from gradpilot.errors import GradpilotError, describe
+from gradpilot.evaluation import Metric, evaluate_both
 from gradpilot.monitor import Monitor, steer
 
 log = logging.getLogger("gradpilot.training")
@@ -159,7 +160,8 @@ class _Loop:
             _checkpoint.remove_stale_temporaries(s.checkpoint_dir)
             self.resume = _checkpoint.load(s.checkpoint_dir)
         if self.resume is not None:
-            _fingerprint.check_same(self.resume["fingerprint"], s.fingerprint, str(s.checkpoint_dir))
+            _fingerprint.check_same(self.resume["fingerprint"], s.fingerprint, what=f"{s.checkpoint_dir} holds a run",
+                                    remedy="use a new checkpoint_dir, or the same arguments to continue it")
             self.run = _restore(self.resume, s.model, s.cfg.optimizer, s.schedule)
             self.resumed_from = self.run.step
             self._write_log(rewrite=True, partial=self.resume["epoch_losses"])
@@ -319,5 +321,5 @@ def _restore(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Opt
                     losses=saved["losses"], lrs=saved["lrs"], val=saved["val"], val_losses=saved["val_losses"],
                     epoch_steps=saved["epoch_steps"], best_state=saved["best_state"], stop_reason=saved["stop_reason"])
     except (KeyError, RuntimeError, ValueError) as exc:
-        raise GradpilotError(f"the checkpoint does not fit this run ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:160]}); use a new checkpoint_dir") from None
+        raise GradpilotError(f"the checkpoint does not fit this run ({describe(exc, 160)}); "
+                             "use a new checkpoint_dir") from None

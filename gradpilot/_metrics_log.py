@@ -13,6 +13,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from gradpilot._direction import lower_is_better
+
 NAME = "metrics.csv"
 
 
@@ -20,8 +22,7 @@ def metric_column(name: str | None, higher_is_better: bool) -> str:
     """``val_<metric name>``; a lower-is-better metric whose name does not say so gets ``_error`` added, so
     that a reader of the log knows its direction."""
     words = re.sub(r"[^a-z0-9]+", "_", (name or "metric").lower()).strip("_") or "metric"
-    lower_words = {"loss", "error", "err", "mse", "mae", "rmse", "perplexity", "ppl", "wer", "cer"}
-    if not higher_is_better and not set(words.split("_")) & lower_words:
+    if not higher_is_better and not lower_is_better(words):
         words += "_error"
     return f"val_{words}"
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +26,19 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 from torch.utils.data import DataLoader
 
+from gradpilot import _checkpoint
 from gradpilot._batch import model_device
+from gradpilot._direction import sort_key
 from gradpilot._workers import Queue
 from gradpilot.accumulation import accumulate, item_counter
 from gradpilot.evaluation import evaluate
 from gradpilot.task import Task
+
+# Tests only: a process given this variable SIGKILLs itself after that many short runs, right after the last
+# one reported its score and before its job ended (the hardest moment to resume from), so a kill test kills
+# at a known point without timing anything.
+KILL_AFTER_RUNS = "GRADPILOT_TEST_KILL_AFTER_RUNS"
+_RUNS_DONE = [0]
 
 ETA = 3  # successive halving promotes a third of the candidates at each rung
 RUNGS = 2  # rungs at r and 3r samples: a first rung long enough to tell LRs apart
@@ -125,13 +135,11 @@ class ShortRun:
         """The run as it stands (weights, optimizer, counters), written atomically."""
         state = {"model": self.task.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "counters": torch.tensor([self.steps, self.samples, self.branch_samples])}
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        _checkpoint.save_file(path, state)
 
     def load(self, path: Path) -> None:
         """Continue a saved run: its weights, optimizer, counters, and its place in the data."""
-        state = torch.load(path, weights_only=True)
+        state = _checkpoint.load_file(path, "delete it to run this candidate again")
         self.task.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps, self.samples, self.branch_samples = (int(x) for x in state["counters"])
@@ -153,6 +161,12 @@ class ShortRun:
         self.optimizer.step()
         self.steps += 1
         self.samples += self.cand.batch
+
+
+def _die_if_told() -> None:
+    _RUNS_DONE[0] += 1
+    if _RUNS_DONE[0] == int(os.environ.get(KILL_AFTER_RUNS, "0")):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _endless(task: Task, micro_batch: int, seed: int) -> Iterator[Any]:
@@ -262,6 +276,7 @@ class Search:
         done = study._storage.get_trial(trial._trial_id).user_attrs.get("samples", 0)
         trial.set_user_attr("samples", int(done) + run.spent - before)
         trial.report(value, rung)
+        _die_if_told()
         return {"value": value}
 
     def _trial(self, study: optuna.Study, cand: Candidate, index: int) -> optuna.Trial:
@@ -279,11 +294,11 @@ class Search:
 
     def _halve(self, study: optuna.Study, plan: SearchPlan, k: int) -> list[int]:
         """After rung ``k``: best first, each scored trial asks the pruner whether it goes on; the indexes that do."""
-        rung, sign = plan.rungs[k], (-1.0 if self.task.higher_is_better else 1.0)
+        rung, key = plan.rungs[k], sort_key(self.task.higher_is_better)
         scored = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                   if rung in t.intermediate_values]
         promoted = []
-        for t in sorted(scored, key=lambda t: sign * t.intermediate_values[rung]):
+        for t in sorted(scored, key=lambda t: key(t.intermediate_values[rung])):
             trial = optuna.trial.Trial(study, t._trial_id)
             if t.user_attrs.get(f"rung-{k}") != "promoted" and trial.should_prune():
                 study.tell(trial, state=TrialState.PRUNED)
@@ -317,8 +332,8 @@ def best_candidate(study: optuna.Study, higher_is_better: bool) -> tuple[Candida
         raise ValueError("no trial reached its first rung")
     top = max(max(t.intermediate_values) for t in scored)
     at_top = [t for t in scored if top in t.intermediate_values]
-    sign = -1.0 if higher_is_better else 1.0
-    best = min(at_top, key=lambda t: sign * t.intermediate_values[top])
+    key = sort_key(higher_is_better)
+    best = min(at_top, key=lambda t: key(t.intermediate_values[top]))
     return _candidate(best), best.intermediate_values[top], top
 
 

@@ -62,6 +62,7 @@ class _Context:
     ray_address: str | None = None
     spent: int = 0
     values: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # what a resume must match (tune._settings), as JSON
 
     def searcher(self) -> _search.Search:
         return _search.Search(self.storage, self.prefix, self.task, self.initial, seed=self.seed,

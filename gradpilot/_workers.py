@@ -26,7 +26,7 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryFailedTrialCallback
 from optuna.trial import TrialState
 
-from gradpilot.errors import GradpilotError
+from gradpilot.errors import GradpilotError, first_line
 
 HEARTBEAT_S = 5  # a working worker writes a heartbeat this often
 GRACE_S = 30  # a job whose worker has not beaten for this long is failed and put back
@@ -54,8 +54,7 @@ def open_storage(url: str | BaseStorage | None, out: Path, *, shared: bool) -> B
             if attempt < 3 and type(exc).__name__ in ("IntegrityError", "ProgrammingError", "OperationalError"):
                 time.sleep(0.5 * (attempt + 1))  # workers starting together race to make Optuna's tables
                 continue
-            first = str(exc).splitlines()[0][:200]
-            raise GradpilotError(f"cannot open storage {url!r}: {first}") from None
+            raise GradpilotError(f"cannot open storage {url!r}: {first_line(exc)}") from None
     raise AssertionError("unreachable")
 
 
@@ -147,9 +146,9 @@ class Queue:
         return self.study
 
 
-def worker_id() -> str:
-    """This process, as the jobs it takes record it."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_id(pid: int | None = None) -> str:
+    """A worker process (this one by default), as the jobs it takes record it: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 def once(storage: BaseStorage, name: str, do: Callable[[], dict[str, Any]],

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gradpilot._batch import LossFn, StepFn, compute_loss, split_batch, to_device
+from gradpilot.distributed import comm_device
 from gradpilot.errors import GradpilotError
 
 NumItems = Callable[[Any], "int | torch.Tensor"]
@@ -70,12 +71,6 @@ def micro_weights(counts: list[int | torch.Tensor], world_size: int = 1) -> list
         dist.all_reduce(reduced)
         total = reduced
     return [c * world_size / total for c in counts]
-
-
-def comm_device() -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def sync_contexts(model: nn.Module) -> Callable[[bool], contextlib.AbstractContextManager[Any]]:

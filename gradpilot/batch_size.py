@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, default_collate
 from gradpilot import _validate, scaling
 from gradpilot._batch import LossFn, StepFn, compute_loss, model_device, to_device
 from gradpilot._state import preserved
-from gradpilot.errors import GradpilotError
+from gradpilot.errors import GradpilotError, first_line
 from gradpilot.task import Task
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ def _trial(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn |
             raise
         optimizer.zero_grad(set_to_none=True)
         free_memory()
-        return Trial(size, False, None, None, str(exc).splitlines()[0][:200])
+        return Trial(size, False, None, None, first_line(exc))
     if max_memory is not None and grown[0] > max_memory:
         over = f"peak memory grew {grown[0] / 2**20:.0f} MiB, over the {max_memory / 2**20:.0f} MiB budget"
         return Trial(size, False, None, grown[0], over)

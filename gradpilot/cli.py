@@ -22,7 +22,7 @@ from gradpilot.errors import GradpilotError
 if TYPE_CHECKING:
     from typing import Literal
 
-    from gradpilot.diagnose import Diagnosis
+    from gradpilot.diagnosis import Diagnosis
     from gradpilot.lr_finder import LRFinderResult
     from gradpilot.scaling import LRRule
     from gradpilot.suggest import RuleName
@@ -354,7 +354,7 @@ def diagnose_command(
     at its newest run; --all diagnoses each. Exit code 0 when the runs look healthy (or are too short to
     judge), 1 when something was found, 2 on bad input.
     """
-    from gradpilot.diagnose import diagnose
+    from gradpilot.diagnosis import diagnose
     from gradpilot.logs import read_log
 
     if every_run:
@@ -385,7 +385,7 @@ def diagnose_command(
 
 def _diagnose_all(path: Path, as_json: bool, drawing: bool) -> None:
     """``diagnose --all``: each run of a folder, oldest first."""
-    from gradpilot.diagnose import diagnose
+    from gradpilot.diagnosis import diagnose
     from gradpilot.logs import find_runs, read_log
 
     if drawing:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from gradpilot._direction import better
 from gradpilot.errors import GradpilotError
 
 Mode = Literal["min", "max"]  # the direction of a metric: lower is better, or higher
@@ -33,11 +34,12 @@ class EarlyStopping:
 
     def best_epoch(self, history: Sequence[float], mode: Mode = "min") -> int | None:
         """Index of the best value, counting only improvements larger than ``min_delta``; NaN never wins."""
-        sign = 1.0 if (self.mode or mode) == "min" else -1.0
-        best_i, best = None, math.inf
+        higher = (self.mode or mode) == "max"
+        best_i: int | None = None
         for i, value in enumerate(history):
-            if math.isfinite(value) and sign * value < best - self.min_delta:
-                best_i, best = i, sign * value
+            if math.isfinite(value) and (best_i is None or better(value, history[best_i], higher_is_better=higher,
+                                                                    margin=self.min_delta)):
+                best_i = i
         return best_i
 
     def should_stop(self, history: Sequence[float], mode: Mode = "min") -> bool:

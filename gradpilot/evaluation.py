@@ -21,17 +21,11 @@ from gradpilot._batch import (
     to_device,
 )
 from gradpilot.accumulation import NumItems, item_counter
+from gradpilot.distributed import world
 from gradpilot.errors import GradpilotError
 from gradpilot.task import Task
 
 Metric = Callable[[Any, Any], float]
-
-
-def world() -> tuple[int, int]:
-    """(world size, rank) of the torch.distributed group, or (1, 0) outside one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 def evaluate(model: nn.Module | Task, loader: Iterable[Any] | None = None, loss_fn: LossFn | None = None,

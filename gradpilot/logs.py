@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gradpilot._columns import Columns, classify, from_records, tokens
+from gradpilot._columns import Columns, classify, from_records
 from gradpilot.errors import GradpilotError
 from gradpilot.history import History
 
-__all__ = ["classify", "find_runs", "read_csv", "read_jsonl", "read_log", "read_tensorboard", "read_trainer_state",
-           "tokens"]
+__all__ = ["classify", "find_runs", "hidden_nan", "read_csv", "read_jsonl", "read_log", "read_tensorboard",
+           "read_trainer_state"]
 
 # Where a run's log is, most telling first: a log the libraries write by name beats any CSV lying beside it
 # (a data file next to lightning_logs/ is not a log).
@@ -214,12 +214,17 @@ def read_trainer_state(path: Path) -> History:
     return dataclasses.replace(from_records(records, str(path), warnings), tool="transformers")
 
 
+def hidden_nan(loss: Any, grad_norm: Any) -> bool:
+    """Whether a Hugging Face Trainer's logged ``loss`` hides a NaN: its ``logging_nan_inf_filter`` (on by
+    default) logs ``loss: 0.0`` for a NaN loss, while the gradient norm logged with it stays NaN. A loss other
+    than 0.0 beside a non-finite norm is a real loss (fp16's loss scaler skips such steps on its own)."""
+    return loss == 0.0 and grad_norm is not None and not _finite(grad_norm)
+
+
 def _unhide_nan(record: dict[str, Any]) -> dict[str, Any]:
-    """The Trainer's ``logging_nan_inf_filter`` (on by default) logs ``loss: 0.0`` for a NaN loss; the gradient
-    norm logged with it stays NaN. Such a loss is put back as the NaN it was (in trainer_state.json and in the
-    Trainer's TensorBoard tags)."""
-    for loss, norm in (("loss", "grad_norm"), ("train/loss", "train/grad_norm")):  # trainer_state, TensorBoard
-        if record.get(loss) == 0.0 and record.get(norm) is not None and not _finite(record[norm]):
+    """A loss ``hidden_nan`` recognises, put back as the NaN it was (trainer_state.json, TensorBoard tags)."""
+    for loss, norm in (("loss", "grad_norm"), ("train/loss", "train/grad_norm")):
+        if hidden_nan(record.get(loss), record.get(norm)):
             return {**record, loss: float("nan")}
     return record
 

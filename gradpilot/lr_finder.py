@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from gradpilot import _validate, suggest
-from gradpilot._batch import LossFn, StepFn, cycle, model_device
+from gradpilot._batch import LossFn, StepFn, check_trains, cycle, model_device
 from gradpilot._state import preserved
 from gradpilot.accumulation import NumItems, accumulate, item_counter
 from gradpilot.errors import GradpilotError
@@ -134,8 +134,7 @@ class _Step:
     count: NumItems
 
     def __post_init__(self) -> None:
-        if not any(p.requires_grad for g in self.optimizer.param_groups for p in g["params"]):
-            raise GradpilotError("the optimizer holds no parameter that requires grad: nothing would train")
+        check_trains(self.model, self.optimizer)
         first = self.optimizer.param_groups[0]["lr"]
         self.ratios = [g["lr"] / first if first > 0 else 1.0 for g in self.optimizer.param_groups]
 

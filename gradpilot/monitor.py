@@ -3,7 +3,6 @@ training loop applies the remedy (lower the LR, roll back a divergence, stop on 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,8 +13,9 @@ import numpy as np
 import torch
 
 from gradpilot import schedules
+from gradpilot._files import write_json
 from gradpilot._state import Snapshot
-from gradpilot.diagnose import (
+from gradpilot.diagnosis import (
     Diagnosis,
     Finding,
     detect_divergence,
@@ -23,7 +23,6 @@ from gradpilot.diagnose import (
     detect_oscillation,
     detect_overfitting,
     diagnose,
-    json_safe,
 )
 from gradpilot.errors import GradpilotError
 from gradpilot.history import History, Series
@@ -118,8 +117,7 @@ class Monitor:
                   "raised": [f.to_json() for f in self.findings],
                   "actions": [{"step": a.step, "kind": a.kind, "description": a.description} for a in self.actions]}
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(json_safe(report), indent=1, allow_nan=False))
-        return path
+        return write_json(path, report)
 
     def record(self, step: int, kind: str, description: str) -> None:
         """Note an action taken on a finding; later checks look only at what comes after it."""

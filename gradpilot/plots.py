@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gradpilot.diagnose import Diagnosis
+    from gradpilot.diagnosis import Diagnosis
     from gradpilot.history import History
     from gradpilot.lr_finder import LRFinderResult
 

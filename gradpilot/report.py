@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from gradpilot import plots
-from gradpilot.diagnose import Diagnosis, diagnose
+from gradpilot._files import write_atomic
+from gradpilot.diagnosis import Diagnosis, diagnose
 from gradpilot.errors import GradpilotError
 from gradpilot.history import History
 from gradpilot.logs import read_log
@@ -245,7 +246,4 @@ def _plan_section(record: dict[str, Any]) -> str:
 def _write_page(path: Path, title: str, body: list[str]) -> Path:
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, page)

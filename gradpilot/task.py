@@ -1,13 +1,10 @@
-"""A training problem described in one object, and the Python files users write them in."""
+"""A training problem described in one object (``load_task`` in ``gradpilot.task_file`` reads the files users
+write them in)."""
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from gradpilot import _validate
-from gradpilot.errors import GradpilotError
+from gradpilot._batch import check_trains
+from gradpilot.errors import GradpilotError, describe
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
 
@@ -58,9 +56,10 @@ class Task:
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
             raise GradpilotError(f"Task.model must be a torch.nn.Module, got {type(self.model).__name__}")
-        if not any(p.requires_grad for p in self.model.parameters()):
-            raise GradpilotError("Task.model has no trainable parameters (all frozen, or none): "
-                                 "unfreeze what should train")
+        try:
+            check_trains(self.model)
+        except GradpilotError as exc:
+            raise GradpilotError(f"Task.model: {exc}") from None
         if self.step_fn is not None and not callable(self.step_fn):
             raise GradpilotError(f"Task.step_fn must be callable(model, batch) -> loss, got {self.step_fn!r}")
         if self.step_fn is None and not callable(self.loss_fn):
@@ -91,7 +90,7 @@ class Task:
             try:
                 made = self.optimizer(params, lr)
             except Exception as exc:
-                raise GradpilotError(f"the task's optimizer factory failed: {type(exc).__name__}: {exc}") from None
+                raise GradpilotError(f"the task's optimizer factory failed: {describe(exc)}") from None
             if not isinstance(made, torch.optim.Optimizer):
                 raise GradpilotError(f"the task's optimizer factory returned {type(made).__name__}, not an Optimizer")
             return made
@@ -148,65 +147,3 @@ def _check_data(name: str, data: Any) -> None:
         return  # an iterable dataset: its length shows when it is read
     if n == 0:
         raise GradpilotError(f"Task.{name} is empty: give it at least one item")
-
-
-def load_task(path: str | Path, seed: int = 0) -> Task:
-    """Import a task file and call its ``task(seed)``; every mistake in the file is one clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise GradpilotError(f"task file {path} does not exist")
-    if path.suffix != ".py":
-        raise GradpilotError(f"task file {path} is not a .py file")
-    spec = importlib.util.spec_from_file_location(f"gradpilot_task_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise GradpilotError(f"{path} is not a Python file gradpilot can import")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    _call(f"importing {path}", spec.loader.exec_module, module)
-    factory = getattr(module, "task", None)
-    maker = getattr(module, "make_trainer", None)
-    if not callable(factory) and callable(maker):
-        made = _call(f"make_trainer() in {path}", maker, {})
-        adapted: Task = _call(f"make_trainer() in {path}", _from_trainer, made, path.stem)
-        return adapted
-    if not callable(factory):
-        raise GradpilotError(f"{path} defines no task() function: add `def task(seed: int = 0) -> gradpilot.Task` "
-                             "(or `def make_trainer(plan: dict)` returning a Hugging Face or Lightning trainer)")
-    try:
-        inspect.signature(factory).bind(seed=seed)
-    except (TypeError, ValueError):
-        raise GradpilotError(f"task() in {path} must take the seed: "
-                             "`def task(seed: int = 0) -> gradpilot.Task`") from None
-    result = _call(f"task() in {path}", factory, seed=seed)
-    if not isinstance(result, Task):
-        raise GradpilotError(f"task() in {path} returned {type(result).__name__}, not a gradpilot.Task")
-    return result
-
-
-def _from_trainer(made: Any, name: str) -> Task:
-    """A task from what ``make_trainer({})`` returned: a Hugging Face ``Trainer``, or Lightning's
-    ``(trainer, module[, datamodule])``."""
-    kind = type(made[0] if isinstance(made, tuple) and made else made).__module__.split(".")[0]
-    if kind == "transformers":
-        from gradpilot.integrations import transformers
-
-        return transformers.task_from_trainer(made, name)
-    if kind in ("lightning", "pytorch_lightning"):
-        from gradpilot.integrations import lightning
-
-        return lightning.task_from_trainer(made, name)
-    raise GradpilotError(f"make_trainer() returned {type(made).__name__}: return a transformers.Trainer, or "
-                         "(lightning.Trainer, LightningModule[, LightningDataModule])")
-
-
-def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run the user's code; anything it raises (even ``sys.exit``) becomes one line naming where."""
-    try:
-        return fn(*args, **kwargs)
-    except GradpilotError as exc:
-        raise GradpilotError(f"{what}: {exc}") from None
-    except SystemExit as exc:
-        raise GradpilotError(f"{what} called sys.exit({exc.code!r}): a task file must not exit") from None
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise GradpilotError(f"{what} failed: {type(exc).__name__}: {first}") from None

@@ -18,12 +18,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gradpilot import _fingerprint, schedules
-from gradpilot._batch import LossFn, StepFn, model_device
+from gradpilot._batch import LossFn, StepFn, check_trains, model_device
 from gradpilot._loop import FitConfig, _length, _Loop, _Setup
 from gradpilot.accumulation import NumItems
+from gradpilot.distributed import world
 from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError
-from gradpilot.evaluation import Metric, evaluate, evaluate_both, world
+from gradpilot.evaluation import Metric, evaluate, evaluate_both
 from gradpilot.monitor import Monitor
 from gradpilot.task import Task
 
@@ -49,7 +50,7 @@ class FitResult:
     epoch_steps: tuple[int, ...] = ()
     resumed_from_step: int | None = None
     restored_best: bool = False
-    findings: tuple[Any, ...] = ()  # what a Monitor raised while training (gradpilot.diagnose.Finding)
+    findings: tuple[Any, ...] = ()  # what a Monitor raised while training (gradpilot.diagnosis.Finding)
     actions: tuple[Any, ...] = ()  # what its autopilot did (gradpilot.monitor.Action)
 
     @property
@@ -130,7 +131,7 @@ def _setup(model: nn.Module, cfg: FitConfig) -> _Setup:
     if not isinstance(model, nn.Module):
         raise GradpilotError(f"model must be a torch.nn.Module or a gradpilot.Task, got {type(model).__name__}")
     base = model.module if isinstance(model, DistributedDataParallel) else model
-    _check_optimizer_trains(base, cfg.optimizer)
+    check_trains(base, cfg.optimizer)
     batches = _length("train_loader", cfg.train_loader) or 0
     world_size, _ = world()
     steps_per_epoch = math.ceil(batches / cfg.accumulation_steps)
@@ -152,16 +153,6 @@ def _run_fingerprint(model: nn.Module, cfg: FitConfig, batches: int, world_size:
             "max_grad_norm": cfg.max_grad_norm, "early_stopping": repr(cfg.early_stopping),
             "model": _fingerprint.model_layout(model), "train_data": _fingerprint.data_digest(cfg.train_loader),
             **_fingerprint.optimizer_settings(cfg.optimizer)}
-
-
-def _check_optimizer_trains(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    own = {id(p) for p in model.parameters()}
-    params = [p for g in optimizer.param_groups for p in g["params"] if id(p) in own]
-    if not params:
-        raise GradpilotError("the optimizer holds none of the model's parameters: build it from model.parameters()")
-    if not any(p.requires_grad for p in params):
-        raise GradpilotError("none of the model's parameters the optimizer holds requires grad (a frozen model): "
-                             "unfreeze what should train")
 
 
 def _effective_batch(loader: Any, steps_per_epoch: int, accumulation: int, world_size: int) -> int:

@@ -22,7 +22,8 @@ import torch
 from optuna.storages import BaseStorage
 from torch import nn
 
-from gradpilot import _final_stages, _hf_plan, _stages, _validate, _workers
+from gradpilot import _checkpoint, _final_stages, _fingerprint, _hf_plan, _stages, _validate, _workers
+from gradpilot._files import json_safe, write_json
 from gradpilot._stages import Stage, _Context
 from gradpilot.errors import GradpilotError
 from gradpilot.task import Task
@@ -30,6 +31,7 @@ from gradpilot.task import Task
 __all__ = ["FIXABLE", "Stage", "TuneResult", "tune"]
 
 FIXABLE = _hf_plan.FIXABLE
+_NEW_FOLDER = "use a new out_dir (or delete this one) to tune afresh"
 STAGES: tuple[tuple[str, Callable[[_Context], Stage]], ...] = (
     ("lr_range", _stages.lr_range),
     ("batch", _stages.batch),
@@ -109,9 +111,9 @@ def tune(
     ctx.on_ray, ctx.ray_address = backend == "ray", ray_address
     if n_jobs == 1:
         return _drive(ctx)
-    from gradpilot import _helpers
+    from gradpilot import _local_workers
 
-    with _helpers.Helpers(ctx, n_jobs, lambda c: _drive(c, outputs=False)) as helpers:
+    with _local_workers.LocalWorkers(ctx, n_jobs, lambda c: _drive(c, outputs=False)) as helpers:
         ctx.wait = helpers.watch
         return _drive(ctx)
 
@@ -132,15 +134,13 @@ def _drive(ctx: _Context, *, outputs: bool = True) -> TuneResult:
         record["stages"][name] = saved
         ctx.spent = sum(int(s["samples"]) for s in record["stages"].values())
         if outputs:
-            _write_json(ctx.out / "tune.json", record)
+            write_json(ctx.out / "tune.json", record)
     if not outputs:
         return _result(ctx, tuple(stages), {})
     return _outputs(ctx, tuple(stages), record)
 
 
 def _run(stage: Callable[[_Context], Stage], ctx: _Context) -> dict[str, Any]:
-    from gradpilot.diagnose import json_safe
-
     out: dict[str, Any] = json_safe(asdict(stage(ctx)))
     return out
 
@@ -178,12 +178,10 @@ def _context(task: Task, budget: float, out: Path, fixed: dict[str, Any], storag
 
 def _check_shared_settings(ctx: _Context) -> None:
     """Workers sharing a study must tune the same thing the same way: the first one's settings rule."""
-    mine = json.loads(json.dumps(_settings(ctx)))
+    ctx.settings = mine = json.loads(json.dumps(_settings(ctx)))
     first = _workers.once(ctx.storage, f"{ctx.prefix}:settings", lambda: mine)
-    if first != mine:
-        changed = sorted(k for k in mine if first.get(k) != mine[k])
-        raise GradpilotError(f"study {ctx.prefix!r} in this storage was started with other settings "
-                             f"({', '.join(changed)}): use another --study, or the same arguments and task")
+    _fingerprint.check_same(first, mine, what=f"study {ctx.prefix!r} in this storage was started",
+                            remedy="use another --study, or the same arguments and task")
 
 
 def _train_length(task: Task) -> int:
@@ -198,58 +196,48 @@ def _train_length(task: Task) -> int:
 def _initial_weights(task: Task, path: Path) -> dict[str, torch.Tensor]:
     """The weights every run starts from, kept in DIR so a resumed tune starts its runs from the same ones."""
     if path.exists():
-        state: dict[str, torch.Tensor] = torch.load(path, weights_only=True)
+        state: dict[str, torch.Tensor] = _checkpoint.load_file(path, _NEW_FOLDER)
         try:
             task.model.load_state_dict(state)
         except RuntimeError:
             raise GradpilotError(f"{path} holds another model's weights: use a new out_dir for this task") from None
         return state
     state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
-    torch.save(state, path)
+    _checkpoint.save_file(path, state)
     return state
 
 
 def _settings(ctx: _Context) -> dict[str, Any]:
-    """What a tune folder's record must match for the same command to continue it."""
+    """What a tune folder's record must match for the same command to continue it: the arguments, and what
+    ``fit``'s fingerprint holds of the task (optimizer settings, data, model, metric's direction, clipping)."""
     t = ctx.task
     return {"task": t.name, "budget": ctx.budget, "fixed": ctx.fixed, "seed": ctx.seed, "cooldown": ctx.cooldown,
             "train_items": ctx.train_items, "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
-            "optimizer": t.optimizer_name, "initial_weights": _digest(ctx.initial)}
+            "higher_is_better": t.higher_is_better, "max_grad_norm": t.max_grad_norm,
+            "metric": _name(t.metric), "loss": _name(t.loss_fn), "step_fn": _name(t.step_fn),
+            "model": _fingerprint.model_layout(t.model), "train_data": _fingerprint.data_digest(t.dataset()[0]),
+            "val_data": _fingerprint.data_digest(t.val_data),
+            "initial_weights": _fingerprint.weights_digest(ctx.initial),
+            **_fingerprint.optimizer_settings(t.make_optimizer())}
 
 
-def _digest(state: dict[str, torch.Tensor]) -> str:
-    """A fingerprint of the initial weights: every worker's runs must start from the same model."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name in sorted(state):
-        h.update(name.encode())
-        h.update(state[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+def _name(fn: Any) -> str | None:
+    return None if fn is None else str(getattr(fn, "__qualname__", type(fn).__qualname__))
 
 
 def _load_record(ctx: _Context) -> dict[str, Any]:
     path = ctx.out / "tune.json"
-    settings = json.loads(json.dumps(_settings(ctx)))
+    settings = ctx.settings
     if not path.exists():
         return {"settings": settings, "stages": {}}
     try:
         record: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise GradpilotError(f"{path} cannot be read ({exc}): use a new out_dir") from None
-    if record.get("settings") != settings:
-        changed = sorted(k for k in settings if record.get("settings", {}).get(k) != settings[k])
-        raise GradpilotError(f"{ctx.out} holds a tune with other settings ({', '.join(changed)}): use a new out_dir, "
-                             "or the same arguments to continue it")
+    saved = record.get("settings")
+    _fingerprint.check_same(saved if isinstance(saved, dict) else {}, settings, what=f"{ctx.out} holds a tune",
+                            remedy="use a new out_dir, or the same arguments to continue it")
     return {"settings": settings, "stages": {}}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from gradpilot.diagnose import json_safe
-
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False))
-    tmp.replace(path)
 
 
 def _outputs(ctx: _Context, stages: tuple[Stage, ...], record: dict[str, Any]) -> TuneResult:
@@ -259,16 +247,16 @@ def _outputs(ctx: _Context, stages: tuple[Stage, ...], record: dict[str, Any]) -
     _hf_plan.write_yaml(plan, reasons, ctx.out / "plan.yaml", header=f"gradpilot tune plan for {ctx.task.name}")
     trained = ctx.out / "runs" / ctx.values["model_file"]
     if trained.exists():
-        best: dict[str, torch.Tensor] = torch.load(trained, weights_only=True)
+        best: dict[str, torch.Tensor] = _checkpoint.load_file(trained, _NEW_FOLDER)
         ctx.task.model.load_state_dict(best)
-        torch.save(best, ctx.out / "model.pt")
+        _checkpoint.save_file(ctx.out / "model.pt", best)
     else:
         warnings.warn(f"the final run was trained by worker {ctx.values.get('trained_by')}: model.pt is in its "
                       "out_dir, not here", stacklevel=3)
     result = _result(ctx, stages, reasons)
     record.update(plan=plan, reasons=reasons, spent_runs=result.spent, budget_runs=ctx.budget,
                   metric=result.metric)
-    _write_json(ctx.out / "tune.json", record)
+    write_json(ctx.out / "tune.json", record)
     _report(ctx.out)
     return result
 

@@ -1,5 +1,5 @@
 """Synthetic runs covering every detector and the guards against false alarms, for the recorded-answer test
-in test_diagnose.py (regenerate the answers with ``python -m tests.diagnosis_cases`` after a change that was
+in test_diagnosis.py (regenerate the answers with ``python -m tests.diagnosis_cases`` after a change that was
 measured with benchmarks/diagnose.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradpilot.diagnose import diagnose
+from gradpilot.diagnosis import diagnose
 from gradpilot.history import History, Series
 
 ANSWERS = Path(__file__).with_name("diagnosis_answers.json")

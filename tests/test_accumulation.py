@@ -8,16 +8,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gradpilot import GradpilotError, fit
 from gradpilot.accumulation import item_counter, micro_weights, windows
-
-
-def mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).double()
-
-
-def classification(n):
-    gen = torch.Generator().manual_seed(1)
-    return TensorDataset(torch.randn(n, 6, generator=gen, dtype=torch.float64), torch.randint(0, 3, (n,), generator=gen))
+from tests.conftest import Tagger, padded_sequences
+from tests.conftest import double_classification as classification
+from tests.conftest import double_mlp as mlp
 
 
 def train(model, loader, k, epochs=1, **kw):
@@ -53,28 +46,6 @@ def test_short_last_window_and_short_last_batch_are_stepped_with_their_weight():
     train(large, DataLoader(classification(80), batch_size=32), k=1)
     assert r.steps == 3
     assert_same_params(small, large)
-
-
-class Tagger(nn.Module):
-    """Per-token classification; outputs (batch, classes, time) for CrossEntropyLoss."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(10, 8).double()
-        self.head = nn.Linear(8, 4).double()
-
-    def forward(self, tokens):
-        return self.head(self.embed(tokens)).transpose(1, 2)
-
-
-def padded_sequences(n=32, length=12):
-    gen = torch.Generator().manual_seed(3)
-    tokens = torch.randint(0, 10, (n, length), generator=gen)
-    labels = torch.randint(0, 4, (n, length), generator=gen)
-    lengths = torch.randint(1, length + 1, (n,), generator=gen)
-    labels[torch.arange(length)[None, :] >= lengths[:, None]] = -100  # padding, very uneven per sequence
-    return TensorDataset(tokens, labels)
 
 
 def test_ignore_index_tokens_are_weighted_by_their_count_not_one_over_k():
@@ -208,7 +179,7 @@ def one_process_group():
 
 
 def test_micro_weights_under_data_parallel(one_process_group):
-    from gradpilot.accumulation import comm_device
+    from gradpilot.distributed import comm_device
 
     assert comm_device() == torch.device("cpu")  # gloo communicates on the CPU
     # as if 2 processes: the items are summed over the group (here: this one), the shares times 2 because DDP

@@ -50,12 +50,28 @@ def test_killed_run_resumes_bit_identical(tmp_path, reference, kill, flag):
     assert not list((tmp_path / "ckpt").glob(".last.pt.*"))  # the temporary file a kill left was cleaned
 
 
+def full_state(**values):
+    return {**dict.fromkeys(_checkpoint.LAYOUT, 0), **values}
+
+
 def test_half_written_checkpoint_is_never_read_back(tmp_path):
-    _checkpoint.save({"step": 1}, tmp_path)
+    _checkpoint.save(full_state(step=1), tmp_path)
     (tmp_path / ".last.pt.123.tmp").write_bytes(b"half")  # what a crash mid-write leaves behind
-    assert _checkpoint.load(tmp_path) == {"format": _checkpoint.FORMAT, "step": 1}
+    assert _checkpoint.load(tmp_path) == {"format": _checkpoint.FORMAT, **full_state(step=1)}
     _checkpoint.remove_stale_temporaries(tmp_path)  # what the next run does first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_the_layout_is_what_fit_saves_and_a_file_of_another_layout_is_refused(tmp_path):
+    tiny_run(tmp_path / "run", epochs=1)
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert set(saved) == _checkpoint.LAYOUT | {"format"}  # what _loop writes is what LAYOUT names
+    with pytest.raises(AssertionError, match=r"update _checkpoint\.LAYOUT and bump FORMAT"):
+        _checkpoint.save({**full_state(), "new_key": 1}, tmp_path / "other")  # a loop that saves more fails at once
+    old = {k: v for k, v in saved.items() if k != "epoch_losses"}  # the same FORMAT, one key fewer
+    torch.save(old, tmp_path / "run" / "last.pt")
+    with pytest.raises(GradpilotError, match="not written by this version of gradpilot's fit: move it away"):
+        tiny_run(tmp_path / "run", epochs=1)
 
 
 def test_unreadable_checkpoint_and_other_settings_are_clear_errors(tmp_path):

@@ -12,7 +12,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from gradpilot import fit
-from tests.test_accumulation import Tagger, classification, mlp, padded_sequences
+from tests.conftest import Tagger, padded_sequences
+from tests.conftest import double_classification as classification
+from tests.conftest import double_mlp as mlp
 
 pytestmark = pytest.mark.slow  # two processes each
 

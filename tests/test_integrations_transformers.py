@@ -162,7 +162,7 @@ def test_tune_on_a_make_trainer_file_writes_the_plan_the_trainer_takes_back(tmp_
     assert again.args.num_train_epochs == plan["num_train_epochs"]
     stages = json.loads((tmp_path / "tune" / "tune.json").read_text())["stages"]
     assert stages["lr_range"]["decision"]["lr_found"] > 0 and stages["lr_search"]["alternatives"]
-    from gradpilot.task import load_task
+    from gradpilot.task_file import load_task
 
     task = load_task(source)  # the trainer's pieces
     assert task.max_grad_norm == 1.0 and task.collate_fn is default_data_collator and task.loss_fn is None

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from gradpilot import GradpilotError, Monitor, fit
 from gradpilot._state import Snapshot
-from tests.test_diagnose import classification, mlp, regression
+from tests.conftest import classification, mlp, regression
 
 
 def loader(data, batch=32):

@@ -1,4 +1,3 @@
-import textwrap
 
 import pytest
 import torch
@@ -8,26 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from gradpilot import GradpilotError, Task, load_task
 from gradpilot.examples import example_task
 from gradpilot.task import build_optimizer
-
-TASK_FILE = """
-import torch
-from torch import nn
-from torch.utils.data import TensorDataset
-import gradpilot
-
-def task(seed: int = 0) -> gradpilot.Task:
-    torch.manual_seed(seed)
-    x = torch.randn(64, 4)
-    return gradpilot.Task(model=nn.Linear(4, 2), train_data=TensorDataset(x, (x[:, 0] > 0).long()),
-                          loss_fn=nn.CrossEntropyLoss(), optimizer="sgd", optimizer_kwargs={"momentum": 0.9},
-                          lr=0.05, batch_size=8, name=f"file-task-{seed}")
-"""
-
-
-def write(tmp_path, text, name="task.py"):
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
+from tests.conftest import TASK_FILE, write
 
 
 def test_load_task_calls_task_with_the_seed(tmp_path):

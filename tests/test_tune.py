@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -18,12 +17,13 @@ import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
-from gradpilot import scaling
+from gradpilot import _fingerprint, scaling
 from gradpilot._search import Candidate, ShortRun, lr_grid, rungs_for
 from gradpilot.errors import GradpilotError
 from gradpilot.examples import accuracy, spirals
 from gradpilot.task import Task
 from gradpilot.tune import tune
+from tests.conftest import KILL_AFTER_RUNS, small_task, tune_task_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,16 +40,6 @@ class Counting(Dataset):
     def __getitem__(self, i: int):
         self.reads += 1
         return self.inner[i]
-
-
-def small_task(seed: int = 0, *, n: int = 512, epochs: int = 4, optimizer: str = "adamw", batch_size: int = 32,
-               train=None, val=True) -> Task:
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 3))
-    return Task(model=model, train_data=train if train is not None else spirals(n, seed=seed),
-                val_data=spirals(256, seed=seed + 1) if val else None, loss_fn=nn.CrossEntropyLoss(),
-                metric=accuracy, higher_is_better=True, optimizer=optimizer, lr=1e-3, batch_size=batch_size,
-                epochs=epochs, name="small")
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +207,15 @@ def test_a_task_without_validation_data_is_refused(tmp_path):
 
 def test_another_command_in_the_same_folder_is_refused(tuned):
     _, out, _ = tuned
-    with pytest.raises(GradpilotError, match=r"other settings \(budget\)"):
+    with pytest.raises(GradpilotError, match=r"other settings \(budget: 3.0 → 2.5\)"):
         tune(small_task(), out_dir=out, budget=2.5)
+    task = small_task()  # what fit's fingerprint covers, tune's settings cover: here the optimizer's weight decay
+    with pytest.raises(GradpilotError, match=r"other settings \(weight_decay: 0.01 → 0.1\)") as err:
+        tune(Task(**{**task.__dict__, "optimizer_kwargs": {"weight_decay": 0.1}}), out_dir=out)
+    assert "\n" not in str(err.value)
+    flipped = Task(**{**task.__dict__, "higher_is_better": False})
+    with pytest.raises(GradpilotError, match=r"higher_is_better: True → False"):
+        tune(flipped, out_dir=out)
 
 
 def test_the_same_command_again_runs_nothing(tuned):
@@ -226,7 +223,8 @@ def test_the_same_command_again_runs_nothing(tuned):
     task = small_task()
     train = Counting(task.train_data)
     again = tune(Task(**{**task.__dict__, "train_data": train}), out_dir=out)
-    assert train.reads == 0 and again.plan == result.plan and again.spent == result.spent
+    assert train.reads == _fingerprint._SAMPLES  # the few items the settings check digests; none trained on
+    assert again.plan == result.plan and again.spent == result.spent
 
 
 def test_search_helpers():
@@ -265,25 +263,6 @@ def test_a_short_run_scores_on_a_branch_that_leaves_it_as_it_was(tmp_path):
     assert all(torch.equal(after[k], v) for k, v in task.model.state_dict().items())
 
 
-TASK_FILE = """
-import time, torch
-from torch import nn
-from gradpilot import Task
-from gradpilot.examples import spirals, accuracy
-
-class Slow(nn.CrossEntropyLoss):
-    def forward(self, a, b):
-        time.sleep(0.005)
-        return super().forward(a, b)
-
-def task(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 3))
-    return Task(model=model, train_data=spirals(2048, seed=seed), val_data=spirals(256, seed=seed + 1),
-                loss_fn=Slow(), metric=accuracy, higher_is_better=True, lr=1e-3, batch_size=32, epochs=2)
-"""
-
-
 def _tune_cli(task_file: Path, out: Path) -> list[str]:
     return [sys.executable, "-c", "from gradpilot.cli import main; main()", "tune", str(task_file), "--out", str(out),
             "--budget", "3", "--json"]
@@ -291,19 +270,16 @@ def _tune_cli(task_file: Path, out: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_a_killed_tune_continues_and_reruns_nothing_finished(tmp_path):
-    task_file = tmp_path / "slow_task.py"
-    task_file.write_text(TASK_FILE)
+    task_file = tmp_path / "task.py"
+    task_file.write_text(tune_task_file())
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     whole = subprocess.run(_tune_cli(task_file, tmp_path / "whole"), capture_output=True, text=True, env=env,
                            timeout=300)
     assert whole.returncode == 0, whole.stderr
-    out = tmp_path / "killed"
-    proc = subprocess.Popen(_tune_cli(task_file, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while len(list((out / "runs" / "search").glob("trial-*.pt"))) < 2 and time.time() < deadline:
-        time.sleep(0.01)  # a second trial saved: the first one's score is in the study
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    out = tmp_path / "killed"  # killed right after its second short run reported its score, before the job ended
+    killed = subprocess.run(_tune_cli(task_file, out), env={**env, KILL_AFTER_RUNS: "2"}, capture_output=True,
+                            timeout=300)
+    assert killed.returncode == -signal.SIGKILL
     before = json.loads((out / "tune.json").read_text())["stages"]
     study = optuna.load_study(study_name="gradpilot:lr_search", storage=f"sqlite:///{out / 'trials.db'}")
     scored = {t.number: dict(t.intermediate_values) for t in study.trials}

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,12 +19,10 @@ from optuna.trial import TrialState
 from gradpilot import _workers
 from gradpilot.errors import GradpilotError
 from gradpilot.tune import tune
-from tests.test_tune import TASK_FILE as SLOW_TASK
-from tests.test_tune import small_task
+from tests.conftest import KILL_AFTER_RUNS, small_task, tune_task_file
 
 ROOT = Path(__file__).resolve().parent.parent
-TASK_FILE = (SLOW_TASK.replace("spirals(2048", "spirals(1024").replace("epochs=2", "epochs=6")
-             .replace("time.sleep(0.005)", "time.sleep(0.002)"))  # six epochs: the final runs stay two
+TASK_FILE = tune_task_file(items=1024, epochs=6, sleep=0.002)  # six epochs: the final runs stay two
 
 
 def cli(task_file: Path, out: Path, *extra: str) -> list[str]:
@@ -82,7 +79,7 @@ def test_n_jobs_with_a_shared_storage_is_refused(tmp_path):
 def test_workers_with_other_settings_on_one_study_are_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     tune(small_task(), out_dir=tmp_path / "a", storage=url, study="s", budget=2)
-    with pytest.raises(GradpilotError, match=r"study 's' in this storage was started with other settings \(budget\)"):
+    with pytest.raises(GradpilotError, match=r"study 's' in this storage was started with other settings \(budget: 2 → 2.5\)"):
         tune(small_task(), out_dir=tmp_path / "b", storage=url, study="s", budget=2.5)
 
 
@@ -144,20 +141,14 @@ def test_two_tune_processes_share_one_postgresql_study(tmp_path, postgres):
 def test_a_killed_worker_s_job_goes_to_the_other_worker(tmp_path, postgres):
     url = database(postgres, "killed")
     task_file = tmp_path / "task.py"
-    task_file.write_text(TASK_FILE.replace("time.sleep(0.002)", "time.sleep(0.01)"))
-    victim = subprocess.Popen(cli(task_file, tmp_path / "victim", "--storage", url, "--study", "k"), env=env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    task_file.write_text(tune_task_file(items=1024, epochs=6))
+    victim = subprocess.Popen(cli(task_file, tmp_path / "victim", "--storage", url, "--study", "k"),
+                              env={**env(), KILL_AFTER_RUNS: "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert victim.wait(timeout=300) == -signal.SIGKILL  # killed holding a job of the LR search: its first short run
     storage = optuna.storages.RDBStorage(url)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait until the victim holds a job of the LR search
-        running = [t for name, s in studies(storage).items() if "rung" in name for t in s.trials
-                   if t.state == TrialState.RUNNING]
-        if running:
-            break
-        time.sleep(0.05)
-    assert running, "the victim never reached the search"
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    running = [t for name, s in studies(storage).items() if "rung" in name for t in s.trials
+               if t.state == TrialState.RUNNING]
+    assert running and all(t.user_attrs["worker"].endswith(f":{victim.pid}") for t in running)
     survivor = subprocess.run(cli(task_file, tmp_path / "survivor", "--storage", url, "--study", "k"), env=env(),
                               capture_output=True, text=True, timeout=400)
     assert survivor.returncode == 0, survivor.stderr

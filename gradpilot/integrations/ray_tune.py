@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 
-from gradpilot.errors import GradpilotError
+from gradpilot.errors import GradpilotError, first_line
 
 if TYPE_CHECKING:
     from gradpilot._search import Search, SearchPlan
@@ -72,7 +72,7 @@ def _init(ray: Any, address: str | None) -> bool:
                  configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise GradpilotError(f"cannot start or join Ray at {address or 'a local instance'}: "
-                             f"{str(exc).splitlines()[0][:200]}") from None
+                             f"{first_line(exc)}") from None
     return True
 
 
@@ -137,7 +137,7 @@ def _record(search: Search, study: optuna.Study, plan: SearchPlan, rung: int, re
             saved: dict[int, Any]) -> None:
     """A Ray trial's score at ``rung``, reported to the candidate's trial in the study with the samples it cost."""
     if result.metrics is None or "index" not in result.metrics:
-        raise GradpilotError(f"a short run on Ray failed: {str(result.error).splitlines()[0][:200]}")
+        raise GradpilotError(f"a short run on Ray failed: {first_line(result.error) if result.error else 'no result'}")
     index = int(result.metrics["index"])
     trial = search._trial(study, plan.candidates[index], index)
     done = study._storage.get_trial(trial._trial_id).user_attrs.get("samples", 0)

@@ -22,6 +22,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from gradpilot import lr_finder
 from gradpilot._state import Snapshot
 from gradpilot.errors import GradpilotError
+from gradpilot.logs import hidden_nan
 from gradpilot.monitor import Monitor, log_finding, steer
 from gradpilot.task import Task
 
@@ -143,7 +144,4 @@ class GradpilotCallback(TrainerCallback):
 
 def _true_loss(logs: dict[str, float]) -> float:
     """The logged loss, or NaN where the trainer's NaN filter logged 0.0 over a NaN gradient norm."""
-    loss, norm = float(logs["loss"]), logs.get("grad_norm")
-    if norm is not None and not math.isfinite(float(norm)):
-        return math.nan
-    return loss
+    return math.nan if hidden_nan(logs["loss"], logs.get("grad_norm")) else float(logs["loss"])

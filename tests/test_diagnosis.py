@@ -6,36 +6,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from gradpilot import History, diagnose, fit
-from gradpilot.diagnose import DETECTORS, KINDS, THRESHOLDS
+from gradpilot.diagnosis import DETECTORS, KINDS, THRESHOLDS
 from gradpilot.history import Series
-
-
-def regression(n, seed=0, noise=0.1):
-    """Inputs drawn by ``seed``; the same linear target for every seed, so validation data matches training."""
-    w = torch.randn(10, 1, generator=torch.Generator().manual_seed(1234))
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 10, generator=g)
-    return TensorDataset(x, x @ w + noise * torch.randn(n, 1, generator=g))
-
-
-def classification(n, seed=0, flip=0.0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 10, generator=g)
-    y = (x[:, 0] + x[:, 1] > 0).long()
-    flipped = torch.rand(n, generator=g) < flip
-    y[flipped] = 1 - y[flipped]
-    return TensorDataset(x, y)
-
-
-def mlp(out=1, width=32, depth=1):
-    torch.manual_seed(0)
-    layers = [nn.Linear(10, width), nn.ReLU()]
-    for _ in range(depth - 1):
-        layers += [nn.Linear(width, width), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(width, out))
+from tests.conftest import classification, mlp, regression
 
 
 def run(model, opt, loss, train, val, epochs, batch=32):
@@ -397,7 +373,7 @@ def test_a_small_fall_a_third_undone_is_a_fall_that_came_back():
 
 
 def test_json_safe_reaches_into_nested_dicts_and_lists():
-    from gradpilot.diagnose import json_safe
+    from gradpilot.diagnosis import json_safe
 
     assert json_safe({"a": [float("nan"), {"b": float("inf"), "c": np.float64(2.5)}], "d": np.int64(3)}) == \
         {"a": [None, {"b": None, "c": 2.5}], "d": 3}

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from gradpilot._dialects import speak
+from gradpilot._files import json_safe
 from gradpilot._run_shape import _ACTIVE as _THRESHOLDS
 from gradpilot._run_shape import (
     MEMO,
@@ -76,19 +77,6 @@ class Diagnosis:
         out: dict[str, Any] = json_safe({"findings": [f.to_json() for f in self.findings],
                                          "learning_rate": {"verdict": self.lr_verdict, "reason": self.lr_reason}})
         return out
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN or infinity replaced by None, so that it prints as valid JSON."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 Detector = Callable[[History], list[Finding]]

@@ -1,8 +1,9 @@
-"""``tune(n_jobs=N)``: N - 1 helper processes beside this one, each a worker on the same journal file.
+"""``tune(n_jobs=N)``: N - 1 worker processes on this machine beside this one, each a worker on the same
+journal file.
 
-The helpers are forked, so they inherit the task as it is (no need to pickle it or load it again); each takes
-its share of the threads and opens the storage afresh. The parent watches them while it waits on other
-workers' jobs: a helper that died has its jobs put back in their queues, so the work goes on without it.
+They are forked, so they inherit the task as it is (no need to pickle it or load it again); each takes its
+share of the threads and opens the storage afresh. The parent watches them while it waits on other workers'
+jobs: a worker that died has its jobs put back in their queues, so the work goes on without it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
-import socket
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -22,31 +22,31 @@ from gradpilot import _workers
 from gradpilot._stages import _Context
 
 
-class Helpers:
-    """The helper processes of one ``tune`` call (a context manager: they are joined on the way out)."""
+class LocalWorkers:
+    """The worker processes of one ``tune`` call (a context manager: they are joined on the way out)."""
 
     def __init__(self, ctx: _Context, n_jobs: int, work: Callable[[_Context], Any]) -> None:
         self.ctx, self.n_jobs, self.work = ctx, n_jobs, work
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.handled: set[int] = set()
 
-    def __enter__(self) -> Helpers:
+    def __enter__(self) -> LocalWorkers:
         threads = max(1, torch.get_num_threads() // self.n_jobs)
         torch.set_num_threads(threads)
         fork = multiprocessing.get_context("fork")
         for _ in range(self.n_jobs - 1):
-            process = fork.Process(target=_helper, args=(self.ctx, self.work, threads), daemon=True)
+            process = fork.Process(target=_work_in_child, args=(self.ctx, self.work, threads), daemon=True)
             process.start()
             self.processes.append(process)
         return self
 
     def watch(self) -> None:
-        """Called while the parent waits: put back the jobs of any helper that died, then wait a moment."""
+        """Called while the parent waits: put back the jobs of any worker that died, then wait a moment."""
         for process in self.processes:
             if process.exitcode not in (None, 0) and process.pid not in self.handled:
                 self.handled.add(int(process.pid or 0))
                 _workers.retry_worker(self.ctx.storage, self.ctx.prefix, (f"{self.ctx.prefix}:lr_search",),
-                                      f"{socket.gethostname()}:{process.pid}")
+                                      _workers.worker_id(process.pid))
         time.sleep(_workers.POLL_S)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
@@ -57,7 +57,7 @@ class Helpers:
             process.join()
 
 
-def _helper(ctx: _Context, work: Callable[[_Context], Any], threads: int) -> None:
+def _work_in_child(ctx: _Context, work: Callable[[_Context], Any], threads: int) -> None:
     torch.set_num_threads(threads)
     storage = _workers.open_storage(None, ctx.out, shared=True)
     mine = dataclasses.replace(ctx, storage=storage, progress=None, wait=None, values={}, spent=0)
