@@ -106,7 +106,7 @@ def cli_cases(base: Path) -> list[dict[str, Any]]:
                        "--plot inside a file": ["--plot", str(good / "x.png")]}.items():
         case("find-lr", name, ["find-lr", str(good), *args])
     case("find-lr", "--json in a folder that cannot be written", ["find-lr", str(good), "--json", "--num-steps", "20"],
-         _ok_if(lambda rc, out, err: rc == 0 and _valid_json(out), "prints JSON, writes no picture"), cwd=Path("/proc"))
+         _ok_if(lambda rc, out, _err: rc == 0 and _valid_json(out), "prints JSON, writes no picture"), cwd=Path("/proc"))
 
     # plan
     for name, args in {"no --max-micro-batch": [], "--max-micro-batch 0": ["--max-micro-batch", "0"],
@@ -121,7 +121,7 @@ def cli_cases(base: Path) -> list[dict[str, Any]]:
                        }.items():
         case("plan", name, ["plan", *args])
     case("plan", "a huge target (10^8) with micro-batch 1", ["plan", "--max-micro-batch", "1", "--target", "100000000"],
-         _ok_if(lambda rc, out, err: rc == 0 and "100000000" in out, "answers at once"))
+         _ok_if(lambda rc, out, _err: rc == 0 and "100000000" in out, "answers at once"))
 
     # schedule
     for name, args in {"an unknown name": ["cosin", "--steps", "10"], "--steps 0": ["cosine", "--steps", "0"],
@@ -136,14 +136,14 @@ def cli_cases(base: Path) -> list[dict[str, Any]]:
                        "--lr -1": ["cosine", "--steps", "10", "--lr", "-1"]}.items():
         case("schedule", name, ["schedule", *args])
     case("schedule", "a million steps", ["schedule", "cosine", "--steps", "1000000", "--plot", str(base / "s.png")],
-         _ok_if(lambda rc, out, err: rc == 0 and "999999" in out, "draws it"))
+         _ok_if(lambda rc, out, _err: rc == 0 and "999999" in out, "draws it"))
 
     # find-batch-size
     for name, args in {"--max-memory-mib -1": ["--max-memory-mib", "-1"], "--max-memory-mib nan": ["--max-memory-mib", "nan"],
                        "--max-batch-size 0": ["--max-batch-size", "0"], "--start 0": ["--start", "0"]}.items():
         case("find-batch-size", name, ["find-batch-size", str(good), *args])
     case("find-batch-size", "no limit on CPU (the README's example)", ["find-batch-size", str(good), "--max-memory-mib", "4000"],
-         _ok_if(lambda rc, out, err: rc == 0 and "fits: 256" in out and "dataset's size" in " ".join(out.split()),
+         _ok_if(lambda rc, out, _err: rc == 0 and "fits: 256" in out and "dataset's size" in " ".join(out.split()),
                 "stops at the dataset's 256 items and says so"))
 
     cases += _diagnose_cases(base / "logs")
@@ -202,24 +202,24 @@ def _diagnose_cases(logs: Path) -> list[dict[str, Any]]:
     _write(state, json.dumps({"log_history": history}))
     extreme = _write(logs / "extreme.csv", "step,loss,lr\n" + "".join(f"{s},{(-1) ** s * 1e308},0.1\n" for s in range(40)))
     checks = {
-        "a last line cut short by a kill": (["diagnose", str(cut)], lambda rc, o, e: rc in (0, 1) and "cut short" in e,
+        "a last line cut short by a kill": (["diagnose", str(cut)], lambda rc, _o, e: rc in (0, 1) and "cut short" in e,
                                             "warns and reads the complete rows"),
-        "NaN and infinity with --json": (["diagnose", str(nan), "--json"], lambda rc, o, e: rc == 1 and _valid_json(o)
+        "NaN and infinity with --json": (["diagnose", str(nan), "--json"], lambda rc, o, _e: rc == 1 and _valid_json(o)
                                          and '"nan"' in o, "valid JSON naming the NaN"),
-        "one row": (["diagnose", str(one)], lambda rc, o, e: rc == 0 and "insufficient_data" in o, "says it is too short"),
+        "one row": (["diagnose", str(one)], lambda rc, o, _e: rc == 0 and "insufficient_data" in o, "says it is too short"),
         "one NaN at step 0 of a healthy run": (["diagnose", str(spike), "--json"],
-                                               lambda rc, o, e: '"kind": "nan"' not in o, "not called a NaN run"),
+                                               lambda _rc, o, _e: '"kind": "nan"' not in o, "not called a NaN run"),
         "2 epochs evaluated twice each, overfitting": (["diagnose", str(state), "--json"],
-                                                       lambda rc, o, e: '"num_train_epochs": 1' in o,
+                                                       lambda _rc, o, _e: '"num_train_epochs": 1' in o,
                                                        "stop at epoch 1, not at 'epoch' 2 or 3"),
         "--plot of values near the float limit": (["diagnose", str(extreme), "--plot", str(logs / "x.png")],
-                                                  lambda rc, o, e: rc in (0, 1) and (logs / "x.png").exists(), "drawn"),
+                                                  lambda rc, _o, _e: rc in (0, 1) and (logs / "x.png").exists(), "drawn"),
     }
     for name, (args, predicate, why) in checks.items():
         cases.append({"group": "diagnose", "name": name, "args": args, "expect": _ok_if(predicate, why),
                       "keeps": "finding" if "--json" not in args else None})
     cases.append({"group": "diagnose", "name": "a truncated TensorBoard file", "args": ["diagnose", str(_tb_truncated(logs))],
-                  "expect": _ok_if(lambda rc, o, e: rc in (0, 1) and "truncated" in e, "warns and reads what was whole")})
+                  "expect": _ok_if(lambda rc, _o, e: rc in (0, 1) and "truncated" in e, "warns and reads what was whole")})
     return cases
 
 
@@ -288,13 +288,13 @@ def _early_stop_restart(work: Path) -> Any:
     def run() -> Any:
         values = iter([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
         return _fit(checkpoint_dir=work, epochs=6, val_loader=[(torch.zeros(1, 2), torch.zeros(1, 1))],
-                    metric=lambda o, y: next(values), early_stopping=EarlyStopping(patience=2))
+                    metric=lambda _o, _y: next(values), early_stopping=EarlyStopping(patience=2))
 
     first, again = run(), run()
     return first.steps, again.steps
 
 
-def _other_models_optimizer(work: Path) -> Any:
+def _other_models_optimizer(_work: Path) -> Any:
     model, _, _ = _tiny()
     _, opt, _ = _tiny()
     return _fit(model=model, optimizer=opt)
@@ -309,7 +309,7 @@ def _find_lr(**kwargs: Any) -> Any:
     return find_lr(model, kwargs.pop("optimizer", opt), nn.MSELoss(), loader, **kwargs)
 
 
-def _lion_like(work: Path) -> Any:
+def _lion_like(_work: Path) -> Any:
     import torch
 
     class Lion(torch.optim.SGD):
@@ -319,7 +319,7 @@ def _lion_like(work: Path) -> Any:
     return _find_lr(optimizer=Lion(model.parameters(), lr=0.1))
 
 
-def _batch_search_unbounded(work: Path) -> Any:
+def _batch_search_unbounded(_work: Path) -> Any:
     import torch
     from torch import nn
     from torch.utils.data import TensorDataset
@@ -331,7 +331,7 @@ def _batch_search_unbounded(work: Path) -> Any:
     return find_batch_size(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), data)
 
 
-def _noise_scale_bn(work: Path) -> Any:
+def _noise_scale_bn(_work: Path) -> Any:
     import copy
 
     import torch
@@ -347,25 +347,25 @@ def _noise_scale_bn(work: Path) -> Any:
     return all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-def _evaluate_forwards(work: Path) -> Any:
+def _evaluate_forwards(_work: Path) -> Any:
     from torch import nn
 
     from gradpilot.training import evaluate
 
     model, _, loader = _tiny()
     calls: list[int] = []
-    model.register_forward_hook(lambda *a: calls.append(1))
-    evaluate(model, loader, None, lambda o, y: 0.0, step_fn=lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]))
+    model.register_forward_hook(lambda *_a: calls.append(1))
+    evaluate(model, loader, None, lambda _o, _y: 0.0, step_fn=lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]))
     return len(calls), len(loader)
 
 
-def _bucketed_batch(work: Path) -> Any:
+def _bucketed_batch(_work: Path) -> Any:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     model, opt, _ = _tiny()
     data = TensorDataset(torch.randn(16, 2), torch.randn(16, 1))
-    loader = DataLoader(data, batch_sampler=[list(range(0, 6)), list(range(6, 16))])
+    loader = DataLoader(data, batch_sampler=[list(range(6)), list(range(6, 16))])
     return _fit(model=model, optimizer=opt, loader=loader).effective_batch_size
 
 
@@ -395,12 +395,12 @@ def api_cases() -> list[dict[str, Any]]:
                          "scheduler option it does not take": {"scheduler": "cosine", "scheduler_options": {"gamma": 1}},
                          "early stopping without validation": {"early_stopping": __import__("gradpilot").EarlyStopping()},
                          }.items():
-        case("fit", name, lambda w, k=kwargs: _fit(**k))
+        case("fit", name, lambda _w, k=kwargs: _fit(**k))
     case("fit", "an optimizer over another model's parameters", _other_models_optimizer)
     case("fit", "a checkpoint_dir that is a file", lambda w: (_write(w / "f", "x"), _fit(checkpoint_dir=w / "f")))
-    case("fit", "a checkpoint_dir under /proc", lambda w: _fit(checkpoint_dir="/proc/gp"))
-    case("fit", "fit(task, epochs=0)", lambda w: _fit_task(epochs=0))
-    case("fit", "fit(task, train_loader=[])", lambda w: _fit_task(train_loader=[]))
+    case("fit", "a checkpoint_dir under /proc", lambda _w: _fit(checkpoint_dir="/proc/gp"))
+    case("fit", "fit(task, epochs=0)", lambda _w: _fit_task(epochs=0))
+    case("fit", "fit(task, train_loader=[])", lambda _w: _fit_task(train_loader=[]))
     case("resume", "a checkpoint crafted to run code on load", _crafted_checkpoint)
     case("resume", "a changed learning rate", lambda w: _resume_changed(w, lr=0.01))
     case("resume", "a changed dataset of the same length", lambda w: _resume_changed(w, x_seed=1))
@@ -410,14 +410,14 @@ def api_cases() -> list[dict[str, Any]]:
     for name, kwargs in {"start_lr=nan": {"start_lr": math.nan}, "num_steps=2.5": {"num_steps": 2.5},
                          "smoothing=1": {"smoothing": 1.0}, "family='bogus'": {"family": "bogus"},
                          "rule='bogus'": {"rule": "bogus"}, "end_lr=inf": {"end_lr": math.inf}}.items():
-        case("find_lr", name, lambda w, k=kwargs: _find_lr(**k))
+        case("find_lr", name, lambda _w, k=kwargs: _find_lr(**k))
     case("find_lr", "an optimizer gradpilot cannot place (a Lion)", _lion_like)
     case("batch size", "no limit on CPU, 768 items", _batch_search_unbounded,
          lambda r: (r.batch_size <= 768 and "dataset's size" in r.limit, f"batch {r.batch_size}: {r.limit[:60]}"))
     case("batch size", "noise scale on a BatchNorm model", _noise_scale_bn, lambda same: (same, "statistics unchanged"))
     case("scaling", "scale_lr for Lion under rule auto",
-         lambda w: __import__("gradpilot").scaling.scale_lr(1e-3, 32, 64, "auto", optimizer="lion"))
-    case("scaling", "plan(10^8, 1)", lambda w: __import__("gradpilot").scaling.plan(10**8, 1),
+         lambda _w: __import__("gradpilot").scaling.scale_lr(1e-3, 32, 64, "auto", optimizer="lion"))
+    case("scaling", "plan(10^8, 1)", lambda _w: __import__("gradpilot").scaling.plan(10**8, 1),
          lambda p: (p.exact, "exact, at once"))
     case("training", "evaluate with step_fn and metric", _evaluate_forwards,
          lambda v: (v[0] == v[1], f"{v[0]} forwards for {v[1]} batches"))

@@ -145,7 +145,7 @@ def write_hf(task: gradpilot.Task, lr: float, schedule: str, steps: int, seed: i
     val_losses: list[float] = []
 
     class Evals(TrainerCallback):  # type: ignore[misc]
-        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float], **kw: Any) -> None:
+        def on_evaluate(self, _args: Any, _state: Any, _control: Any, metrics: dict[str, float], **_kw: Any) -> None:
             val_losses.append(float(metrics["eval_loss"]))
 
     model = _HFModel(task, losses)
@@ -184,14 +184,14 @@ def write_lightning(task: gradpilot.Task, lr: float, schedule: str, steps: int, 
             self.inner = task.model
             self.batch_losses: list[torch.Tensor] = []
 
-        def training_step(self, batch: Any, i: int) -> torch.Tensor:
+        def training_step(self, batch: Any, _i: int) -> torch.Tensor:
             x, y = batch
             loss = task.loss_fn(self.inner(x), y)
             losses.append(float(loss))
             self.log("train_loss", loss)
             return loss
 
-        def validation_step(self, batch: Any, i: int) -> None:
+        def validation_step(self, batch: Any, _i: int) -> None:
             x, y = batch
             out = self.inner(x)
             self.batch_losses.append(task.loss_fn(out, y) * len(y))
@@ -254,10 +254,10 @@ def write_keras(task: gradpilot.Task, lr: float, schedule: str, steps: int, seed
     val_losses: list[float] = []
 
     class Record(keras.callbacks.Callback):  # type: ignore[misc]
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        def on_epoch_end(self, _epoch: int, logs: dict[str, float] | None = None) -> None:
             val_losses.append(float((logs or {}).get("val_loss", float("nan"))))
 
-        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        def on_train_batch_end(self, _batch: int, logs: dict[str, float] | None = None) -> None:
             losses.append(float((logs or {}).get("loss", float("nan"))))
 
     folder.mkdir(parents=True, exist_ok=True)

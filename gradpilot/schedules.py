@@ -35,11 +35,11 @@ class Schedule:
             self.scheduler.step()
 
 
-def _constant(opt: torch.optim.Optimizer, total_steps: int) -> Schedule:
+def _constant(opt: torch.optim.Optimizer, _total_steps: int) -> Schedule:
     return Schedule(lr_scheduler.LambdaLR(opt, lambda _: 1.0), "step")
 
 
-def _step(opt: torch.optim.Optimizer, total_steps: int, *, step_size: int = 1, gamma: float = 0.1) -> Schedule:
+def _step(opt: torch.optim.Optimizer, _total_steps: int, *, step_size: int = 1, gamma: float = 0.1) -> Schedule:
     return Schedule(lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma), "epoch")
 
 
@@ -48,7 +48,7 @@ def _cosine(opt: torch.optim.Optimizer, total_steps: int, *, T_max: int | None =
     return Schedule(lr_scheduler.CosineAnnealingLR(opt, T_max=T_max or total_steps, eta_min=eta_min), "step")
 
 
-def _plateau(opt: torch.optim.Optimizer, total_steps: int, *, mode: Literal["min", "max"] = "min", patience: int = 2,
+def _plateau(opt: torch.optim.Optimizer, _total_steps: int, *, mode: Literal["min", "max"] = "min", patience: int = 2,
              factor: float = 0.5, min_lr: float = 0.0) -> Schedule:
     sched = lr_scheduler.ReduceLROnPlateau(opt, mode=mode, patience=patience, factor=factor, min_lr=min_lr)
     return Schedule(sched, "epoch", needs_metric=True)
@@ -78,7 +78,7 @@ def _warmup_factor(step: int, warmup_steps: int) -> float | None:
     return step / max(1, warmup_steps) if step < warmup_steps else None
 
 
-def _constant_with_warmup(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0) -> Schedule:
+def _constant_with_warmup(opt: torch.optim.Optimizer, _total_steps: int, *, warmup_steps: int = 0) -> Schedule:
     """transformers' ``constant_with_warmup``: linear from 0 over ``warmup_steps``, then constant."""
     def factor(step: int) -> float:
         warm = _warmup_factor(step, warmup_steps)
@@ -130,7 +130,7 @@ BUILDERS: dict[str, Callable[..., Schedule]] = {
 
 def options_of(name: str) -> list[str]:
     """The options a named schedule accepts."""
-    return [p for p in inspect.signature(_builder(name)).parameters if p not in ("opt", "total_steps")]
+    return [p for p in inspect.signature(_builder(name)).parameters if p not in ("opt", "total_steps", "_total_steps")]
 
 
 def _builder(name: str) -> Callable[..., Schedule]:

@@ -136,7 +136,7 @@ def _drive(ctx: _Context, *, outputs: bool = True) -> TuneResult:
         if outputs:
             write_json(ctx.out / "tune.json", record)
     if not outputs:
-        return _result(ctx, tuple(stages), {})
+        return _result(ctx, tuple(stages))
     return _outputs(ctx, tuple(stages), record)
 
 
@@ -253,7 +253,7 @@ def _outputs(ctx: _Context, stages: tuple[Stage, ...], record: dict[str, Any]) -
     else:
         warnings.warn(f"the final run was trained by worker {ctx.values.get('trained_by')}: model.pt is in its "
                       "out_dir, not here", stacklevel=3)
-    result = _result(ctx, stages, reasons)
+    result = _result(ctx, stages)
     record.update(plan=plan, reasons=reasons, spent_runs=result.spent, budget_runs=ctx.budget,
                   metric=result.metric)
     write_json(ctx.out / "tune.json", record)
@@ -261,7 +261,7 @@ def _outputs(ctx: _Context, stages: tuple[Stage, ...], record: dict[str, Any]) -
     return result
 
 
-def _result(ctx: _Context, stages: tuple[Stage, ...], reasons: dict[str, str]) -> TuneResult:
+def _result(ctx: _Context, stages: tuple[Stage, ...]) -> TuneResult:
     plan, _ = _hf_plan.plan(ctx.values, ctx.task, stages)
     spent = ctx.spent / (ctx.train_items * ctx.task.epochs)
     return TuneResult(plan, stages, ctx.budget, spent, float(ctx.values["metric"]), ctx.task.model, ctx.out,

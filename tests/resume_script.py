@@ -45,7 +45,7 @@ if kill is not None and kill.startswith("write:"):
     kill = None
 
 
-def on_step(step, lr):
+def on_step(step, _lr):
     if kill is not None and step == int(kill):
         os._exit(9)
 

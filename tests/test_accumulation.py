@@ -97,7 +97,7 @@ def test_windows_and_weights_are_plain_arithmetic():
     count = item_counter(nn.CrossEntropyLoss(ignore_index=0), None)
     assert int(count((torch.zeros(3, 2), torch.tensor([[0, 1], [2, 0], [0, 0]])))) == 2
     assert item_counter(nn.MSELoss(), None)((torch.zeros(5, 2), torch.zeros(5, 1))) == 5
-    assert item_counter(None, lambda b: 7)(object()) == 7
+    assert item_counter(None, lambda _b: 7)(object()) == 7
 
 
 def test_uncountable_batches_and_non_mean_losses_are_clear_errors():
@@ -132,7 +132,7 @@ def test_item_counter_refuses_what_it_cannot_count():
         item_counter(nn.MSELoss(), None)({"input_ids": torch.zeros(3, 4)})
     with pytest.raises(GradpilotError, match="mean-reduced loss"):
         item_counter(nn.CrossEntropyLoss(reduction="sum"), None)
-    assert item_counter(nn.MSELoss(), lambda b: 42)((torch.zeros(2), torch.zeros(2))) == 42
+    assert item_counter(nn.MSELoss(), lambda _b: 42)((torch.zeros(2), torch.zeros(2))) == 42
 
 
 def test_accumulate_by_hand_against_one_backward():
@@ -178,7 +178,8 @@ def one_process_group():
     dist.destroy_process_group()
 
 
-def test_micro_weights_under_data_parallel(one_process_group):
+@pytest.mark.usefixtures("one_process_group")
+def test_micro_weights_under_data_parallel():
     from gradpilot.distributed import comm_device
 
     assert comm_device() == torch.device("cpu")  # gloo communicates on the CPU

@@ -159,8 +159,8 @@ def test_an_early_stopped_run_started_again_trains_no_more(tmp_path):
     from gradpilot import EarlyStopping
 
     values = iter([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
-    kwargs = dict(epochs=6, val_loader=[(torch.zeros(1, 2), torch.zeros(1, 1))], metric=lambda o, y: next(values),
-                  early_stopping=EarlyStopping(patience=2))
+    kwargs = {"epochs": 6, "val_loader": [(torch.zeros(1, 2), torch.zeros(1, 1))], "metric": lambda _o, _y: next(values),
+                  "early_stopping": EarlyStopping(patience=2)}
     model, first = tiny_run(tmp_path, **kwargs)
     assert first.epochs_completed == 3 and first.restored_best and "early stopping at epoch 3" in first.stop_reason
     params = [p.clone() for p in model.parameters()]
@@ -193,5 +193,5 @@ def test_checkpoint_dir_that_cannot_be_written_fails_before_any_training(tmp_pat
             model = nn.Linear(2, 1)
             fit(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(),
                 DataLoader(TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), batch_size=4), epochs=1,
-                checkpoint_dir=bad, on_step=lambda s, lr: steps.append(s))
+                checkpoint_dir=bad, on_step=lambda s, _lr: steps.append(s))
     assert steps == []

@@ -174,16 +174,16 @@ def test_version_and_help_show_flags_as_flags():
 
 
 def test_cli_rules_and_schedules_are_the_library_s():
-    from gradpilot import cli, schedules, suggest
+    from gradpilot import _cli_lr, _cli_schedule, schedules, suggest
 
-    assert tuple(suggest.RULES) == cli.RULES and tuple(schedules.BUILDERS) == cli.SCHEDULES
+    assert tuple(suggest.RULES) == _cli_lr.RULES and tuple(schedules.BUILDERS) == _cli_schedule.SCHEDULES
 
 
 def test_outputs_are_checked_before_the_range_test_runs(tmp_path, monkeypatch):
     import gradpilot.lr_finder
 
     ran = []
-    monkeypatch.setattr(gradpilot.lr_finder, "find_lr", lambda *a, **k: ran.append(1))
+    monkeypatch.setattr(gradpilot.lr_finder, "find_lr", lambda *_a, **_k: ran.append(1))
     for plot, message in ((tmp_path, "is a folder"), (Path("/proc/curve.png"), "not writable"),
                           (tmp_path / "f.txt" / "curve.png", "is a file, not a folder")):
         (tmp_path / "f.txt").write_text("x")
@@ -201,7 +201,7 @@ def test_json_writes_no_picture_unless_asked(tmp_path, monkeypatch):
 def test_a_drawing_that_fails_loses_no_result(tmp_path, monkeypatch):
     import gradpilot.plots
 
-    def broken(*args, **kwargs):
+    def broken(*_args, **_kwargs):
         raise OverflowError("cannot draw 1e308")
 
     monkeypatch.setattr(gradpilot.plots, "plot_lr_curve", broken)
@@ -321,7 +321,7 @@ def test_a_noise_scale_that_cannot_be_measured_costs_only_itself(tmp_path, monke
     import gradpilot.batch_size
     from gradpilot import GradpilotError
 
-    def unmeasurable(*args, **kwargs):
+    def unmeasurable(*_args, **_kwargs):
         raise GradpilotError("the noise scale is not measurable from these norms")
 
     monkeypatch.setattr(gradpilot.batch_size, "estimate_noise_scale", unmeasurable)

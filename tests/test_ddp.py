@@ -40,7 +40,7 @@ def worker(rank: int, world: int, port: int, out: str, case: str) -> None:
         if case == "count":
             model = DistributedDataParallel(model)
 
-            def counting_hook(state, bucket):
+            def counting_hook(_state, bucket):
                 calls.append(1)
                 fut = torch.futures.Future()
                 fut.set_result(bucket.buffer())

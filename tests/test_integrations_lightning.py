@@ -25,14 +25,14 @@ class Spirals(pl.LightningModule):
         self.net = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 3))
         self.steps_seen = 0
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch, _batch_idx):
         x, y = batch
         loss = nn.functional.cross_entropy(self.net(x), y)
         self.log("train_loss", loss)
         self.steps_seen += 1
         return loss
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, _batch_idx):
         x, y = batch
         self.log("val_loss", nn.functional.cross_entropy(self.net(x), y))
 
@@ -42,7 +42,7 @@ class Spirals(pl.LightningModule):
 
 
 class Data(pl.LightningDataModule):
-    def setup(self, stage: str) -> None:
+    def setup(self, stage: str) -> None:  # noqa: ARG002 (Lightning passes stage= by name)
         self.train, self.val = spirals(1024, seed=0), spirals(256, seed=1)
 
     def train_dataloader(self):
@@ -111,7 +111,7 @@ def test_diagnose_reads_the_newest_version_of_the_folders_lightning_writes(tmp_p
     from gradpilot.logs import read_log
 
     class Logged(Spirals):
-        def training_step(self, batch, batch_idx):
+        def training_step(self, batch, _batch_idx):
             x, y = batch
             loss = nn.functional.cross_entropy(self.net(x), y)
             self.log("train_loss", loss, on_step=True, on_epoch=True)
@@ -145,7 +145,7 @@ def test_diagnose_reads_the_newest_version_of_the_folders_lightning_writes(tmp_p
 
 def test_the_callback_reads_validation_under_the_key_given(tmp_path):
     class Renamed(Spirals):
-        def validation_step(self, batch, batch_idx):
+        def validation_step(self, batch, _batch_idx):
             x, y = batch
             self.log("valid/ce", nn.functional.cross_entropy(self.net(x), y))
 

@@ -262,7 +262,7 @@ def test_progress_callback_sees_every_step():
     ticks = []
     model = nn.Linear(8, 1)
     find_lr(model, torch.optim.Adam(model.parameters()), nn.MSELoss(), DataLoader(regression_data(), batch_size=32),
-            num_steps=12, end_lr=1e-3, progress=lambda step, total, lr, loss: ticks.append((step, total)))
+            num_steps=12, end_lr=1e-3, progress=lambda step, total, _lr, _loss: ticks.append((step, total)))
     assert ticks == [(i, 12) for i in range(1, 13)]
 
 
@@ -308,7 +308,7 @@ def test_non_scalar_loss_is_a_clear_error():
 
 def test_family_is_read_from_the_optimizer_and_can_be_overridden():
     task = example_task(0)
-    kwargs = dict(num_steps=60)
+    kwargs = {"num_steps": 60}
     adaptive = find_lr(task.model, task.make_optimizer(), task.loss_fn, task.train_loader(), **kwargs)
     as_sgd = find_lr(task.model, task.make_optimizer(), task.loss_fn, task.train_loader(), family="sgd", **kwargs)
     assert adaptive.alternatives["valley"] == as_sgd.alternatives["valley"]  # same curve
@@ -334,7 +334,7 @@ def test_num_items_counts_what_gradpilot_cannot_when_accumulating():
     model = nn.Linear(4, 1)
     batches = [{"x": torch.randn(n, 4), "y_": torch.randn(n, 1)} for n in (2, 6) * 10]  # no key gradpilot knows
     step_fn = lambda m, b: nn.functional.mse_loss(m(b["x"]), b["y_"])
-    kwargs = dict(step_fn=step_fn, accumulation_steps=2, num_steps=10, end_lr=1e-3)
+    kwargs = {"step_fn": step_fn, "accumulation_steps": 2, "num_steps": 10, "end_lr": 1e-3}
     with pytest.raises(GradpilotError, match="pass num_items"):
         find_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), None, batches, **kwargs)
     result = find_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), None, batches,

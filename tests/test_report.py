@@ -127,7 +127,7 @@ def test_diagnose_html_writes_the_run_s_page_without_importing_torch(tuned, tmp_
 def test_a_page_that_cannot_be_drawn_costs_the_page_not_the_plan(tmp_path, monkeypatch):
     import gradpilot.report
 
-    def broken(out):
+    def broken(_out):
         raise RuntimeError("no fonts")
 
     monkeypatch.setattr(gradpilot.report, "write_tune_report", broken)

@@ -106,11 +106,11 @@ def test_search_stops_bisecting_within_a_thirty_second_of_the_size():
 
 
 def test_search_respects_start_and_max_size():
-    best, tried = search_batch_size(lambda n: True, start=3, max_size=20)
+    best, tried = search_batch_size(lambda _n: True, start=3, max_size=20)
     assert best == 20 and [n for n, _ in tried] == [3, 6, 12, 20]
     best, tried = search_batch_size(lambda n: n <= 30, start=4, max_size=50)
     assert best == 30 and [n for n, _ in tried][:5] == [4, 8, 16, 32, 24]
-    assert search_batch_size(lambda n: False, start=2) == (0, [(2, False)])
+    assert search_batch_size(lambda _n: False, start=2) == (0, [(2, False)])
 
 
 def test_noise_scale_recovers_known_parts():

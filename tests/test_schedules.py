@@ -192,7 +192,7 @@ def scripted_plateau(values, **kwargs):
     model, opt, loader = setup()
     seen = iter(values)
     return fit(model, opt, nn.MSELoss(), loader, epochs=len(values), scheduler="plateau", val_loader=[loader.dataset[:4]],
-               metric=lambda out, y: next(seen), **kwargs)
+               metric=lambda _out, _y: next(seen), **kwargs)
 
 
 def test_plateau_follows_the_metric_s_direction_and_its_floor():

@@ -159,7 +159,7 @@ def test_a_task_with_its_own_step_and_collate_trains_and_validates_through_them(
                        collate_fn=3)
 
 
-def test_a_task_s_max_grad_norm_clips_every_run_of_it(tmp_path):
+def test_a_task_s_max_grad_norm_clips_every_run_of_it():
     import dataclasses
 
     from gradpilot._search import Candidate, ShortRun

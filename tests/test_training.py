@@ -42,10 +42,10 @@ def scripted_run(values, stopping, higher_is_better=False):
     seen = []
     epoch = {"i": 0}
 
-    def metric(outputs, targets):
+    def metric(_outputs, _targets):
         return values[epoch["i"]]
 
-    def on_step(step, lr):
+    def on_step(step, _lr):
         if step % 2 == 0:  # 2 steps per epoch: the epoch just ended, record its weights for the check
             seen.append({k: v.clone() for k, v in net.state_dict().items()})
             epoch["i"] = step // 2 - 1
@@ -164,7 +164,7 @@ def test_nonsense_numbers_are_refused_before_any_step(kwargs, message):
     net, steps = model(), []
     with pytest.raises(GradpilotError, match=message):
         fit(net, torch.optim.SGD(net.parameters(), lr=0.1), nn.MSELoss(), DataLoader(data(), batch_size=8),
-            on_step=lambda s, lr: steps.append(s), **kwargs)
+            on_step=lambda s, _lr: steps.append(s), **kwargs)
     assert steps == []
 
 
@@ -183,7 +183,7 @@ def test_a_task_never_overrides_what_the_caller_passed():
         fit(task, epochs=0)
     with pytest.raises(GradpilotError, match="train_loader yields no batches"):
         fit(task, train_loader=[])  # an empty loader of the user's is not swapped for the task's
-    result = fit(task, epochs=1, metric=lambda out, y: 7.0)
+    result = fit(task, epochs=1, metric=lambda _out, _y: 7.0)
     assert result.val_metrics == (7.0,) and result.best_epoch == 1
 
 
@@ -192,7 +192,7 @@ def test_effective_batch_size_with_a_batch_sampler():
 
     class Buckets(torch.utils.data.Sampler):  # length bucketing: batches of uneven size, no batch_size attribute
         def __iter__(self):
-            return iter([list(range(0, 10)), list(range(10, 16)), list(range(16, 32))])
+            return iter([list(range(10)), list(range(10, 16)), list(range(16, 32))])
 
         def __len__(self):
             return 3
@@ -209,7 +209,7 @@ def test_effective_batch_size_with_a_batch_sampler():
 
 def test_evaluate_with_step_fn_and_metric_runs_one_forward_per_batch():
     net, calls = model(), []
-    net.register_forward_hook(lambda *a: calls.append(1))
+    net.register_forward_hook(lambda *_a: calls.append(1))
     loader = DataLoader(data(32), batch_size=8)
 
     def step_fn(m, batch):

@@ -42,7 +42,7 @@ def find_lr(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Ligh
     loader = source.train_dataloader()
     optimizer = _first_optimizer(module.configure_optimizers())
 
-    def step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    def step(_model: torch.nn.Module, batch: Any) -> torch.Tensor:
         return _training_loss(module, batch)
 
     kwargs.setdefault("accumulation_steps", int(trainer.accumulate_grad_batches))
@@ -67,12 +67,12 @@ def task_from_trainer(made: Any, name: str = "lightning") -> Task:
     train, val = source.train_dataloader(), source.val_dataloader()
     first = _first_optimizer(module.configure_optimizers())
 
-    def step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    def step(_model: torch.nn.Module, batch: Any) -> torch.Tensor:
         with warnings.catch_warnings():  # self.log() outside a fit has nowhere to go
             warnings.filterwarnings("ignore", message=".*self.log.*")
             return _training_loss(module, batch)
 
-    def make(params: Any, lr: float) -> torch.optim.Optimizer:
+    def make(_params: Any, lr: float) -> torch.optim.Optimizer:
         opt = _first_optimizer(module.configure_optimizers())
         for group in opt.param_groups:
             group["lr"] = lr
@@ -123,8 +123,8 @@ class GradpilotCallback(pl.Callback):
         self.output: Path | None = None
         self._last_step = -1
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, _batch: Any,
+                           _batch_idx: int) -> None:
         step = int(trainer.global_step)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if step == self._last_step or not isinstance(loss, torch.Tensor):
@@ -136,7 +136,7 @@ class GradpilotCallback(pl.Callback):
             configs = trainer.lr_scheduler_configs
             steer(new, self.monitor, self.good, step, module, optimizer, configs[0].scheduler if configs else None)
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    def on_validation_epoch_end(self, trainer: pl.Trainer, _module: pl.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.val_key)
         if value is None or trainer.sanity_checking:
             return
@@ -145,7 +145,7 @@ class GradpilotCallback(pl.Callback):
             trainer.should_stop = True
             self.monitor.record(int(trainer.global_step), "overfitting", f"stopped the run: {overfit[0].evidence}")
 
-    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: pl.Trainer, _module: pl.LightningModule) -> None:
         if self.monitor.steps:
             folder = Path(trainer.log_dir or trainer.default_root_dir)
             self.output = self.monitor.write_json(folder / DIAGNOSIS_FILE, "lightning.Trainer (gradpilot callback)")

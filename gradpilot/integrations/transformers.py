@@ -134,8 +134,8 @@ class GradpilotCallback(TrainerCallback):
                     " (set load_best_model_at_end=True to get the best weights back)"
                 self.monitor.record(step, "overfitting", f"stopped training: {overfit[0].evidence}{kept}")
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                     **kwargs: Any) -> None:
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,  # noqa: ARG002
+                     **kwargs: Any) -> None:  # noqa: ARG002 (the signature is TrainerCallback's)
         if self.monitor.steps:
             folder = Path(args.output_dir or ".")
             self.output = self.monitor.write_json(folder / DIAGNOSIS_FILE, "transformers.Trainer (gradpilot callback)")
