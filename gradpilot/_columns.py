@@ -37,14 +37,16 @@ def classify(name: str) -> str | None:
     if toks & {"lr", "learning"} and "loss" not in toks:
         return "lr"
     if "loss" in toks:
-        if toks & VAL_TOKENS:
-            return "val_loss"
-        if "epoch" in toks:
-            return "train_loss_epoch"
-        return "train_loss"
+        return _loss_kind(toks)
     if toks & VAL_TOKENS and not toks & IGNORED:
         return "val_metric"
     return None
+
+
+def _loss_kind(toks: set[str]) -> str:
+    if toks & VAL_TOKENS:
+        return "val_loss"
+    return "train_loss_epoch" if "epoch" in toks else "train_loss"
 
 
 def number(value: Any) -> float | None:

@@ -70,8 +70,8 @@ def schedule(ctx: _Context) -> Stage:
     name = fixed or "cosine_with_min_lr"
     if fixed in ("constant", "constant_with_warmup") or (fixed is None and n * ctx.train_items > ctx.left):
         reason = "fixed" if fixed else "budget"
-        return Stage("schedule", {**_kept_constant(ctx), "trained_by": f"{worker_id()} in {ctx.out.resolve()}"},
-                     f"constant LR ({reason})", skipped=reason)
+        return Stage("schedule", {**_kept_constant(ctx), "trained_by": _trained_by(ctx)}, f"constant LR ({reason})",
+                     skipped=reason)
     ctx.say(f"{name} over {n} epochs")
     result, _ = _train(ctx, name, n, None)
     score = _score(result)
@@ -80,15 +80,23 @@ def schedule(ctx: _Context) -> Stage:
     options = {"min_lr": MIN_LR_RATE * float(ctx.values["learning_rate"])} if name == "cosine_with_min_lr" else {}
     decision = {"lr_scheduler_type": name, "lr_scheduler_kwargs": options, "metric": score, "num_train_epochs": n,
                 "model_file": f"{name}.pt"} if wins else _kept_constant(ctx)
-    decision["trained_by"] = f"{worker_id()} in {ctx.out.resolve()}"
-    why = f"{name} over {n} epochs validates at {score:.4g}, the one run the budget paid for" if constant is None else \
-        f"{name} over {n} epochs validates at {score:.4g} against the constant LR's {constant:.4g}: " + \
-        ("kept" if wins else "the constant LR is kept")
     tried = [{name: score}] if constant is None else [{"constant": constant}, {name: score}]
-    return Stage("schedule", decision, why, alternatives=tried,
+    why = _schedule_why(name, n, score, constant, wins)
+    return Stage("schedule", {**decision, "trained_by": _trained_by(ctx)}, why, alternatives=tried,
                  evidence={"val_metrics": list(result.val_metrics), "lrs": list(result.lrs)},
-                 samples=_charge_run(ctx, result),
-                 skipped="fixed" if fixed else "")
+                 samples=_charge_run(ctx, result), skipped="fixed" if fixed else "")
+
+
+def _schedule_why(name: str, n: int, score: float, constant: float | None, wins: bool) -> str:
+    if constant is None:
+        return f"{name} over {n} epochs validates at {score:.4g}, the one run the budget paid for"
+    return (f"{name} over {n} epochs validates at {score:.4g} against the constant LR's {constant:.4g}: "
+            + ("kept" if wins else "the constant LR is kept"))
+
+
+def _trained_by(ctx: _Context) -> str:
+    """Which worker holds the final run's weights, and where (another machine's worker keeps them there)."""
+    return f"{worker_id()} in {ctx.out.resolve()}"
 
 
 def _kept_constant(ctx: _Context) -> dict[str, Any]:

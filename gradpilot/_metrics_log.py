@@ -42,19 +42,15 @@ class MetricsLog:
         """Add the rows not yet written (every row from the start when ``rewrite``)."""
         if rewrite or not self.path.exists():
             self.steps_written = self.evals_written = 0
-        rows = []
         metrics: Sequence[float | None] = val_metrics or [None] * len(val_losses)
         evals = list(zip(epoch_steps, val_losses, metrics, strict=False))  # no validation: no rows
+        rows = []
         for step in range(self.steps_written + 1, len(losses) + 1):
             epoch = sum(1 for s in epoch_steps if s < step)
             blank = [""] * (len(self.columns) - 4)
             rows.append([step, epoch, _cell(lrs[step - 1]), _cell(losses[step - 1]), *blank])
-            while self.evals_written < len(evals) and evals[self.evals_written][0] == step:
-                rows.append(self._eval_row(evals[self.evals_written], self.evals_written))
-                self.evals_written += 1
-        while self.evals_written < len(evals) and evals[self.evals_written][0] <= len(losses):
-            rows.append(self._eval_row(evals[self.evals_written], self.evals_written))
-            self.evals_written += 1
+            rows += self._eval_rows(evals, up_to=step, exactly=True)
+        rows += self._eval_rows(evals, up_to=len(losses))
         self.steps_written = len(losses)
         fresh = rewrite or not self.path.exists()
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -65,6 +61,16 @@ class MetricsLog:
             writer.writerows(rows)
             f.flush()
             os.fsync(f.fileno())
+
+    def _eval_rows(self, evals: list[tuple[int, float, float | None]], *, up_to: int,
+                   exactly: bool = False) -> list[list[object]]:
+        """The evaluations not yet written that came at step ``up_to`` (``exactly``) or by it."""
+        rows = []
+        while self.evals_written < len(evals) and (evals[self.evals_written][0] == up_to if exactly
+                                                   else evals[self.evals_written][0] <= up_to):
+            rows.append(self._eval_row(evals[self.evals_written], self.evals_written))
+            self.evals_written += 1
+        return rows
 
     def _eval_row(self, entry: tuple[int, float, float | None], epoch: int) -> list[object]:
         step, loss, metric = entry

@@ -211,12 +211,7 @@ class Search:
         the plan's note (``{"skipped": why}`` when there is no search)."""
         first = Queue(self.storage, f"{self.prefix}:lr_search:rung-0")
         if first.claim_filling():
-            note = make_plan()
-            if self.on_ray and "skipped" not in note:
-                self._on_ray(note)
-                note["ran_on"] = "ray"
-            first.fill([{"index": i} for i in range(len(note.get("candidates", [])))] if "ran_on" not in note else [],
-                       note)
+            self._start(first, make_plan())
         note = first.note(self.wait)
         if "skipped" in note or "ran_on" in note:
             return note
@@ -228,6 +223,15 @@ class Search:
                 queue.fill([{"index": i} for i in self._halve(study, plan, k - 1)])
             queue.work(functools.partial(self._rung_job, study, plan, k, allowance), self.wait)
         return note
+
+    def _start(self, first: Queue, note: dict[str, Any]) -> None:
+        """The starting worker's part: fill the first rung with every candidate, or run the whole search on
+        Ray and leave the rung empty (its note says so)."""
+        if self.on_ray and "skipped" not in note:
+            self._on_ray(note)
+            note["ran_on"] = "ray"
+        runs_here = "ran_on" not in note
+        first.fill([{"index": i} for i in range(len(note.get("candidates", [])))] if runs_here else [], note)
 
     def _on_ray(self, note: dict[str, Any]) -> None:
         """The whole search as Ray Tune trials, recorded in the study (see gradpilot.integrations.ray_tune)."""

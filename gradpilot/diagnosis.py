@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from gradpilot._dialects import speak
-from gradpilot._files import json_safe
+from gradpilot._findings import KINDS, TOO_HIGH, Diagnosis, Finding, fmt_lr, lr_remedy
 from gradpilot._run_shape import _ACTIVE as _THRESHOLDS
 from gradpilot._run_shape import (
     MEMO,
@@ -31,69 +30,9 @@ from gradpilot._run_shape import (
 from gradpilot._run_shape import thresholds as _th
 from gradpilot.history import History
 
-KINDS = ("divergence", "nan", "oscillation", "plateau", "slow_convergence", "overfitting", "underfitting", "healthy",
-         "insufficient_data")
-TOO_HIGH = ("nan", "divergence", "oscillation")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One thing the run shows, where (``start``–``end`` in ``unit``), the numbers behind it, and what to change.
-
-    ``remedy`` holds the concrete new values under the plan's names (``learning_rate``, ``num_train_epochs``,
-    ``lr_scheduler_type``, ...); ``advice`` says the same in words.
-    """
-
-    kind: str
-    start: float
-    end: float
-    evidence: str
-    confidence: float
-    remedy: dict[str, Any] = field(default_factory=dict)
-    advice: str = ""
-    unit: str = "step"
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON shape ``gradpilot diagnose --json`` prints."""
-        return {"kind": self.kind, "start": self.start, "end": self.end, "unit": self.unit, "evidence": self.evidence,
-                "confidence": round(self.confidence, 3), "remedy": self.remedy, "advice": self.advice}
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    """All findings, and the verdict on the learning rate: ``too high``, ``too low``, ``about right`` or ``unknown``."""
-
-    findings: tuple[Finding, ...]
-    lr_verdict: str
-    lr_reason: str
-
-    @property
-    def kinds(self) -> set[str]:
-        """The kinds found."""
-        return {f.kind for f in self.findings}
-
-    def to_json(self) -> dict[str, Any]:
-        """``{"findings": [...], "learning_rate": {"verdict", "reason"}}``."""
-        out: dict[str, Any] = json_safe({"findings": [f.to_json() for f in self.findings],
-                                         "learning_rate": {"verdict": self.lr_verdict, "reason": self.lr_reason}})
-        return out
-
+__all__ = ["DETECTORS", "KINDS", "THRESHOLDS", "Diagnosis", "Finding", "Thresholds", "diagnose"]
 
 Detector = Callable[[History], list[Finding]]
-
-
-def _fmt(lr: float) -> str:
-    return f"{lr:.2g}"
-
-
-def _lr_remedy(history: History, factor: float) -> tuple[dict[str, Any], str]:
-    peak, _ = peak_lr(history)
-    if peak is None:
-        verb = "lower" if factor < 1 else "raise"
-        return {}, f"{verb} the learning rate about {max(factor, 1 / factor):.0f}× (the log has no learning rate)"
-    new = float(f"{peak * factor:.2g}")
-    return {"learning_rate": new}, f"lr {_fmt(peak)} → {_fmt(new)}"
-
 
 # --- detectors -------------------------------------------------------------------------------------------------
 def detect_nan(history: History) -> list[Finding]:
@@ -105,7 +44,7 @@ def detect_nan(history: History) -> list[Finding]:
     while i > 0 and not np.isfinite(y[i - 1]):
         i -= 1
     before = f"; the last finite loss was {y[i - 1]:.4g} at step {x[i - 1]:g}" if i > 0 else ""
-    remedy, advice = _lr_remedy(history, _th().cut_broken)
+    remedy, advice = lr_remedy(history, _th().cut_broken)
     return [Finding("nan", float(x[i]), float(x[-1]), f"the training loss is {y[i]} from step {x[i]:g}{before}",
                     1.0, remedy, advice + "; clip gradients (max_grad_norm=1.0)")]
 
@@ -124,7 +63,7 @@ def detect_divergence(history: History) -> list[Finding]:
                 f"{c.end:.4g} by step {c.steps[-1]:g}" if c.low < c.start else
                 f"loss rose from {c.start:.4g} to {c.end:.4g} by step {c.steps[-1]:g} and never came below its start")
     confidence = min(1.0, 0.6 + 0.4 * min(1.0, rise / max(abs(drop), c.noise, 1e-12) / 2))
-    remedy, advice = _lr_remedy(history, _th().cut_diverged)
+    remedy, advice = lr_remedy(history, _th().cut_diverged)
     return [Finding("divergence", c.low_step, float(c.steps[-1]), evidence, confidence, remedy,
                     advice + f"; or restart from the checkpoint near step {c.low_step:g}")]
 
@@ -143,7 +82,7 @@ def detect_oscillation(history: History) -> list[Finding]:
         signs.append(validation)
     if not signs:
         return []
-    remedy, advice = _lr_remedy(history, _th().cut_oscillating)
+    remedy, advice = lr_remedy(history, _th().cut_oscillating)
     return [Finding("oscillation", float(c.steps[0]), float(c.steps[-1]), "; ".join(signs),
                     min(1.0, 0.5 + 0.2 * len(signs)), remedy, advice + " (or a larger batch)")]
 
@@ -187,7 +126,7 @@ def detect_plateau(history: History) -> list[Finding]:
     where = f"; {chance}" if chance else ""
     evidence = (f"the loss ended {c.end:.4g} against {c.start:.4g} at the start, over {len(c.raw)} logged "
                 f"steps{where}; {why}")
-    remedy, advice = _lr_remedy(history, factor)
+    remedy, advice = lr_remedy(history, factor)
     return [Finding("plateau", float(c.steps[0]), float(c.steps[-1]), evidence, 0.7, remedy, advice)]
 
 
@@ -271,18 +210,23 @@ def detect_underfitting(history: History) -> list[Finding]:
     longer = _train_longer(history)
     evidence = (f"validation loss was still falling at the end: {y[-2]:.4g} → {y[-1]:.4g} in the last evaluation, "
                 f"{last / total:.0%} of its whole improvement")
-    c = train_curve(history)
-    rising = c is not None and c.end > c.start
-    if c is not None and not rising and not decayed(history) and \
-            (c.late_share >= _th().too_low_share or c.moved < 0.3):
-        remedy, advice = _lr_remedy(history, 3.0)
-        evidence += (f"; {c.late_share:.0%} of the training loss's decrease came in the second half"
-                     if c.late_share >= _th().too_low_share
-                     else f"; the training loss fell only {c.moved:.0%} in the whole run")
-        return [Finding("underfitting", float(v.steps[-2]), float(v.steps[-1]), evidence, 0.7, remedy,
+    slow = _slow_training(history)
+    if slow is not None:
+        remedy, advice = lr_remedy(history, 3.0)
+        return [Finding("underfitting", float(v.steps[-2]), float(v.steps[-1]), evidence + slow, 0.7, remedy,
                         advice + f", or train longer ({longer[1]})")]
     return [Finding("underfitting", float(v.steps[-2]), float(v.steps[-1]), evidence, 0.6, longer[0],
                     f"train longer: {longer[1]}")]
+
+
+def _slow_training(history: History) -> str | None:
+    """Why an underfit run's LR looks too low (its training loss, not decayed, fell late or little), or None."""
+    c = train_curve(history)
+    if c is None or c.end > c.start or decayed(history):
+        return None
+    if c.late_share >= _th().too_low_share:
+        return f"; {c.late_share:.0%} of the training loss's decrease came in the second half"
+    return f"; the training loss fell only {c.moved:.0%} in the whole run" if c.moved < 0.3 else None
 
 
 def _train_longer(history: History) -> tuple[dict[str, Any], str]:
@@ -307,9 +251,10 @@ def detect_slow_convergence(history: History) -> list[Finding]:
         return []
     start = float(c.steps[n // 2])
     floor = peak / 100 if peak is not None else None
-    evidence = (f"the LR stayed at {_fmt(peak) if peak else '?'}; over the second half the loss trend moved "
+    evidence = (f"the LR stayed at {fmt_lr(peak) if peak else '?'}; over the second half the loss trend moved "
                 f"{c.late_share:.0%} of its decrease while steps scatter {rel_noise:.0%} of it around the trend")
-    advice = f"add cosine decay to {_fmt(floor) if floor else 'lr/100'} over the last {int(c.steps[-1] - start)} steps"
+    target = fmt_lr(floor) if floor else "lr/100"
+    advice = f"add cosine decay to {target} over the last {int(c.steps[-1] - start)} steps"
     return [Finding("slow_convergence", start, float(c.steps[-1]), evidence, 0.5, {"lr_scheduler_type": "cosine"},
                     advice)]
 
@@ -347,47 +292,70 @@ def _diagnose(history: History) -> Diagnosis:
         findings = [f for f in findings if f.kind in ("nan", "divergence")]
     points = len(usable(history.train_loss.values))
     if not findings and points < MIN_POINTS:
-        evidence = (f"only {points} finite training-loss point{'s' if points != 1 else ''} in the log; "
-                    f"at least {MIN_POINTS} are needed to judge a curve")
-        return Diagnosis((Finding("insufficient_data", float(history.train_loss.steps[0]),
-                                  float(history.train_loss.steps[-1]), evidence, 1.0, {},
-                                  "log the loss more often (logging_steps, log_every_n_steps) or train longer"),),
-                         "unknown", f"too little to judge: {evidence}")
+        return _insufficient(history, points)
     verdict, reason = _lr_verdict(history, findings)
     if verdict == "too low" and not any("learning_rate" in f.remedy for f in findings):
         findings.append(_still_falling(history))
     if not findings:
-        c = train_curve(history)
-        end = float(history.train_loss.steps[-1])
-        evidence = "" if c is None else f"the loss fell from {c.start:.4g} to {c.end:.4g} and settled"
-        findings.append(Finding("healthy", float(history.train_loss.steps[0]), end, evidence, 0.6, {}, "keep going"))
+        findings.append(_healthy(history))
     return Diagnosis(tuple(findings), verdict, reason)
+
+
+def _insufficient(history: History, points: int) -> Diagnosis:
+    evidence = (f"only {points} finite training-loss point{'s' if points != 1 else ''} in the log; "
+                f"at least {MIN_POINTS} are needed to judge a curve")
+    return Diagnosis((Finding("insufficient_data", float(history.train_loss.steps[0]),
+                              float(history.train_loss.steps[-1]), evidence, 1.0, {},
+                              "log the loss more often (logging_steps, log_every_n_steps) or train longer"),),
+                     "unknown", f"too little to judge: {evidence}")
+
+
+def _healthy(history: History) -> Finding:
+    c = train_curve(history)
+    end = float(history.train_loss.steps[-1])
+    evidence = "" if c is None else f"the loss fell from {c.start:.4g} to {c.end:.4g} and settled"
+    return Finding("healthy", float(history.train_loss.steps[0]), end, evidence, 0.6, {}, "keep going")
 
 
 def _still_falling(history: History) -> Finding:
     """The finding behind a "too low" verdict that no detector put into words: the loss still falling as fast."""
     c = train_curve(history)
     assert c is not None
-    remedy, advice = _lr_remedy(history, 3.0)
+    remedy, advice = lr_remedy(history, 3.0)
     evidence = (f"{c.late_share:.0%} of the loss's decrease came in the second half ({c.start:.4g} → {c.end:.4g}): "
                 "it is still falling about as fast as it was")
     return Finding("underfitting", float(c.steps[len(c.steps) // 2]), float(c.steps[-1]), evidence, 0.5, remedy,
                    advice + ", or train longer")
 
 
-def _lr_verdict(history: History, findings: list[Finding]) -> tuple[str, str]:
-    peak, _ = peak_lr(history)
-    named = f" ({_fmt(peak)})" if peak is not None else ""
+def _late_share(history: History) -> float | None:
+    """The share of an undecayed run's loss decrease that came in its second half, where that marks the LR too
+    low; else None."""
+    c = train_curve(history)
+    if c is None or c.late_share < _th().too_low_share or decayed(history):
+        return None
+    return c.late_share
+
+
+def _lr_signs(findings: list[Finding], peak: float | None) -> tuple[list[Finding], list[Finding]]:
+    """The findings that say the LR is too high (a plateau whose remedy lowers it counts), and too low."""
     high = [f for f in findings if f.kind in TOO_HIGH
             or (f.kind == "plateau" and f.remedy.get("learning_rate", 1e9) < (peak or 0))]
+    low = [f for f in findings if f.kind == "plateau" or (f.kind == "underfitting" and "learning_rate" in f.remedy)]
+    return high, low
+
+
+def _lr_verdict(history: History, findings: list[Finding]) -> tuple[str, str]:
+    peak, _ = peak_lr(history)
+    named = f" ({fmt_lr(peak)})" if peak is not None else ""
+    high, low = _lr_signs(findings, peak)
     if high:
         return "too high", f"the learning rate{named} is too high: {high[0].kind} — {high[0].evidence}"
-    low = [f for f in findings if f.kind == "plateau" or (f.kind == "underfitting" and "learning_rate" in f.remedy)]
     if low:
         return "too low", f"the learning rate{named} is too low: {low[0].evidence}"
-    c = train_curve(history)
-    if c is not None and c.late_share >= _th().too_low_share and not findings and not decayed(history):
-        return "too low", (f"the learning rate{named} is too low: {c.late_share:.0%} of the loss's decrease came in "
+    late = None if findings else _late_share(history)
+    if late is not None:
+        return "too low", (f"the learning rate{named} is too low: {late:.0%} of the loss's decrease came in "
                            "the second half — it is still falling about as fast as it was")
     if peak is None:
         return "unknown", ("the log has no learning-rate column, so the verdict rests on the loss alone: "

@@ -153,12 +153,16 @@ def plot_batch_trials(trials: list[dict[str, Any]], path: Path) -> Path:
             ax.annotate("out of memory", (i, 0), ha="center", va="bottom", color="C3", fontsize=8)
     ax.set_xlabel("micro-batch size")
     ax.set_ylabel("samples / s")
-    memory = [t["peak_memory"] for t in trials]
+    _memory_line(ax, labels, [t["peak_memory"] for t in trials])
+    return _save(plt, fig, path)
+
+
+def _memory_line(ax: Any, labels: list[str], memory: list[int | None]) -> None:
+    """Peak memory on a second axis, where any trial measured it."""
     if any(m is not None for m in memory):
         twin = ax.twinx()
         twin.plot(labels, [(m or 0) / 2**20 for m in memory], "o-", color="C1")
         twin.set_ylabel("peak memory (MiB)", color="C1")
-    return _save(plt, fig, path)
 
 
 def plot_ladder(trials: list[dict[str, Any]], winner: tuple[float, int], path: Path) -> Path:

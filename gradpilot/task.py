@@ -60,25 +60,18 @@ class Task:
             check_trains(self.model)
         except GradpilotError as exc:
             raise GradpilotError(f"Task.model: {exc}") from None
-        if self.step_fn is not None and not callable(self.step_fn):
-            raise GradpilotError(f"Task.step_fn must be callable(model, batch) -> loss, got {self.step_fn!r}")
         if self.step_fn is None and not callable(self.loss_fn):
             raise GradpilotError(f"Task.loss_fn must be callable (e.g. nn.CrossEntropyLoss()), got {self.loss_fn!r}")
+        for name, shape in _CALLABLES.items():
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise GradpilotError(f"Task.{name} must be callable{shape}, got {value!r}")
         if self.max_grad_norm is not None:
             _validate.positive_float("Task.max_grad_norm", self.max_grad_norm)
-        if self.collate_fn is not None and not callable(self.collate_fn):
-            raise GradpilotError(f"Task.collate_fn must be callable(items) -> batch, got {self.collate_fn!r}")
-        if self.metric is not None and not callable(self.metric):
-            raise GradpilotError(f"Task.metric must be callable(outputs, targets) -> float, got {self.metric!r}")
         _validate.positive_float("Task.lr", self.lr)
         _validate.positive_int("Task.batch_size", self.batch_size)
         _validate.positive_int("Task.epochs", self.epochs)
-        if isinstance(self.optimizer, str):
-            _validate.choice("Task.optimizer", self.optimizer.lower(), sorted(OPTIMIZERS))
-        elif not callable(self.optimizer):
-            raise GradpilotError("Task.optimizer must be a name or a factory (params, lr) -> Optimizer")
-        if not isinstance(self.optimizer_kwargs, dict):
-            raise GradpilotError(f"Task.optimizer_kwargs must be a dict, got {type(self.optimizer_kwargs).__name__}")
+        _check_optimizer(self.optimizer, self.optimizer_kwargs)
         for field_name in ("train_data", "val_data"):
             _check_data(field_name, getattr(self, field_name))
 
@@ -134,6 +127,19 @@ def build_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, **kwar
         return cls(params, lr=lr, **kwargs)
     except (TypeError, ValueError) as exc:
         raise GradpilotError(f"optimizer {name!r} refused its options {kwargs}: {exc}") from None
+
+
+_CALLABLES = {"step_fn": "(model, batch) -> loss", "collate_fn": "(items) -> batch",
+              "metric": "(outputs, targets) -> float"}  # optional fields that must be callable when given
+
+
+def _check_optimizer(optimizer: Any, kwargs: Any) -> None:
+    if isinstance(optimizer, str):
+        _validate.choice("Task.optimizer", optimizer.lower(), sorted(OPTIMIZERS))
+    elif not callable(optimizer):
+        raise GradpilotError("Task.optimizer must be a name or a factory (params, lr) -> Optimizer")
+    if not isinstance(kwargs, dict):
+        raise GradpilotError(f"Task.optimizer_kwargs must be a dict, got {type(kwargs).__name__}")
 
 
 def _check_data(name: str, data: Any) -> None:

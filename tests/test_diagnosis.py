@@ -372,13 +372,6 @@ def test_a_small_fall_a_third_undone_is_a_fall_that_came_back():
     assert d.lr_verdict == "too high" and "it fell 3.7% to 0.9608" in plateau.evidence
 
 
-def test_json_safe_reaches_into_nested_dicts_and_lists():
-    from gradpilot.diagnosis import json_safe
-
-    assert json_safe({"a": [float("nan"), {"b": float("inf"), "c": np.float64(2.5)}], "d": np.int64(3)}) == \
-        {"a": [None, {"b": None, "c": 2.5}], "d": 3}
-
-
 def test_eight_big_spikes_are_enough_for_oscillation_seven_are_not():
     steps = np.arange(300)
     base = 0.3 + 2.0 * np.exp(-steps / 40) + 0.01 * np.random.default_rng(10).standard_normal(300)

@@ -1,0 +1,71 @@
+"""What a diagnosis says: its findings (each with evidence, a remedy under the plan's names, and advice) and
+the verdict on the learning rate. The detectors that make them are in ``gradpilot.diagnosis``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradpilot._files import json_safe
+from gradpilot._run_shape import peak_lr
+from gradpilot.history import History
+
+KINDS = ("divergence", "nan", "oscillation", "plateau", "slow_convergence", "overfitting", "underfitting", "healthy",
+         "insufficient_data")
+TOO_HIGH = ("nan", "divergence", "oscillation")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the run shows, where (``start``–``end`` in ``unit``), the numbers behind it, and what to change.
+
+    ``remedy`` holds the concrete new values under the plan's names (``learning_rate``, ``num_train_epochs``,
+    ``lr_scheduler_type``, ...); ``advice`` says the same in words.
+    """
+
+    kind: str
+    start: float
+    end: float
+    evidence: str
+    confidence: float
+    remedy: dict[str, Any] = field(default_factory=dict)
+    advice: str = ""
+    unit: str = "step"
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape ``gradpilot diagnose --json`` prints."""
+        return {"kind": self.kind, "start": self.start, "end": self.end, "unit": self.unit, "evidence": self.evidence,
+                "confidence": round(self.confidence, 3), "remedy": self.remedy, "advice": self.advice}
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """All findings, and the verdict on the learning rate: ``too high``, ``too low``, ``about right`` or ``unknown``."""
+
+    findings: tuple[Finding, ...]
+    lr_verdict: str
+    lr_reason: str
+
+    @property
+    def kinds(self) -> set[str]:
+        """The kinds found."""
+        return {f.kind for f in self.findings}
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"findings": [...], "learning_rate": {"verdict", "reason"}}``."""
+        out: dict[str, Any] = json_safe({"findings": [f.to_json() for f in self.findings],
+                                         "learning_rate": {"verdict": self.lr_verdict, "reason": self.lr_reason}})
+        return out
+
+
+def fmt_lr(lr: float) -> str:
+    return f"{lr:.2g}"
+
+
+def lr_remedy(history: History, factor: float) -> tuple[dict[str, Any], str]:
+    peak, _ = peak_lr(history)
+    if peak is None:
+        verb = "lower" if factor < 1 else "raise"
+        return {}, f"{verb} the learning rate about {max(factor, 1 / factor):.0f}× (the log has no learning rate)"
+    new = float(f"{peak * factor:.2g}")
+    return {"learning_rate": new}, f"lr {fmt_lr(peak)} → {fmt_lr(new)}"
