@@ -14,36 +14,50 @@ from gradpilot import scaling
 from gradpilot.diagnosis import Diagnosis, Finding, diagnose
 from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError
-from gradpilot.history import History
+from gradpilot.history import History, Series
 from gradpilot.logs import read_log
 
 if TYPE_CHECKING:  # need torch: imported on first use, through __getattr__ below
-    from gradpilot.batch_size import BatchSizeResult, NoiseScaleResult, estimate_noise_scale, find_batch_size
+    from gradpilot.batch_size import (
+        BatchSizeResult,
+        BatchTrial,
+        NoiseScaleResult,
+        estimate_noise_scale,
+        find_batch_size,
+    )
     from gradpilot.lr_finder import LRFinderResult, find_lr
-    from gradpilot.monitor import Monitor
+    from gradpilot.monitor import Action, Monitor
+    from gradpilot.scaling import BatchPlan
     from gradpilot.task import Task
     from gradpilot.task_file import load_task
-    from gradpilot.training import FitResult, fit
-    from gradpilot.tune import TuneResult, tune
+    from gradpilot.training import FitConfig, FitResult, fit
+    from gradpilot.tune import Stage, TuneResult, tune
 
 _WHERE = {
-    "BatchSizeResult": "batch_size", "NoiseScaleResult": "batch_size", "estimate_noise_scale": "batch_size",
+    "BatchSizeResult": "batch_size", "BatchTrial": "batch_size", "Action": "monitor", "BatchPlan": "scaling",
+    "FitConfig": "training", "Stage": "tune", "NoiseScaleResult": "batch_size", "estimate_noise_scale": "batch_size",
     "find_batch_size": "batch_size", "LRFinderResult": "lr_finder",
     "find_lr": "lr_finder", "Monitor": "monitor", "Task": "task", "load_task": "task_file", "FitResult": "training",
     "fit": "training", "TuneResult": "tune", "tune": "tune",
 }
 
 __all__ = [
+    "Action",
+    "BatchPlan",
     "BatchSizeResult",
+    "BatchTrial",
     "Diagnosis",
     "EarlyStopping",
     "Finding",
+    "FitConfig",
     "FitResult",
     "GradpilotError",
     "History",
     "LRFinderResult",
     "Monitor",
     "NoiseScaleResult",
+    "Series",
+    "Stage",
     "Task",
     "TuneResult",
     "diagnose",

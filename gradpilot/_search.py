@@ -1,6 +1,6 @@
 """The budgeted LR search inside ``tune``: short real runs of a few candidate (LR, batch) pairs, compared by
-successive halving on an Optuna study (its pruner decides; its storage keeps the trials for a resume and
-shares the runs between workers).
+successive halving (``promote``: the best third of a rung go on) on an Optuna study, whose storage keeps the
+trials for a resume and shares the runs between workers.
 
 A short run at a constant LR favours an LR that is too small: it is judged before a larger LR's noise has been
 annealed away. So each rung is scored after a brief cooldown — a branch that decays the LR linearly to 0 over
@@ -15,7 +15,7 @@ import functools
 import math
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -80,10 +80,24 @@ def lr_grid(center: float, ceiling: float, points: int = 5, floor: float = 0.0) 
     return sorted(grid, key=lambda lr: (abs(math.log10(lr / center)), -lr))
 
 
+def survivors(candidates: int, rung: int) -> int:
+    """How many of ``candidates`` reach rung ``rung`` (0: the first) of successive halving: a third go on at
+    each rung, at least one."""
+    return max(1, candidates // int(ETA**rung))
+
+
+def promote(scores: Sequence[float], *, higher_is_better: bool) -> list[int]:
+    """Successive halving's rule: the positions of the best ``survivors(len(scores), 1)`` scores, best first;
+    a NaN (a run that diverged) never goes on."""
+    key = sort_key(higher_is_better)
+    order = sorted((i for i, s in enumerate(scores) if not math.isnan(s)), key=lambda i: key(scores[i]))
+    return order[:survivors(len(scores), 1)]
+
+
 def rungs_for(budget_samples: int, candidates: int, cooldown: float, smallest: int) -> tuple[int, ...]:
     """Rung lengths r, 3r, 9r (samples) such that halving ``candidates`` — a third go on at each rung, at
     least one — fits ``budget_samples``, cooldowns included; ``smallest`` is the largest batch tried."""
-    alive = [max(1, candidates // ETA**k) for k in range(RUNGS)]
+    alive = [survivors(candidates, k) for k in range(RUNGS)]
     unit = sum(n * (ETA**k - (ETA ** (k - 1) if k else 0) + cooldown * ETA**k) for k, n in enumerate(alive))
     rounding = 2 * smallest * sum(alive)  # each stretch of training and each cooldown ends on a whole batch
     first = max(smallest, int((budget_samples - rounding) / unit))
@@ -199,12 +213,11 @@ class Search:
         self.on_ray, self.ray_address = on_ray, ray_address
         folder.mkdir(parents=True, exist_ok=True)
 
-    def study(self, rungs: tuple[int, ...] = (1,)) -> optuna.Study:
+    def study(self) -> optuna.Study:
         """The study of the candidates' scores (made by the first caller)."""
-        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=rungs[0], reduction_factor=ETA)
         direction: Literal["maximize", "minimize"] = "maximize" if self.task.higher_is_better else "minimize"
         return optuna.create_study(storage=self.storage, study_name=f"{self.prefix}:lr_search", direction=direction,
-                                   pruner=pruner, load_if_exists=True)
+                                   load_if_exists=True)
 
     def run(self, make_plan: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Take part in every rung; ``make_plan`` is called by the one worker that starts the search. Returns
@@ -216,7 +229,7 @@ class Search:
         if "skipped" in note or "ran_on" in note:
             return note
         plan, allowance = _plan(note), int(note["allowance"])
-        study = self.study(plan.rungs)
+        study = self.study()
         for k in range(len(plan.rungs)):
             queue = first if k == 0 else Queue(self.storage, f"{self.prefix}:lr_search:rung-{k}")
             if k and queue.claim_filling():
@@ -240,7 +253,7 @@ class Search:
         plan = _plan(note)
         if self.progress is not None:
             self.progress(f"{len(plan.candidates)} short runs on Ray")
-        run_search(self, self.study(plan.rungs), plan, int(note["allowance"]), self.ray_address)
+        run_search(self, self.study(), plan, int(note["allowance"]), self.ray_address)
 
     def close(self, study: optuna.Study) -> None:
         """Tell every trial still running its last score (the search is over)."""
@@ -297,14 +310,20 @@ class Search:
         return optuna.trial.Trial(study, made[-1]._trial_id)
 
     def _halve(self, study: optuna.Study, plan: SearchPlan, k: int) -> list[int]:
-        """After rung ``k``: best first, each scored trial asks the pruner whether it goes on; the indexes that do."""
+        """After rung ``k``: the candidates ``promote`` lets go on (their indexes, best first); the others are
+        pruned and their saved runs deleted. Judged over every trial scored at the rung, so a halving cut short
+        by a kill and done again decides the same."""
         rung, key = plan.rungs[k], sort_key(self.task.higher_is_better)
-        scored = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                  if rung in t.intermediate_values]
+        scored = sorted((t for t in study.get_trials(deepcopy=False) if rung in t.intermediate_values),
+                        key=lambda t: key(t.intermediate_values[rung]))
+        going = {scored[i].number for i in promote([t.intermediate_values[rung] for t in scored],
+                                                   higher_is_better=self.task.higher_is_better)}
         promoted = []
-        for t in sorted(scored, key=lambda t: key(t.intermediate_values[rung])):
+        for t in scored:
+            if t.state != TrialState.RUNNING:
+                continue
             trial = optuna.trial.Trial(study, t._trial_id)
-            if t.user_attrs.get(f"rung-{k}") != "promoted" and trial.should_prune():
+            if t.number not in going and t.user_attrs.get(f"rung-{k}") != "promoted":
                 study.tell(trial, state=TrialState.PRUNED)
                 (self.folder / f"trial-{t.number}.pt").unlink(missing_ok=True)
                 continue

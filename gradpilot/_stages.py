@@ -211,7 +211,7 @@ def _plan_note(ctx: _Context) -> dict[str, Any]:
 
 def lr_search(ctx: _Context) -> Stage:
     """Short real runs of a few LRs around the range test's suggestion (rescaled to each batch), halved by
-    Optuna's successive-halving pruner; the winner is the best score at the longest rung reached."""
+    successive halving (``_search.promote``); the winner is the best score at the longest rung reached."""
     searcher = ctx.searcher()
     note = searcher.run(lambda: _plan_note(ctx))  # the search is over: this only reads its plan
     if "skipped" in note:

@@ -96,7 +96,7 @@ def peak_memory_growth(device: torch.device) -> Iterator[list[int]]:
 
 
 @dataclass(frozen=True)
-class Trial:
+class BatchTrial:
     """One size tried: whether it fit, its throughput and the peak memory it added."""
 
     batch_size: int
@@ -111,11 +111,11 @@ class BatchSizeResult:
     """The largest micro-batch that fits, with every trial in the order tried."""
 
     batch_size: int
-    trials: tuple[Trial, ...]
+    trials: tuple[BatchTrial, ...]
     limit: str = ""  # what bounded the search besides memory (the dataset's size, max_batch_size, a default budget)
 
     @property
-    def fastest(self) -> Trial | None:
+    def fastest(self) -> BatchTrial | None:
         """The fitting trial with the highest samples per second."""
         ok = [t for t in self.trials if t.fits and t.samples_per_second]
         return max(ok, key=lambda t: t.samples_per_second or 0.0) if ok else None
@@ -139,7 +139,7 @@ def find_batch_size(
     device: str | torch.device | None = None,
     step_fn: StepFn | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
-    progress: Callable[[Trial], None] | None = None,
+    progress: Callable[[BatchTrial], None] | None = None,
 ) -> BatchSizeResult:
     """The largest micro-batch that runs forward, backward and an optimizer step without running out of memory.
 
@@ -203,10 +203,10 @@ class _Trials:
     device: torch.device
     steps: int
     budget: int | None
-    progress: Callable[[Trial], None] | None
-    trials: list[Trial] = field(default_factory=list)
+    progress: Callable[[BatchTrial], None] | None
+    trials: list[BatchTrial] = field(default_factory=list)
 
-    def run(self, size: int, *, steps: int, budget: int | None) -> Trial:
+    def run(self, size: int, *, steps: int, budget: int | None) -> BatchTrial:
         return _trial(self.model, self.optimizer, self.loss_fn, self.step_fn, self.dataset, size, steps, self.device,
                       self.collate, budget)
 
@@ -260,7 +260,7 @@ def _default_cpu_budget() -> int:
 
 def _trial(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn | None, step_fn: StepFn | None,
            dataset: Dataset[Any], size: int, steps: int, device: torch.device,
-           collate_fn: Callable[[list[Any]], Any], max_memory: int | None) -> Trial:
+           collate_fn: Callable[[list[Any]], Any], max_memory: int | None) -> BatchTrial:
     elapsed = 0.0
     try:
         with peak_memory_growth(device) as grown:
@@ -283,11 +283,11 @@ def _trial(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn |
             raise
         optimizer.zero_grad(set_to_none=True)
         free_memory()
-        return Trial(size, False, None, None, first_line(exc))
+        return BatchTrial(size, False, None, None, first_line(exc))
     if max_memory is not None and grown[0] > max_memory:
         over = f"peak memory grew {grown[0] / 2**20:.0f} MiB, over the {max_memory / 2**20:.0f} MiB budget"
-        return Trial(size, False, None, grown[0], over)
-    return Trial(size, True, size * steps / elapsed if elapsed > 0 else math.inf, grown[0])
+        return BatchTrial(size, False, None, grown[0], over)
+    return BatchTrial(size, True, size * steps / elapsed if elapsed > 0 else math.inf, grown[0])
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,16 @@ from gradpilot.batch_size import is_oom
 
 
 class OOMAbove(nn.Module):
-    """Raises a CUDA-style out-of-memory error for batches larger than ``limit``."""
+    """Raises a CUDA-style out-of-memory error (or ``error()``) for batches larger than ``limit``."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, error=lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")):
         super().__init__()
-        self.limit = limit
+        self.limit, self.error = limit, error
         self.lin = nn.Linear(4, 2)
 
     def forward(self, x):
         if len(x) > self.limit:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise self.error()
         return self.lin(x)
 
 
@@ -43,6 +43,14 @@ def test_simulated_oom_search_tries_the_expected_sizes_and_restores_state():
     for k, v in before.items():
         assert torch.equal(v, model.state_dict()[k])
     assert opt.state_dict()["state"] == {}
+
+
+def test_a_real_memory_error_with_no_message_is_a_trial_that_did_not_fit():
+    model = OOMAbove(20, error=MemoryError)  # what Python raises when the host runs out: MemoryError(), no text
+    result = find_batch_size(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), data())
+    assert result.batch_size == 20
+    assert [t.batch_size for t in result.trials] == [1, 2, 4, 8, 16, 32, 24, 20, 22, 21]
+    assert [t.error for t in result.trials if not t.fits] == ["MemoryError"] * 4  # 32, 24, 22, 21
 
 
 def test_start_max_batch_size_steps_and_step_fn():

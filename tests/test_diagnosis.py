@@ -121,7 +121,8 @@ def test_json_shape_and_registry():
     d = diagnose(synthetic(0.3 + 2 * np.exp(-np.arange(500) / 50)))
     out = json.loads(json.dumps(d.to_json()))
     assert set(out["findings"][0]) >= {"kind", "start", "end", "evidence", "confidence", "remedy"}
-    assert out["learning_rate"]["verdict"] in ("too high", "too low", "about right", "unknown")
+    # a loss that fell exponentially to its floor and stayed there under a constant LR: nothing wrong
+    assert [f["kind"] for f in out["findings"]] == ["healthy"] and out["learning_rate"]["verdict"] == "about right"
     assert set(DETECTORS) | {"healthy", "insufficient_data"} == set(KINDS)
 
 

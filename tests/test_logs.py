@@ -85,7 +85,8 @@ def test_trainer_state_json_of_the_documented_shape(tmp_path):
     h = read_log(folder)
     assert len(h.train_loss) == 24 and 9.9 not in h.train_loss.values  # the run summary is not a step
     assert len(h.val_loss) == 3 and h.metric_name == "eval_accuracy" and h.lr.values[0] == 5e-5
-    assert diagnose(h).lr_verdict in ("about right", "too low", "too high")
+    d = diagnose(h)  # the loss fell exponentially to its floor at a constant LR, validation flat: a healthy run
+    assert d.kinds == {"healthy"} and d.lr_verdict == "about right"
 
 
 def test_a_nan_the_trainer_logged_as_zero_is_read_as_nan(tmp_path):

@@ -243,11 +243,18 @@ def test_accumulation_steps_use_k_batches_per_step_and_wrap_around_a_short_loade
     assert len(counted) == 15 * 3 * 16
 
 
-def test_device_argument_moves_batches():
+def test_device_argument_moves_batches(monkeypatch):
+    import gradpilot.accumulation
+    import gradpilot.lr_finder
+
+    moved = []
+    real = gradpilot.accumulation.to_device
+    monkeypatch.setattr(gradpilot.accumulation, "to_device", lambda b, d: (moved.append(d), real(b, d))[1])
+    monkeypatch.setattr(gradpilot.lr_finder, "model_device", lambda _model: torch.device("meta"))  # where it would go
     model = nn.Linear(8, 1)
     result = find_lr(model, torch.optim.Adam(model.parameters()), nn.MSELoss(),
                      DataLoader(regression_data(), batch_size=32), device="cpu", num_steps=15)
-    assert len(result.lrs) == 15
+    assert len(result.lrs) == 15 and len(moved) == 15 and set(moved) == {torch.device("cpu")}
 
 
 def test_rule_selects_the_suggestion_and_all_rules_are_reported():

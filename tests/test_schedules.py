@@ -71,8 +71,12 @@ def test_plateau_gets_the_validation_metric_each_epoch():
     model, opt, loader = setup()
     metric = lambda out, y: -nn.functional.mse_loss(out, y).item()
     result = fit(model, opt, nn.MSELoss(), loader, epochs=EPOCHS, scheduler="plateau", val_loader=loader,
-                 metric=metric, higher_is_better=True, scheduler_options={"patience": 1, "min_lr": 0.01})
-    assert result.lrs[0] == 0.1 and min(result.lrs) >= 0.01
+                 metric=metric, higher_is_better=True, scheduler_options={"patience": 0, "factor": 0.5})
+    as_max = torch_sequence(lambda o: lr_scheduler.ReduceLROnPlateau(o, mode="max", patience=0, factor=0.5),
+                            per_epoch=True, metrics=list(result.val_metrics))
+    as_min = torch_sequence(lambda o: lr_scheduler.ReduceLROnPlateau(o, mode="min", patience=0, factor=0.5),
+                            per_epoch=True, metrics=list(result.val_metrics))
+    assert list(result.lrs) == as_max and as_max != as_min  # a rising metric is improving: the LR is kept
 
 
 def test_a_users_own_torch_scheduler_is_driven_too():

@@ -66,7 +66,15 @@ def test_every_stage_runs_in_order_and_records_its_evidence(tuned):
     assert at_32 and all(lr <= high * 1.0001 for lr in at_32)  # the candidates stay within the interval's edge
     assert result.plan["learning_rate"] == by["lr_search"].decision["learning_rate"]
     assert 1 <= result.plan["num_train_epochs"] <= 4
-    assert result.plan["lr_scheduler_type"] in ("constant", "cosine_with_min_lr")
+    schedule = by["schedule"]  # the schedule that validated better is the plan's, judged from the stage's own scores
+    scores = {k: v for alt in schedule.alternatives for k, v in alt.items()}
+    if schedule.skipped:
+        assert result.plan["lr_scheduler_type"].startswith("constant")
+    else:
+        best = max(scores, key=scores.get) if len(scores) > 1 else "cosine_with_min_lr"
+        assert result.plan["lr_scheduler_type"] == (best if best != "constant" else
+                                                    ("constant_with_warmup" if by["epochs"].decision["warmup_steps"]
+                                                     else "constant"))
     assert result.metric > 0.5  # three spiral arms: chance is 1/3
     assert seen and seen[-1][1] <= result.spent + 1e-9 and any("range test" in m for m, _ in seen)
     record = json.loads((out / "tune.json").read_text())
