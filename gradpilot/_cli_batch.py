@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.table import Table
 
 from gradpilot import _validate
-from gradpilot._cli_common import _dumps, _escape, _load, _one_line_errors, app, console, err_console
+from gradpilot._cli_common import TaskFile, _dumps, _escape, _load, _one_line_errors, app, console, err_console
 from gradpilot.errors import GradpilotError
 
 if TYPE_CHECKING:
@@ -88,9 +87,7 @@ def _print_plan(result: BatchPlan, lr: float | None) -> None:
 @app.command("find-batch-size")
 @_one_line_errors
 def find_batch_size_command(
-    task_file: Annotated[
-        Path | None, typer.Argument(help="Python file defining task(seed); omit for the built-in example")
-    ] = None,
+    task_file: TaskFile = None,
     max_memory_mib: Annotated[
         float | None,
         typer.Option("--max-memory-mib", help="memory budget per trial (on CPU: default half the available memory)"),

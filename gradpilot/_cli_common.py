@@ -16,6 +16,11 @@ from gradpilot.errors import GradpilotError, describe, first_line
 if TYPE_CHECKING:
     from gradpilot.task import Task
 
+# the task a training command works on: every such command takes it the same way
+TaskFile = Annotated[
+    Path | None, typer.Argument(help="Python file defining task(seed) or make_trainer(plan); omit for the built-in "
+                                "example")]
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from gradpilot import _validate
-from gradpilot._cli_common import _draw, _dumps, _load, _one_line_errors, app, console, err_console
+from gradpilot._cli_common import TaskFile, _draw, _dumps, _load, _one_line_errors, app, console, err_console
 
 if TYPE_CHECKING:
     from typing import Literal
@@ -24,9 +24,7 @@ RULES = ("safe-edge", "descent-edge", "valley", "steepest", "minimum/10")  # sug
 @app.command("find-lr")
 @_one_line_errors
 def find_lr_command(
-    task_file: Annotated[
-        Path | None, typer.Argument(help="Python file defining task(seed); omit for the built-in example")
-    ] = None,
+    task_file: TaskFile = None,
     start_lr: Annotated[float, typer.Option(help="first LR of the sweep")] = 1e-7,
     end_lr: Annotated[float, typer.Option(help="last LR of the sweep")] = 10.0,
     num_steps: Annotated[int, typer.Option(help="optimizer steps in the sweep")] = 100,

@@ -8,16 +8,14 @@ from typing import Annotated
 import typer
 
 from gradpilot import _validate
-from gradpilot._cli_common import _dumps, _fail, _load, _one_line_errors, app, console, err_console
+from gradpilot._cli_common import TaskFile, _dumps, _fail, _load, _one_line_errors, app, console, err_console
 from gradpilot.errors import GradpilotError
 
 
 @app.command("tune")
 @_one_line_errors
 def tune_command(
-    task_file: Annotated[
-        Path | None, typer.Argument(help="Python file defining task(seed); omit for the built-in example")
-    ] = None,
+    task_file: TaskFile = None,
     budget: Annotated[float, typer.Option(help="how much training tune may do, in runs of the task as written")] = 3.0,
     out: Annotated[Path, typer.Option("--out", help="folder for plan.yaml, model.pt, tune.json and the trials")] = Path(
         "gradpilot-tune"

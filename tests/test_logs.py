@@ -235,3 +235,12 @@ def test_keras_csvlogger_s_default_training_log(tmp_path):
     assert h.tool == "keras"
     with pytest.raises(GradpilotError, match="unknown log format"):
         read_log(tmp_path / "notes.log")
+
+
+def test_hidden_nan_is_the_trainer_s_zero_over_a_nan_norm_only():
+    from gradpilot.logs import hidden_nan
+
+    assert hidden_nan(0.0, float("nan")) and hidden_nan(0.0, float("inf")) and hidden_nan(0.0, "nan")
+    assert not hidden_nan(0.0, 1.3)  # a loss of exactly zero with a finite norm is a real zero
+    assert not hidden_nan(2.5, float("nan"))  # a real loss beside a skipped fp16 step
+    assert not hidden_nan(0.0, None) and not hidden_nan(None, float("nan"))

@@ -257,3 +257,20 @@ def test_fit_equals_a_ten_line_loop_written_by_hand():
     for p, q in zip(by_fit.parameters(), by_hand.parameters()):
         assert torch.equal(p, q)
     assert list(result.train_losses) == pytest.approx(losses, abs=1e-7)
+
+
+def test_every_fit_keyword_is_a_fit_config_field_with_the_same_default():
+    """fit builds FitConfig from its own arguments (``locals()``): a keyword added to one and not the other, or a
+    default that differs, would be lost or refused without this."""
+    import dataclasses
+    import inspect
+
+    from gradpilot.training import FitConfig
+
+    params = dict(inspect.signature(fit).parameters)
+    assert list(params) == ["model", *[f.name for f in dataclasses.fields(FitConfig)]]
+    for f in dataclasses.fields(FitConfig):
+        default = f.default if f.default is not dataclasses.MISSING else None  # None in fit: "from the task"
+        if f.default_factory is not dataclasses.MISSING:
+            default = None  # scheduler_options: fit's None is FitConfig's {}
+        assert params[f.name].default == default, f.name
