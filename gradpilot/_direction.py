@@ -36,6 +36,11 @@ def better(a: float, b: float, *, higher_is_better: bool, margin: float = 0.0) -
     return a > b + margin if higher_is_better else a < b - margin
 
 
+def worst(higher_is_better: bool) -> float:
+    """The score that every other beats: what a run that diverged is scored."""
+    return -math.inf if higher_is_better else math.inf
+
+
 def sort_key(higher_is_better: bool) -> Callable[[float], float]:
     """A key that sorts scores best first (``sorted(scores, key=sort_key(True))``); NaN sorts last."""
     sign = -1.0 if higher_is_better else 1.0

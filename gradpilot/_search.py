@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from gradpilot import _checkpoint
 from gradpilot._batch import model_device
-from gradpilot._direction import sort_key
+from gradpilot._direction import sort_key, worst
 from gradpilot._workers import Queue
 from gradpilot.accumulation import accumulate, item_counter
 from gradpilot.evaluation import evaluate
@@ -138,7 +138,7 @@ class ShortRun:
         self.optimizer.load_state_dict(saved[1])
         self.branch_samples += self.samples - samples
         self.samples, self.steps = samples, done
-        return value if math.isfinite(value) else (-math.inf if self.task.higher_is_better else math.inf)
+        return value if math.isfinite(value) else worst(self.task.higher_is_better)
 
     @property
     def spent(self) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gradpilot._files import write_atomic
+
 if TYPE_CHECKING:
     from gradpilot.diagnosis import Diagnosis
     from gradpilot.history import History
@@ -28,8 +30,11 @@ def _pyplot() -> Any:
 def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, dpi=110, format=fmt))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from gradpilot.examples import accuracy, spirals
+from gradpilot.history import History, Series
 from gradpilot.task import Task
 
 # The environment variable that makes a tune process SIGKILL itself after N short runs of its LR search
@@ -43,6 +45,12 @@ def mlp(out=1, width=32, depth=1):
         layers += [nn.Linear(width, width), nn.ReLU()]
     return nn.Sequential(*layers, nn.Linear(width, out))
 
+
+
+def synthetic(values, lr=1e-3, val=None):
+    steps = np.arange(1, len(values) + 1, dtype=float)
+    return History(Series(steps, np.asarray(values, float)), val_loss=val,
+                   lr=None if lr is None else Series(steps, np.full(len(values), lr)))
 
 
 # --- float64 models and data, for exact accumulation and DDP comparisons ---
@@ -136,3 +144,10 @@ def tune_task_file(*, items: int = 2048, epochs: int = 2, sleep: float = 0.0) ->
                         loss_fn=Slow(), metric=accuracy, higher_is_better=True, lr=1e-3, batch_size=32,
                         epochs={epochs})
         """)
+
+
+def one_line_error(result, code=2):
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert result.exit_code == code, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
+    return lines[0]

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from gradpilot import History, diagnose, fit
 from gradpilot.diagnosis import DETECTORS, KINDS, THRESHOLDS
 from gradpilot.history import Series
-from tests.conftest import classification, mlp, regression
+from tests.conftest import classification, mlp, regression, synthetic
 
 
 def run(model, opt, loss, train, val, epochs, batch=32):
@@ -83,12 +83,6 @@ def test_a_good_run_is_healthy():
     m = mlp()
     d = run(m, torch.optim.Adam(m.parameters(), lr=1e-2), nn.MSELoss(), regression(1024), regression(256, 1), 6)
     assert d.kinds == {"healthy"} and d.lr_verdict == "about right"
-
-
-def synthetic(values, lr=1e-3, val=None):
-    steps = np.arange(1, len(values) + 1, dtype=float)
-    return History(Series(steps, np.asarray(values, float)), val_loss=val,
-                   lr=None if lr is None else Series(steps, np.full(len(values), lr)))
 
 
 def test_ordinary_minibatch_noise_is_not_oscillation():
@@ -300,16 +294,6 @@ def test_thresholds_are_a_parameter_and_change_the_judgement():
     h = synthetic(np.linspace(2.0, 1.86, 300), lr=1e-3)  # moved 7%
     assert "plateau" not in diagnose(h).kinds and THRESHOLDS.plateau < 0.07
     assert "plateau" in diagnose(h, THRESHOLDS.replace(plateau=0.08)).kinds
-
-
-def test_swing_counts_reversals_beyond_one_rise_and_fall():
-    from gradpilot._run_shape import swing
-
-    assert swing(np.array([0.1, 0.4, 0.6, 0.8, 0.9])) == 0.0  # rose
-    assert swing(np.array([0.5, 0.8, 0.9, 0.85, 0.7, 0.6])) == 0.0  # rose, then fell: overfitting's shape
-    assert swing(np.array([0.2, 1.0, 0.2, 1.0, 1.0])) == pytest.approx(2.0)  # one fall and rise across the range
-    assert swing(np.array([0.2, 1.0, 0.2, 1.0])) == 0.0  # too few evaluations to tell
-    assert swing(np.array([0.2, np.nan, 1.0, 0.6, 1.0, 0.9])) == pytest.approx(1.0)  # non-finite points skipped
 
 
 def test_validation_that_swings_between_evaluations_is_an_lr_too_high():

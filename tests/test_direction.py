@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from gradpilot._direction import better, lower_is_better, sort_key, words
+from gradpilot._direction import better, lower_is_better, sort_key, words, worst
 
 
 def test_better_follows_the_direction_and_the_margin():
@@ -22,6 +22,11 @@ def test_a_nan_never_wins_and_always_loses(higher):
     assert not better(math.nan, 1.0, higher_is_better=higher)
     assert better(1.0, math.nan, higher_is_better=higher)
     assert not better(math.nan, math.nan, higher_is_better=higher)
+
+
+def test_worst_is_beaten_by_every_score():
+    for higher in (True, False):
+        assert all(better(s, worst(higher), higher_is_better=higher) for s in (-1e300, 0.0, 1e300))
 
 
 def test_sort_key_puts_the_best_first_and_nan_last():
