@@ -27,8 +27,8 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Learning rate, batch size, accumulation, epochs and schedules for PyTorch, measured.",
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)  # ":100:" in a file name or message is text, never an emoji
+err_console = Console(stderr=True, emoji=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -134,7 +134,8 @@ def _warmup_steps(ctx: _Context, n_epochs: int) -> int:
     """The search winner's warmup share, in optimizer steps of an ``n_epochs`` run at its batch."""
     v = ctx.values
     micro, k = int(v["micro_batch"]), int(v["accumulation"])
-    return math.ceil(float(v["warmup_ratio"]) * math.ceil(math.ceil(ctx.train_items / micro) / k) * n_epochs)
+    steps = math.ceil(math.ceil(ctx.train_items / micro) / k) * n_epochs
+    return min(math.ceil(float(v["warmup_ratio"]) * steps), steps - 1)  # a warmup ends before the run does
 
 
 def _score(result: FitResult) -> float:

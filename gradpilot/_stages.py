@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,20 +150,36 @@ def batch(ctx: _Context) -> Stage:
     ctx.charge(spent)
     evidence.update(max_micro=found.batch_size, memory_limit=found.limit,
                     trials=[dataclasses.asdict(t) for t in found.trials])
-    why = (f"the noise scale puts the critical batch near {evidence['noise_scale']:.0f}: trying "
-           f"{' and '.join(map(str, batches))}, LR rescaled by the {rule} rule") if len(batches) > 1 else \
-        f"the task's batch {b} is kept: the noise scale ({evidence['noise_scale']:.0f}) gives no reason to change it"
-    return Stage("batch", {"batches": batches, "max_micro": found.batch_size, "rule": rule}, why,
-                 alternatives=[{"batch": x} for x in batches], evidence=evidence, samples=spent)
+    return Stage("batch", {"batches": batches, "max_micro": found.batch_size, "rule": rule},
+                 _batch_why(b, batches, evidence, rule), alternatives=[{"batch": x} for x in batches],
+                 evidence=evidence, samples=spent)
+
+
+def _batch_why(b: int, batches: list[int], evidence: dict[str, Any], rule: str) -> str:
+    if "noise_error" in evidence:
+        return f"the task's batch {b} is kept: {evidence['noise_error']}"
+    if len(batches) > 1:
+        return (f"the noise scale puts the critical batch near {evidence['noise_scale']:.0f}: trying "
+                f"{' and '.join(map(str, batches))}, LR rescaled by the {rule} rule")
+    return f"the task's batch {b} is kept: the noise scale ({evidence['noise_scale']:.0f}) gives no reason to change it"
 
 
 def _noise_candidates(ctx: _Context) -> tuple[int, list[int], dict[str, Any]]:
+    """The items the noise-scale estimate cost, the batches worth trying, and the evidence. An estimate that
+    cannot be made (gradient norms too noisy to tell |G|² from the noise) costs a warning and keeps the task's
+    batch; it never stops the tune."""
     b, n = ctx.task.batch_size, ctx.train_items
     small, big, reps = max(1, min(8, b // 4)), min(n, max(4 * b, 32)), 8
     if big <= small:
         return 0, [b], {"noise_scale": float(b)}
     ctx.task.model.load_state_dict(ctx.initial)
-    noise = estimate_noise_scale(ctx.task, small_batch=small, big_batch=big, batches=reps, seed=ctx.seed)
+    try:
+        noise = estimate_noise_scale(ctx.task, small_batch=small, big_batch=big, batches=reps, seed=ctx.seed)
+    except GradpilotError as exc:
+        why = f"the gradient noise scale could not be measured ({exc})"
+        warnings.warn(f"{why}; tune keeps the task's batch {b}", stacklevel=2)
+        ctx.say(f"{why}: batch {b} kept")
+        return reps * (small + big), [b], {"noise_scale": None, "noise_error": why}
     batches = [b]
     if math.isfinite(noise.b_simple) and noise.b_simple > 0:
         shift = max(-2, min(3, round(math.log2(noise.b_simple / b))))

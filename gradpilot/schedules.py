@@ -40,11 +40,14 @@ def _constant(opt: torch.optim.Optimizer, _total_steps: int) -> Schedule:
 
 
 def _step(opt: torch.optim.Optimizer, _total_steps: int, *, step_size: int = 1, gamma: float = 0.1) -> Schedule:
+    _validate.positive_int("step_size", step_size)
+    _validate.positive_float("gamma", gamma)
     return Schedule(lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma), "epoch")
 
 
 def _cosine(opt: torch.optim.Optimizer, total_steps: int, *, T_max: int | None = None,
             eta_min: float = 0.0) -> Schedule:
+    _check_floor("eta_min", eta_min, opt)
     return Schedule(lr_scheduler.CosineAnnealingLR(opt, T_max=T_max or total_steps, eta_min=eta_min), "step")
 
 
@@ -64,6 +67,7 @@ def _onecycle(opt: torch.optim.Optimizer, total_steps: int, *, max_lr: float | N
 
 def _warmup_cosine(opt: torch.optim.Optimizer, total_steps: int, *, warmup_ratio: float = 0.05,
                    warmup_steps: int | None = None, eta_min: float = 0.0) -> Schedule:
+    _check_floor("eta_min", eta_min, opt)
     warm = warmup_steps if warmup_steps is not None else round(warmup_ratio * total_steps)
     if not 0 < warm < total_steps:
         raise GradpilotError(f"warmup must last between 1 and {total_steps - 1} steps, got {warm}: "
@@ -73,13 +77,30 @@ def _warmup_cosine(opt: torch.optim.Optimizer, total_steps: int, *, warmup_ratio
     return Schedule(lr_scheduler.SequentialLR(opt, [warmup, decay], milestones=[warm]), "step")
 
 
+def _check_floor(name: str, floor: float, opt: torch.optim.Optimizer) -> None:
+    """A decay's floor must lie below every param group's LR: at or above it, the "decay" would hold or raise it."""
+    lowest = min(float(g["lr"]) for g in opt.param_groups)
+    if not 0 <= floor < lowest:
+        raise GradpilotError(f"{name}={floor:g} must be at least 0 and below the learning rate ({lowest:g}): "
+                             "the schedule would hold or raise the LR instead of decaying it")
+
+
+def _check_warmup(warmup_steps: int, total_steps: int) -> None:
+    if not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise GradpilotError(f"warmup_steps must be a whole number of steps, 0 or more, got {warmup_steps!r}")
+    if warmup_steps and warmup_steps >= total_steps:
+        raise GradpilotError(f"warmup_steps={warmup_steps} is not shorter than the run ({total_steps} steps): the LR "
+                             "would never reach its peak; give fewer warmup steps")
+
+
 def _warmup_factor(step: int, warmup_steps: int) -> float | None:
     """Hugging Face's linear warmup from 0: the factor during warmup, None after it."""
     return step / max(1, warmup_steps) if step < warmup_steps else None
 
 
-def _constant_with_warmup(opt: torch.optim.Optimizer, _total_steps: int, *, warmup_steps: int = 0) -> Schedule:
+def _constant_with_warmup(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0) -> Schedule:
     """transformers' ``constant_with_warmup``: linear from 0 over ``warmup_steps``, then constant."""
+    _check_warmup(warmup_steps, total_steps)
     def factor(step: int) -> float:
         warm = _warmup_factor(step, warmup_steps)
         return 1.0 if warm is None else warm
@@ -89,6 +110,7 @@ def _constant_with_warmup(opt: torch.optim.Optimizer, _total_steps: int, *, warm
 
 def _linear(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0) -> Schedule:
     """transformers' ``linear``: warmup, then a straight line to 0 at ``total_steps``."""
+    _check_warmup(warmup_steps, total_steps)
     def factor(step: int) -> float:
         warm = _warmup_factor(step, warmup_steps)
         return warm if warm is not None else max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
@@ -102,6 +124,11 @@ def _cosine_with_min_lr(opt: torch.optim.Optimizer, total_steps: int, *, warmup_
     ``min_lr_rate`` × the optimizer's LR."""
     if (min_lr is None) == (min_lr_rate is None):
         raise GradpilotError("cosine_with_min_lr takes exactly one of min_lr or min_lr_rate")
+    _check_warmup(warmup_steps, total_steps)
+    if min_lr is not None:
+        _check_floor("min_lr", min_lr, opt)
+    elif not 0 <= float(min_lr_rate) < 1:  # type: ignore[arg-type]
+        raise GradpilotError(f"min_lr_rate must be in [0, 1), a share of the LR, got {min_lr_rate=}")
     rate = min_lr_rate if min_lr_rate is not None else float(min_lr) / opt.defaults["lr"]  # type: ignore[arg-type]
 
     def factor(step: int) -> float:

@@ -217,3 +217,27 @@ def test_a_schedule_covers_the_short_last_window():
     # 4 + 4 + 2 batches: 3 steps an epoch, 6 in all — the cosine ends on the last one, not past it
     reference = torch_sequence(lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=6), per_epoch=False, steps=6)
     assert list(result.lrs) == pytest.approx(reference) and result.steps == 6
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("step", {"step_size": 0}, "step_size must be a positive whole number"),
+    ("step", {"gamma": 0.0}, "gamma must be"),
+    ("cosine", {"eta_min": 1.0}, r"eta_min=1 must be at least 0 and below the learning rate \(0.1\)"),
+    ("warmup_cosine", {"eta_min": 0.1}, "eta_min=0.1 must be at least 0 and below the learning rate"),
+    ("cosine_with_min_lr", {"min_lr": 1.0}, "min_lr=1 must be at least 0 and below the learning rate"),
+    ("cosine_with_min_lr", {"min_lr_rate": 1.5}, r"min_lr_rate must be in \[0, 1\)"),
+    ("linear", {"warmup_steps": 2000}, r"warmup_steps=2000 is not shorter than the run \(100 steps\)"),
+    ("constant_with_warmup", {"warmup_steps": 100}, "would never reach its peak"),
+    ("linear", {"warmup_steps": -1}, "warmup_steps must be a whole number of steps, 0 or more"),
+])
+def test_options_that_would_not_decay_or_never_reach_the_lr_are_refused(name, options, message):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(GradpilotError, match=message) as err:
+        schedules.make_schedule(name, opt, total_steps=100, **options)
+    assert "\n" not in str(err.value)
+
+
+def test_a_decay_floor_below_the_lr_and_a_warmup_shorter_than_the_run_are_kept():
+    lrs = schedules.lr_curve("cosine_with_min_lr", steps=100, lr=0.1, warmup_steps=99, min_lr=0.0999)
+    assert max(lrs) == pytest.approx(0.1) and min(lrs) == 0.0 and lrs[-1] >= 0.0999 * 0.999  # warmup from 0
+    assert min(schedules.lr_curve("cosine", steps=100, lr=0.1, eta_min=0.05)) >= 0.05

@@ -303,3 +303,32 @@ def test_a_killed_tune_continues_and_reruns_nothing_finished(tmp_path):
             assert t.intermediate_values[rung] == value
     assert len({(t.params["lr"], t.params["micro_batch"]) for t in study.trials}) == len(study.trials)
     assert json.loads(resumed.stdout)["plan"] == json.loads(whole.stdout)["plan"]  # as if never killed
+
+
+def converged_regression(seed: int = 1) -> Task:
+    """A linear model already at its least-squares optimum under SGD + momentum: the gradient is all noise, so
+    the noise scale's |G|² comes out negative (as on a realistic CNN under SGD + momentum + weight decay)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(512, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.5 * torch.randn(512, 1, generator=g)
+    model = nn.Linear(4, 1)
+    solution = torch.linalg.lstsq(torch.cat([x, torch.ones(512, 1)], 1), y).solution
+    with torch.no_grad():
+        model.weight.copy_(solution[:4].T)
+        model.bias.copy_(solution[4])
+    return Task(model=model, train_data=torch.utils.data.TensorDataset(x, y),
+                val_data=torch.utils.data.TensorDataset(x, y), loss_fn=nn.MSELoss(), optimizer="sgd",
+                optimizer_kwargs={"momentum": 0.9}, lr=0.01, batch_size=32, epochs=2, name="converged")
+
+
+def test_a_noise_scale_that_cannot_be_measured_costs_a_warning_and_keeps_the_task_s_batch(tmp_path):
+    from gradpilot.batch_size import estimate_noise_scale
+
+    with pytest.raises(GradpilotError, match="not measurable"):  # the absolute reference: the estimate fails here
+        estimate_noise_scale(converged_regression(), small_batch=8, big_batch=128, batches=8, seed=0)
+    with pytest.warns(UserWarning, match="noise scale could not be measured.*keeps the task's batch 32"):
+        result = tune(converged_regression(), out_dir=tmp_path)
+    batch = {s.name: s for s in result.stages}["batch"]
+    assert batch.decision["batches"] == [32] and batch.evidence["noise_scale"] is None
+    assert batch.why.startswith("the task's batch 32 is kept: the gradient noise scale could not be measured")
+    assert result.plan["per_device_train_batch_size"] == 32 and result.spent <= 3
