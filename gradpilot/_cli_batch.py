@@ -9,7 +9,16 @@ import typer
 from rich.table import Table
 
 from gradpilot import _validate
-from gradpilot._cli_common import TaskFile, _dumps, _escape, _load, _one_line_errors, app, console, err_console
+from gradpilot._cli_common import (
+    TaskFile,
+    _escape,
+    _load,
+    _one_line_errors,
+    _print_json,
+    app,
+    console,
+    err_console,
+)
 from gradpilot.errors import GradpilotError
 
 if TYPE_CHECKING:
@@ -52,7 +61,7 @@ def plan_command(
         total_steps=total_steps,
     )
     if as_json:
-        typer.echo(_dumps(dataclasses.asdict(result)))
+        _print_json(dataclasses.asdict(result))
     else:
         _print_plan(result, lr)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -30,6 +32,7 @@ app = typer.Typer(
 console = Console(emoji=False)  # ":100:" in a file name or message is text, never an emoji
 err_console = Console(stderr=True, emoji=False)
 F = TypeVar("F", bound=Callable[..., Any])
+_JSON_OUT: list[Any] = []  # the stdout a --json command writes its JSON to, while its own prints go to stderr
 
 
 def _version(value: bool) -> None:
@@ -60,7 +63,14 @@ def _one_line_errors(command: F) -> F:
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            if not kwargs.get("as_json"):
+                return command(*args, **kwargs)
+            _JSON_OUT.append(sys.stdout)  # --json: stdout holds the JSON alone; what the task prints goes to stderr
+            try:
+                with contextlib.redirect_stdout(sys.stderr):
+                    return command(*args, **kwargs)
+            finally:
+                _JSON_OUT.pop()
         except GradpilotError as exc:
             raise _fail(_escape(str(exc))) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
@@ -88,6 +98,13 @@ def _dumps(value: Any) -> str:
     from gradpilot._files import dumps
 
     return dumps(value)
+
+
+def _print_json(value: Any) -> None:
+    """``value`` as strict JSON on the command's own stdout (under ``--json`` everything else goes to stderr)."""
+    out = _JSON_OUT[-1] if _JSON_OUT else sys.stdout
+    out.write(_dumps(value) + "\n")
+    out.flush()
 
 
 def _draw(draw: Callable[[], Any], path: Path) -> bool:

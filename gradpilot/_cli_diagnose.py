@@ -9,7 +9,16 @@ import typer
 from rich.table import Table
 
 from gradpilot import _validate
-from gradpilot._cli_common import _draw, _dumps, _escape, _fail, _one_line_errors, app, console, err_console
+from gradpilot._cli_common import (
+    _draw,
+    _escape,
+    _fail,
+    _one_line_errors,
+    _print_json,
+    app,
+    console,
+    err_console,
+)
 
 if TYPE_CHECKING:
     from gradpilot.diagnosis import Diagnosis
@@ -49,7 +58,7 @@ def diagnose_command(
     for warning in history.warnings:
         err_console.print(f"[yellow]warning:[/] {_escape(warning)}", highlight=False, soft_wrap=True)
     if as_json:
-        typer.echo(_dumps(_as_json(history, result)))
+        _print_json(_as_json(history, result))
     else:
         _print_diagnosis(history.source, result)
     if not _draw_outputs(history, result, plot, html_page, say=not as_json):
@@ -110,7 +119,7 @@ def _diagnose_all(path: Path, as_json: bool, drawing: bool) -> None:
         else:
             _print_diagnosis(history.source, result)
     if as_json:
-        typer.echo(_dumps(out))
+        _print_json(out)
     if found:
         raise typer.Exit(code=1)
 

@@ -9,7 +9,16 @@ import typer
 from rich.table import Table
 
 from gradpilot import _validate
-from gradpilot._cli_common import TaskFile, _draw, _dumps, _load, _one_line_errors, app, console, err_console
+from gradpilot._cli_common import (
+    TaskFile,
+    _draw,
+    _load,
+    _one_line_errors,
+    _print_json,
+    app,
+    console,
+    err_console,
+)
 
 if TYPE_CHECKING:
     from typing import Literal
@@ -53,7 +62,7 @@ def find_lr_command(
                          family=cast("Literal['sgd', 'adaptive'] | None", family))
     drawn = plot is not None and _draw(lambda: result.plot(plot), plot)
     if as_json:
-        typer.echo(_dumps(_as_dict(result, task, plot if drawn else None)))
+        _print_json(_as_dict(result, task, plot if drawn else None))
     else:
         _print_result(result, task, plot if drawn else None)
     if plot is not None and not drawn:

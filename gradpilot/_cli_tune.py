@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from gradpilot import _validate
-from gradpilot._cli_common import TaskFile, _dumps, _fail, _load, _one_line_errors, app, console, err_console
+from gradpilot._cli_common import (
+    TaskFile,
+    _fail,
+    _load,
+    _one_line_errors,
+    _print_json,
+    app,
+    console,
+    err_console,
+)
 from gradpilot.errors import GradpilotError
 
 
@@ -55,10 +64,9 @@ def tune_command(
         result = tune(task, budget=budget, out_dir=out, fixed=fixed, storage=storage, study=study, n_jobs=n_jobs,
                       backend=backend, ray_address=ray_address, seed=seed, cooldown=cooldown, progress=progress)
     if as_json:
-        typer.echo(_dumps({"plan": result.plan, "spent_runs": result.spent, "budget_runs": result.budget,
-                           "metric": result.metric, "plan_path": str(result.plan_path),
-                           "model_path": str(result.model_path), "record_path": str(result.record_path),
-                           "report_path": str(result.report_path)}))
+        _print_json({"plan": result.plan, "spent_runs": result.spent, "budget_runs": result.budget,
+                     "metric": result.metric, "plan_path": str(result.plan_path), "model_path": str(result.model_path),
+                     "record_path": str(result.record_path), "report_path": str(result.report_path)})
     else:
         summary(result, console)
 

@@ -54,6 +54,10 @@ class LRFinderResult:
         return plot_lr_curve(self, Path(path))
 
 
+MAX_STEPS = 10_000  # a range test's steps at most: past this it is a training run, and would seem to hang
+MAX_MICRO_BATCHES = 100_000  # forward-backward passes a range test may take, accumulation included
+
+
 def _check_args(start_lr: float, end_lr: float, num_steps: int, accumulation_steps: int,
                 diverge_threshold: float, smoothing: float) -> None:
     _validate.positive_float("start_lr", start_lr)
@@ -62,7 +66,12 @@ def _check_args(start_lr: float, end_lr: float, num_steps: int, accumulation_ste
         raise GradpilotError(f"start_lr must be below end_lr, got {start_lr=} >= {end_lr=}; swap them")
     if _validate.positive_int("num_steps", num_steps) < 10:
         raise GradpilotError(f"num_steps must be at least 10 to draw a curve, got {num_steps=}")
-    _validate.positive_int("accumulation_steps", accumulation_steps)
+    if num_steps > MAX_STEPS:
+        raise GradpilotError(f"num_steps={num_steps:,} is more than a range test needs (at most {MAX_STEPS:,}; "
+                             "100 to 300 is usual): the curve is no sharper for more")
+    if _validate.positive_int("accumulation_steps", accumulation_steps) * num_steps > MAX_MICRO_BATCHES:
+        raise GradpilotError(f"num_steps × accumulation_steps = {num_steps * accumulation_steps:,} micro-batches, "
+                             f"more than the {MAX_MICRO_BATCHES:,} a range test may take: use fewer of either")
     if _validate.positive_float("diverge_threshold", diverge_threshold) <= 1:
         raise GradpilotError(f"diverge_threshold must be above 1, got {diverge_threshold=}")
     if _validate.unit_interval("smoothing", smoothing, closed=True) == 1:

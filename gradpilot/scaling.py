@@ -223,6 +223,9 @@ def noise_scale(small_sq_norm: float, big_sq_norm: float, b_small: int, b_big: i
     Uses E|G_B|² = |G|² + tr(Σ)/B at B = ``b_small`` and ``b_big``.
     """
     b_small, b_big = _positive_int("b_small", b_small), _positive_int("b_big", b_big)
+    if not (math.isfinite(small_sq_norm) and math.isfinite(big_sq_norm)):
+        raise GradpilotError("the gradient norms are not finite (a NaN or infinite loss or gradient at these "
+                             "weights): the noise scale cannot be measured; check the loss on a few batches")
     if b_big <= b_small:
         raise GradpilotError(f"b_big must be larger than b_small, got {b_small=} and {b_big=}")
     grad_sq = (b_big * big_sq_norm - b_small * small_sq_norm) / (b_big - b_small)

@@ -316,3 +316,40 @@ def test_tune_with_worker_processes_and_a_study_name(tmp_path):
 def test_tune_refuses_a_task_without_validation_data(tmp_path):
     result = runner.invoke(app, ["tune", str(write(tmp_path, TASK_FILE)), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "tune needs validation data" in result.output
+
+
+PRINTING_TASK = TASK_FILE.replace("def task(seed: int = 0) -> gradpilot.Task:",
+                                  "print('hello from the task file')\n\ndef task(seed: int = 0) -> gradpilot.Task:\n"
+                                  "    print('building the task')")
+
+
+def test_a_task_file_that_prints_leaves_json_alone(tmp_path):
+    result = runner.invoke(app, ["find-lr", str(write(tmp_path, PRINTING_TASK)), "--json", "--num-steps", "20"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["suggestion"] > 0  # stdout is the JSON alone
+    assert "hello from the task file" in result.stderr and "building the task" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--num-steps", "100000000"], "num_steps=100,000,000 is more than a range test needs"),
+    (["--accumulation-steps", "1000000"], "100,000,000 micro-batches, more than the 100,000 a range test may take"),
+])
+def test_a_range_test_too_long_to_finish_is_refused_at_once(args, message):
+    assert message in one_line_error(runner.invoke(app, ["find-lr", *args]))
+
+
+NAN_LOSS_TASK = TASK_FILE.replace("loss_fn=nn.CrossEntropyLoss()", "loss_fn=lambda out, y: out.sum() * float('nan')")
+
+
+def test_find_batch_size_with_a_nan_loss_measures_memory_and_warns_about_the_noise_scale(tmp_path):
+    result = runner.invoke(app, ["find-batch-size", str(write(tmp_path, NAN_LOSS_TASK)), "--max-batch-size", "16"])
+    assert result.exit_code == 0, result.output
+    assert "Largest micro-batch that fits: 16" in result.stdout
+    assert "warning: no gradient noise scale: the gradient norms are not finite" in result.stderr
+
+
+def test_error_text_is_never_read_as_emoji_or_markup(tmp_path):
+    bad = tmp_path / "t.csv"
+    bad.write_text("step,loss\n" + "".join(f"{i},1.0\n" for i in range(1, 99)) + "99,1,2,3\n")
+    line = one_line_error(runner.invoke(app, ["diagnose", str(bad)]))
+    assert "t.csv:100:" in line and "💯" not in line
