@@ -6,7 +6,8 @@ import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -63,14 +64,8 @@ def _one_line_errors(command: F) -> F:
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            if not kwargs.get("as_json"):
-                return command(*args, **kwargs)
-            _JSON_OUT.append(sys.stdout)  # --json: stdout holds the JSON alone; what the task prints goes to stderr
-            try:
-                with contextlib.redirect_stdout(sys.stderr):
-                    return command(*args, **kwargs)
-            finally:
-                _JSON_OUT.pop()
+            with _warnings_as_lines():
+                return _json_apart(command, *args, **kwargs) if kwargs.get("as_json") else command(*args, **kwargs)
         except GradpilotError as exc:
             raise _fail(_escape(str(exc))) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
@@ -81,6 +76,32 @@ def _one_line_errors(command: F) -> F:
             raise _fail(_escape(f"{describe(exc, 300)} (GRADPILOT_DEBUG=1 shows where)"), code=3) from None
 
     return run  # type: ignore[return-value]
+
+
+def _json_apart(command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a ``--json`` command with stdout kept for its JSON: what the task file prints goes to stderr."""
+    _JSON_OUT.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return command(*args, **kwargs)
+    finally:
+        _JSON_OUT.pop()
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Python warnings (gradpilot's own and the libraries') as one ``warning:`` line each on stderr."""
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, *_: Any, **__: Any) -> None:
+        err_console.print(f"[yellow]warning:[/] {_escape(' '.join(str(message).split()))}", highlight=False,
+                          soft_wrap=True)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _escape(text: str) -> str:

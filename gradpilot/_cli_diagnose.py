@@ -19,6 +19,7 @@ from gradpilot._cli_common import (
     console,
     err_console,
 )
+from gradpilot.errors import GradpilotError
 
 if TYPE_CHECKING:
     from gradpilot.diagnosis import Diagnosis
@@ -45,8 +46,9 @@ def diagnose_command(
     """Say what went wrong in a run and what to change, from its log.
 
     A folder holding several runs (lightning_logs/version_N, a Trainer's checkpoint-N, TensorBoard runs) is read
-    at its newest run; --all diagnoses each. Exit code 0 when the runs look healthy (or are too short to
-    judge), 1 when something was found, 2 on bad input.
+    at its newest run; --all diagnoses each (a run that cannot be read is one error line, and the others are
+    still diagnosed). Exit code 0 when the runs look healthy (or are too short to judge), 1 when something was
+    found, 2 on bad input or a run that could not be read.
     """
     if every_run:
         _diagnose_all(path, as_json, plot is not None or html_page is not None)
@@ -110,9 +112,15 @@ def _diagnose_all(path: Path, as_json: bool, drawing: bool) -> None:
         raise _fail("--all diagnoses several runs: --plot and --html draw one (give the run's own folder or file)")
     if not path.is_dir():
         raise _fail(f"--all needs a folder of runs; {path} is a file")
-    found, out = False, []
+    found, broken, out = False, 0, []
     for run in find_runs(path):
-        history, result = _read_and_diagnose(run)
+        try:
+            history, result = _read_and_diagnose(run)
+        except GradpilotError as exc:  # one damaged run costs its own diagnosis, never the others'
+            broken += 1
+            err_console.print(f"[bold red]error:[/] {_escape(str(exc))}", highlight=False, soft_wrap=True)
+            out.append({"source": str(run), "error": str(exc)})
+            continue
         found = found or bool(result.kinds - QUIET)
         if as_json:
             out.append(_as_json(history, result))
@@ -120,8 +128,8 @@ def _diagnose_all(path: Path, as_json: bool, drawing: bool) -> None:
             _print_diagnosis(history.source, result)
     if as_json:
         _print_json(out)
-    if found:
-        raise typer.Exit(code=1)
+    if broken or found:
+        raise typer.Exit(code=2 if broken else 1)
 
 
 def _print_diagnosis(source: str, result: Diagnosis) -> None:

@@ -3,6 +3,7 @@ written to, a comment above each value saying why it was chosen."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,8 @@ def _checked(key: str, value: Any) -> Any:
                              f"got {value!r}") from None
     if key != "learning_rate" and float(value) != number:
         raise GradpilotError(f"{key} must be a whole number, got {value!r}")
-    if not number > 0:
-        raise GradpilotError(f"{key} must be positive, got {value!r}")
+    if not 0 < number < math.inf:
+        raise GradpilotError(f"{key} must be a positive finite number, got {value!r}")
     return number
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -108,6 +109,7 @@ def tune(
     if backend == "ray" and n_jobs > 1:
         raise GradpilotError("with backend='ray', Ray places the work: leave n_jobs at 1")
     ctx = _context(task, budget, Path(out_dir), fixed or {}, storage, study, n_jobs, seed, cooldown, progress)
+    n_jobs = _at_most_the_cores(n_jobs)
     ctx.on_ray, ctx.ray_address = backend == "ray", ray_address
     if n_jobs == 1:
         return _drive(ctx)
@@ -116,6 +118,15 @@ def tune(
     with _local_workers.LocalWorkers(ctx, n_jobs, lambda c: _drive(c, outputs=False)) as helpers:
         ctx.wait = helpers.watch
         return _drive(ctx)
+
+
+def _at_most_the_cores(n_jobs: int) -> int:
+    """More worker processes than cores only take turns (and contend for the journal file's lock)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n_jobs > cores:
+        warnings.warn(f"n_jobs={n_jobs} is more than the {cores} cores this process may use: running {cores} "
+                      "workers (more would only take turns)", stacklevel=3)
+    return min(n_jobs, cores)
 
 
 def _drive(ctx: _Context, *, outputs: bool = True) -> TuneResult:
@@ -162,6 +173,10 @@ def _context(task: Task, budget: float, out: Path, fixed: dict[str, Any], storag
         raise GradpilotError("n_jobs runs workers on this machine's journal file: for a shared storage, start one "
                              "tune per worker with the same storage and study instead")
     _validate.writable_folder(out, "out_dir")
+    for name in ("tune.json", "plan.yaml", "model.pt", "report.html", "runs/initial.pt"):
+        if (out / name).is_dir():  # found now, not after the whole tune
+            raise GradpilotError(f"{out / name} is a folder, where tune writes a file: move it away, or give another "
+                                 "out_dir")
     (out / "runs").mkdir(parents=True, exist_ok=True)
     n = _train_length(task)
     initial = _initial_weights(task, out / "runs" / "initial.pt")
@@ -254,6 +269,9 @@ def _outputs(ctx: _Context, stages: tuple[Stage, ...], record: dict[str, Any]) -
         warnings.warn(f"the final run was trained by worker {ctx.values.get('trained_by')}: model.pt is in its "
                       "out_dir, not here", stacklevel=3)
     result = _result(ctx, stages)
+    if not math.isfinite(result.metric):
+        warnings.warn("the validation metric of the model tune trained is not finite (NaN): every choice tune made "
+                      "compared NaNs; check Task.metric on the validation data", stacklevel=3)
     record.update(plan=plan, reasons=reasons, spent_runs=result.spent, budget_runs=ctx.budget,
                   metric=result.metric)
     write_json(ctx.out / "tune.json", record)
@@ -264,8 +282,9 @@ def _outputs(ctx: _Context, stages: tuple[Stage, ...], record: dict[str, Any]) -
 def _result(ctx: _Context, stages: tuple[Stage, ...]) -> TuneResult:
     plan, _ = _hf_plan.plan(ctx.values, ctx.task, stages)
     spent = ctx.spent / (ctx.train_items * ctx.task.epochs)
-    return TuneResult(plan, stages, ctx.budget, spent, float(ctx.values["metric"]), ctx.task.model, ctx.out,
-                      ctx.run_samples)
+    metric = ctx.values["metric"]  # None in the record where the metric was NaN (JSON has no NaN)
+    return TuneResult(plan, stages, ctx.budget, spent, math.nan if metric is None else float(metric), ctx.task.model,
+                      ctx.out, ctx.run_samples)
 
 
 def _report(out: Path) -> None:

@@ -103,3 +103,18 @@ def test_commands_that_read_logs_never_import_torch(tmp_path):
             "assert 'torch' not in sys.modules, 'torch was imported'\nprint('clean')\n")
     out = subprocess.run([sys.executable, "-c", code, str(log)], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("clean"), out.stderr
+
+
+def test_diagnose_all_reports_a_damaged_run_and_diagnoses_the_others(tmp_path):
+    for version in (0, 2):
+        (tmp_path / "lightning_logs" / f"version_{version}").mkdir(parents=True)
+        write_run_csv(tmp_path / "lightning_logs" / f"version_{version}" / "metrics.csv", diverge=version == 2)
+    damaged = tmp_path / "lightning_logs" / "version_1"
+    damaged.mkdir()
+    (damaged / "metrics.csv").write_text("step,train_loss\n1,2.0\n2,1.9,5,5\n")
+    result = runner.invoke(app, ["diagnose", str(tmp_path), "--all", "--json"])
+    assert result.exit_code == 2  # a run could not be read: a script must notice
+    runs = json.loads(result.stdout)
+    assert len(runs) == 3 and [("error" in r) for r in runs] == [False, True, False]
+    assert "metrics.csv:3" in runs[1]["error"] and "divergence" in {f["kind"] for f in runs[2]["findings"]}
+    assert "error:" in result.stderr

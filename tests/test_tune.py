@@ -332,3 +332,37 @@ def test_a_noise_scale_that_cannot_be_measured_costs_a_warning_and_keeps_the_tas
     assert batch.decision["batches"] == [32] and batch.evidence["noise_scale"] is None
     assert batch.why.startswith("the task's batch 32 is kept: the gradient noise scale could not be measured")
     assert result.plan["per_device_train_batch_size"] == 32 and result.spent <= 3
+
+
+def test_more_workers_than_cores_are_capped_with_a_warning(monkeypatch):
+    from gradpilot import tune as tune_module
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    with pytest.warns(UserWarning, match="n_jobs=64 is more than the 2 cores this process may use: running 2"):
+        assert tune_module._at_most_the_cores(64) == 2
+    assert tune_module._at_most_the_cores(2) == 2
+
+
+@pytest.mark.parametrize("name", ["report.html", "model.pt", "plan.yaml", "tune.json"])
+def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path, name):
+    (tmp_path / name).mkdir()
+    task = small_task()
+    train = Counting(task.train_data)
+    with pytest.raises(GradpilotError, match=f"{name} is a folder, where tune writes a file: move it away"):
+        tune(Task(**{**task.__dict__, "train_data": train}), out_dir=tmp_path)
+    assert train.reads <= _fingerprint._SAMPLES  # nothing trained
+
+
+def test_a_metric_that_is_always_nan_ends_in_a_warning_not_a_traceback(tmp_path):
+    task = small_task(n=256, epochs=2)
+    nan_metric = Task(**{**task.__dict__, "metric": lambda _out, _y: float("nan")})
+    with pytest.warns(UserWarning, match="validation metric of the model tune trained is not finite"):
+        result = tune(nan_metric, out_dir=tmp_path)
+    assert math.isnan(result.metric) and result.model_path.exists()
+    assert json.loads(result.record_path.read_text())["metric"] is None  # strict JSON: NaN written as null
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0"])
+def test_a_fixed_lr_that_is_not_a_positive_finite_number_is_refused(tmp_path, value):
+    with pytest.raises(GradpilotError, match="learning_rate must be a positive finite number"):
+        tune(small_task(), out_dir=tmp_path, fixed={"lr": value})
