@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -16,7 +17,12 @@ if TYPE_CHECKING:
 
 @contextmanager
 def budget_bar(console: Console, budget: float, *, disable: bool = False) -> Iterator[Callable[[str, float], None]]:
-    """A bar filling as the budget is spent; yields the ``progress(message, spent_runs)`` callback for tune."""
+    """A bar filling as the budget is spent; yields the ``progress(message, spent_runs)`` callback for tune. Off a
+    terminal (a CI log, ``nohup``, a pipe) a bar would show nothing until the end: there each new step of the
+    work is one line instead, with the budget spent and the time so far."""
+    if not disable and not console.is_terminal:
+        yield _log_lines(console, budget)
+        return
     with Progress(TextColumn("[bold]tune"), BarColumn(), TextColumn("{task.completed:.2f}/{task.total:g} runs"),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True,
                   disable=disable) as bar:
@@ -26,6 +32,18 @@ def budget_bar(console: Console, budget: float, *, disable: bool = False) -> Ite
             bar.update(job, completed=min(spent, budget), description=message)
 
         yield update
+
+
+def _log_lines(console: Console, budget: float) -> Callable[[str, float], None]:
+    start, last = time.monotonic(), [""]
+
+    def line(message: str, spent: float) -> None:
+        if message != last[0]:
+            last[0] = message
+            console.print(f"tune {min(spent, budget):.2f}/{budget:g} runs, {time.monotonic() - start:.0f} s: {message}",
+                          highlight=False, soft_wrap=True, markup=False)
+
+    return line
 
 
 def summary(result: TuneResult, console: Console) -> None:
