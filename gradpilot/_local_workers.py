@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -20,6 +21,7 @@ import torch
 
 from gradpilot import _workers
 from gradpilot._stages import _Context
+from gradpilot.errors import describe
 
 
 class LocalWorkers:
@@ -65,3 +67,6 @@ def _work_in_child(ctx: _Context, work: Callable[[_Context], Any], threads: int)
         work(mine)
     except KeyboardInterrupt:
         os._exit(130)
+    except Exception as exc:  # one line, not a forked process's traceback: the parent puts its jobs back
+        print(f"error: tune worker {os.getpid()}: {describe(exc)}", file=sys.stderr, flush=True)
+        os._exit(2)

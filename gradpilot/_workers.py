@@ -58,6 +58,27 @@ def open_storage(url: str | BaseStorage | None, out: Path, *, shared: bool) -> B
     raise AssertionError("unreachable")
 
 
+def describe(storage: BaseStorage, out: Path) -> str:
+    """Which storage a tune keeps its trials in, as its record says it: the folder's own files by name (so a
+    moved folder is the same tune), a database by its URL without the password."""
+    inner = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in a cache
+    if isinstance(storage, optuna.storages.JournalStorage):
+        return "the journal file in out_dir"
+    url = getattr(inner, "url", None)
+    if url is None:
+        return type(storage).__name__
+    if url == f"sqlite:///{(out / 'trials.db').resolve()}":
+        return "the SQLite file in out_dir"
+    from sqlalchemy.engine import make_url
+
+    return str(make_url(url).render_as_string(hide_password=True))
+
+
+def has_queue(storage: BaseStorage, name: str) -> bool:
+    """Whether the storage holds the study ``name`` (a queue some worker made)."""
+    return any(s.study_name == name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+
+
 def _rdb(url: str) -> RDBStorage:
     with quiet():
         return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,

@@ -185,10 +185,30 @@ def _context(task: Task, budget: float, out: Path, fixed: dict[str, Any], storag
                    train_items=n, budget_samples=math.floor(budget * n * task.epochs), budget=budget,
                    initial=initial, storage=store, prefix=study, progress=progress)
     _stages.check_budget(ctx)
+    fresh = not _workers.has_queue(store, f"{study}:settings")
     if storage is None:  # the storage is this command's own: nothing else can be working on it
         _workers.sweep(store, study, keep=(f"{study}:lr_search",))
     _check_shared_settings(ctx)
+    _check_folder(ctx, fresh_storage=fresh)
     return ctx
+
+
+def _check_folder(ctx: _Context, *, fresh_storage: bool) -> None:
+    """A tune folder is continued only with the settings and the storage it was started with: else its record
+    and its saved runs would be mixed with another tune's. Checked here, before any worker starts."""
+    path = ctx.out / "tune.json"
+    if not path.exists():
+        return
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GradpilotError(f"{path} cannot be read ({exc}): use a new out_dir") from None
+    saved = record.get("settings") if isinstance(record, dict) else None
+    _fingerprint.check_same(saved if isinstance(saved, dict) else {}, ctx.settings, what=f"{ctx.out} holds a tune",
+                            remedy="use a new out_dir, or the same arguments to continue it")
+    if fresh_storage and record.get("stages"):
+        raise GradpilotError(f"{ctx.out} holds a tune whose trials are not in {ctx.settings['storage']} (was "
+                             "trials.db or trials.journal deleted?): use a new out_dir to tune afresh")
 
 
 def _check_shared_settings(ctx: _Context) -> None:
@@ -226,7 +246,8 @@ def _settings(ctx: _Context) -> dict[str, Any]:
     """What a tune folder's record must match for the same command to continue it: the arguments, and what
     ``fit``'s fingerprint holds of the task (optimizer settings, data, model, metric's direction, clipping)."""
     t = ctx.task
-    return {"task": t.name, "budget": ctx.budget, "fixed": ctx.fixed, "seed": ctx.seed, "cooldown": ctx.cooldown,
+    return {"task": t.name, "storage": _workers.describe(ctx.storage, ctx.out), "study": ctx.prefix,
+            "budget": ctx.budget, "fixed": ctx.fixed, "seed": ctx.seed, "cooldown": ctx.cooldown,
             "train_items": ctx.train_items, "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
             "higher_is_better": t.higher_is_better, "max_grad_norm": t.max_grad_norm,
             "metric": _name(t.metric), "loss": _name(t.loss_fn), "step_fn": _name(t.step_fn),
@@ -241,18 +262,9 @@ def _name(fn: Any) -> str | None:
 
 
 def _load_record(ctx: _Context) -> dict[str, Any]:
-    path = ctx.out / "tune.json"
-    settings = ctx.settings
-    if not path.exists():
-        return {"settings": settings, "stages": {}}
-    try:
-        record: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise GradpilotError(f"{path} cannot be read ({exc}): use a new out_dir") from None
-    saved = record.get("settings")
-    _fingerprint.check_same(saved if isinstance(saved, dict) else {}, settings, what=f"{ctx.out} holds a tune",
-                            remedy="use a new out_dir, or the same arguments to continue it")
-    return {"settings": settings, "stages": {}}
+    """The record this run writes: its settings (checked against the folder's by ``_check_folder``) and the
+    stages, each read back from the storage as it is reached."""
+    return {"settings": ctx.settings, "stages": {}}
 
 
 def _outputs(ctx: _Context, stages: tuple[Stage, ...], record: dict[str, Any]) -> TuneResult:

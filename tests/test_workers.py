@@ -192,3 +192,14 @@ def test_backend_ray_takes_a_task_file_to_its_workers(tmp_path):
                           timeout=400, env={**env(), "RAY_AUTH_MODE": "disabled"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "learning_rate" in json.loads(done.stdout)["plan"]
+
+
+def test_a_folder_is_continued_only_with_its_own_storage(tmp_path):
+    tune(small_task(), out_dir=tmp_path, budget=2)
+    with pytest.raises(GradpilotError, match=r"other settings \(storage: the SQLite file in out_dir → the journal"):
+        tune(small_task(), out_dir=tmp_path, budget=2, n_jobs=2)  # refused in this process, before any fork
+    with pytest.raises(GradpilotError, match=r"study: gradpilot → other"):
+        tune(small_task(), out_dir=tmp_path, budget=2, study="other")
+    (tmp_path / "trials.db").unlink()
+    with pytest.raises(GradpilotError, match=r"whose trials are not in the SQLite file in out_dir \(was trials.db"):
+        tune(small_task(), out_dir=tmp_path, budget=2)
