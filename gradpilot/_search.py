@@ -94,13 +94,18 @@ def promote(scores: Sequence[float], *, higher_is_better: bool) -> list[int]:
     return order[:survivors(len(scores), 1)]
 
 
-def rungs_for(budget_samples: int, candidates: int, cooldown: float, smallest: int) -> tuple[int, ...]:
+def rungs_for(budget_samples: int, candidates: int, cooldown: float, smallest: int,
+              longest: int | None = None) -> tuple[int, ...]:
     """Rung lengths r, 3r, 9r (samples) such that halving ``candidates`` — a third go on at each rung, at
-    least one — fits ``budget_samples``, cooldowns included; ``smallest`` is the largest batch tried."""
+    least one — fits ``budget_samples``, cooldowns included; ``smallest`` is the largest batch tried. The last
+    rung is never longer than ``longest`` (one run of the task: a short run longer than the run it stands for
+    tells nothing more, so a budget beyond that is left unspent)."""
     alive = [survivors(candidates, k) for k in range(RUNGS)]
     unit = sum(n * (ETA**k - (ETA ** (k - 1) if k else 0) + cooldown * ETA**k) for k, n in enumerate(alive))
     rounding = 2 * smallest * sum(alive)  # each stretch of training and each cooldown ends on a whole batch
     first = max(smallest, int((budget_samples - rounding) / unit))
+    if longest is not None:
+        first = max(smallest, min(first, longest // ETA ** (RUNGS - 1)))
     return tuple(first * ETA**k for k in range(RUNGS))
 
 

@@ -86,13 +86,29 @@ class _Context:
             self.progress(message, self.spent / self.run_samples)
 
 
+RANGE_SHARE = 0.2  # of the budget, at most this goes to the range test
+BATCH_SHARE = 0.35  # of what is left after it, at most this goes to the noise-scale and batch trials
+MIN_RANGE_STEPS = 10  # the fewest steps find_lr draws a curve from
+
+
 def _range_steps(ctx: _Context) -> int:
-    """Range-test steps: a tenth of a run's steps, between 30 and 100."""
-    return max(30, min(100, round(0.1 * ctx.run_samples / ctx.task.batch_size)))
+    """Range-test steps: a tenth of a run's steps, between 30 and 100, and never more than RANGE_SHARE of the
+    budget (a one-epoch fine-tune has fewer steps in its whole run than a range test's usual 30)."""
+    usual = max(30, min(100, round(0.1 * ctx.run_samples / ctx.task.batch_size)))
+    return max(MIN_RANGE_STEPS, min(usual, math.floor(RANGE_SHARE * ctx.budget_samples / ctx.task.batch_size)))
 
 
 def check_budget(ctx: _Context) -> None:
-    """Refuse, before any work, a budget that cannot pay for the range test and one epoch, or for fixed epochs."""
+    """Refuse, before any work, a budget that cannot pay for the range test and one epoch, or for fixed epochs,
+    and a training set too small to tune on at all."""
+    fixed_batch = int(ctx.fixed.get("per_device_train_batch_size", 0)) * int(
+        ctx.fixed.get("gradient_accumulation_steps", 1))
+    if fixed_batch > ctx.train_items:
+        raise GradpilotError(f"the fixed batch ({fixed_batch}) is larger than the training set ({ctx.train_items} "
+                             "items): one step would see every item; fix a batch of at most the training set")
+    if ctx.train_items < ctx.task.batch_size:
+        raise GradpilotError(f"the training set has {ctx.train_items} items, fewer than one batch of "
+                             f"{ctx.task.batch_size}: give more data, or a smaller Task.batch_size")
     need = ctx.train_items * int(ctx.fixed.get("num_train_epochs", 1))
     if "learning_rate" not in ctx.fixed:
         need += _range_steps(ctx) * ctx.task.batch_size
@@ -140,9 +156,9 @@ def batch(ctx: _Context) -> Stage:
     if isinstance(task.train_data, DataLoader):
         return Stage("batch", {"batches": [b], "max_micro": b, "rule": rule},
                      "the task gives a ready DataLoader, whose batch size tune keeps", skipped="data loader")
-    if ctx.left < ctx.run_samples:
+    if ctx.left < ctx.run_samples or _batch_cost(ctx) > BATCH_SHARE * ctx.left:
         return Stage("batch", {"batches": [b], "max_micro": b, "rule": rule},
-                     "the budget left is under one run: the task's batch is kept", skipped="budget")
+                     "the budget left cannot pay for measuring the batch: the task's batch is kept", skipped="budget")
     ctx.say("gradient noise scale and memory")
     spent, batches, evidence = _noise_candidates(ctx)
     found = find_batch_size(task, max_batch_size=max(batches), steps_per_trial=1)
@@ -153,6 +169,19 @@ def batch(ctx: _Context) -> Stage:
     return Stage("batch", {"batches": batches, "max_micro": found.batch_size, "rule": rule},
                  _batch_why(b, batches, evidence, rule), alternatives=[{"batch": x} for x in batches],
                  evidence=evidence, samples=spent)
+
+
+def _noise_batches(ctx: _Context) -> tuple[int, int, int]:
+    """The noise-scale estimate's small and big batch and how many of each it averages."""
+    b = ctx.task.batch_size
+    return max(1, min(8, b // 4)), min(ctx.train_items, max(4 * b, 32)), 8
+
+
+def _batch_cost(ctx: _Context) -> int:
+    """Items the batch stage reads at most: the noise-scale batches, then trials doubling up to 8× the batch
+    (about 16 batches in all), then the smaller batch once."""
+    small, big, reps = _noise_batches(ctx)
+    return reps * (small + big) + 17 * ctx.task.batch_size
 
 
 def _batch_why(b: int, batches: list[int], evidence: dict[str, Any], rule: str) -> str:
@@ -169,7 +198,7 @@ def _noise_candidates(ctx: _Context) -> tuple[int, list[int], dict[str, Any]]:
     cannot be made (gradient norms too noisy to tell |G|² from the noise) costs a warning and keeps the task's
     batch; it never stops the tune."""
     b, n = ctx.task.batch_size, ctx.train_items
-    small, big, reps = max(1, min(8, b // 4)), min(n, max(4 * b, 32)), 8
+    small, big, reps = _noise_batches(ctx)
     if big <= small:
         return 0, [b], {"noise_scale": float(b)}
     ctx.task.model.load_state_dict(ctx.initial)
@@ -278,7 +307,7 @@ def _search_plan(ctx: _Context) -> _search.SearchPlan | None:
     order = sorted(range(len(cands)), key=lambda j: j % 5 if j < 5 else j - 4.5)  # interleave the batches
     budget = ctx.left - _final_reserve(ctx)
     cooldown = _cooldown(ctx)
-    rungs = _search.rungs_for(budget, len(cands), cooldown, max(c.batch for c in cands))
+    rungs = _search.rungs_for(budget, len(cands), cooldown, max(c.batch for c in cands), longest=ctx.run_samples)
     if budget < rungs[0] * len(cands):
         return None
     return _search.SearchPlan(tuple(cands[j] for j in order), rungs, cooldown)

@@ -366,3 +366,30 @@ def test_a_metric_that_is_always_nan_ends_in_a_warning_not_a_traceback(tmp_path)
 def test_a_fixed_lr_that_is_not_a_positive_finite_number_is_refused(tmp_path, value):
     with pytest.raises(GradpilotError, match="learning_rate must be a positive finite number"):
         tune(small_task(), out_dir=tmp_path, fixed={"lr": value})
+
+
+@pytest.mark.parametrize("budget", [3.0, 2.0])
+def test_a_one_epoch_fine_tune_is_tuned_within_its_budget(tmp_path, budget):
+    task = small_task(n=512, epochs=1)  # 16 steps a run: fewer than a usual range test
+    train = Counting(task.train_data)
+    result = tune(Task(**{**task.__dict__, "train_data": train}), out_dir=tmp_path, budget=budget)
+    assert result.spent <= budget
+    read = train.reads - 2 * _fingerprint._SAMPLES  # every item read to train: the two data digests aside
+    assert read <= budget * 512 + 32  # the absolute count: within the budget, but for the last batch of a rung
+    assert read == pytest.approx(result.spent * 512, rel=0.05)  # tune's count is the real one
+    assert result.plan["num_train_epochs"] == 1
+
+
+def test_a_budget_far_beyond_what_tune_can_use_is_not_spent(tmp_path):
+    result = tune(small_task(n=256, epochs=2), out_dir=tmp_path, budget=1e6)
+    search = {s.name: s for s in result.stages}["lr_search"]
+    assert max(search.evidence["rungs"]) <= 256 * 2  # no short run longer than the run it stands for
+    assert result.spent < 10
+
+
+def test_a_batch_larger_than_the_data_and_a_dataset_smaller_than_a_batch_are_refused(tmp_path):
+    with pytest.raises(GradpilotError, match=r"the fixed batch \(100000\) is larger than the training set \(512"):
+        tune(small_task(), out_dir=tmp_path / "a", fixed={"batch_size": 100000})
+    tiny = small_task(n=5)
+    with pytest.raises(GradpilotError, match="the training set has 5 items, fewer than one batch of 32: give more"):
+        tune(tiny, out_dir=tmp_path / "b")
