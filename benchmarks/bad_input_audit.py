@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from audit_cases import api_cases, cli_cases
+import audit_cases
+import audit_cases_tune
 
 OUTCOMES = ("clear", "handled", "traceback", "silent", "hang", "lost")
 
@@ -129,13 +130,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         with console.status("running cases…") as status:
-            for case in cli_cases(base):
+            for case in [*audit_cases.cli_cases(base), *audit_cases_tune.cli_cases(base)]:
                 if args.only and args.only not in case["group"]:
                     continue
                 status.update(f"{case['group']}: {case['name']}")
                 rc, out, err, _ = run_cli(case["args"], case.get("cwd", base), args.timeout)
                 results.append(Outcome(case["group"], case["name"], *classify_cli(case, rc, out, err)))
-            for i, case in enumerate(api_cases()):
+            for i, case in enumerate([*audit_cases.api_cases(), *audit_cases_tune.api_cases()]):
                 if args.only and args.only not in case["group"]:
                     continue
                 status.update(f"{case['group']}: {case['name']}")

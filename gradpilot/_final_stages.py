@@ -28,12 +28,14 @@ def epochs(ctx: _Context) -> Stage:
     ctx.say(f"constant LR for up to {most} epochs")
     result, warm = _train(ctx, "constant", most, None if fixed is not None else EarlyStopping(patience=patience))
     score = _score(result)
-    chosen = int(fixed) if fixed is not None else int(result.best_epoch or most)
-    why = f"fixed at {chosen}" if fixed is not None else (
-        f"validation was best after epoch {chosen} of {result.epochs_completed} ({result.stop_reason})")
     stopped = fixed is None and result.epochs_completed < most  # early stopping saw validation turn
+    # validation that never turned (best within the last `patience` epochs) is no reason to train less
+    chosen = int(fixed) if fixed is not None else int(result.best_epoch or most) if stopped else most
+    why = f"fixed at {chosen}" if fixed is not None else (
+        f"validation was best after epoch {chosen} of {result.epochs_completed} ({result.stop_reason})" if stopped
+        else f"validation did not turn in {most} epochs (best at epoch {result.best_epoch}): all {most} are kept")
     return Stage("epochs", {"num_train_epochs": chosen, "warmup_steps": warm, "constant_metric": score,
-                            "decay_epochs": chosen if stopped or fixed is not None else most},
+                            "decay_epochs": chosen},
                  why, evidence={"val_metrics": list(result.val_metrics), "max_epochs": most, "patience": patience,
                                 "lrs": list(result.lrs)},
                  samples=_charge_run(ctx, result), skipped="fixed" if fixed is not None else "")

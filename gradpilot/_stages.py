@@ -64,6 +64,7 @@ class _Context:
     spent: int = 0
     values: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)  # what a resume must match (tune._settings), as JSON
+    task_weights: str = ""  # a digest of the weights the task's model came with, before tune touched them
 
     def searcher(self) -> _search.Search:
         return _search.Search(self.storage, self.prefix, self.task, self.initial, seed=self.seed,

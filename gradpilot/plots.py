@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from gradpilot._files import write_atomic
 
 if TYPE_CHECKING:
@@ -75,8 +77,6 @@ def plot_schedule(lrs: list[float], path: Path, title: str) -> Path:
 
 def plot_diagnosis(history: History, diagnosis: Diagnosis, path: Path) -> Path:
     """Save the run's curves (train and validation loss, LR) with each finding's span shaded and named."""
-    import numpy as np
-
     from gradpilot._signal import centred_smooth
 
     plt = _pyplot()
@@ -106,44 +106,73 @@ def plot_diagnosis(history: History, diagnosis: Diagnosis, path: Path) -> Path:
         ax.annotate(f.kind, xy=(f.start, 1.0 - 0.06 * i), xycoords=("data", "axes fraction"), fontsize=8,
                     color=colours.get(f.kind, "C5"), va="top")
     if history.lr is not None:
-        lr_ax = ax.twinx()
-        lr_ax.plot(history.lr.steps, history.lr.values, color="C2", lw=1, ls="--", label="learning rate")
-        lr_ax.set_ylabel("learning rate")
+        _lr_axis(ax, history.lr.steps, history.lr.values)
     ax.set_title(f"learning rate {diagnosis.lr_verdict}: " + ", ".join(sorted(diagnosis.kinds)), fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     return _save(plt, fig, path)
+
+
+def _lr_axis(ax: Any, steps: Any, lrs: Any) -> None:
+    """The LR on a second axis from 0, so that a constant LR is a flat line at its height, not noise blown up
+    to fill the axis."""
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, lrs, color="C2", lw=1, ls="--", label="learning rate")
+    finite = np.asarray(lrs, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size and finite.max() > 0:
+        lr_ax.set_ylim(0, 1.15 * float(finite.max()))
+    lr_ax.set_ylabel("learning rate")
 
 
 # --- the tune report's figures: each takes plain numbers from tune.json --------------------------------
 
 
 def plot_range_test(evidence: dict[str, Any], picks: dict[str, float], chosen: float,
-                    interval: tuple[float, float], candidates: list[float], path: Path) -> Path:
-    """The range test as tune ran it: raw and smoothed loss over log-LR, each rule's pick, the interval the
-    curve supports and the LRs the search then tried (at the task's batch)."""
+                    interval: tuple[float, float], candidates: list[float], path: Path,
+                    searched: float | None = None) -> Path:
+    """The range test as tune ran it: raw and smoothed loss over log-LR, each rule's pick that lies within the
+    sweep, the interval the curve supports, the LRs the search then tried (on the curve, at the task's batch)
+    and the one it chose (``searched``)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.2))
     smoothed = evidence["smoothed_losses"]
     lrs = evidence["lrs"][: len(smoothed)]
-    if evidence.get("losses"):
-        ax.plot(lrs, evidence["losses"][: len(lrs)], color="0.75", lw=0.8, label="loss")
+    raw = [v for v in evidence.get("losses", [])[: len(lrs)] if np.isfinite(v)]
+    if raw:
+        ax.plot(lrs[: len(raw)], raw, color="0.75", lw=0.8, label="loss")
     ax.plot(lrs, smoothed, color="C0", lw=1.8, label="smoothed loss")
+
+    def inside(lr: float) -> bool:  # a pick off the sweep says nothing drawn on it
+        return bool(lrs[0] <= lr <= lrs[-1])
+
     for i, (rule, lr) in enumerate(sorted(picks.items())):
-        ax.axvline(lr, color=f"C{i + 1}", lw=1, ls="--", label=f"{rule}: {lr:.2g}")
+        if inside(lr):
+            ax.axvline(lr, color=f"C{i + 1}", lw=1, ls="--", label=f"{rule}: {lr:.2g}")
     ax.axvline(chosen, color="C3", lw=2, label=f"suggestion: {chosen:.2g}")
     ax.axvspan(*interval, color="C2", alpha=0.12, label=f"interval: {interval[0]:.2g} to {interval[1]:.2g}")
-    for lr in candidates:
-        ax.plot([lr], [min(smoothed)], marker="v", color="C2", ms=8, ls="none")
-    if candidates:
-        ax.plot([], [], marker="v", color="C2", ls="none", label="search candidates")
+    tried = [lr for lr in candidates if inside(lr)]
+    if tried:
+        ax.plot(tried, np.interp(np.log(tried), np.log(lrs), smoothed), marker="v", color="C2", ms=8, ls="none",
+                label="search candidates")
+    if searched is not None:
+        ax.axvline(searched, color="k", lw=2.5, label=f"chosen by the search: {searched:.2g}")
     ax.set_xscale("log")
-    lo, hi = min(smoothed), max(smoothed[: max(len(smoothed) // 2, 1)])
-    pad = 0.15 * max(hi - lo, abs(lo) * 0.05, 1e-8)
-    ax.set_ylim(lo - 2 * pad, hi + 3 * pad)
+    ax.set_ylim(*_loss_window(smoothed, raw))
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
+
+
+def _loss_window(smoothed: list[float], raw: list[float]) -> tuple[float, float]:
+    """Loss axis limits that hold the whole descent (raw points included) and the start of the climb, without
+    letting a divergence to huge values flatten the rest."""
+    first = max(smoothed[: max(len(smoothed) // 2, 1)])
+    values = np.asarray([*smoothed, *raw], dtype=float)
+    lo = float(np.min(values))
+    hi = float(min(np.max(values), first + 2 * (first - lo)))  # the climb, up to twice the descent above the start
+    pad = 0.08 * max(hi - lo, abs(lo) * 0.05, 1e-8)
+    return lo - pad, hi + pad
 
 
 def plot_batch_trials(trials: list[dict[str, Any]], path: Path) -> Path:
@@ -171,25 +200,32 @@ def _memory_line(ax: Any, labels: list[str], memory: list[int | None]) -> None:
 
 
 def plot_ladder(trials: list[dict[str, Any]], winner: tuple[float, int], path: Path) -> Path:
-    """Successive halving: each candidate's score at each rung it reached; pruned ones end in a cross."""
+    """Successive halving: each candidate's score at each rung it reached, the rungs evenly spaced and labelled
+    with their length; a candidate pruned at a rung ends there in a cross of its own colour."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.2))
+    rungs = sorted({int(k) for t in trials for k in t["scores"]})
     for i, t in enumerate(sorted(trials, key=lambda t: t["lr"] or 0.0)):
-        points = sorted((int(k), v) for k, v in t["scores"].items())
-        if not points:
-            continue
-        best = (t["lr"], t["batch"]) == winner
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, "o-", color=f"C{i % 10}", lw=2.5 if best else 1.2,
-                label=f"lr {t['lr']:.2g}, batch {t['batch']}" + (" (chosen)" if best else ""))
-        if t["state"] == "pruned":
-            ax.plot([xs[-1]], [ys[-1]], marker="x", color="k", ms=10, mew=2)
-    ax.plot([], [], marker="x", color="k", ls="none", label="pruned here")
-    ax.set_xscale("log")
-    ax.set_xlabel("samples trained (rung)")
+        if t["scores"]:
+            _ladder_line(ax, t, rungs, f"C{i % 10}", best=(t["lr"], t["batch"]) == winner)
+    ax.set_xticks(range(len(rungs)), [f"{r:,}" for r in rungs])
+    ax.set_xlim(-0.3, max(len(rungs) - 0.7, 0.3))
+    ax.set_xlabel("rung: items trained before the score")
     ax.set_ylabel("validation metric after cooldown")
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
+
+
+def _ladder_line(ax: Any, trial: dict[str, Any], rungs: list[int], colour: str, *, best: bool) -> None:
+    xs, ys = zip(*sorted((rungs.index(int(k)), v) for k, v in trial["scores"].items()), strict=True)
+    pruned = trial["state"] == "pruned"
+    mark = " (chosen)" if best else " (pruned)" if pruned else ""
+    ax.plot(xs, ys, "-", color=colour, lw=2.5 if best else 1.2,
+            label=f"lr {trial['lr']:.2g}, batch {trial['batch']}{mark}")
+    kept = len(xs) - 1 if pruned else len(xs)
+    ax.plot(xs[:kept], ys[:kept], "o", color=colour)
+    if pruned:
+        ax.plot([xs[-1]], [ys[-1]], marker="x", color=colour, ms=10, mew=2.5)
 
 
 def plot_epochs(val_metrics: list[float], chosen: int, path: Path) -> Path:

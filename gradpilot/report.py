@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 import math
 import tempfile
@@ -41,7 +42,8 @@ def write_tune_report(out_dir: str | Path) -> Path:
     stages = record["stages"]
     with tempfile.TemporaryDirectory() as tmp:
         figures = _Figures(Path(tmp))
-        body = [_header(record), _range_section(stages, figures), _batch_section(record, figures),
+        batch = int(record["settings"]["batch_size"])
+        body = [_header(record), _range_section(stages, batch, figures), _batch_section(record, figures),
                 _search_section(stages, figures), _epochs_section(stages, figures),
                 _schedule_section(stages, figures), _final_section(out, stages, figures), _plan_section(record)]
     return _write_page(out / "report.html", f"gradpilot tune — {record['settings'].get('task', '')}", body)
@@ -113,20 +115,63 @@ def _title(anchor: str) -> str:
 
 
 def _header(record: dict[str, Any]) -> str:
+    """What a reader needs first: the plan, the model's score under the metric's name, and why the LR is what
+    it is; then each stage's decision and cost."""
     s = record["settings"]
     rows = [[name, st.get("skipped") or "ran", st["why"], round(st["samples"] / _run(record), 3)]
             for name, st in record["stages"].items()]
-    return (f"<h1>gradpilot tune: {_e(s.get('task', ''))}</h1><p>Budget {record['budget_runs']:g} runs, spent "
-            f"{record['spent_runs']:.2f}; validation metric of the model tune trained: <b>{_num(record['metric'])}"
-            f"</b>. One run is {s['epochs']} epochs over {s['train_items']:,} items at batch {s['batch_size']}.</p>"
+    return (f"<h1>gradpilot tune: {_e(s.get('task', ''))}</h1>" + _summary(record)
+            + f"<p>Budget {record['budget_runs']:g} runs, spent {record['spent_runs']:.2f}. One run is "
+            f"{s['epochs']} epochs over {s['train_items']:,} items at batch {s['batch_size']}.</p>"
             + _table(["stage", "ran", "decision", "cost (runs)"], rows))
+
+
+def _summary(record: dict[str, Any]) -> str:
+    plan, s = record["plan"], record["settings"]
+    metric = s.get("metric") or "loss"
+    direction = "higher" if s.get("higher_is_better") else "lower"
+    schedule = plan["lr_scheduler_type"] + (f", {plan['warmup_steps']} warmup steps" if plan.get("warmup_steps")
+                                            else "")
+    return (f'<p id="summary"><b>Plan:</b> <code>learning_rate</code> {_lr(plan["learning_rate"])}, batch '
+            f'{plan["per_device_train_batch_size"]} × {plan["gradient_accumulation_steps"]} accumulation, '
+            f'{plan["num_train_epochs"]} epochs, {_e(schedule)} (<code>plan.yaml</code>). Validation '
+            f'<b>{_e(metric)}</b> of the trained model: <b>{_num(record["metric"])}</b> ({direction} is better).'
+            f"</p><p>{_e(lr_story(record['stages']))}</p>")
+
+
+def _lr(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def lr_story(stages: dict[str, Any]) -> str:
+    """One sentence from the range test's suggestion to the LR the plan holds, and why they differ."""
+    found = (stages.get("lr_range") or {}).get("decision", {}).get("lr_found")
+    search = stages.get("lr_search") or {}
+    chosen = search.get("decision", {}).get("learning_rate")
+    if chosen is None:
+        return "The learning rate was fixed."
+    if found is None:
+        return f"The learning rate {_lr(chosen)} was fixed; {search.get('why', '')}."
+    ratio = chosen / found
+    how = "the same as" if abs(math.log10(ratio)) < 0.05 else (
+        f"{ratio:.2g}× higher than" if ratio > 1 else f"{1 / ratio:.2g}× lower than")
+    return (f"The range test suggested {_lr(found)}; the plan's {_lr(chosen)} is {how} that, because "
+            f"{search.get('why', 'the search kept it')}.")
 
 
 def _run(record: dict[str, Any]) -> int:
     return max(1, int(record["settings"]["train_items"]) * int(record["settings"]["epochs"]))
 
 
-def _range_section(stages: dict[str, Any], figures: _Figures) -> str:
+def _searched(search: dict[str, Any], batch: int) -> float | None:
+    """The LR the search chose, where it chose it at the range test's own batch (else it is not on that curve)."""
+    d = search.get("decision", {})
+    if "learning_rate" not in d or int(d.get("micro_batch", 0)) * int(d.get("accumulation", 1)) != batch:
+        return None
+    return float(d["learning_rate"])
+
+
+def _range_section(stages: dict[str, Any], batch: int, figures: _Figures) -> str:
     st = stages.get("lr_range")
     if st is None or st.get("skipped"):
         return _section("range-test", _title("range-test"), _why(st))
@@ -136,10 +181,16 @@ def _range_section(stages: dict[str, Any], figures: _Figures) -> str:
     candidates = [t["lr"] for t in search.get("alternatives", [])]
     interval = (float(d.get("lr_low", d["lr_found"])), float(d["lr_edge"]))
     figure = figures.img(lambda p: plots.plot_range_test(st["evidence"], picks, d["lr_found"], interval,
-                                                         candidates, p), "range test")
+                                                         candidates, p, searched=_searched(search, batch)),
+                         "range test with the chosen LR marked")
     rows = [[rule, lr] for rule, lr in sorted(picks.items())] + \
         [["interval: low", interval[0]], ["interval: high", interval[1]]]
-    return _section("range-test", _title("range-test"), _why(st), figure, _table(["rule", "learning rate"], rows))
+    searched = _searched(search, batch)
+    caption = ("" if searched is None else
+               f'<p id="range-chosen">The black line marks the LR the search chose, {_lr(searched)}; the red one '
+               f"the range test's suggestion, {_lr(d['lr_found'])}.</p>")
+    return _section("range-test", _title("range-test"), _why(st), figure, caption,
+                    _table(["rule", "learning rate"], rows))
 
 
 def _batch_section(record: dict[str, Any], figures: _Figures) -> str:
@@ -148,13 +199,35 @@ def _batch_section(record: dict[str, Any], figures: _Figures) -> str:
     parts = [_why(st), _why(acc)]
     trials = (st or {}).get("evidence", {}).get("trials", [])
     if trials:
-        parts.append(figures.img(lambda p: plots.plot_batch_trials(trials, p), "batch-size trials"))
-        parts.append(_table(["micro-batch", "fits", "samples/s", "peak memory (MiB)", "error"],
-                            [[t["batch_size"], "yes" if t["fits"] else "no", t["samples_per_second"] or "",
-                              "" if t["peak_memory"] is None else round(t["peak_memory"] / 2**20, 1),
-                              t.get("error") or ""] for t in trials]))
+        measured = memory_measured(trials)
+        shown = trials if measured else [{**t, "peak_memory": None} for t in trials]
+        parts.append(figures.img(lambda p: plots.plot_batch_trials(shown, p), "batch-size trials"))
+        if not measured:
+            parts.append("<p>Peak memory is not shown: it did not grow measurably with the batch on this device "
+                         "(on a CPU the process's memory moves by more than a small model's batches add).</p>")
+        parts.append(_table(["micro-batch", "fits", "samples/s", *(["peak memory (MiB)"] if measured else []),
+                             "error"],
+                            [[t["batch_size"], "yes" if t["fits"] else "no",
+                              "" if t["samples_per_second"] is None else f"{t['samples_per_second']:,.0f}",
+                              *([_mib(t["peak_memory"])] if measured else []), t.get("error") or ""]
+                             for t in trials]))
     parts.append(_scaling_table(record))
     return _section("batch", _title("batch"), *parts)
+
+
+def memory_measured(trials: list[dict[str, Any]]) -> bool:
+    """Whether the trials' peak memory is a measurement: at least 1 MiB at the largest batch that fit, and
+    never smaller at a larger batch (what a GPU's allocator reports; a CPU's resident set is noise here)."""
+    fitted = [t["peak_memory"] for t in trials if t["fits"] and t["peak_memory"] is not None]
+    sizes = [t["batch_size"] for t in trials if t["fits"] and t["peak_memory"] is not None]
+    if len(fitted) < 2 or max(fitted) < 2**20:
+        return False
+    by_size = [m for _, m in sorted(zip(sizes, fitted, strict=True))]
+    return all(b >= 0.9 * a for a, b in itertools.pairwise(by_size))
+
+
+def _mib(value: int | None) -> str:
+    return "" if value is None else f"{value / 2**20:,.1f}"
 
 
 def _scaling_table(record: dict[str, Any]) -> str:
@@ -180,12 +253,13 @@ def _search_section(stages: dict[str, Any], figures: _Figures) -> str:
     winner = (d["learning_rate"], d["micro_batch"] * d["accumulation"])
     figure = figures.img(lambda p: plots.plot_ladder(trials, winner, p), "successive halving ladder")
     rungs = [str(r) for r in st["evidence"]["rungs"]]
-    rows = [[t["lr"], t["batch"], t["state"], *(t["scores"].get(r, "") for r in rungs), t["samples"]]
+    rows = [[_lr(t["lr"]), t["batch"], t["state"], *(t["scores"].get(r, "") for r in rungs), f"{t['samples']:,}"]
             for t in sorted(trials, key=lambda t: t["lr"])]
     note = (f"<p>Rungs at {', '.join(f'{int(r):,}' for r in rungs)} samples; each score is taken after a cooldown "
             f"of {st['evidence']['cooldown']:.0%} of the rung, on a branch that is then thrown away.</p>")
     return _section("search", _title("search"), _why(st), note, figure,
-                    _table(["lr", "batch", "state", *(f"score at {int(r):,}" for r in rungs), "samples"], rows))
+                    _table(["lr", "batch", "state", *(f"score at {int(r):,}" for r in rungs),
+                            "items trained (cooldowns included)"], rows))
 
 
 def _epochs_section(stages: dict[str, Any], figures: _Figures) -> str:
@@ -223,9 +297,12 @@ def _final_section(out: Path, stages: dict[str, Any], figures: _Figures) -> str:
     if found is None:
         return _section("final-run", _title("final-run"), "<p>The final run's log is not in this folder.</p>")
     history = read_log(found)
+    note = ("<p>What the run's own log shows, as <code>gradpilot diagnose</code> reads it: advice about that run "
+            "(where to stop it, whether to train longer). The plan above already holds tune's answer to those "
+            "questions, and <code>model.pt</code> holds the weights the plan's run ends with.</p>")
     return _section("final-run", _title("final-run"), f"<p>The run behind model.pt: <code>{_e(found.name)}</code> "
-                    f"in <code>runs/{_e(found.parent.name)}</code>.</p>", _diagnosis_html(history, diagnose(history),
-                                                                                     figures))
+                    f"in <code>runs/{_e(found.parent.name)}</code>.</p>", note,
+                    _diagnosis_html(history, diagnose(history), figures))
 
 
 def _diagnosis_html(history: History, diagnosis: Diagnosis, figures: _Figures) -> str:
@@ -238,7 +315,8 @@ def _diagnosis_html(history: History, diagnosis: Diagnosis, figures: _Figures) -
 
 def _plan_section(record: dict[str, Any]) -> str:
     reasons = record.get("reasons", {})
-    rows = [[name, json.dumps(value), reasons.get(name, "")] for name, value in record["plan"].items()]
+    rows = [[name, f"{value:.4g}" if isinstance(value, float) else json.dumps(value), reasons.get(name, "")]
+            for name, value in record["plan"].items()]
     return _section("plan", _title("plan"), "<p>In <code>transformers.TrainingArguments</code> names, as in "
                     "<code>plan.yaml</code>.</p>", _table(["argument", "value", "why"], rows))
 

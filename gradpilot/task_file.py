@@ -31,6 +31,7 @@ def load_task(path: str | Path, seed: int = 0) -> Task:
     factory = getattr(module, "task", None)
     maker = getattr(module, "make_trainer", None)
     if not callable(factory) and callable(maker):
+        _seed_everything(seed)
         made = _call(f"make_trainer() in {path}", maker, {})
         adapted: Task = _call(f"make_trainer() in {path}", _from_trainer, made, path.stem)
         return adapted
@@ -42,10 +43,25 @@ def load_task(path: str | Path, seed: int = 0) -> Task:
     except (TypeError, ValueError):
         raise GradpilotError(f"task() in {path} must take the seed: "
                              "`def task(seed: int = 0) -> gradpilot.Task`") from None
+    _seed_everything(seed)
     result = _call(f"task() in {path}", factory, seed=seed)
     if not isinstance(result, Task):
         raise GradpilotError(f"task() in {path} returned {type(result).__name__}, not a gradpilot.Task")
     return result
+
+
+def _seed_everything(seed: int) -> None:
+    """torch's, NumPy's and Python's RNGs seeded before the file builds its model: the same file and seed give
+    the same initial weights in every process (a worker, a resume), even where the file does not seed them
+    (a pretrained model's new head is drawn at random)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def _from_trainer(made: Any, name: str) -> Task:

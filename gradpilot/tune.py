@@ -111,13 +111,17 @@ def tune(
     ctx = _context(task, budget, Path(out_dir), fixed or {}, storage, study, n_jobs, seed, cooldown, progress)
     n_jobs = _at_most_the_cores(n_jobs)
     ctx.on_ray, ctx.ray_address = backend == "ray", ray_address
-    if n_jobs == 1:
-        return _drive(ctx)
-    from gradpilot import _local_workers
+    try:
+        if n_jobs == 1:
+            return _drive(ctx)
+        from gradpilot import _local_workers
 
-    with _local_workers.LocalWorkers(ctx, n_jobs, lambda c: _drive(c, outputs=False)) as helpers:
-        ctx.wait = helpers.watch
-        return _drive(ctx)
+        with _local_workers.LocalWorkers(ctx, n_jobs, lambda c: _drive(c, outputs=False)) as helpers:
+            ctx.wait = helpers.watch
+            return _drive(ctx)
+    except BaseException:  # stopped half-way (an error, Ctrl-C): the task's model is left as tune found it
+        task.model.load_state_dict(ctx.initial)
+        raise
 
 
 def _at_most_the_cores(n_jobs: int) -> int:
@@ -179,11 +183,12 @@ def _context(task: Task, budget: float, out: Path, fixed: dict[str, Any], storag
                                  "out_dir")
     (out / "runs").mkdir(parents=True, exist_ok=True)
     n = _train_length(task)
+    own = _fingerprint.weights_digest(task.model.state_dict())  # before runs/initial.pt is read over them
     initial = _initial_weights(task, out / "runs" / "initial.pt")
     store = _workers.open_storage(storage, out, shared=n_jobs > 1)
     ctx = _Context(task=task, out=out, seed=seed, fixed=_hf_plan.parse_fixed(fixed), cooldown=cooldown,
                    train_items=n, budget_samples=math.floor(budget * n * task.epochs), budget=budget,
-                   initial=initial, storage=store, prefix=study, progress=progress)
+                   initial=initial, storage=store, prefix=study, progress=progress, task_weights=own)
     _stages.check_budget(ctx)
     fresh = not _workers.has_queue(store, f"{study}:settings")
     if storage is None:  # the storage is this command's own: nothing else can be working on it
@@ -206,6 +211,7 @@ def _check_folder(ctx: _Context, *, fresh_storage: bool) -> None:
     saved = record.get("settings") if isinstance(record, dict) else None
     _fingerprint.check_same(saved if isinstance(saved, dict) else {}, ctx.settings, what=f"{ctx.out} holds a tune",
                             remedy="use a new out_dir, or the same arguments to continue it")
+    _check_same_start(ctx, record)
     if fresh_storage and record.get("stages"):
         raise GradpilotError(f"{ctx.out} holds a tune whose trials are not in {ctx.settings['storage']} (was "
                              "trials.db or trials.journal deleted?): use a new out_dir to tune afresh")
@@ -217,6 +223,21 @@ def _check_shared_settings(ctx: _Context) -> None:
     first = _workers.once(ctx.storage, f"{ctx.prefix}:settings", lambda: mine)
     _fingerprint.check_same(first, mine, what=f"study {ctx.prefix!r} in this storage was started",
                             remedy="use another --study, or the same arguments and task")
+
+
+def _check_same_start(ctx: _Context, record: dict[str, Any]) -> None:
+    """The task's model must come with the weights the folder's tune started from (runs/initial.pt is read over
+    them, so a model initialised otherwise would silently be tuned from the old weights). It may also hold
+    those very weights, or the ones tune trained (the same Task object again, in one Python session)."""
+    recorded = record.get("task_weights")
+    if not recorded or ctx.task_weights in (recorded, _fingerprint.weights_digest(ctx.initial)):
+        return
+    model = ctx.out / "model.pt"
+    if model.exists() and ctx.task_weights == _fingerprint.weights_digest(_checkpoint.load_file(model, _NEW_FOLDER)):
+        return
+    raise GradpilotError(f"{ctx.out} holds a tune of a model that started from other weights (task_weights: "
+                         f"{recorded} → {ctx.task_weights}): the task's model is initialised differently now; build "
+                         "it as before (the same seed and init) to continue, or use a new out_dir")
 
 
 def _train_length(task: Task) -> int:
@@ -258,13 +279,20 @@ def _settings(ctx: _Context) -> dict[str, Any]:
 
 
 def _name(fn: Any) -> str | None:
-    return None if fn is None else str(getattr(fn, "__qualname__", type(fn).__qualname__))
+    """A function by its name; a loss module by its class and its plain settings (``label_smoothing=0.1``)."""
+    if fn is None:
+        return None
+    if hasattr(fn, "__qualname__"):
+        return str(fn.__qualname__)
+    plain = {k: v for k, v in sorted(vars(fn).items()) if not k.startswith("_") and k != "training" and
+             isinstance(v, (bool, int, float, str, type(None)))}
+    return type(fn).__qualname__ + "(" + ", ".join(f"{k}={v!r}" for k, v in plain.items()) + ")"
 
 
 def _load_record(ctx: _Context) -> dict[str, Any]:
     """The record this run writes: its settings (checked against the folder's by ``_check_folder``) and the
     stages, each read back from the storage as it is reached."""
-    return {"settings": ctx.settings, "stages": {}}
+    return {"settings": ctx.settings, "task_weights": ctx.task_weights, "stages": {}}
 
 
 def _outputs(ctx: _Context, stages: tuple[Stage, ...], record: dict[str, Any]) -> TuneResult:

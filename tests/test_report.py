@@ -29,7 +29,9 @@ CHECK = """<script>window.addEventListener('load', () => {
   const images = [...document.images];
   const out = {images: images.length, loaded: images.filter(i => i.complete && i.naturalWidth > 0).length,
                sections: [...document.querySelectorAll('section')].map(s => s.id),
-               tables: document.querySelectorAll('table').length};
+               tables: document.querySelectorAll('table').length, height: window.innerHeight,
+               summary: [...document.querySelectorAll('#summary, #summary + p')].map(
+                 p => ({bottom: p.getBoundingClientRect().bottom, text: p.textContent}))};
   const pre = document.createElement('pre'); pre.id = 'gp-check'; pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
 });</script></body>"""
@@ -78,10 +80,20 @@ def test_tune_writes_a_self_contained_page_under_the_size_limit(tuned):
 def test_the_page_renders_in_a_real_browser_with_every_image_loaded(tuned, tmp_path):
     probe = tmp_path / "probe.html"
     probe.write_text((tuned / "report.html").read_text().replace("</body>", CHECK))
-    done = headless("--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
+    done = headless("--virtual-time-budget=10000", "--window-size=1100,900", "--dump-dom", probe.as_uri())
     found = re.search(r'<pre id="gp-check">(.*?)</pre>', done.stdout)
     assert found, done.stderr[-2000:]
     check = json.loads(html.unescape(found.group(1)))
+    record = json.loads((tuned / "tune.json").read_text())
+    plan, story = check["summary"]
+    assert plan["bottom"] <= check["height"] and story["bottom"] <= check["height"]  # both in the first screen
+    assert f"learning_rate {record['plan']['learning_rate']:.3g}" in plan["text"] and "accuracy" in plan["text"]
+    found_lr = record["stages"]["lr_range"]["decision"]["lr_found"]
+    assert story["text"].startswith(f"The range test suggested {found_lr:.3g}; the plan's ")
+    page = (tuned / "report.html").read_text()
+    search = record["stages"]["lr_search"]["decision"]
+    if search["micro_batch"] * search["accumulation"] == record["settings"]["batch_size"]:  # on the curve's batch
+        assert f"The black line marks the LR the search chose, {search['learning_rate']:.3g}" in page
     assert check["images"] == page_images(tuned) >= 6 and check["loaded"] == check["images"]
     assert check["sections"] == [anchor for anchor, _ in SECTIONS] and check["tables"] >= 7
     shot = tmp_path / "report.png"
@@ -138,3 +150,41 @@ def test_a_page_that_cannot_be_drawn_costs_the_page_not_the_plan(tmp_path, monke
     with pytest.warns(UserWarning, match="report.html was not written .*no fonts"):
         result = tune(task, out_dir=tmp_path, budget=2)
     assert result.plan_path.exists() and result.model_path.exists() and not result.report_path.exists()
+
+
+@pytest.mark.parametrize(("found", "chosen", "words"), [
+    (1e-3, 1.8e-2, "The range test suggested 0.001; the plan's 0.018 is 18× higher than that, because 5 short runs"),
+    (1e-2, 1e-3, "the plan's 0.001 is 10× lower than that, because"),
+    (1e-3, 1.05e-3, "the plan's 0.00105 is the same as that"),
+])
+def test_the_lr_story_says_how_far_the_search_moved_from_the_range_test(found, chosen, words):
+    from gradpilot.report import lr_story
+
+    stages = {"lr_range": {"decision": {"lr_found": found}},
+              "lr_search": {"decision": {"learning_rate": chosen}, "why": "5 short runs; it scored best"}}
+    assert words in lr_story(stages)
+    assert lr_story({"lr_range": {"skipped": "fixed", "decision": {}}}) == "The learning rate was fixed."
+
+
+@pytest.mark.parametrize(("peaks", "measured"), [
+    ([404 * 2**20, 310 * 2**20, 248 * 2**20], False),  # a CPU's resident set: larger batches "use" less
+    ([60_000, 120_000, 160_000], False),  # well under a MiB: nothing a reader can act on
+    ([10 * 2**20, 20 * 2**20, 41 * 2**20], True),  # an allocator's peaks, growing with the batch
+    ([10 * 2**20], False),  # one point is not a measurement of growth
+])
+def test_memory_is_shown_only_where_it_was_measured(peaks, measured):
+    from gradpilot.report import memory_measured
+
+    trials = [{"batch_size": 2**i, "fits": True, "peak_memory": m} for i, m in enumerate(peaks)]
+    assert memory_measured([*trials, {"batch_size": 999, "fits": False, "peak_memory": None}]) is measured
+
+
+def test_the_batch_panel_shows_memory_exactly_when_it_was_measured(tuned):
+    from gradpilot.report import memory_measured
+
+    page = (tuned / "report.html").read_text()
+    trials = json.loads((tuned / "tune.json").read_text())["stages"]["batch"]["evidence"]["trials"]
+    assert ("peak memory (MiB)" in page) is memory_measured(trials)
+    assert ("Peak memory is not shown" in page) is not memory_measured(trials)
+    section = re.sub(r"<img[^>]*>", "", page.split('id="batch"')[1].split("</section>")[0])
+    assert not re.search(r"\de[+-]\d", section)  # samples/s as plain numbers, never 1.845e+04

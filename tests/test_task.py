@@ -178,3 +178,24 @@ def test_a_task_s_max_grad_norm_clips_every_run_of_it():
     assert moved[1e-6] < 1e-5 < moved[None]
     with pytest.raises(GradpilotError, match="max_grad_norm must be a positive"):
         dataclasses.replace(base, max_grad_norm=0.0)
+
+
+UNSEEDED = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+import gradpilot
+
+def task(seed: int = 0) -> gradpilot.Task:
+    x = torch.randn(64, 4)  # neither the data nor the model is seeded here
+    return gradpilot.Task(model=nn.Linear(4, 2), train_data=TensorDataset(x, (x[:, 0] > 0).long()),
+                          loss_fn=nn.CrossEntropyLoss())
+"""
+
+
+def test_a_task_file_that_does_not_seed_still_gives_the_same_weights_for_the_same_seed(tmp_path):
+    path = write(tmp_path, UNSEEDED)
+    torch.randn(100)  # whatever the RNG's state before
+    a, b, other = load_task(path, seed=3), load_task(path, seed=3), load_task(path, seed=4)
+    assert torch.equal(a.model.weight, b.model.weight) and torch.equal(a.train_data.tensors[0], b.train_data.tensors[0])
+    assert not torch.equal(a.model.weight, other.model.weight)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,6 +67,9 @@ def test_every_stage_runs_in_order_and_records_its_evidence(tuned):
     assert at_32 and all(lr <= high * 1.0001 for lr in at_32)  # the candidates stay within the interval's edge
     assert result.plan["learning_rate"] == by["lr_search"].decision["learning_rate"]
     assert 1 <= result.plan["num_train_epochs"] <= 4
+    epochs = by["epochs"]
+    if not epochs.skipped and len(epochs.evidence["val_metrics"]) == epochs.evidence["max_epochs"]:
+        assert epochs.decision["num_train_epochs"] == epochs.evidence["max_epochs"]  # never turned: none cut
     schedule = by["schedule"]  # the schedule that validated better is the plan's, judged from the stage's own scores
     scores = {k: v for alt in schedule.alternatives for k, v in alt.items()}
     if schedule.skipped:
@@ -318,7 +322,7 @@ def converged_regression(seed: int = 1) -> Task:
         model.bias.copy_(solution[4])
     return Task(model=model, train_data=torch.utils.data.TensorDataset(x, y),
                 val_data=torch.utils.data.TensorDataset(x, y), loss_fn=nn.MSELoss(), optimizer="sgd",
-                optimizer_kwargs={"momentum": 0.9}, lr=0.01, batch_size=32, epochs=2, name="converged")
+                optimizer_kwargs={"momentum": 0.9}, lr=0.01, batch_size=32, epochs=6, name="converged")
 
 
 def test_a_noise_scale_that_cannot_be_measured_costs_a_warning_and_keeps_the_task_s_batch(tmp_path):
@@ -393,3 +397,36 @@ def test_a_batch_larger_than_the_data_and_a_dataset_smaller_than_a_batch_are_ref
     tiny = small_task(n=5)
     with pytest.raises(GradpilotError, match="the training set has 5 items, fewer than one batch of 32: give more"):
         tune(tiny, out_dir=tmp_path / "b")
+
+
+def test_a_damaged_weights_file_is_one_line_naming_it(tuned, tmp_path):
+    shutil.copytree(tuned[1], tmp_path, dirs_exist_ok=True)
+    (tmp_path / "runs" / "initial.pt").write_bytes(b"half a file")
+    with pytest.raises(GradpilotError, match=r"runs/initial.pt cannot be read safely \(.*\): use a new out_dir") as err:
+        tune(small_task(), out_dir=tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_model_initialised_otherwise_is_refused_and_the_same_task_object_continues(tuned, tmp_path):
+    result, out, _ = tuned
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True)
+    trained = Task(**{**small_task().__dict__, "model": result.model})  # holding the weights tune trained
+    assert tune(trained, out_dir=tmp_path).plan == result.plan  # as the same Task object again would: continues
+    torch.manual_seed(123)
+    other = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 3))  # the same layout, other initial weights
+    with pytest.raises(GradpilotError, match=r"started from other weights \(task_weights: \w+ → \w+\)"):
+        tune(Task(**{**small_task().__dict__, "model": other}), out_dir=tmp_path)
+
+
+def test_a_tune_stopped_half_way_leaves_the_model_as_it_found_it_and_continues(tmp_path):
+    task = small_task(n=256, epochs=2)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+
+    def stop(message, _spent):
+        if message.startswith("lr "):  # the search's first short run
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(task, out_dir=tmp_path, budget=2, progress=stop)
+    assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
+    assert tune(task, out_dir=tmp_path, budget=2).spent <= 2  # Ctrl-C, then the same call again
