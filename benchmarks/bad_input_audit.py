@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,7 @@ import audit_cases
 import audit_cases_tune
 
 OUTCOMES = ("clear", "handled", "traceback", "silent", "hang", "lost")
+PROGRESS = re.compile(r"^tune [\d.]+/\S+ runs, \d+ s: ")
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,8 @@ def classify_cli(case: dict[str, Any], rc: int | None, out: str, err: str) -> tu
     if "Traceback (most recent call last)" in text:
         return "traceback", text.strip().splitlines()[-1][:120]
     expect = case["expect"]
-    if expect == "error":
-        lines = [line for line in err.splitlines() if line.strip()]
+    if expect == "error":  # tune's progress lines off a terminal are not part of the answer
+        lines = [line for line in err.splitlines() if line.strip() and not PROGRESS.match(line)]
         if rc in (2, 3) and len(lines) == 1 and lines[0].startswith("error:"):  # 3: an error in the user's own code
             if case.get("keeps") and case["keeps"] not in out:
                 return "lost", "the finished result was not printed"

@@ -35,7 +35,7 @@ import lr_tasks
 from gradpilot import Task, find_lr, fit
 from gradpilot._batch import compute_loss, to_device
 from gradpilot.evaluation import evaluate
-from gradpilot.tune import tune
+from gradpilot.tuning import tune
 
 CHOSEN = ("spirals-mlp-adamw", "digits-cnn-sgdm", "friedman-mlp-sgd", "count-gru-rmsprop", "max-transformer-adamw",
           "charlm-lstm-adam", "moons-mlp-nesterov", "regression-mlp-nadam", "minilm-finetune-adamw")

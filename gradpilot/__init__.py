@@ -31,14 +31,14 @@ if TYPE_CHECKING:  # need torch: imported on first use, through __getattr__ belo
     from gradpilot.task import Task
     from gradpilot.task_file import load_task
     from gradpilot.training import FitConfig, FitResult, fit
-    from gradpilot.tune import Stage, TuneResult, tune
+    from gradpilot.tuning import Stage, TuneResult, tune
 
 _WHERE = {
     "BatchSizeResult": "batch_size", "BatchTrial": "batch_size", "Action": "monitor", "BatchPlan": "scaling",
-    "FitConfig": "training", "Stage": "tune", "NoiseScaleResult": "batch_size", "estimate_noise_scale": "batch_size",
+    "FitConfig": "training", "Stage": "tuning", "NoiseScaleResult": "batch_size", "estimate_noise_scale": "batch_size",
     "find_batch_size": "batch_size", "LRFinderResult": "lr_finder",
     "find_lr": "lr_finder", "Monitor": "monitor", "Task": "task", "load_task": "task_file", "FitResult": "training",
-    "fit": "training", "TuneResult": "tune", "tune": "tune",
+    "fit": "training", "TuneResult": "tuning", "tune": "tuning",
 }
 
 __all__ = [
@@ -74,7 +74,7 @@ __version__ = "0.1.0"
 
 
 _SUBMODULES = ("batch_size", "lr_finder", "training", "evaluation", "monitor", "task", "report", "cli", "examples",
-               "accumulation", "schedules", "suggest", "tune", "task_file", "distributed", "diagnosis")
+               "accumulation", "schedules", "suggest", "tuning", "task_file", "distributed", "diagnosis")
 
 
 def __getattr__(name: str) -> Any:

@@ -57,7 +57,7 @@ def tune_command(
     _hf_plan.parse_fixed(fixed)  # a wrong name fails before the task is even loaded
     _validate.positive_float("--budget", budget)
     from gradpilot._tune_view import budget_bar, summary
-    from gradpilot.tune import tune
+    from gradpilot.tuning import tune
 
     task = _load(task_file, seed)
     with budget_bar(err_console, budget, disable=as_json) as progress:

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from gradpilot.tune import TuneResult
+    from gradpilot.tuning import TuneResult
 
 
 @contextmanager

@@ -17,10 +17,14 @@ def test_every_exported_name_resolves_to_its_home():
     assert gradpilot.Series is history.Series and gradpilot.FitConfig is training.FitConfig
 
 
-def test_the_diagnosis_module_is_a_module_and_diagnose_a_function():
+def test_no_module_shadows_the_function_of_its_concept():
     import gradpilot.diagnosis as d
+    import gradpilot.tuning as t  # imported, a module is an attribute of the package: its name must not be taken
 
     assert d.__name__ == "gradpilot.diagnosis" and callable(gradpilot.diagnose) and d.diagnose is gradpilot.diagnose
+    assert callable(gradpilot.tune) and gradpilot.tune is t.tune  # the README's gradpilot.tune(task, ...)
+    for name in gradpilot.__all__:
+        assert not isinstance(getattr(gradpilot, name), type(gradpilot)) or name == "scaling", name
 
 
 def test_reading_and_diagnosing_logs_imports_no_torch():

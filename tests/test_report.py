@@ -22,7 +22,7 @@ from gradpilot.errors import GradpilotError
 from gradpilot.examples import accuracy, spirals
 from gradpilot.report import SECTIONS, write_tune_report
 from gradpilot.task import Task
-from gradpilot.tune import tune
+from gradpilot.tuning import tune
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 CHECK = """<script>window.addEventListener('load', () => {

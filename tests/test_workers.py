@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from gradpilot import _workers
 from gradpilot.errors import GradpilotError
-from gradpilot.tune import tune
+from gradpilot.tuning import tune
 from tests.conftest import KILL_AFTER_RUNS, small_task, tune_task_file
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from gradpilot._search import Candidate, ShortRun, lr_grid, rungs_for
 from gradpilot.errors import GradpilotError
 from gradpilot.examples import accuracy, spirals
 from gradpilot.task import Task
-from gradpilot.tune import tune
+from gradpilot.tuning import tune
 from tests.conftest import KILL_AFTER_RUNS, small_task, tune_task_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -339,7 +339,7 @@ def test_a_noise_scale_that_cannot_be_measured_costs_a_warning_and_keeps_the_tas
 
 
 def test_more_workers_than_cores_are_capped_with_a_warning(monkeypatch):
-    from gradpilot import tune as tune_module
+    from gradpilot import tuning as tune_module
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
     with pytest.warns(UserWarning, match="n_jobs=64 is more than the 2 cores this process may use: running 2"):
