@@ -276,7 +276,7 @@ def api_cases() -> list[dict[str, Any]]:
                          "fixed batch over the data": {"fixed": {"batch_size": 10**6}},
                          "fixed epochs=0": {"fixed": {"epochs": 0}}}.items():
         case("tune API", name, lambda w, k=kwargs: _tune(w, **k))
-    case("tune API", "not a Task", lambda w: _module("tune").tune("task.py", out_dir=w))
+    case("tune API", "not a Task", lambda w: _module("tuning").tune("task.py", out_dir=w))
     for name, (schedule, options) in {"step_size=0": ("step", {"step_size": 0}),
                                       "eta_min above the LR": ("cosine", {"eta_min": 1.0}),
                                       "min_lr above the LR": ("cosine_with_min_lr", {"min_lr": 1.0}),

@@ -191,10 +191,11 @@ def _context(task: Task, budget: float, out: Path, fixed: dict[str, Any], storag
                    initial=initial, storage=store, prefix=study, progress=progress, task_weights=own)
     _stages.check_budget(ctx)
     fresh = not _workers.has_queue(store, f"{study}:settings")
+    ctx.settings = json.loads(json.dumps(_settings(ctx)))
+    _check_folder(ctx, fresh_storage=fresh)  # first: a folder's own tune is the user's to continue or start anew
     if storage is None:  # the storage is this command's own: nothing else can be working on it
         _workers.sweep(store, study, keep=(f"{study}:lr_search",))
     _check_shared_settings(ctx)
-    _check_folder(ctx, fresh_storage=fresh)
     return ctx
 
 
@@ -219,7 +220,7 @@ def _check_folder(ctx: _Context, *, fresh_storage: bool) -> None:
 
 def _check_shared_settings(ctx: _Context) -> None:
     """Workers sharing a study must tune the same thing the same way: the first one's settings rule."""
-    ctx.settings = mine = json.loads(json.dumps(_settings(ctx)))
+    mine = ctx.settings
     first = _workers.once(ctx.storage, f"{ctx.prefix}:settings", lambda: mine)
     _fingerprint.check_same(first, mine, what=f"study {ctx.prefix!r} in this storage was started",
                             remedy="use another --study, or the same arguments and task")

@@ -430,3 +430,36 @@ def test_a_tune_stopped_half_way_leaves_the_model_as_it_found_it_and_continues(t
         tune(task, out_dir=tmp_path, budget=2, progress=stop)
     assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
     assert tune(task, out_dir=tmp_path, budget=2).spent <= 2  # Ctrl-C, then the same call again
+
+
+def _changed(change: str) -> Task:
+    task = small_task()
+    if change == "momentum":
+        return Task(**{**task.__dict__, "optimizer": "sgd", "optimizer_kwargs": {"momentum": 0.9}})
+    if change == "data":
+        return Task(**{**task.__dict__, "train_data": spirals(512, seed=7)})  # the same length, other items
+    if change == "metric":
+        return Task(**{**task.__dict__, "metric": lambda out, y: float((out.argmax(1) != y).float().mean())})
+    if change == "loss":
+        return Task(**{**task.__dict__, "loss_fn": nn.CrossEntropyLoss(label_smoothing=0.1)})
+    return Task(**{**task.__dict__, "max_grad_norm": 1.0})
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ("momentum", "optimizer: AdamW → SGD"), ("data", r"train_data: 512 items, \w+ → 512 items, \w+"),
+    ("metric", "metric: accuracy → "), ("loss", "label_smoothing=0.0.* → CrossEntropyLoss"),
+    ("clipping", "max_grad_norm: None → 1.0"),
+])
+def test_a_changed_task_on_a_tuned_folder_is_refused_naming_the_change(tuned, change, named):
+    with pytest.raises(GradpilotError, match=named) as err:
+        tune(_changed(change), out_dir=tuned[1])
+    assert "\n" not in str(err.value) and "use a new out_dir, or the same arguments" in str(err.value)
+
+
+def test_validation_that_never_turns_keeps_every_epoch(tmp_path):
+    task = small_task(n=512, epochs=3)  # at a small fixed LR the validation accuracy climbs all the way
+    result = tune(task, out_dir=tmp_path, fixed={"lr": 3e-3, "batch_size": 32, "lr_scheduler_type": "constant"})
+    epochs = {s.name: s for s in result.stages}["epochs"]
+    metrics = epochs.evidence["val_metrics"]
+    assert len(metrics) == 3 and max(metrics) > metrics[0]  # early stopping never fired
+    assert result.plan["num_train_epochs"] == 3 and "did not turn" in epochs.why

@@ -200,6 +200,8 @@ def test_a_folder_is_continued_only_with_its_own_storage(tmp_path):
         tune(small_task(), out_dir=tmp_path, budget=2, n_jobs=2)  # refused in this process, before any fork
     with pytest.raises(GradpilotError, match=r"study: gradpilot → other"):
         tune(small_task(), out_dir=tmp_path, budget=2, study="other")
+    with pytest.raises(GradpilotError, match=r"storage: the SQLite file in out_dir → sqlite:///"):
+        tune(small_task(), out_dir=tmp_path, budget=2, storage=f"sqlite:///{tmp_path / 'elsewhere.db'}")
     (tmp_path / "trials.db").unlink()
     with pytest.raises(GradpilotError, match=r"whose trials are not in the SQLite file in out_dir \(was trials.db"):
         tune(small_task(), out_dir=tmp_path, budget=2)
