@@ -160,20 +160,28 @@ def test_a_killed_worker_s_job_goes_to_the_other_worker(tmp_path, postgres):
 
 
 @pytest.mark.slow
-def test_backend_ray_runs_the_short_runs_as_ray_tune_trials(tmp_path, monkeypatch):
+def test_backend_ray_runs_the_short_runs_of_a_task_file_as_ray_tune_trials(tmp_path):
+    """One Ray start for both: the task file travels to Ray's workers by value (they cannot import it), and
+    the short runs are the built-in search's, run elsewhere."""
     pytest.importorskip("ray.tune", reason="Ray Tune is in the test extra ('gradpilot[ray]')")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local Ray inside the test
-    task = small_task(n=1024, epochs=6)
-    on_ray = tune(task, out_dir=tmp_path / "ray", backend="ray", ray_address="local")
-    here = tune(small_task(n=1024, epochs=6), out_dir=tmp_path / "here")
-    trials = {s.name: s for s in on_ray.stages}["lr_search"].alternatives
+    from gradpilot.task_file import load_task
+
+    task_file = tmp_path / "task.py"
+    task_file.write_text(tune_task_file(items=1024, epochs=6))
+    done = subprocess.run(cli(task_file, tmp_path / "ray", "--backend", "ray"), capture_output=True, text=True,
+                          timeout=400, env={**env(), "RAY_AUTH_MODE": "disabled"})  # a throwaway local Ray
+    assert done.returncode == 0, done.stderr[-2000:]
+    on_ray = json.loads(done.stdout)
+    assert "learning_rate" in on_ray["plan"] and on_ray["spent_runs"] <= 3
+    trials = json.loads((tmp_path / "ray" / "tune.json").read_text())["stages"]["lr_search"]["alternatives"]
+    here = tune(load_task(task_file), out_dir=tmp_path / "here")
     mine = {s.name: s for s in here.stages}["lr_search"].alternatives
     assert sorted(t["lr"] for t in trials) == sorted(t["lr"] for t in mine)  # the same plan, run elsewhere
     assert all(t["scores"] for t in trials) and any(t["state"] == "pruned" for t in trials)
     study = optuna.load_study(study_name="gradpilot:lr_search", storage=f"sqlite:///{tmp_path / 'ray' / 'trials.db'}")
     assert all(t.user_attrs.get("backend") == "ray" for t in study.trials if t.intermediate_values)
     assert list((tmp_path / "ray" / "runs" / "search" / "ray").glob("lr_search-rung-*"))  # Ray Tune's own record
-    assert on_ray.plan_path.exists() and on_ray.model_path.exists() and on_ray.spent <= 3
+    assert (tmp_path / "ray" / "plan.yaml").exists() and (tmp_path / "ray" / "model.pt").exists()
 
 
 def test_backend_is_checked(tmp_path):
@@ -182,16 +190,6 @@ def test_backend_is_checked(tmp_path):
     with pytest.raises(GradpilotError, match="leave n_jobs at 1"):
         tune(small_task(), out_dir=tmp_path, backend="ray", n_jobs=2)
 
-
-@pytest.mark.slow
-def test_backend_ray_takes_a_task_file_to_its_workers(tmp_path):
-    pytest.importorskip("ray.tune", reason="Ray Tune is in the test extra ('gradpilot[ray]')")
-    task_file = tmp_path / "task.py"
-    task_file.write_text(TASK_FILE)  # a module Ray's workers cannot import: it travels by value
-    done = subprocess.run(cli(task_file, tmp_path / "out", "--backend", "ray"), capture_output=True, text=True,
-                          timeout=400, env={**env(), "RAY_AUTH_MODE": "disabled"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "learning_rate" in json.loads(done.stdout)["plan"]
 
 
 def test_a_folder_is_continued_only_with_its_own_storage(tmp_path):
