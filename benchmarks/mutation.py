@@ -66,10 +66,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("diagnosis", "c.moved < 0.03 or c.late_share", "Lt → LtE"): _CONTINUOUS,
     ("diagnosis", "train_end > at_best * 1.5", "Gt → GtE"): _CONTINUOUS,
     ("diagnosis", "not constant or c.moved < 0.3", "Lt → LtE"): _CONTINUOUS,
-    ("diagnosis", "(c.late_share >= _th().too_low_share or c.moved < 0.3)", "GtE → Gt"): _CONTINUOUS,
-    ("diagnosis", "(c.late_share >= _th().too_low_share or c.moved < 0.3)", "Lt → LtE"): _CONTINUOUS,
+    ("diagnosis", "if c.late_share >= _th().too_low_share:", "GtE → Gt"): _CONTINUOUS,
+    ("diagnosis", "in the whole run\" if c.moved < 0.3 else None", "Lt → LtE"): _CONTINUOUS,
     ("diagnosis", "gave_back = drop > 3 * c.noise and rise > 0.5 * drop", "Gt → GtE"): _CONTINUOUS,
-    ("diagnosis", 'verb = "lower" if factor < 1', "1 → 2"): "the factors used are 3, 10 and Thresholds' cuts (under 1): none in [1, 2)",
     ("diagnosis", "while end and not finite[end - 1]", "1 → 2"):
         "stops one point earlier inside the trailing non-finite block; the finite points kept are the same",
     ("accumulation", "if len(counts) == 1 and world_size == 1", "Eq → NotEq"):
