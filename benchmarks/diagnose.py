@@ -49,7 +49,7 @@ from lr_scoring import Cache, Scorer
 
 from gradpilot._run_shape import CALIBRATED, CALIBRATION_GRID, REMEDIES, REMEDY_GRID, THRESHOLDS, Thresholds
 
-dg = importlib.import_module("gradpilot.diagnose")
+dg = importlib.import_module("gradpilot.diagnosis")
 from gradpilot.history import History
 from gradpilot.logs import read_log
 

@@ -4,15 +4,14 @@ the verdict on the learning rate. The detectors that make them are in ``gradpilo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from gradpilot._files import json_safe
-from gradpilot._run_shape import peak_lr
-from gradpilot.history import History
+from gradpilot._run_shape import RunShape
 
-KINDS = ("divergence", "nan", "oscillation", "plateau", "slow_convergence", "overfitting", "underfitting", "healthy",
-         "insufficient_data")
-TOO_HIGH = ("nan", "divergence", "oscillation")
+KINDS = ("divergence", "nan", "oscillation", "plateau", "slow_convergence", "overfitting", "metric_disagrees",
+         "underfitting", "healthy", "insufficient_data")
+Direction = Literal["lower", "raise"]
 
 
 @dataclass(frozen=True)
@@ -20,7 +19,9 @@ class Finding:
     """One thing the run shows, where (``start``–``end`` in ``unit``), the numbers behind it, and what to change.
 
     ``remedy`` holds the concrete new values under the plan's names (``learning_rate``, ``num_train_epochs``,
-    ``lr_scheduler_type``, ...); ``advice`` says the same in words.
+    ``lr_scheduler_type``, ...); ``advice`` says the same in words. ``lr`` is the way the finding says the LR
+    must move, set only where that sign has proved right on runs it was not calibrated on; the verdict folds
+    over it.
     """
 
     kind: str
@@ -31,11 +32,14 @@ class Finding:
     remedy: dict[str, Any] = field(default_factory=dict)
     advice: str = ""
     unit: str = "step"
+    lr: Direction | None = None
+    sure: bool = True
 
     def to_json(self) -> dict[str, Any]:
         """The JSON shape ``gradpilot diagnose --json`` prints."""
         return {"kind": self.kind, "start": self.start, "end": self.end, "unit": self.unit, "evidence": self.evidence,
-                "confidence": round(self.confidence, 3), "remedy": self.remedy, "advice": self.advice}
+                "confidence": round(self.confidence, 3), "remedy": self.remedy, "advice": self.advice,
+                "lr": self.lr, "sure": self.sure}
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,9 @@ def fmt_lr(lr: float) -> str:
     return f"{lr:.2g}"
 
 
-def lr_remedy(history: History, factor: float) -> tuple[dict[str, Any], str]:
-    peak, _ = peak_lr(history)
+def lr_remedy(shape: RunShape, factor: float) -> tuple[dict[str, Any], str]:
+    """The remedy that multiplies the run's peak LR by ``factor``, and its words."""
+    peak = shape.peak_lr
     if peak is None:
         verb = "lower" if factor < 1 else "raise"
         return {}, f"{verb} the learning rate about {max(factor, 1 / factor):.0f}× (the log has no learning rate)"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +23,11 @@ class Thresholds:
     """The constants diagnosis is calibrated by (benchmarks/diagnose.py fits them leave-one-family-out)."""
 
     too_low_share: float = 0.25  # share of the progress still in the second half: the LR, not stability, limits it
+    sure_late_share: float = 0.45  # ... so large a share that the LR is too low (calibrated to be right ≥ 90 %)
     plateau: float = 0.03  # a loss that moved less than this share of its start has not trained
     chance: float = 0.01  # a loss within this share of ln(k) for k classes sits at chance
     rise: float = 1.0  # a loss that ends this many noise widths (and 2%) above its start has diverged
-    swing: float = 1.0  # validation that reverses by this many times its range, beyond one rise and fall, swings
+    swing: float = 1.0  # validation whose scatter is this many times its trend's whole movement swings
     # what the remedy multiplies the LR by (fitted on how much of the lost performance a re-run wins back):
     cut_broken: float = 0.03  # a run the LR broke: a NaN, a loss that came back or sits at chance
     cut_diverged: float = 0.03  # a loss that climbed back above where it began
@@ -48,14 +48,6 @@ CALIBRATION_GRID: dict[str, tuple[float, ...]] = {
 }
 REMEDIES = ("cut_broken", "cut_diverged", "cut_oscillating")
 REMEDY_GRID = (0.5, 0.3, 0.1, 0.03)
-_ACTIVE: ContextVar[Thresholds] = ContextVar("gradpilot_thresholds", default=THRESHOLDS)
-
-
-def thresholds() -> Thresholds:
-    """The thresholds of the ``diagnose`` call under way."""
-    return _ACTIVE.get()
-
-
 @dataclass(frozen=True)
 class Curve:
     steps: np.ndarray
@@ -75,16 +67,21 @@ class Curve:
 
     @property
     def late_share(self) -> float:
-        """Share of the run's decrease that came in its second half: high when progress, not stability, limits it."""
-        s = self.smooth
-        share = (s[len(s) // 2] - s[-1]) / max(s[0] - s[-1], 1e-12)
+        """Share of the run's decrease that came in its second half (medians of the logged losses at the start,
+        the middle and the end: 0.5 for a straight line): high when progress, not stability, limits it."""
+        y, n = self.raw, len(self.raw)
+        half = max(3, n // 20) // 2
+        centres = {(n - 1) // 2, n // 2}  # the middle point, or the two around the middle
+        middle = float(np.mean([np.median(y[max(0, c - half): c + half + 1]) for c in centres]))
+        share = (middle - self.end) / max(self.start - self.end, 1e-12)
         return float(np.clip(share, -1.0, 1.5))  # a loss that never fell has no meaningful share: keep it bounded
 
     @property
     def early_jump(self) -> float:
-        """The highest loss in the first tenth of the run, in multiples of the first losses."""
+        """The highest loss in the first tenth of the run, in multiples of the first logged loss (a high first
+        loss that then falls is descent, not a jump: it gives at most 1)."""
         head = self.raw[: max(3, len(self.raw) // 10)]
-        return float(np.max(head) / max(abs(float(np.median(self.raw[:3]))), 1e-12))
+        return float(np.max(head) / max(abs(float(self.raw[0])), 1e-12))
 
     @property
     def spikes(self) -> int:
@@ -106,20 +103,6 @@ def usable(values: np.ndarray) -> np.ndarray:
     while end and not finite[end - 1]:
         end -= 1
     return np.flatnonzero(finite[:end])
-
-
-MEMO: ContextVar[dict[int, tuple[np.ndarray, Curve | None]] | None] = ContextVar("gradpilot_curves", default=None)
-
-
-def train_curve(history: History) -> Curve | None:
-    """The training loss's curve; within one ``diagnose`` call it is measured once, not once per detector."""
-    values, memo = history.train_loss.values, MEMO.get()
-    if memo is not None and id(values) in memo and memo[id(values)][0] is values:
-        return memo[id(values)][1]
-    found = curve(values, history.train_loss.steps)
-    if memo is not None:
-        memo[id(values)] = (values, found)
-    return found
 
 
 def curve(values: np.ndarray, steps: np.ndarray) -> Curve | None:
@@ -154,43 +137,85 @@ def decayed(history: History) -> bool:
 
 
 MIN_EVALUATIONS = 5  # validation points needed to tell swings from one rise and fall
+SWING_SHARE = 0.05  # scatter under this share of a series' level (a metric) or of the training's progress is jitter
+
+
+def point_noise(values: np.ndarray) -> float:
+    """The scatter of one point of a series around its neighbours (robust: from the median absolute
+    second difference, so a trend, a spike or a rise does not count as noise)."""
+    a = values[np.isfinite(values)]
+    if len(a) < 3:
+        return 0.0
+    bend = a[1:-1] - (a[:-2] + a[2:]) / 2  # white noise of width s gives bends of width s·√1.5
+    return 1.4826 * float(np.median(np.abs(bend))) / math.sqrt(1.5)
 
 
 def swing(values: np.ndarray) -> float:
-    """How far a validation series (higher is better) went up and down beyond one rise and one fall, in multiples
-    of its range: 0 for a series that only rose, only fell, or rose then fell (learning, then overfitting); 1 for
-    one extra reversal across the whole range."""
+    """How much a validation series goes up and down next to where it is going: the scatter of one evaluation
+    around its neighbours over the whole movement of its trend. Small for a series that improves, even noisily
+    over many evaluations, or rises then falls; about 1 or more for one that mostly goes up and down."""
     a = values[np.isfinite(values)]
     if len(a) < MIN_EVALUATIONS:
         return 0.0
-    top, span = float(a.max()), float(a.max() - a.min())
-    if span <= 1e-12:
-        return 0.0
-    travel = float(np.sum(np.abs(np.diff(a))))
-    return max(0.0, (travel - (top - float(a[0])) - (top - float(a[-1]))) / span)
+    trend = centred_smooth(a, max(1.0, len(a) / 10))
+    return point_noise(a) / max(float(np.ptp(trend)), 1e-12)
 
 
-SWING_SHARE = 0.1  # reversals smaller than this share of the yardstick are evaluation noise, not swings
-
-
-def swinging(history: History) -> tuple[str, np.ndarray, float] | None:
+def swinging(history: History, train: Curve | None, th: Thresholds) -> tuple[str, np.ndarray, float] | None:
     """The first validation series (metric, then loss) that swings by at least ``Thresholds.swing``: its name, its
-    finite values and the size of the swing. The reversals must also be large in absolute terms — a tenth of
-    the metric's typical value, or of how far the training loss came down — so that a validation score
-    already flat at its best, which jitters across its own tiny range, is not taken for a swing."""
+    finite values and the size of the swing. The scatter must also be large against the series' level — a
+    metric's typical value, or how far the training loss came down — so that a score jittering at its best is
+    not taken for a swing."""
     found = []
     if history.val_metric is not None:
-        sign = 1.0 if history.higher_is_better else -1.0
         v = history.val_metric.values
         level = float(np.median(np.abs(v[np.isfinite(v)]))) if np.isfinite(v).any() else 0.0
-        found.append((history.metric_name or "metric", v, sign, level))
-    train = train_curve(history)
+        found.append((history.metric_name or "metric", v, level))
     if history.val_loss is not None and train is not None:
-        found.append(("loss", history.val_loss.values, -1.0, train.scale))
-    for name, values, sign, yardstick in found:
-        finite = values[np.isfinite(values)]
-        size = swing(sign * values)
-        excess = size * float(np.ptp(finite)) if len(finite) else 0.0
-        if size >= thresholds().swing and excess >= SWING_SHARE * yardstick:
-            return name, finite, size
+        found.append(("loss", history.val_loss.values, train.scale))
+    for name, values, level in found:
+        size = swing(values)
+        if size >= th.swing and point_noise(values) >= SWING_SHARE * level:
+            return name, values[np.isfinite(values)], size
     return None
+
+
+def descends(values: np.ndarray) -> bool:
+    """Whether the objective is a loss that training drives down towards a floor of 0 (cross-entropy, squared
+    error, ...): an adversarial critic's or a policy's loss goes negative, and its rises are no divergence."""
+    finite = values[np.isfinite(values)]
+    return not len(finite) or float(finite.min()) >= 0.0
+
+
+def rows_are_epochs(history: History) -> bool:
+    """Whether each logged point is an epoch (a Keras CSVLogger file, a per-epoch TensorBoard log): the log's
+    steps are then epoch numbers, and remedies speak in epochs, never in optimizer steps."""
+    v, t = history.val_loss, history.train_loss
+    if history.epoch_steps or v is None or len(v) != len(t) or len(t) < 2:
+        return False
+    steps = t.steps
+    return bool(np.array_equal(v.steps, steps) and np.all(np.diff(steps) == 1) and steps[0] in (0, 1))
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What every detector needs to know about a run, measured once per diagnosis."""
+
+    curve: Curve | None  # the training loss's curve (None: too few points)
+    peak_lr: float | None
+    constant_lr: bool
+    decayed: bool  # the LR ended below half its peak
+    descends: bool  # the objective is a loss that falls towards 0
+    per_epoch: bool  # each logged row is an epoch
+    diverged: bool = False  # set by ``with_divergence`` once the divergence rule has run
+
+    def falls(self) -> Curve | None:
+        """The training curve, where its shape can say anything about the LR (a descending loss)."""
+        return self.curve if self.descends else None
+
+
+def shape_of(history: History) -> RunShape:
+    """A run's shape, measured once."""
+    peak, constant = peak_lr(history)
+    return RunShape(curve(history.train_loss.values, history.train_loss.steps), peak, constant, decayed(history),
+                    descends(history.train_loss.values), rows_are_epochs(history))

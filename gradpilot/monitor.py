@@ -16,13 +16,17 @@ from gradpilot import schedules
 from gradpilot._files import write_json
 from gradpilot._state import Snapshot
 from gradpilot.diagnosis import (
+    THRESHOLDS,
+    Detector,
     Diagnosis,
     Finding,
+    Thresholds,
     detect_divergence,
     detect_nan,
     detect_oscillation,
     detect_overfitting,
     diagnose,
+    measure,
 )
 from gradpilot.errors import GradpilotError
 from gradpilot.history import History, Series
@@ -47,12 +51,12 @@ class Monitor:
     ``update(step, loss, lr)`` once per optimizer step (``loss`` may stay a tensor: it is read only at checks,
     so there is no host sync per step), ``end_epoch(step, val_loss)`` after each validation. Both return
     the findings that are new. ``on_finding`` is called with each. With ``autopilot=True``, ``gradpilot.fit``
-    acts on them.
+    acts on them. ``thresholds`` are the detectors' constants (``gradpilot.diagnosis.Thresholds``).
     """
 
     def __init__(self, *, check_every: int = 25, autopilot: bool = False,
                  on_finding: Callable[[Finding], None] | None = None, lr_factor_oscillation: float = 0.5,
-                 lr_factor_divergence: float = 0.3) -> None:
+                 lr_factor_divergence: float = 0.3, thresholds: Thresholds = THRESHOLDS) -> None:
         if check_every < 1:
             raise GradpilotError(f"check_every must be at least 1, got {check_every=}")
         factors = (("lr_factor_oscillation", lr_factor_oscillation), ("lr_factor_divergence", lr_factor_divergence))
@@ -60,6 +64,7 @@ class Monitor:
             if not 0 < value < 1:
                 raise GradpilotError(f"{name} must be between 0 and 1, got {value}")
         self.check_every = check_every
+        self.thresholds = thresholds
         self.autopilot = autopilot
         self.on_finding = on_finding
         self.lr_factor_oscillation = lr_factor_oscillation
@@ -108,7 +113,7 @@ class Monitor:
 
     def diagnosis(self) -> Diagnosis:
         """A full diagnosis of everything recorded so far."""
-        return diagnose(self.history())
+        return diagnose(self.history(), self.thresholds)
 
     def write_json(self, path: Path, source: str) -> Path:
         """The diagnosis of the whole run, in the ``gradpilot diagnose --json`` shape, plus the findings raised
@@ -126,13 +131,14 @@ class Monitor:
         self._since = len(self.steps)
         self._raised.discard(kind)
 
-    def _check(self, detectors: tuple[Callable[[History], list[Finding]], ...]) -> list[Finding]:
+    def _check(self, detectors: tuple[Detector, ...]) -> list[Finding]:
         if len(self.steps) - self._since < max(8, 2 * self.check_every if self.actions else 0):
             return []  # after an action, give the change two check intervals before judging again
         history = self.history(self._since)
+        shape = measure(history, self.thresholds)
         new = []
         for detector in detectors:
-            for finding in detector(history):
+            for finding in detector(history, shape, self.thresholds):
                 if finding.kind not in self._raised:
                     self._raised.add(finding.kind)
                     new.append(finding)

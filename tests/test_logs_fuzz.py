@@ -71,4 +71,4 @@ def test_short_runs_at_the_edge_of_judging(tmp_path, n):
     path.write_text("step,loss\n" + "".join(f"{s},{2.0 - 0.01 * s}\n" for s in range(n)))
     result = diagnose(read_log(path))
     assert (result.kinds == {"insufficient_data"}) == (n < 8)
-    assert (result.lr_verdict == "unknown") == (n < 8)  # a straight line of 8+ points: the LR is judged
+    assert ("too little to judge" in result.lr_reason) == (n < 8)  # 8+ points: the curve is judged
