@@ -43,6 +43,15 @@ def classify(name: str) -> str | None:
     return None
 
 
+WHOLE_LOSS = {"train", "training", "loss", "total", "epoch", "step", "avg", "mean", "batch", "objective", "sum"}
+
+
+def whole_loss(name: str) -> bool:
+    """Whether a training-loss column is the whole objective (``loss``, ``train_loss``, ``total_loss``), not a
+    component of it (``loss_box_reg``, ``cls_loss``, ``train_domain_loss``)."""
+    return set(words(name)) <= WHOLE_LOSS
+
+
 def _loss_kind(toks: set[str]) -> str:
     if toks & VAL_TOKENS:
         return "val_loss"
@@ -67,6 +76,7 @@ class Columns:
     def __init__(self, source: str) -> None:
         self.source = source
         self.rows = 0
+        self.start = 0  # the first row of the run read (the last, where several are appended)
         self.kinds: dict[str, str | None] = {}
         self.order: dict[str, list[str]] = {}  # kind -> its columns, in order of appearance
         self.index: dict[str, array[int]] = {}
@@ -103,11 +113,13 @@ class Columns:
 
     def history(self, warnings: Iterable[str] = ()) -> History:
         """The run these rows describe."""
-        train_col = self._first("train_loss") or self._first("train_loss_epoch")
+        train_col = self._train_column()
         if train_col is None:
             raise GradpilotError(f"{self.source}: no training-loss column among {sorted(self.names)[:20]}: "
                                  "name it 'loss' or 'train_loss'")
-        x = self._dense(self._first("step") or self._first("epoch"))
+        x_col = self._first("step") or self._first("epoch")
+        x = self._dense(x_col)
+        warnings = [*warnings, *self._keep_last_run(x, x_col or "row")]
         train = self._series(train_col, x)
         if train is None:
             raise GradpilotError(f"{self.source}: the column {train_col!r} holds no numbers")
@@ -127,6 +139,27 @@ class Columns:
             warnings=tuple(warnings),
         )
 
+    def _keep_last_run(self, x: np.ndarray, name: str) -> list[str]:
+        """Where the step (or epoch) goes back, the file holds several runs appended one after another: keep the
+        last, never a splice of them, and say so."""
+        finite = np.flatnonzero(np.isfinite(x))
+        back = finite[1:][np.diff(x[finite]) < 0]
+        if not len(back):
+            return []
+        self.start = int(back[-1])
+        return [f"{self.source}: the {name} column goes back {len(back)} time{'s' if len(back) > 1 else ''}, so "
+                f"the file holds {len(back) + 1} runs appended one after another (a restart or several phases); "
+                f"read the last, from row {self.start + 1}; split the file to diagnose the others"]
+
+    def _train_column(self) -> str | None:
+        """The training loss: the whole objective where the log has one, before any component of it."""
+        for kind in ("train_loss", "train_loss_epoch"):
+            found = self.order.get(kind, [])
+            whole = [c for c in found if whole_loss(c)]
+            if whole or found:
+                return (whole or found)[0]
+        return None
+
     def _first(self, kind: str) -> str | None:
         return next(iter(self.order.get(kind, [])), None)
 
@@ -142,10 +175,14 @@ class Columns:
         if col is None or not len(self.values[col]):
             return None
         rows = np.frombuffer(self.index[col], dtype=np.int64)
+        keep = rows >= self.start
+        rows, values = rows[keep], np.frombuffer(self.values[col], dtype=float)[keep]
+        if not len(rows):
+            return None
         at = x[rows]
         at = np.where(np.isfinite(at), at, rows.astype(float))
         order = np.argsort(at, kind="stable")
-        return Series(at[order], np.frombuffer(self.values[col], dtype=float)[order].copy())
+        return Series(at[order], values[order].copy())
 
     def _epochs_at(self, val_col: str | None, x: np.ndarray) -> np.ndarray | None:
         """Epochs completed at each validation point, whichever way the log counts them: Lightning and Keras
@@ -154,6 +191,7 @@ class Columns:
         if val_col is None or epoch_col is None:
             return None
         rows = np.frombuffer(self.index[val_col], dtype=np.int64)
+        rows = rows[rows >= self.start]
         epochs = self._dense(epoch_col)[rows]
         if not len(epochs) or not np.isfinite(epochs).all():
             return None

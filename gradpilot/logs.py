@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -45,6 +46,9 @@ def read_log(path: str | Path) -> History:
     if not path.exists():
         raise GradpilotError(f"{path} does not exist")
     others: list[Path] = []
+    pair = keras_pair(path) if path.is_dir() else None
+    if pair is not None:
+        return read_keras_tensorboard(path, pair)
     if path.is_dir():
         *others, path = find_runs(path)
     history = _read_file(path)
@@ -84,14 +88,27 @@ def _read_file(path: Path) -> History:
     name = path.name
     if name.startswith("events.out.tfevents"):
         return read_tensorboard(path)
-    if name.endswith(".json") and name != "metrics.json":
-        return read_trainer_state(path)
-    if name.endswith((".jsonl", ".ndjson")):
+    if name.endswith((".jsonl", ".ndjson")) or _json_lines(path):
         return read_jsonl(path)
+    if name.endswith(".json"):
+        return read_trainer_state(path)
     if name.endswith((".csv", ".tsv")) or (name.endswith(".log") and _csv_header(path)):
         return read_csv(path)  # Keras's CSVLogger writes its CSV to training.log by default
     raise GradpilotError(f"{path}: unknown log format; gradpilot reads .csv (or a CSV .log, as Keras writes), "
                          ".jsonl, trainer_state.json and TensorBoard event files")
+
+
+def _json_lines(path: Path) -> bool:
+    """Whether the file holds JSON lines, whatever its name (``log.txt``, Detectron2's ``metrics.json``): its
+    first two lines are each a whole JSON object."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line.strip() for line in itertools.islice(f, 2)]
+    if len(lines) < 2 or not all(line.startswith("{") and line.endswith("}") for line in lines):
+        return False
+    try:
+        return isinstance(json.loads(lines[0]), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _csv_header(path: Path) -> bool:
@@ -123,10 +140,11 @@ def _text_lines(path: Path) -> Iterator[str]:
 
 
 def read_csv(path: Path) -> History:
-    """A CSV with a header row; sparse rows (Lightning logs train and validation on separate rows) are fine.
-    A last line cut short (a run killed while writing) is skipped with a warning."""
+    """A CSV with a header row; sparse rows (Lightning logs train and validation on separate rows) are fine, and
+    so are ragged ones (fields missing at the end, or extra ones: read by position, with a warning). A last
+    line cut short (a run killed while writing) is skipped with a warning."""
     reader = csv.reader(_text_lines(path), delimiter="\t" if path.suffix == ".tsv" else ",")
-    columns, warnings = Columns(str(path)), []
+    columns, warnings, ragged = Columns(str(path)), [], 0
     try:
         header = [h.strip().lstrip("\ufeff") for h in next(reader, [])]
         if not any(header):
@@ -134,7 +152,8 @@ def read_csv(path: Path) -> History:
         pending: tuple[int, list[str]] | None = None
         for row in reader:
             if pending is not None:
-                _bad_row(path, *pending, len(header))
+                _add_ragged(columns, header, path, *pending)
+                ragged, pending = ragged + 1, None
             if not row:
                 continue
             if len(row) != len(header):
@@ -143,19 +162,23 @@ def read_csv(path: Path) -> History:
             columns.add(dict(zip(header, row, strict=True)), f"{path}:{reader.line_num}")
     except csv.Error as exc:
         raise GradpilotError(f"{path}:{reader.line_num}: not a readable CSV line ({exc})") from None
-    if pending is not None:
-        if _ends_with_newline(path):
-            _bad_row(path, *pending, len(header))
+    if pending is not None and _ends_with_newline(path):
+        _add_ragged(columns, header, path, *pending)
+        ragged += 1
+    elif pending is not None:
         warnings.append(f"{path}:{pending[0]}: the last line is cut short (a run killed while writing?); "
                         "read the complete rows before it")
+    if ragged:
+        warnings.append(f"{path}: {ragged} rows have another number of fields than the header's {len(header)}; "
+                        "read them by position (check that their columns line up)")
     if not columns.rows:
         raise GradpilotError(f"{path}: a header but no rows")
     return dataclasses.replace(columns.history(warnings), tool=tool_of(header, path))
 
 
-def _bad_row(path: Path, lineno: int, row: list[str], expected: int) -> None:
-    raise GradpilotError(f"{path}:{lineno}: expected {expected} fields as in the header, found {len(row)}"
-                         " (a truncated or corrupt file?)")
+def _add_ragged(columns: Columns, header: list[str], _path: Path, _lineno: int, row: list[str]) -> None:
+    """A row with fields missing at its end, or extra ones, read by position."""
+    columns.add(dict(zip(header, row, strict=False)))  # text where a number belongs: that cell is missing
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -250,32 +273,72 @@ def tool_of(names: list[str], path: Path) -> str:
 
 def read_tensorboard(folder: Path) -> History:
     """Scalars from one TensorBoard event file (``folder`` may be the file, or a folder: then its newest event
-    file — two runs writing one folder are not spliced into one), read with the tensorboard package's reader."""
-    try:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    except ImportError:
-        raise GradpilotError("reading TensorBoard logs needs the tensorboard package: "
-                             "pip install 'gradpilot[tensorboard]'") from None
+    file — two runs writing one folder are not spliced into one), read with the tensorboard package's reader.
+    Scalars TF2 writes as tensor summaries count too."""
     if folder.is_dir():
         files = sorted(folder.glob("events.out.tfevents*"), key=lambda p: _run_order(p, folder))
         if not files:
             raise GradpilotError(f"{folder} holds no TensorBoard event file")
         folder = files[-1]
     warnings = [w for w in [_truncation(folder)] if w]
-    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    rows, tags = _event_rows(folder)
+    history = from_records([_unhide_nan(rows[s]) for s in sorted(rows)], str(folder), warnings)
+    return dataclasses.replace(history, tool=tool_of(tags, folder))
+
+
+def keras_pair(folder: Path) -> tuple[Path, Path] | None:
+    """The two event files of one Keras run (TF2's TensorBoard callback writes ``train/`` and ``validation/``
+    beside each other), or None where ``folder`` is not laid out so."""
+    found = []
+    for part in ("train", "validation"):
+        files = sorted((folder / part).glob("events.out.tfevents*"), key=lambda p: _run_order(p, folder / part))
+        if not (folder / part).is_dir() or not files:
+            return None
+        found.append(files[-1])
+    return found[0], found[1]
+
+
+def read_keras_tensorboard(folder: Path, pair: tuple[Path, Path]) -> History:
+    """One Keras run from its ``train/`` and ``validation/`` event files: the validation scalars (``epoch_loss``,
+    ``epoch_accuracy``) become ``val_`` columns of the same epochs."""
+    rows, _ = _event_rows(pair[0])
+    val_rows, _ = _event_rows(pair[1])
+    for step, row in val_rows.items():
+        into = rows.setdefault(step, {"step": step})
+        into.update({f"val_{k}": v for k, v in row.items() if k != "step"})
+    warnings = [w for w in (_truncation(pair[0]), _truncation(pair[1])) if w]
+    history = from_records([_unhide_nan(rows[s]) for s in sorted(rows)], str(folder), warnings)
+    return dataclasses.replace(history, tool="keras")
+
+
+def _event_rows(path: Path) -> tuple[dict[int, dict[str, Any]], list[str]]:
+    """Every scalar of one event file by step (scalar events, and one-number tensor summaries), and the tags."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.util.tensor_util import make_ndarray
+    except ImportError:
+        raise GradpilotError("reading TensorBoard logs needs the tensorboard package: "
+                             "pip install 'gradpilot[tensorboard]'") from None
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
     try:
         acc.Reload()
     except Exception as exc:
-        raise GradpilotError(f"{folder}: the TensorBoard event file cannot be read ({str(exc)[:120]})") from None
-    tags = acc.Tags().get("scalars", [])
-    if not tags:
-        raise GradpilotError(f"{folder}: the TensorBoard events hold no scalars (empty or truncated file?)")
+        raise GradpilotError(f"{path}: the TensorBoard event file cannot be read ({str(exc)[:120]})") from None
     rows: dict[int, dict[str, Any]] = {}
+    tags = list(acc.Tags().get("scalars", []))
     for tag in tags:
         for event in acc.Scalars(tag):
             rows.setdefault(event.step, {"step": event.step})[tag] = event.value
-    history = from_records([_unhide_nan(rows[s]) for s in sorted(rows)], str(folder), warnings)
-    return dataclasses.replace(history, tool=tool_of(list(tags), folder))
+    for tag in acc.Tags().get("tensors", []):
+        for tensor in acc.Tensors(tag):
+            value = make_ndarray(tensor.tensor_proto)
+            if value.size == 1 and value.dtype.kind in "fiu":
+                rows.setdefault(tensor.step, {"step": tensor.step})[tag] = float(value.reshape(()))
+                if tag not in tags:
+                    tags.append(tag)
+    if not rows:
+        raise GradpilotError(f"{path}: the TensorBoard events hold no scalars (empty or truncated file?)")
+    return rows, tags
 
 
 def _truncation(path: Path) -> str | None:

@@ -105,7 +105,6 @@ def test_a_nan_the_trainer_logged_as_zero_is_read_as_nan(tmp_path):
     ("name", "content", "message"),
     [
         ("empty.csv", "", "is empty"),
-        ("trunc.csv", "step,loss,lr\n1,2.0,0.1\n2,1.9\n3,1.8,0.1\n", r"trunc.csv:3: expected 3 fields"),
         ("bad.csv", "step,loss\n1,2.0\n2,oops\n", r"bad.csv:3: 'loss' is 'oops', not a number"),
         ("bad.jsonl", '{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.9}\n', r"bad.jsonl:2: not valid JSON"),
         ("list.jsonl", "[1, 2]\n", r"list.jsonl:1: expected a JSON object"),
@@ -115,6 +114,50 @@ def test_a_nan_the_trainer_logged_as_zero_is_read_as_nan(tmp_path):
         ("run.txt", "hello", "unknown log format"),
     ],
 )
+def test_ragged_rows_are_read_by_position_with_a_warning(tmp_path):
+    path = tmp_path / "ragged.csv"
+    path.write_text("step,loss,lr\n1,2.0,0.1\n2,1.9\n3,1.8,0.1,extra\n4,1.7,0.1\n")
+    h = read_log(path)
+    assert list(h.train_loss.values) == [2.0, 1.9, 1.8, 1.7] and list(h.lr.steps) == [1, 3, 4]
+    assert any("2 rows have another number of fields" in w for w in h.warnings)
+
+
+def test_a_file_whose_step_goes_back_holds_several_runs_and_the_last_is_read(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    first = [{"step": s, "loss": 5.0 - 0.1 * s} for s in range(1, 11)]
+    second = [{"step": s, "loss": 1.0 - 0.01 * s} for s in range(1, 6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in first + second))
+    h = read_log(path)
+    assert list(h.train_loss.steps) == [1, 2, 3, 4, 5] and h.train_loss.values[0] == pytest.approx(0.99)
+    assert any("2 runs appended" in w for w in h.warnings)
+
+
+def test_json_lines_are_recognised_by_content_whatever_the_name(tmp_path):
+    for name in ("log.txt", "metrics.json"):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"epoch": e, "train_loss": 1.0 / (e + 1)}) + "\n" for e in range(10)))
+        assert len(read_log(path).train_loss) == 10
+
+
+def test_the_whole_loss_is_read_before_its_components(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"iteration": i, "loss_box_reg": 0.5, "loss_cls": 1.0 + i, "total_loss": 3.0 - i})
+                            + "\n" for i in range(3)))
+    assert list(read_log(path).train_loss.values) == [3.0, 2.0, 1.0]
+
+
+def test_a_keras_tensorboard_run_is_its_train_and_validation_folders_read_as_one(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    for part, offset in (("train", 0.0), ("validation", 0.5)):
+        with SummaryWriter(str(tmp_path / part)) as w:
+            for epoch in range(6):
+                w.add_scalar("epoch_loss", 2.0 / (epoch + 1) + offset, epoch)
+    h = read_log(tmp_path)
+    assert h.source == str(tmp_path) and len(h.train_loss) == 6 and h.val_loss is not None
+    assert h.val_loss.values[0] == pytest.approx(2.5) and h.tool == "keras"
+
+
 def test_corrupt_empty_or_truncated_logs_name_the_file_and_line(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_text(content)
