@@ -111,6 +111,9 @@ def cases(train: bool = True) -> list[Case]:
 class Tally:
     right: int = 0
     judged: int = 0
+    calls: int = 0  # verdicts "too high" / "too low" on runs whose direction is known
+    right_calls: int = 0
+    off: int = 0  # runs whose LR is truly off (lower or raise)
     tp: Counter[str] | None = None
     fp: Counter[str] | None = None
     fn: Counter[str] | None = None
@@ -122,7 +125,12 @@ class Tally:
         assert self.tp is not None and self.fp is not None and self.fn is not None
         if case.direction is not None:
             self.judged += 1
-            self.right += DIRECTION[d.lr_verdict] == case.direction
+            said = DIRECTION[d.lr_verdict]
+            self.right += said == case.direction
+            self.off += case.direction != "keep"
+            if said != "keep":
+                self.calls += 1
+                self.right_calls += said == case.direction
         for kind, truth, found in (("nan/divergence", case.broke, bool(d.kinds & {"nan", "divergence"})),
                                    ("overfitting", case.overfit, "overfitting" in d.kinds)):
             self.tp[kind] += truth and found
@@ -138,6 +146,12 @@ class Tally:
         assert self.tp is not None and self.fn is not None
         labelled = self.tp[kind] + self.fn[kind]
         return self.tp[kind] / labelled if labelled else float("nan")
+
+    def call_precision(self) -> str:
+        """How often a "too high" / "too low" is right, and the share of truly-off runs that get a right call."""
+        if not self.calls:
+            return "– (0) / 0.00"
+        return f"{self.right_calls / self.calls:.2f} ({self.calls}) / {self.right_calls / max(1, self.off):.2f}"
 
     @property
     def accuracy(self) -> float:
@@ -282,8 +296,8 @@ def main() -> None:
     present = {c.run["task"] for c in all_cases}
     scorers = {bt.name: Scorer(bt, cache) for bt in bench_tasks() if bt.name in present}
     table = Table(title=f"diagnose, leave-one-family-out: {len(all_cases)} runs, {len(families)} families")
-    for col in ("left out", "runs", "LR direction", "NaN/div P", "NaN/div R", "overfit P", "overfit R",
-                "remedy recovers"):
+    for col in ("left out", "runs", "LR direction", "LR call P (n) / coverage", "NaN/div P", "NaN/div R",
+                "overfit P", "overfit R", "remedy recovers"):
         table.add_column(col, justify="right" if col != "left out" else "left")
     pooled, recovered, chosen = Tally(), [], {name: Counter[float]() for name in (*CALIBRATED, *REMEDIES)}
     for fam in families:
@@ -298,11 +312,11 @@ def main() -> None:
             pooled.add(c, _SEEN[detect][_INDEX[id(c)]])
         rec = remedy_recovery(test, th, scorers)
         recovered += rec
-        table.add_row(fam, str(len(test)), f"{t.accuracy:.2f} ({t.judged})", *_kinds(t),
+        table.add_row(fam, str(len(test)), f"{t.accuracy:.2f} ({t.judged})", t.call_precision(), *_kinds(t),
                       f"{np.mean(rec):.0%} ({len(rec)})" if rec else "–")
     table.add_section()
     table.add_row("[bold]all, pooled[/]", str(len(all_cases)), f"[bold]{pooled.accuracy:.2f}[/] ({pooled.judged})",
-                  *_kinds(pooled), f"[bold]{np.mean(recovered):.0%}[/] ({len(recovered)})" if recovered else "–")
+                  pooled.call_precision(), *_kinds(pooled), f"[bold]{np.mean(recovered):.0%}[/] ({len(recovered)})" if recovered else "–")
     console.print(table)
     fitted = fit_remedies(all_cases, fit(all_cases), scorers)
     note = "" if fitted == THRESHOLDS else f" (gradpilot ships {THRESHOLDS})"

@@ -101,19 +101,6 @@ def test_a_nan_the_trainer_logged_as_zero_is_read_as_nan(tmp_path):
     assert h.train_loss.values[5] == pytest.approx(0.94)
 
 
-@pytest.mark.parametrize(
-    ("name", "content", "message"),
-    [
-        ("empty.csv", "", "is empty"),
-        ("bad.csv", "step,loss\n1,2.0\n2,oops\n", r"bad.csv:3: 'loss' is 'oops', not a number"),
-        ("bad.jsonl", '{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.9}\n', r"bad.jsonl:2: not valid JSON"),
-        ("list.jsonl", "[1, 2]\n", r"list.jsonl:1: expected a JSON object"),
-        ("trainer_state.json", '{"log_history": [\n  {"loss": 2.0, "step": 1},\n  {"loss"', r"trainer_state.json:\d+: not valid JSON"),
-        ("other.json", '{"something": 1}', "no 'log_history' list"),
-        ("noloss.csv", "step,accuracy\n1,0.5\n", "no training-loss column"),
-        ("run.txt", "hello", "unknown log format"),
-    ],
-)
 def test_ragged_rows_are_read_by_position_with_a_warning(tmp_path):
     path = tmp_path / "ragged.csv"
     path.write_text("step,loss,lr\n1,2.0,0.1\n2,1.9\n3,1.8,0.1,extra\n4,1.7,0.1\n")
@@ -158,6 +145,19 @@ def test_a_keras_tensorboard_run_is_its_train_and_validation_folders_read_as_one
     assert h.val_loss.values[0] == pytest.approx(2.5) and h.tool == "keras"
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.csv", "", "is empty"),
+        ("bad.csv", "step,loss\n1,2.0\n2,oops\n", r"bad.csv:3: 'loss' is 'oops', not a number"),
+        ("bad.jsonl", '{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.9}\n', r"bad.jsonl:2: not valid JSON"),
+        ("list.jsonl", "[1, 2]\n", r"list.jsonl:1: expected a JSON object"),
+        ("trainer_state.json", '{"log_history": [\n  {"loss": 2.0, "step": 1},\n  {"loss"', r"trainer_state.json:\d+: not valid JSON"),
+        ("other.json", '{"something": 1}', "no 'log_history' list"),
+        ("noloss.csv", "step,accuracy\n1,0.5\n", "no training-loss column"),
+        ("run.txt", "hello", "unknown log format"),
+    ],
+)
 def test_corrupt_empty_or_truncated_logs_name_the_file_and_line(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_text(content)
