@@ -350,6 +350,6 @@ def test_find_batch_size_with_a_nan_loss_measures_memory_and_warns_about_the_noi
 
 def test_error_text_is_never_read_as_emoji_or_markup(tmp_path):
     bad = tmp_path / "t.csv"
-    bad.write_text("step,loss\n" + "".join(f"{i},1.0\n" for i in range(1, 99)) + "99,1,2,3\n")
+    bad.write_text("step,loss\n" + "".join(f"{i},1.0\n" for i in range(1, 99)) + "99,:100:\n")
     line = one_line_error(runner.invoke(app, ["diagnose", str(bad)]))
-    assert "t.csv:100:" in line and "💯" not in line
+    assert "t.csv:100:" in line and "':100:'" in line and "💯" not in line
