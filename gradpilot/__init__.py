@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # need torch: imported on first use, through __getattr__ belo
     )
     from gradpilot.lr_finder import LRFinderResult, find_lr
     from gradpilot.monitor import Action, Monitor
+    from gradpilot.probing import ProbeResult, probe
     from gradpilot.scaling import BatchPlan
     from gradpilot.task import Task
     from gradpilot.task_file import load_task
@@ -38,7 +39,7 @@ _WHERE = {
     "FitConfig": "training", "Stage": "tuning", "NoiseScaleResult": "batch_size", "estimate_noise_scale": "batch_size",
     "find_batch_size": "batch_size", "LRFinderResult": "lr_finder",
     "find_lr": "lr_finder", "Monitor": "monitor", "Task": "task", "load_task": "task_file", "FitResult": "training",
-    "fit": "training", "TuneResult": "tuning", "tune": "tuning",
+    "fit": "training", "TuneResult": "tuning", "tune": "tuning", "probe": "probing", "ProbeResult": "probing",
 }
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "LRFinderResult",
     "Monitor",
     "NoiseScaleResult",
+    "ProbeResult",
     "Series",
     "Stage",
     "Task",
@@ -66,6 +68,7 @@ __all__ = [
     "find_lr",
     "fit",
     "load_task",
+    "probe",
     "read_log",
     "scaling",
     "tune",
@@ -74,7 +77,8 @@ __version__ = "0.1.0"
 
 
 _SUBMODULES = ("batch_size", "lr_finder", "training", "evaluation", "monitor", "task", "report", "cli", "examples",
-               "accumulation", "schedules", "suggest", "tuning", "task_file", "distributed", "diagnosis")
+               "accumulation", "schedules", "suggest", "tuning", "task_file", "distributed", "diagnosis",
+               "probing", "runner", "lr_factor")
 
 
 def __getattr__(name: str) -> Any:

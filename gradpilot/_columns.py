@@ -119,7 +119,7 @@ class Columns:
                                  "name it 'loss' or 'train_loss'")
         x_col = self._first("step") or self._first("epoch")
         x = self._dense(x_col)
-        warnings = [*warnings, *self._keep_last_run(x, x_col or "row")]
+        warnings = [*warnings, *self._keep_last_run(x, x_col or "row", train_col)]
         train = self._series(train_col, x)
         if train is None:
             raise GradpilotError(f"{self.source}: the column {train_col!r} holds no numbers")
@@ -139,10 +139,11 @@ class Columns:
             warnings=tuple(warnings),
         )
 
-    def _keep_last_run(self, x: np.ndarray, name: str) -> list[str]:
-        """Where the step (or epoch) goes back, the file holds several runs appended one after another: keep the
-        last, never a splice of them, and say so."""
-        finite = np.flatnonzero(np.isfinite(x))
+    def _keep_last_run(self, x: np.ndarray, name: str, train_col: str) -> list[str]:
+        """Where the step (or epoch) of the training-loss rows goes back, the file holds several runs appended
+        one after another: keep the last, never a splice of them, and say so."""
+        rows = np.frombuffer(self.index[train_col], dtype=np.int64)
+        finite = rows[np.isfinite(x[rows])]
         back = finite[1:][np.diff(x[finite]) < 0]
         if not len(back):
             return []

@@ -109,3 +109,19 @@ def accumulate(model: nn.Module, window: list[Any], loss_fn: LossFn | None, step
     if total is None:
         raise GradpilotError("an accumulation window holds no batch")
     return total
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: list[Any], loss_fn: LossFn | None,
+                   step_fn: StepFn | None, device: torch.device, count: NumItems, *,
+                   max_grad_norm: float | None = None, world_size: int = 1,
+                   sync_context: SyncContext | None = None) -> torch.Tensor:
+    """gradpilot's one optimizer step — ``fit``, the range test, the batch trials and every short run take it:
+    clear the gradients, accumulate the window's micro-batches, clip the gradient norm at ``max_grad_norm``,
+    step. Returns the window's mean loss, detached, still on the device."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = accumulate(model, window, loss_fn, step_fn, device, count, world_size=world_size,
+                      sync_context=sync_context)
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss

@@ -2,8 +2,8 @@
 
 One module per command group, each command a thin shell over a library function: ``find-lr``
 (``_cli_lr``), ``plan`` and ``find-batch-size`` (``_cli_batch``), ``schedule`` (``_cli_schedule``),
-``diagnose`` (``_cli_diagnose``), ``tune`` and ``report`` (``_cli_tune``); what they share is in
-``_cli_common``. torch is imported inside the commands that train (never at start-up), so ``gradpilot
+``diagnose`` (``_cli_diagnose``), ``probe`` (``_cli_probe``), ``tune`` and ``report`` (``_cli_tune``); what
+they share is in ``_cli_common``. torch is imported inside the commands that train (never at start-up), so ``gradpilot
 diagnose`` and every ``--help`` start in a fraction of a second. Bad input ends in one line and exit code 2;
 an unexpected error in one line and exit code 3 (``GRADPILOT_DEBUG=1`` shows its traceback); work already
 done is printed before anything that may still fail (a plot) is attempted.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import typer
 
 # each command group adds its commands to the app when imported
-from gradpilot import _cli_batch, _cli_diagnose, _cli_lr, _cli_schedule, _cli_tune  # noqa: F401
+from gradpilot import _cli_batch, _cli_diagnose, _cli_lr, _cli_probe, _cli_schedule, _cli_tune  # noqa: F401
 from gradpilot._cli_common import _escape, app, err_console
 
 __all__ = ["app", "main"]

@@ -45,7 +45,7 @@ def test_diagnose_json_uses_the_plan_names(tmp_path):
 
 def test_diagnose_a_corrupt_log_is_one_line_naming_file_and_line(tmp_path):
     path = tmp_path / "broken.csv"
-    path.write_text("step,loss\n1,2.0\n2,1.9,7\n")
+    path.write_text("step,loss\n1,2.0\n2,1.9e\n")
     result = runner.invoke(app, ["diagnose", str(path)])
     assert result.exit_code == 2
     lines = [l for l in result.output.splitlines() if l.strip()]
@@ -111,7 +111,7 @@ def test_diagnose_all_reports_a_damaged_run_and_diagnoses_the_others(tmp_path):
         write_run_csv(tmp_path / "lightning_logs" / f"version_{version}" / "metrics.csv", diverge=version == 2)
     damaged = tmp_path / "lightning_logs" / "version_1"
     damaged.mkdir()
-    (damaged / "metrics.csv").write_text("step,train_loss\n1,2.0\n2,1.9,5,5\n")
+    (damaged / "metrics.csv").write_text("step,train_loss\n1,2.0\n2,1.9.5\n")
     result = runner.invoke(app, ["diagnose", str(tmp_path), "--all", "--json"])
     assert result.exit_code == 2  # a run could not be read: a script must notice
     runs = json.loads(result.stdout)
