@@ -18,7 +18,7 @@ from gradpilot import _checkpoint, _fingerprint, _validate, schedules
 from gradpilot._batch import LossFn, StepFn
 from gradpilot._metrics_log import MetricsLog, metric_column
 from gradpilot._state import Snapshot, model_state
-from gradpilot.accumulation import NumItems, accumulate, item_counter, sync_contexts, windows
+from gradpilot.accumulation import NumItems, item_counter, optimizer_step, sync_contexts, windows
 from gradpilot.distributed import comm_device, world
 from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError, describe
@@ -195,13 +195,10 @@ class _Loop:
     def train_window(self, window: list[Any]) -> torch.Tensor:
         """One optimizer step over a window of micro-batches: accumulate, clip, step, zero, schedule."""
         s = self.s
-        loss = accumulate(s.train_model, window, s.cfg.loss_fn, s.cfg.step_fn, s.device, self.count,
-                          world_size=self.world, sync_context=self.sync_context)  # DDP: one all-reduce a window
-        if s.cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.max_grad_norm)
         self.run.lrs.append(s.cfg.optimizer.param_groups[0]["lr"])
-        s.cfg.optimizer.step()
-        s.cfg.optimizer.zero_grad(set_to_none=True)
+        loss = optimizer_step(s.train_model, s.cfg.optimizer, window, s.cfg.loss_fn, s.cfg.step_fn, s.device,
+                              self.count, max_grad_norm=s.cfg.max_grad_norm, world_size=self.world,
+                              sync_context=self.sync_context)  # DDP: one all-reduce a window
         if s.schedule is not None and s.schedule.interval == "step":
             s.schedule.step()
         return loss

@@ -10,12 +10,11 @@ goes on from where it was, at its constant LR.
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import os
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,14 +23,10 @@ import optuna
 import torch
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
-from torch.utils.data import DataLoader
 
-from gradpilot import _checkpoint
-from gradpilot._batch import model_device
-from gradpilot._direction import sort_key, worst
+from gradpilot._direction import sort_key
 from gradpilot._workers import Queue
-from gradpilot.accumulation import accumulate, item_counter
-from gradpilot.evaluation import evaluate
+from gradpilot.runner import LocalRun, Setting
 from gradpilot.task import Task
 
 # Tests only: a process given this variable SIGKILLs itself after that many short runs, right after the last
@@ -109,94 +104,10 @@ def rungs_for(budget_samples: int, candidates: int, cooldown: float, smallest: i
     return tuple(first * ETA**k for k in range(RUNGS))
 
 
-class ShortRun:
-    """One candidate trained from the task's initial weights; ``advance`` continues it, ``score`` branches."""
-
-    def __init__(self, task: Task, initial: dict[str, torch.Tensor], cand: Candidate, *, seed: int,
-                 warmup_samples: int) -> None:
-        self.task, self.cand, self.seed = task, cand, seed
-        task.model.load_state_dict(initial)
-        self.optimizer = task.make_optimizer(cand.lr)
-        self.device = model_device(task.model)
-        self.count = item_counter(task.loss_fn, None)
-        self.batches = _endless(task, cand.micro_batch, seed)
-        self.warmup_steps = math.ceil(warmup_samples / cand.batch)
-        self.steps = self.samples = self.branch_samples = 0
-
-    def advance(self, to_samples: int) -> None:
-        """Train at the constant LR (after any warmup) until ``to_samples`` items have been seen."""
-        while self.samples < to_samples:
-            self._set_lr(self.cand.lr * min(1.0, (self.steps + 1) / max(1, self.warmup_steps)))
-            self._step()
-
-    def score(self, cooldown_samples: int) -> float:
-        """Validation metric after a linear cooldown of ``cooldown_samples`` items, on a branch: the run itself
-        is put back as it was (weights, optimizer, LR), though the cooldown's samples count as spent."""
-        saved = copy.deepcopy(self.task.model.state_dict()), copy.deepcopy(self.optimizer.state_dict())
-        steps, samples, done = math.ceil(cooldown_samples / self.cand.batch), self.samples, self.steps
-        branch = _endless(self.task, self.cand.micro_batch, self.seed + 7919 * (1 + done))  # the run's own data stays
-        for i in range(steps):
-            self._set_lr(self.cand.lr * (1 - (i + 1) / (steps + 1)))
-            self._step(branch)
-        value = evaluate(self.task)
-        self.task.model.load_state_dict(saved[0])
-        self.optimizer.load_state_dict(saved[1])
-        self.branch_samples += self.samples - samples
-        self.samples, self.steps = samples, done
-        return value if math.isfinite(value) else worst(self.task.higher_is_better)
-
-    @property
-    def spent(self) -> int:
-        """Items trained on, the cooldown branches included."""
-        return self.samples + self.branch_samples
-
-    def save(self, path: Path) -> None:
-        """The run as it stands (weights, optimizer, counters), written atomically."""
-        state = {"model": self.task.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "counters": torch.tensor([self.steps, self.samples, self.branch_samples])}
-        _checkpoint.save_file(path, state)
-
-    def load(self, path: Path) -> None:
-        """Continue a saved run: its weights, optimizer, counters, and its place in the data."""
-        state = _checkpoint.load_file(path, "delete it to run this candidate again")
-        self.task.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.steps, self.samples, self.branch_samples = (int(x) for x in state["counters"])
-        for _ in range(self.steps * self.cand.accumulation):
-            next(self.batches)
-
-    def _set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    def _step(self, batches: Iterator[Any] | None = None) -> None:
-        self.task.model.train()
-        source = self.batches if batches is None else batches
-        window = [next(source) for _ in range(self.cand.accumulation)]
-        self.optimizer.zero_grad(set_to_none=True)
-        accumulate(self.task.model, window, self.task.loss_fn, self.task.step_fn, self.device, self.count)
-        if self.task.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.task.model.parameters(), self.task.max_grad_norm)
-        self.optimizer.step()
-        self.steps += 1
-        self.samples += self.cand.batch
-
-
 def _die_if_told() -> None:
     _RUNS_DONE[0] += 1
     if _RUNS_DONE[0] == int(os.environ.get(KILL_AFTER_RUNS, "0")):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _endless(task: Task, micro_batch: int, seed: int) -> Iterator[Any]:
-    """Full micro-batches of the task's training set, reshuffled every epoch, for ever."""
-    dataset, collate = task.dataset()
-    for epoch in range(10**9):
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        loader = DataLoader(dataset, batch_size=micro_batch, shuffle=True, generator=gen, collate_fn=collate,
-                            drop_last=len(dataset) >= micro_batch)  # type: ignore[arg-type]
-        yield from loader
-    raise AssertionError("unreachable")
 
 
 Progress = Callable[[str], None]
@@ -280,8 +191,7 @@ class Search:
         if rung in reported:  # scored before its worker was killed, between the report and the job's end
             return {"value": reported[rung]}
         path = self.folder / f"trial-{trial.number}.pt"
-        run = ShortRun(self.task, self.initial, cand, seed=self.seed,
-                       warmup_samples=round(cand.warmup_ratio * plan.rungs[-1]))
+        run = LocalRun(self.task, setting(cand, plan), seed=self.seed, weights=self.initial)
         if path.exists():
             run.load(path)
         cooldown = max(cand.batch, round(plan.cooldown * rung))
@@ -291,12 +201,12 @@ class Search:
             return {"stopped": "budget"}
         if self.progress is not None:
             self.progress(f"lr {cand.lr:.3g}, batch {cand.batch}: {rung:,} samples")
-        before = run.spent
+        before = run.cost.samples
         run.advance(rung)
         value = run.score(cooldown)
         run.save(path)
         done = study._storage.get_trial(trial._trial_id).user_attrs.get("samples", 0)
-        trial.set_user_attr("samples", int(done) + run.spent - before)
+        trial.set_user_attr("samples", int(done) + run.cost.samples - before)
         trial.report(value, rung)
         _die_if_told()
         return {"value": value}
@@ -340,6 +250,11 @@ class Search:
 _DISTRIBUTIONS = {"lr": optuna.distributions.FloatDistribution(1e-12, 1e6, log=True),
                   "micro_batch": optuna.distributions.IntDistribution(1, 1 << 30),
                   "accumulation": optuna.distributions.IntDistribution(1, 1 << 20)}
+
+
+def setting(cand: Candidate, plan: SearchPlan) -> Setting:
+    """What a candidate's run trains at: its warmup a share of the longest rung."""
+    return Setting(cand.lr, cand.micro_batch, cand.accumulation, round(cand.warmup_ratio * plan.rungs[-1]))
 
 
 def plan_note(plan: SearchPlan, allowance: int) -> dict[str, Any]:

@@ -117,11 +117,13 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: l
                    sync_context: SyncContext | None = None) -> torch.Tensor:
     """gradpilot's one optimizer step — ``fit``, the range test, the batch trials and every short run take it:
     clear the gradients, accumulate the window's micro-batches, clip the gradient norm at ``max_grad_norm``,
-    step. Returns the window's mean loss, detached, still on the device."""
+    step, and let the gradients go (their memory is free until the next step). Returns the window's mean loss,
+    detached, still on the device."""
     optimizer.zero_grad(set_to_none=True)
     loss = accumulate(model, window, loss_fn, step_fn, device, count, world_size=world_size,
                       sync_context=sync_context)
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return loss

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, default_collate
 from gradpilot import _validate, scaling
 from gradpilot._batch import LossFn, StepFn, compute_loss, model_device, to_device
 from gradpilot._state import preserved
+from gradpilot.accumulation import optimizer_step
 from gradpilot.errors import GradpilotError, first_line
 from gradpilot.task import Task
 
@@ -258,6 +259,10 @@ def _default_cpu_budget() -> int:
     return 4 * 2**30
 
 
+def _one_item(_batch: Any) -> int:
+    return 1  # a trial steps on one batch: no micro-batches to weigh
+
+
 def _trial(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn | None, step_fn: StepFn | None,
            dataset: Dataset[Any], size: int, steps: int, device: torch.device,
            collate_fn: Callable[[list[Any]], Any], max_memory: int | None) -> BatchTrial:
@@ -269,9 +274,7 @@ def _trial(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn |
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
-                compute_loss(model, batch, loss_fn, step_fn).backward()  # type: ignore[no-untyped-call]
-                optimizer.step()
+                optimizer_step(model, optimizer, [batch], loss_fn, step_fn, device, _one_item)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 if i > 0:

@@ -16,7 +16,7 @@ from torch import nn
 from gradpilot import _validate, suggest
 from gradpilot._batch import LossFn, StepFn, check_trains, cycle, model_device
 from gradpilot._state import preserved
-from gradpilot.accumulation import NumItems, accumulate, item_counter
+from gradpilot.accumulation import NumItems, item_counter, optimizer_step
 from gradpilot.errors import GradpilotError
 from gradpilot.scaling import optimizer_family
 from gradpilot.task import Task
@@ -96,6 +96,7 @@ def find_lr(
     rule: suggest.RuleName = suggest.DEFAULT_RULE,
     family: Literal["sgd", "adaptive"] | None = None,
     progress: Callable[[int, int, float, float], None] | None = None,
+    max_grad_norm: float | None = None,
 ) -> LRFinderResult:
     """Run an LR range test and suggest a learning rate; the model and optimizer are left untouched.
 
@@ -104,7 +105,8 @@ def find_lr(
     The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_steps`` optimizer steps and the
     sweep stops once the smoothed loss passes ``diverge_threshold`` times its best or is not finite.
     ``accumulation_steps`` micro-batches make one step, weighted by their items as in ``fit`` (count them
-    with ``num_items(batch)`` when gradpilot cannot). ``family`` ("sgd" or "adaptive") tells the rules how
+    with ``num_items(batch)`` when gradpilot cannot), clipped at ``max_grad_norm`` (a Task's own by default).
+    ``family`` ("sgd" or "adaptive") tells the rules how
     the optimizer steps; by default it is read off the optimizer's class name.
     """
     if isinstance(model, Task):
@@ -112,6 +114,7 @@ def find_lr(
         loss_fn = loss_fn if loss_fn is not None else model.loss_fn
         step_fn = step_fn if step_fn is not None else model.step_fn
         train_loader = train_loader if train_loader is not None else model.train_loader()
+        max_grad_norm = max_grad_norm if max_grad_norm is not None else model.max_grad_norm
         model = model.model
     if optimizer is None or train_loader is None:
         raise GradpilotError("find_lr needs an optimizer and a train_loader, or a gradpilot.Task")
@@ -120,7 +123,8 @@ def find_lr(
     resolved = _family(optimizer, family)
     sweep = _Sweep(start_lr, end_lr, num_steps, smoothing, diverge_threshold, progress)
     step = _Step(model, optimizer, loss_fn, step_fn, cycle(train_loader), accumulation_steps,
-                 torch.device(device) if device is not None else model_device(model), item_counter(loss_fn, num_items))
+                 torch.device(device) if device is not None else model_device(model), item_counter(loss_fn, num_items),
+                 max_grad_norm)
     momentum = suggest.momentum_of(optimizer.param_groups[0])
     with preserved(model, optimizer):
         model.train()
@@ -141,23 +145,22 @@ class _Step:
     accumulation_steps: int
     device: torch.device
     count: NumItems
+    max_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
         check_trains(self.model, self.optimizer)
         first = self.optimizer.param_groups[0]["lr"]
         self.ratios = [g["lr"] / first if first > 0 else 1.0 for g in self.optimizer.param_groups]
 
-    def loss_at(self, lr: float) -> float:
-        """The accumulated loss of the next batches at ``lr`` (gradients left for ``step``)."""
+    def at(self, lr: float) -> float:
+        """One optimizer step at ``lr`` on the next batches (gradpilot's one step: clipped where the task clips),
+        and its accumulated loss — read before the step moved the weights."""
         for group, ratio in zip(self.optimizer.param_groups, self.ratios, strict=True):
             group["lr"] = lr * ratio
-        self.optimizer.zero_grad(set_to_none=True)
         window = [next(self.batches) for _ in range(self.accumulation_steps)]
-        loss = accumulate(self.model, window, self.loss_fn, self.step_fn, self.device, self.count)
+        loss = optimizer_step(self.model, self.optimizer, window, self.loss_fn, self.step_fn, self.device,
+                              self.count, max_grad_norm=self.max_grad_norm)
         return float(loss)  # one host sync per step: the sweep decides on it
-
-    def step(self) -> None:
-        self.optimizer.step()
 
 
 @dataclass
@@ -180,7 +183,7 @@ class _Sweep:
         avg, best = 0.0, math.inf
         for i in range(self.num_steps):
             lr = self.start_lr * growth**i
-            loss = step.loss_at(lr)
+            loss = step.at(lr)
             self.lrs.append(lr)
             self.losses.append(loss)
             if not math.isfinite(loss):
@@ -194,7 +197,6 @@ class _Sweep:
             if i > 0 and _diverged(self.smoothed[-1], best, self.smoothed[0], self.diverge_threshold):
                 self.stop_reason = f"loss diverged at lr={lr:.3g} ({self.smoothed[-1]:.4g} vs best {best:.4g})"
                 return
-            step.step()
 
 
 def _result(sweep: _Sweep, rule: suggest.RuleName, family: Literal["sgd", "adaptive"],

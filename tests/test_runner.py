@@ -23,6 +23,22 @@ def test_a_branch_leaves_the_run_exactly_as_it_was_and_is_counted():
     assert run.cost.training > 0 and run.cost.evaluation > 0
 
 
+def test_a_saved_run_continues_exactly_as_the_unbroken_one(tmp_path):
+    task = small_task()
+    initial = model_state(task.model)
+    run = LocalRun(task, Setting(0.01, 32, warmup_samples=128), seed=0, weights=initial)
+    run.advance(320)
+    run.score(64)
+    run.save(tmp_path / "r.pt")
+    run.advance(640)
+    after = model_state(task.model)
+    again = LocalRun(task, Setting(0.01, 32, warmup_samples=128), seed=0, weights=initial)
+    again.load(tmp_path / "r.pt")
+    again.advance(640)
+    assert all(torch.equal(after[k], v) for k, v in model_state(task.model).items())
+    assert again.cost.samples == run.cost.samples and again.cost.io > 0
+
+
 def test_each_param_group_keeps_its_ratio_to_the_first():
     task = small_task(0)
     body, head = task.model[0], task.model[2]

@@ -162,8 +162,8 @@ def test_a_task_with_its_own_step_and_collate_trains_and_validates_through_them(
 def test_a_task_s_max_grad_norm_clips_every_run_of_it():
     import dataclasses
 
-    from gradpilot._search import Candidate, ShortRun
     from gradpilot.examples import spirals
+    from gradpilot.runner import LocalRun, Setting
 
     torch.manual_seed(0)
     base = Task(model=nn.Linear(2, 3), train_data=spirals(256, seed=0), loss_fn=nn.CrossEntropyLoss(), batch_size=32,
@@ -172,7 +172,7 @@ def test_a_task_s_max_grad_norm_clips_every_run_of_it():
     moved = {}
     for clip in (None, 1e-6):
         task = dataclasses.replace(base, max_grad_norm=clip)
-        run = ShortRun(task, initial, Candidate(1.0, 32), seed=0, warmup_samples=0)
+        run = LocalRun(task, Setting(1.0, 32), seed=0, weights=initial)
         run.advance(128)
         moved[clip] = float((task.model.weight - initial["weight"]).abs().max())
     assert moved[1e-6] < 1e-5 < moved[None]

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from gradpilot import _fingerprint, scaling
-from gradpilot._search import Candidate, ShortRun, lr_grid, rungs_for
+from gradpilot._search import Candidate, lr_grid, rungs_for
 from gradpilot.errors import GradpilotError
 from gradpilot.examples import accuracy, spirals
 from gradpilot.task import Task
@@ -255,24 +255,6 @@ def test_search_helpers():
     assert 0.9 * 100_000 < cost <= 100_000
     assert rungs_for(10, 5, 0.2, 32)[0] == 32  # never shorter than one batch
     assert Candidate(1e-3, 16, 4).batch == 64
-
-
-def test_a_short_run_scores_on_a_branch_that_leaves_it_as_it_was(tmp_path):
-    task = small_task()
-    initial = {k: v.clone() for k, v in task.model.state_dict().items()}
-    run = ShortRun(task, initial, Candidate(0.01, 32), seed=0, warmup_samples=0)
-    run.advance(320)
-    before = {k: v.clone() for k, v in task.model.state_dict().items()}
-    score = run.score(64)
-    assert 0 <= score <= 1 and run.samples == 320 and run.spent == 320 + 64
-    assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
-    run.save(tmp_path / "r.pt")
-    run.advance(640)
-    after = {k: v.clone() for k, v in task.model.state_dict().items()}
-    again = ShortRun(task, initial, Candidate(0.01, 32), seed=0, warmup_samples=0)
-    again.load(tmp_path / "r.pt")
-    again.advance(640)  # a saved run continues exactly as the unbroken one did
-    assert all(torch.equal(after[k], v) for k, v in task.model.state_dict().items())
 
 
 def _tune_cli(task_file: Path, out: Path) -> list[str]:

@@ -115,21 +115,22 @@ def _short_run(config: dict[str, Any], *, task: Any, initial: dict[str, torch.Te
     """One candidate in a Ray worker: continue from its last rung, train to rung ``k``, score, report."""
     from ray import tune
 
-    from gradpilot._search import ShortRun
+    from gradpilot._search import setting
+    from gradpilot.runner import LocalRun
 
     torch.set_num_threads(1)
     index = int(config["index"])
     cand = plan.candidates[index]
-    run = ShortRun(task, initial, cand, seed=seed, warmup_samples=round(cand.warmup_ratio * plan.rungs[-1]))
+    run = LocalRun(task, setting(cand, plan), seed=seed, weights=initial)
     if index in checkpoints:
         with checkpoints[index].as_directory() as folder:
             run.load(Path(folder) / "run.pt")
-    before = run.spent
+    before = run.cost.samples
     run.advance(plan.rungs[k])
     value = run.score(max(cand.batch, round(plan.cooldown * plan.rungs[k])))
     with tempfile.TemporaryDirectory() as folder:
         run.save(Path(folder) / "run.pt")
-        tune.report({"score": value, "index": index, "spent": run.spent - before},
+        tune.report({"score": value, "index": index, "spent": run.cost.samples - before},
                     checkpoint=tune.Checkpoint.from_directory(folder))
 
 
