@@ -16,6 +16,8 @@ from torch import nn
 
 from gradpilot import _checkpoint
 from gradpilot.errors import GradpilotError, describe
+from gradpilot.history import History
+from gradpilot.logs import read_log
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class Start:
     optimizer: dict[str, Any] | None
     lr: float | None
     notes: tuple[str, ...] = ()
+    history: History | None = None  # the run's log up to the checkpoint, where it is kept beside it
 
 
 def read_start(path: Path, model: nn.Module) -> Start:
@@ -36,14 +39,27 @@ def read_start(path: Path, model: nn.Module) -> Start:
                              "folder or a Lightning .ckpt")
     if path.is_dir() and (path / "trainer_state.json").exists():
         weights, optimizer, lr = _hugging_face(path)
+        log = path / "trainer_state.json"
     elif path.is_dir() or path.name == _checkpoint.NAME:
         weights, optimizer, lr = _gradpilot(path if path.is_dir() else path.parent)
+        log = (path if path.is_dir() else path.parent) / "metrics.csv"
     elif path.suffix == ".ckpt":
         weights, optimizer, lr = _lightning(path)
+        log = path.parent.parent / "metrics.csv"  # lightning_logs/version_N/{checkpoints/x.ckpt, metrics.csv}
     else:
         raise GradpilotError(f"{path}: not a checkpoint gradpilot reads (a gradpilot last.pt, a Hugging Face "
                              "checkpoint-N folder or a Lightning .ckpt)")
-    return Start(fitted(weights, model, path), optimizer, lr)
+    return Start(fitted(weights, model, path), optimizer, lr, history=_history(log))
+
+
+def _history(log: Path) -> History | None:
+    """The run's log beside its checkpoint, where there is one gradpilot reads (else None: the probe measures)."""
+    if not log.is_file():
+        return None
+    try:
+        return read_log(log)
+    except GradpilotError:
+        return None
 
 
 def _gradpilot(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, float | None]:

@@ -33,7 +33,7 @@ def probe_command(
         raise typer.BadParameter("give the run's checkpoint with --checkpoint PATH")
     task = _load(task_file, seed)
     if not as_json:
-        err_console.print(f"probing {checkpoint}: 3 branches, {share:.0%} of a run in all")
+        err_console.print(f"probing {checkpoint}: 3 to 5 branches, {share:.0%} of a run at most")
     result = probe(task, checkpoint, share=share, seed=seed, learning_rate=lr)
     if as_json:
         _print_json(result.to_json())

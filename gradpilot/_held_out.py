@@ -235,7 +235,7 @@ def _slow_training(shape: RunShape, th: Thresholds) -> tuple[str, bool] | None:
         return None
     if c.late_share >= th.too_low_share:
         late = f"; {c.late_share:.0%} of the training loss's decrease came in the second half"
-        return late, c.late_share >= th.sure_late_share
+        return late, c.late_share >= th.sure_late_share  # never on the runs measured: a slow start looks alike
     return (f"; the training loss fell only {c.moved:.0%} in the whole run", False) if c.moved < 0.3 else None
 
 

@@ -23,7 +23,7 @@ class Thresholds:
     """The constants diagnosis is calibrated by (benchmarks/diagnose.py fits them leave-one-family-out)."""
 
     too_low_share: float = 0.25  # share of the progress still in the second half: the LR, not stability, limits it
-    sure_late_share: float = 0.45  # ... so large a share that the LR is too low (calibrated to be right ≥ 90 %)
+    sure_late_share: float = math.inf  # ... a share that says the LR is too low: none is right ≥ 90 % of the time
     plateau: float = 0.03  # a loss that moved less than this share of its start has not trained
     chance: float = 0.01  # a loss within this share of ln(k) for k classes sits at chance
     rise: float = 1.0  # a loss that ends this many noise widths (and 2%) above its start has diverged

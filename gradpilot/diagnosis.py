@@ -33,6 +33,8 @@ __all__ = ["DETECTORS", "KINDS", "THRESHOLDS", "Detector", "Diagnosis", "Finding
            "detect_metric_disagrees", "detect_overfitting", "detect_underfitting", "diagnose", "measure", "shape_of"]
 
 Detector = Callable[[History, RunShape, Thresholds], list[Finding]]
+RECOVERED = 0.3  # a loss that came down this share of its start after an early jump has recovered from it
+SURE_JUMP = 10.0  # ... though a jump to 10× the first loss says the LR is too high all the same
 
 # --- detectors on the training curve ---------------------------------------------------------------------------
 def detect_nan(history: History, shape: RunShape, th: Thresholds) -> list[Finding]:
@@ -88,9 +90,13 @@ def detect_oscillation(history: History, shape: RunShape, th: Thresholds) -> lis
         return []
     if signs:
         remedy, advice = lr_remedy(shape, th.cut_oscillating)
+        # a jump of under 10× that the run came back from is a hint: on the runs measured it was as often fine
+        sure = c.spikes >= max(8, len(c.raw) // 50) or c.early_jump >= SURE_JUMP or c.moved < RECOVERED
+        if not sure:
+            remedy, advice = {}, "a lower LR or warmup would avoid the early jump, though the run recovered from it"
         return [Finding("oscillation", float(c.steps[0]), float(c.steps[-1]), "; ".join([*signs, validation][:2]
                         if validation else signs), min(1.0, 0.5 + 0.2 * (len(signs) + bool(validation))), remedy,
-                        advice + " (or a larger batch)", lr="lower")]
+                        advice + " (or a larger batch)" if sure else advice, lr="lower", sure=sure)]
     return [Finding("oscillation", float(c.steps[0]), float(c.steps[-1]), validation, 0.5, {},
                     "a lower LR or a larger batch may steady it, but the training loss shows no sign of a too-high "
                     "LR and a small or noisy validation set swings too", lr="lower", sure=False)]
@@ -136,10 +142,14 @@ def detect_plateau(history: History, shape: RunShape, th: Thresholds) -> list[Fi
     where = f"; {chance}" if chance else ""
     evidence = (f"the loss ended about {c.end:.4g} against about {c.start:.4g} at the start, over {len(c.raw)} "
                 f"logged steps{where}; {why}")
-    if lr is None:
-        return [Finding("plateau", float(c.steps[0]), float(c.steps[-1]), evidence, 0.5, {},
-                        "if the run is new, raise the LR about 10×; if it was resumed or fine-tunes a model already "
-                        "near its best, there is nothing to fix", lr="raise", sure=False)]
+    if lr is None or (chance and not jump and fell <= th.plateau):
+        # a loss at chance, or one that never moved: too small an LR and one that broke the model look alike
+        way = lr or "raise"
+        advice = ("if the run is new, raise the LR about 10×; if it was resumed or fine-tunes a model already "
+                  "near its best, there is nothing to fix" if way == "raise" else
+                  "a lower LR may be what it needs, or a higher one: measure it from a checkpoint")
+        return [Finding("plateau", float(c.steps[0]), float(c.steps[-1]), evidence, 0.5, {}, advice, lr=way,
+                        sure=False)]
     remedy, advice = lr_remedy(shape, factor)
     return [Finding("plateau", float(c.steps[0]), float(c.steps[-1]), evidence, 0.7, remedy, advice, lr=lr)]
 

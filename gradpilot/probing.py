@@ -17,15 +17,17 @@ from typing import Any
 
 from gradpilot._checkpoint_formats import Start, read_start
 from gradpilot._files import json_safe
+from gradpilot.diagnosis import diagnose
 from gradpilot.errors import GradpilotError
 from gradpilot.evaluation import evaluate_both
 from gradpilot.runner import LocalRun, Setting
 from gradpilot.task import Task
 
-FACTORS = (1 / 3, 1.0, 3.0)
+FACTORS = (1.0, 3.0, 1 / 3)
+MAX_BRANCHES = 5  # the first three, then up to two more ×3 steps towards the better end
 SHARE = 0.1  # of one run's items, all branches together
 COOLDOWN = 0.25  # share of each branch spent decaying the LR before it is scored
-TIE = 0.2  # another branch's gain in validation loss must beat ×1's by this share of it to move the LR
+TIE = 0.3  # another branch's gain in validation loss must beat ×1's by this share of it to move the LR
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,10 @@ class ProbeResult:
 def probe(task: Task, checkpoint: str | Path, *, share: float = SHARE, seed: int = 0,
           learning_rate: float | None = None) -> ProbeResult:
     """Measure whether the LR of the run saved at ``checkpoint`` is too high, too low or about right for
-    ``task`` (the task the run trains: its model, data, loss, metric and batch size). ``share`` of one run's
-    items are spent, split between the branches; ``learning_rate`` overrides the LR read from the checkpoint."""
+    ``task`` (the task the run trains: its model, data, loss, metric and batch size). Branches at ×⅓, ×1 and ×3
+    first; while the best is at an end, one more ×3 step that way (at most ``MAX_BRANCHES`` in all), so the LR
+    named is where the loss stopped improving. ``share`` of one run's items are spent at most;
+    ``learning_rate`` overrides the LR read from the checkpoint."""
     if not 0 < share <= 1:
         raise GradpilotError(f"share must be in (0, 1], got {share}")
     if task.val_data is None:
@@ -68,25 +72,83 @@ def probe(task: Task, checkpoint: str | Path, *, share: float = SHARE, seed: int
     lr = learning_rate if learning_rate is not None else start.lr
     if lr is None or not math.isfinite(lr) or lr <= 0:
         raise GradpilotError(f"{checkpoint}: the checkpoint does not say its learning rate; pass --lr")
-    steady, cooldown = _branch_batches(task, share)
-    scores, losses, samples, seconds = [], [], 0, 0.0
+    walk = _Walk(task, start, lr, seed, _branch_batches(task, share))
+    at_start = walk.evaluate_start()
+    if not math.isfinite(at_start):
+        return walk.result("too high", 0.1, share, ("the checkpoint's validation loss is not finite: the run has "
+                                                    "already blown up; restart from an earlier checkpoint",))
     for factor in FACTORS:
-        run = _run(task, start, lr * factor, seed)
-        run.advance(steady * task.batch_size)
-        scores.append((factor, run.score(cooldown * task.batch_size)))
-        losses.append((factor, run.last_loss))
-        samples += run.cost.samples
-        seconds += run.cost.seconds
-    task.model.load_state_dict(start.weights)  # the task's model as the checkpoint left it
-    before = time.perf_counter()
-    at_start = evaluate_both(task.model, task.val_loader() or [], task.loss_fn, step_fn=task.step_fn)[0]
-    seconds += time.perf_counter() - before
-    verdict, best = _verdict(at_start, losses)
-    cost = samples / _run_items(task)
-    notes = start.notes + ((f"one run is so short that four batches a branch cost {cost:.0%} of it, over the "
-                            f"{share:.0%} asked",) if cost > share * 1.0001 else ())
-    return ProbeResult(verdict, lr, lr * best, tuple(scores), tuple(losses), _metric_name(task),
-                       task.higher_is_better, samples, cost, seconds, notes)
+        walk.branch(factor)
+    verdict, best = _verdict(at_start, walk.losses)
+    told = _told_by_log(start)
+    if told is not None and told[0] != verdict:  # a sign in the log that has proved right: it decides
+        return walk.result(told[0], _best_towards(told[0], walk.losses), share, (told[1],))
+    while verdict != "about right" and best in (min(walk.tried), max(walk.tried)) and len(walk.tried) < MAX_BRANCHES:
+        walk.branch(best * 3 if best > 1 else best / 3)
+        verdict, best = _verdict(at_start, walk.losses)
+    if verdict == "about right" and all(not math.isfinite(loss) for _, loss in walk.losses):
+        verdict, best = "too high", 0.1  # every branch blew up, ×⅓ included
+    return walk.result(verdict, best, share, ())
+
+
+class _Walk:
+    """The probe's branches so far, each from the checkpoint, and what they cost."""
+
+    def __init__(self, task: Task, start: Start, lr: float, seed: int, batches: tuple[int, int]) -> None:
+        self.task, self.start, self.lr, self.seed = task, start, lr, seed
+        self.steady, self.cooldown = batches
+        self.scores: list[tuple[float, float]] = []
+        self.losses: list[tuple[float, float]] = []
+        self.samples, self.seconds = 0, 0.0
+
+    @property
+    def tried(self) -> list[float]:
+        return [f for f, _ in self.losses]
+
+    def evaluate_start(self) -> float:
+        """The validation loss at the checkpoint itself: what each branch's gain is measured from."""
+        task, before = self.task, time.perf_counter()
+        task.model.load_state_dict(self.start.weights)
+        loss = evaluate_both(task.model, task.val_loader() or [], task.loss_fn, step_fn=task.step_fn)[0]
+        self.seconds += time.perf_counter() - before
+        return loss
+
+    def branch(self, factor: float) -> None:
+        run = _run(self.task, self.start, self.lr * factor, self.seed)
+        run.advance(self.steady * self.task.batch_size)
+        self.scores.append((factor, run.score(self.cooldown * self.task.batch_size)))
+        self.losses.append((factor, run.last_loss))
+        self.samples += run.cost.samples
+        self.seconds += run.cost.seconds
+
+    def result(self, verdict: str, best: float, share: float, notes: tuple[str, ...]) -> ProbeResult:
+        self.task.model.load_state_dict(self.start.weights)  # the task's model as the checkpoint left it
+        cost = self.samples / _run_items(self.task)
+        if cost > share * 1.0001:
+            notes += (f"one run is so short that the smallest branches cost {cost:.0%} of it, over the "
+                      f"{share:.0%} asked",)
+        order = sorted(range(len(self.losses)), key=lambda i: self.losses[i][0])
+        return ProbeResult(verdict, self.lr, self.lr * best, tuple(self.scores[i] for i in order),
+                           tuple(self.losses[i] for i in order), _metric_name(self.task), self.task.higher_is_better,
+                           self.samples, cost, self.seconds, self.start.notes + notes)
+
+
+def _told_by_log(start: Start) -> tuple[str, str] | None:
+    """The verdict the run's own log gives from a sign calibrated to be right (``Finding.sure``), or None."""
+    if start.history is None:
+        return None
+    found = diagnose(start.history)
+    if found.lr_verdict not in ("too high", "too low"):
+        return None
+    return found.lr_verdict, f"the run's log decides: {found.lr_reason}"
+
+
+def _best_towards(verdict: str, losses: list[tuple[float, float]]) -> float:
+    """The branch with the lowest loss on the side the verdict points to (×⅓ or ×3 when none was finite)."""
+    side = [(f, loss) for f, loss in losses if (f < 1 if verdict == "too high" else f > 1) and math.isfinite(loss)]
+    if not side:
+        return 1 / 3 if verdict == "too high" else 3.0
+    return min(side, key=lambda fl: fl[1])[0]
 
 
 def _run(task: Task, start: Start, lr: float, seed: int) -> LocalRun:
@@ -103,11 +165,11 @@ def _run_items(task: Task) -> int:
 
 
 def _branch_batches(task: Task, share: float) -> tuple[int, int]:
-    """Batches per branch at the constant LR and in its cooldown: the share of one run split between the
-    branches in whole batches (never over the share, but at least three and one)."""
-    batches = int(share * _run_items(task) / len(FACTORS) / task.batch_size)
-    cooldown = max(1, round(COOLDOWN * batches))
-    return max(3, batches - cooldown), cooldown
+    """Batches per branch at the constant LR and in its cooldown: the share of one run split between the most
+    branches a probe may train, in whole batches (never over the share, but at least two and one)."""
+    batches = int(share * _run_items(task) / MAX_BRANCHES / task.batch_size)
+    cooldown = max(1, round(COOLDOWN * batches)) if COOLDOWN else 0
+    return max(2, batches - cooldown), cooldown
 
 
 def _verdict(at_start: float, losses: list[tuple[float, float]]) -> tuple[str, float]:
