@@ -80,23 +80,27 @@ def probe(task: Task, checkpoint: str | Path, *, share: float = SHARE, seed: int
     for factor in FACTORS:
         walk.branch(factor)
     verdict, best = _verdict(at_start, walk.losses)
-    told = _told_by_log(start)
+    told = _told_by_log(start, lr)
+    notes: tuple[str, ...] = ()
     if told is not None and told[0] != verdict:  # a sign in the log that has proved right: it decides
-        return walk.result(told[0], _best_towards(told[0], walk.losses), share, (told[1],))
-    while verdict != "about right" and best in (min(walk.tried), max(walk.tried)) and len(walk.tried) < MAX_BRANCHES:
-        walk.branch(best * 3 if best > 1 else best / 3)
-        verdict, best = _verdict(at_start, walk.losses)
+        verdict, notes = told[0], (told[1],)
+    best = _best_towards(verdict, walk.losses)
+    while verdict != "about right" and best in (min(walk.tried), max(walk.tried)) and len(walk.tried) < walk.most:
+        walk.branch(best * 3 if best > 1 else best / 3)  # the best is at the end: one ×3 step further that way
+        best = _best_towards(verdict, walk.losses)
+    if told is not None and told[0] == verdict == "too high":
+        best = min(best, told[2])  # a run the log says broke: at least the diagnosis's own cut
     if verdict == "about right" and all(not math.isfinite(loss) for _, loss in walk.losses):
         verdict, best = "too high", 0.1  # every branch blew up, ×⅓ included
-    return walk.result(verdict, best, share, ())
+    return walk.result(verdict, best, share, notes)
 
 
 class _Walk:
     """The probe's branches so far, each from the checkpoint, and what they cost."""
 
-    def __init__(self, task: Task, start: Start, lr: float, seed: int, batches: tuple[int, int]) -> None:
+    def __init__(self, task: Task, start: Start, lr: float, seed: int, batches: tuple[int, int, int]) -> None:
         self.task, self.start, self.lr, self.seed = task, start, lr, seed
-        self.steady, self.cooldown = batches
+        self.steady, self.cooldown, self.most = batches
         self.scores: list[tuple[float, float]] = []
         self.losses: list[tuple[float, float]] = []
         self.samples, self.seconds = 0, 0.0
@@ -133,19 +137,25 @@ class _Walk:
                            self.samples, cost, self.seconds, self.start.notes + notes)
 
 
-def _told_by_log(start: Start) -> tuple[str, str] | None:
-    """The verdict the run's own log gives from a sign calibrated to be right (``Finding.sure``), or None."""
+def _told_by_log(start: Start, lr: float) -> tuple[str, str, float] | None:
+    """The verdict the run's own log gives from a sign calibrated to be right (``Finding.sure``), the words, and
+    the factor its remedy puts on ``lr``; or None."""
     if start.history is None:
         return None
     found = diagnose(start.history)
     if found.lr_verdict not in ("too high", "too low"):
         return None
-    return found.lr_verdict, f"the run's log decides: {found.lr_reason}"
+    named = [f.remedy["learning_rate"] for f in found.findings if f.sure and "learning_rate" in f.remedy]
+    peak = max(start.history.lr.values) if start.history.lr is not None and len(start.history.lr) else lr
+    factor = float(named[0]) / float(peak) if named and peak > 0 else (1 / 3 if found.lr_verdict == "too high" else 3)
+    return found.lr_verdict, f"the run's log decides: {found.lr_reason}", factor
 
 
 def _best_towards(verdict: str, losses: list[tuple[float, float]]) -> float:
     """The branch with the lowest loss on the side the verdict points to (×⅓ or ×3 when none was finite)."""
     side = [(f, loss) for f, loss in losses if (f < 1 if verdict == "too high" else f > 1) and math.isfinite(loss)]
+    if verdict == "about right":
+        return 1.0
     if not side:
         return 1 / 3 if verdict == "too high" else 3.0
     return min(side, key=lambda fl: fl[1])[0]
@@ -164,12 +174,14 @@ def _run_items(task: Task) -> int:
     return max(1, task.epochs * len(dataset))  # type: ignore[arg-type]
 
 
-def _branch_batches(task: Task, share: float) -> tuple[int, int]:
-    """Batches per branch at the constant LR and in its cooldown: the share of one run split between the most
-    branches a probe may train, in whole batches (never over the share, but at least two and one)."""
-    batches = int(share * _run_items(task) / MAX_BRANCHES / task.batch_size)
-    cooldown = max(1, round(COOLDOWN * batches)) if COOLDOWN else 0
-    return max(2, batches - cooldown), cooldown
+def _branch_batches(task: Task, share: float) -> tuple[int, int, int]:
+    """Batches per branch at the constant LR and in its cooldown, and how many branches the share pays for: the
+    share of one run in whole batches, split between up to ``MAX_BRANCHES`` (each at least three batches)."""
+    total = int(share * _run_items(task) / task.batch_size)
+    per = max(3, total // MAX_BRANCHES)
+    most = max(len(FACTORS), min(MAX_BRANCHES, total // per))
+    cooldown = max(1, round(COOLDOWN * per))
+    return per - cooldown, cooldown, most
 
 
 def _verdict(at_start: float, losses: list[tuple[float, float]]) -> tuple[str, float]:
