@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 import tempfile
@@ -67,8 +68,10 @@ def one(bt: BenchTask, m: float, scorer: Scorer) -> dict[str, object]:
     said = {"too high": "lower", "too low": "raise", "about right": "keep"}[found.verdict]
     before = scorer.regret(lr)
     after = scorer.regret(found.suggested_learning_rate) if said != "keep" else before
-    return {"task": bt.name, "m": m, "label": label(scorer, lr, m), "said": said, "cost": found.cost_runs,
-            "regret": before, "after": after, "seconds": found.seconds}
+    return {"task": bt.name, "family": bt.family, "m": m, "label": label(scorer, lr, m), "said": said,
+            "cost": found.cost_runs, "regret": before, "after": after, "seconds": found.seconds,
+            "losses": [list(x) for x in found.losses], "notes": list(found.notes),
+            "start_loss": found.start_loss}
 
 
 def main() -> None:
@@ -87,6 +90,9 @@ def main() -> None:
             r = rows[-1]
             console.print(f"{bt.name} ×{m:g}: label {r['label']}, probe {r['said']} ({r['cost']:.1%} of a run)")
     _table(rows)
+    out = Path(__file__).parent / "results" / "probe.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
 
 
 def _table(rows: list[dict[str, object]]) -> None:

@@ -45,6 +45,7 @@ class ProbeResult:
     cost_runs: float  # those items over one run's (the task's epochs over its training set)
     seconds: float
     notes: tuple[str, ...] = ()
+    start_loss: float = math.nan  # the validation loss at the checkpoint, each branch's gain measured from it
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = json_safe({
@@ -53,7 +54,8 @@ class ProbeResult:
             "branches": [{"factor": f, "learning_rate": self.learning_rate * f, "score": s, "val_loss": loss}
                          for (f, s), (_, loss) in zip(self.scores, self.losses, strict=True)],
             "metric": self.metric, "higher_is_better": self.higher_is_better, "samples": self.samples,
-            "cost_runs": round(self.cost_runs, 4), "seconds": round(self.seconds, 2), "notes": list(self.notes)})
+            "cost_runs": round(self.cost_runs, 4), "seconds": round(self.seconds, 2), "notes": list(self.notes),
+            "start_val_loss": self.start_loss})
         return out
 
 
@@ -104,6 +106,7 @@ class _Walk:
         self.scores: list[tuple[float, float]] = []
         self.losses: list[tuple[float, float]] = []
         self.samples, self.seconds = 0, 0.0
+        self.at_start = math.nan
 
     @property
     def tried(self) -> list[float]:
@@ -115,6 +118,7 @@ class _Walk:
         task.model.load_state_dict(self.start.weights)
         loss = evaluate_both(task.model, task.val_loader() or [], task.loss_fn, step_fn=task.step_fn)[0]
         self.seconds += time.perf_counter() - before
+        self.at_start = loss
         return loss
 
     def branch(self, factor: float) -> None:
@@ -134,7 +138,7 @@ class _Walk:
         order = sorted(range(len(self.losses)), key=lambda i: self.losses[i][0])
         return ProbeResult(verdict, self.lr, self.lr * best, tuple(self.scores[i] for i in order),
                            tuple(self.losses[i] for i in order), _metric_name(self.task), self.task.higher_is_better,
-                           self.samples, cost, self.seconds, self.start.notes + notes)
+                           self.samples, cost, self.seconds, self.start.notes + notes, self.at_start)
 
 
 def _told_by_log(start: Start, lr: float) -> tuple[str, str, float] | None:
