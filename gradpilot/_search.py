@@ -201,15 +201,36 @@ class Search:
             return {"stopped": "budget"}
         if self.progress is not None:
             self.progress(f"lr {cand.lr:.3g}, batch {cand.batch}: {rung:,} samples")
-        before = run.cost.samples
+        before, seconds = run.cost.samples, run.cost.seconds
         run.advance(rung)
         value = run.score(cooldown)
-        run.save(path)
-        done = study._storage.get_trial(trial._trial_id).user_attrs.get("samples", 0)
-        trial.set_user_attr("samples", int(done) + run.cost.samples - before)
+        if k + 1 < len(plan.rungs):
+            run.save(path)  # the last rung's runs are never continued: nothing to keep
+        attrs = study._storage.get_trial(trial._trial_id).user_attrs
+        trial.set_user_attr("samples", int(attrs.get("samples", 0)) + run.cost.samples - before)
+        trial.set_user_attr("seconds", float(attrs.get("seconds", 0.0)) + run.cost.seconds - seconds)
         trial.report(value, rung)
+        self._note_disk(study)
+        self._drop_hopeless(study, plan, k)
         _die_if_told()
         return {"value": value}
+
+    def _note_disk(self, study: optuna.Study) -> None:
+        """The most bytes the search's saved runs have held at once (for tune.json)."""
+        held = sum(p.stat().st_size for p in self.folder.glob("trial-*.pt") if p.is_file())
+        if held > int(study.user_attrs.get("peak_disk", 0)):
+            study.set_user_attr("peak_disk", held)
+
+    def _drop_hopeless(self, study: optuna.Study, plan: SearchPlan, k: int) -> None:
+        """Delete the saved runs that can no longer go on past rung ``k``: a run outside the best
+        ``survivors(candidates, k + 1)`` scores so far never enters them (scores only add), so disk holds the
+        live candidates only, whatever their number; the last rung keeps none."""
+        rung, key = plan.rungs[k], sort_key(self.task.higher_is_better)
+        keep = survivors(len(plan.candidates), k + 1) if k + 1 < len(plan.rungs) else 0
+        scored = sorted((t for t in study.get_trials(deepcopy=False) if rung in t.intermediate_values),
+                        key=lambda t: key(t.intermediate_values[rung]))
+        for t in scored[keep:]:
+            (self.folder / f"trial-{t.number}.pt").unlink(missing_ok=True)
 
     def _trial(self, study: optuna.Study, cand: Candidate, index: int) -> optuna.Trial:
         """The candidate's trial: made on its first rung — in one storage call, params and index together, so
@@ -281,10 +302,11 @@ def best_candidate(study: optuna.Study, higher_is_better: bool) -> tuple[Candida
 
 
 def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
-    """Every trial, for tune.json: its setting, state, score per rung and samples trained."""
+    """Every trial, for tune.json: its setting, state, score per rung, samples trained and seconds."""
     return [{"lr": t.params.get("lr"), "batch": t.params.get("micro_batch", 0) * t.params.get("accumulation", 1),
              "state": t.state.name.lower(), "scores": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-             "samples": t.user_attrs.get("samples", 0), **({"stopped": "budget"} if "stopped" in t.user_attrs else {})}
+             "samples": t.user_attrs.get("samples", 0), "seconds": round(float(t.user_attrs.get("seconds", 0.0)), 3),
+             **({"stopped": "budget"} if "stopped" in t.user_attrs else {})}
             for t in study.trials]
 
 

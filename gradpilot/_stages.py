@@ -40,6 +40,7 @@ class Stage:
     evidence: dict[str, Any] = field(default_factory=dict)
     samples: int = 0
     skipped: str = ""
+    seconds: float = 0.0  # wall time the stage took in the worker that ran it
 
 
 @dataclass
@@ -270,7 +271,9 @@ def lr_search(ctx: _Context) -> Stage:
     return Stage("lr_search", _decision(best),
                  f"{len(trials)} short runs; lr {best.lr:.3g} at batch {best.batch} scored best ({score:.4g}) after "
                  f"{rung:,} samples and a cooldown", alternatives=trials,
-                 evidence={"rungs": note["rungs"], "cooldown": note["cooldown"], "score": score},
+                 evidence={"rungs": note["rungs"], "cooldown": note["cooldown"], "score": score,
+                           "peak_disk_bytes": int(study.user_attrs.get("peak_disk", 0)),
+                           "run_seconds": round(sum(float(t["seconds"]) for t in trials), 3)},
                  samples=_search.spent_in(study))
 
 

@@ -9,10 +9,12 @@ drives them, records them in ``DIR/tune.json`` as they finish (what a resume rea
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -139,10 +141,11 @@ def _drive(ctx: _Context, *, outputs: bool = True) -> TuneResult:
     record = _load_record(ctx)
     stages = []
     for name, run_stage in STAGES:
+        start = time.perf_counter()
         if name == "lr_search":
-            _stages.search(ctx)
-        saved = _workers.once(ctx.storage, f"{ctx.prefix}:stage:{name}", functools.partial(_run, run_stage, ctx),
-                              ctx.wait)
+            _stages.search(ctx)  # every worker's share of the short runs; the stage then reads their scores
+        saved = _workers.once(ctx.storage, f"{ctx.prefix}:stage:{name}",
+                              functools.partial(_run, run_stage, ctx, start), ctx.wait)
         stage = Stage(**saved)
         ctx.values.update(stage.decision)
         stages.append(stage)
@@ -155,8 +158,10 @@ def _drive(ctx: _Context, *, outputs: bool = True) -> TuneResult:
     return _outputs(ctx, tuple(stages), record)
 
 
-def _run(stage: Callable[[_Context], Stage], ctx: _Context) -> dict[str, Any]:
-    out: dict[str, Any] = json_safe(asdict(stage(ctx)))
+def _run(stage: Callable[[_Context], Stage], ctx: _Context, start: float) -> dict[str, Any]:
+    """The stage's record, with the wall seconds since ``start`` in the worker that ran it."""
+    done = dataclasses.replace(stage(ctx), seconds=round(time.perf_counter() - start, 3))
+    out: dict[str, Any] = json_safe(asdict(done))
     return out
 
 
@@ -314,7 +319,7 @@ def _outputs(ctx: _Context, stages: tuple[Stage, ...], record: dict[str, Any]) -
         warnings.warn("the validation metric of the model tune trained is not finite (NaN): every choice tune made "
                       "compared NaNs; check Task.metric on the validation data", stacklevel=3)
     record.update(plan=plan, reasons=reasons, spent_runs=result.spent, budget_runs=ctx.budget,
-                  metric=result.metric)
+                  metric=result.metric, seconds={s.name: s.seconds for s in stages})
     write_json(ctx.out / "tune.json", record)
     _report(ctx.out)
     return result

@@ -85,6 +85,27 @@ def test_every_stage_runs_in_order_and_records_its_evidence(tuned):
     assert set(record["stages"]) == {s.name for s in result.stages} and record["plan"] == result.plan
 
 
+def test_the_search_keeps_only_the_live_candidates_on_disk_and_every_stage_its_seconds(tuned, tmp_path):
+    from gradpilot._state import model_state
+    from gradpilot.runner import LocalRun, Setting
+
+    result, out, _ = tuned
+    search = next(s for s in result.stages if s.name == "lr_search")
+    task = small_task()
+    one = LocalRun(task, Setting(0.01, 32), seed=0, weights=model_state(task.model))
+    one.advance(64)
+    one.save(tmp_path / "one.pt")  # one candidate's saved run: weights and optimizer state
+    size = (tmp_path / "one.pt").stat().st_size
+    candidates = len(search.alternatives)
+    assert candidates >= 3 and 0 < search.evidence["peak_disk_bytes"] <= 2 * size * 1.05  # not one per candidate
+    assert not list((out / "runs" / "search").glob("trial-*.pt"))  # the last rung's runs are not kept
+    record = json.loads((out / "tune.json").read_text())
+    assert set(record["seconds"]) == {s.name for s in result.stages}
+    by = {s.name: s.seconds for s in result.stages}
+    assert all(v >= 0 for v in by.values()) and by["lr_range"] > 0 and by["lr_search"] > 0 and by["schedule"] > 0
+    assert all(t["seconds"] > 0 for t in search.alternatives if t["scores"])
+
+
 def test_the_model_file_holds_the_weights_scored(tuned):
     result, out, _ = tuned
     from gradpilot.evaluation import evaluate
