@@ -16,7 +16,7 @@ from gradpilot._run_shape import MIN_EVALUATIONS, RunShape, Thresholds, point_no
 from gradpilot.history import History, Series
 
 OVERFIT_RISE = 0.1  # validation loss this share above its low, at the end
-LATE_LOW = 0.7  # a low in the last 30% of the evaluations is too recent to call a rise
+LATE_LOW = 0.75  # a low in the last quarter of the evaluations is too recent to call a rise
 MEMORISING = 0.5  # training loss halved since the validation low: the model is memorising
 CLEAR_RISE = 3.0  # else the rise must stand this many noise widths above the validation loss's scatter
 STEADY_RISE = 0.8  # ... or go up steadily: this share of the later evaluations' pairs in rising order

@@ -24,6 +24,8 @@ from gradpilot.early_stopping import EarlyStopping
 from gradpilot.errors import GradpilotError, describe
 from gradpilot.evaluation import Metric, evaluate_both
 from gradpilot.monitor import Monitor, steer
+from gradpilot.precision import check as check_precision
+from gradpilot.precision import scaler_for
 
 log = logging.getLogger("gradpilot.training")
 
@@ -62,6 +64,7 @@ class FitConfig:
     device: str | torch.device | None = None
     on_step: Callable[[int, float], None] | None = None
     monitor: Monitor | None = None
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.optimizer, torch.optim.Optimizer) or self.train_loader is None:
@@ -80,6 +83,8 @@ class FitConfig:
                                  "pass val_loader")
         if self.checkpoint_dir is not None:
             _validate.writable_folder(Path(self.checkpoint_dir), "checkpoint_dir")
+        if self.precision is not None:
+            check_precision(self.precision)
 
     @property
     def mode(self) -> Literal["min", "max"]:
@@ -141,6 +146,8 @@ class _Loop:
         self.resumed_from: int | None = None
         cfg = setup.cfg
         self.count = item_counter(cfg.loss_fn, cfg.num_items)
+        self.precision = check_precision(cfg.precision or "fp32")
+        self.scaler = scaler_for(setup.device, self.precision)
         self.sync_context = sync_contexts(setup.train_model)
         self.world, self.rank = world()
         self.autopilot = cfg.monitor is not None and cfg.monitor.autopilot
@@ -198,7 +205,8 @@ class _Loop:
         self.run.lrs.append(s.cfg.optimizer.param_groups[0]["lr"])
         loss = optimizer_step(s.train_model, s.cfg.optimizer, window, s.cfg.loss_fn, s.cfg.step_fn, s.device,
                               self.count, max_grad_norm=s.cfg.max_grad_norm, world_size=self.world,
-                              sync_context=self.sync_context)  # DDP: one all-reduce a window
+                              sync_context=self.sync_context, precision=self.precision,
+                              scaler=self.scaler)  # DDP: one all-reduce a window
         if s.schedule is not None and s.schedule.interval == "step":
             s.schedule.step()
         return loss

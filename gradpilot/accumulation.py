@@ -13,6 +13,7 @@ from torch import nn
 from gradpilot._batch import LossFn, StepFn, compute_loss, split_batch, to_device
 from gradpilot.distributed import comm_device
 from gradpilot.errors import GradpilotError
+from gradpilot.precision import Precision, autocast
 
 NumItems = Callable[[Any], "int | torch.Tensor"]
 
@@ -89,7 +90,8 @@ SyncContext = Callable[[bool], contextlib.AbstractContextManager[Any]]
 
 def accumulate(model: nn.Module, window: list[Any], loss_fn: LossFn | None, step_fn: StepFn | None,
                device: torch.device, count: NumItems, *, world_size: int = 1,
-               sync_context: SyncContext | None = None) -> torch.Tensor:
+               sync_context: SyncContext | None = None, precision: Precision = "fp32",
+               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """Forward and backward one window of micro-batches; the gradients add up to the large batch's.
 
     Every caller that accumulates (``fit``, the range test) runs this, so ``accumulation_steps`` means the
@@ -101,10 +103,12 @@ def accumulate(model: nn.Module, window: list[Any], loss_fn: LossFn | None, step
     for j, batch in enumerate(window):
         last = j == len(window) - 1
         with sync_context(last) if sync_context is not None else contextlib.nullcontext():
-            loss = compute_loss(model, to_device(batch, device), loss_fn, step_fn)
+            with autocast(device, precision):
+                loss = compute_loss(model, to_device(batch, device), loss_fn, step_fn)
             # each micro-batch's share of the window's items: the weighted sum is the large batch's mean
             scaled = loss if single else loss * weights[j]
-            scaled.backward()  # type: ignore[no-untyped-call]
+            scaled = scaled if precision == "fp32" else scaled.float()  # the sum in full precision
+            (scaled if scaler is None else scaler.scale(scaled)).backward()  # type: ignore[no-untyped-call]
         total = scaled.detach() if total is None else total + scaled.detach()
     if total is None:
         raise GradpilotError("an accumulation window holds no batch")
@@ -114,16 +118,24 @@ def accumulate(model: nn.Module, window: list[Any], loss_fn: LossFn | None, step
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: list[Any], loss_fn: LossFn | None,
                    step_fn: StepFn | None, device: torch.device, count: NumItems, *,
                    max_grad_norm: float | None = None, world_size: int = 1,
-                   sync_context: SyncContext | None = None) -> torch.Tensor:
+                   sync_context: SyncContext | None = None, precision: Precision = "fp32",
+                   scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """gradpilot's one optimizer step — ``fit``, the range test, the batch trials and every short run take it:
-    clear the gradients, accumulate the window's micro-batches, clip the gradient norm at ``max_grad_norm``,
-    step, and let the gradients go (their memory is free until the next step). Returns the window's mean loss,
-    detached, still on the device."""
+    clear the gradients, accumulate the window's micro-batches (the forward under autocast to ``precision``,
+    the backward scaled by ``scaler`` for fp16), clip the gradient norm at ``max_grad_norm`` (of the unscaled
+    gradients), step (the scaler skips a step whose gradients overflowed), and let the gradients go. Returns
+    the window's mean loss, detached, still on the device."""
     optimizer.zero_grad(set_to_none=True)
     loss = accumulate(model, window, loss_fn, step_fn, device, count, world_size=world_size,
-                      sync_context=sync_context)
+                      sync_context=sync_context, precision=precision, scaler=scaler)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss

@@ -18,6 +18,8 @@ from gradpilot._batch import LossFn, StepFn, check_trains, cycle, model_device
 from gradpilot._state import preserved
 from gradpilot.accumulation import NumItems, item_counter, optimizer_step
 from gradpilot.errors import GradpilotError
+from gradpilot.precision import Precision, scaler_for, skipped
+from gradpilot.precision import check as check_precision
 from gradpilot.scaling import optimizer_family
 from gradpilot.task import Task
 
@@ -56,6 +58,7 @@ class LRFinderResult:
 
 MAX_STEPS = 10_000  # a range test's steps at most: past this it is a training run, and would seem to hang
 MAX_MICRO_BATCHES = 100_000  # forward-backward passes a range test may take, accumulation included
+MAX_SKIPS = 8  # fp16 overflows taken again at one LR before the sweep moves on (the scaler halves its scale each)
 
 
 def _check_args(start_lr: float, end_lr: float, num_steps: int, accumulation_steps: int,
@@ -97,6 +100,7 @@ def find_lr(
     family: Literal["sgd", "adaptive"] | None = None,
     progress: Callable[[int, int, float, float], None] | None = None,
     max_grad_norm: float | None = None,
+    precision: str | None = None,
 ) -> LRFinderResult:
     """Run an LR range test and suggest a learning rate; the model and optimizer are left untouched.
 
@@ -105,7 +109,8 @@ def find_lr(
     The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_steps`` optimizer steps and the
     sweep stops once the smoothed loss passes ``diverge_threshold`` times its best or is not finite.
     ``accumulation_steps`` micro-batches make one step, weighted by their items as in ``fit`` (count them
-    with ``num_items(batch)`` when gradpilot cannot), clipped at ``max_grad_norm`` (a Task's own by default).
+    with ``num_items(batch)`` when gradpilot cannot), clipped at ``max_grad_norm`` and in ``precision`` (a
+    Task's own by default; a step the fp16 loss scaler skips is taken again at the same LR).
     ``family`` ("sgd" or "adaptive") tells the rules how
     the optimizer steps; by default it is read off the optimizer's class name.
     """
@@ -115,6 +120,7 @@ def find_lr(
         step_fn = step_fn if step_fn is not None else model.step_fn
         train_loader = train_loader if train_loader is not None else model.train_loader()
         max_grad_norm = max_grad_norm if max_grad_norm is not None else model.max_grad_norm
+        precision = precision if precision is not None else model.precision
         model = model.model
     if optimizer is None or train_loader is None:
         raise GradpilotError("find_lr needs an optimizer and a train_loader, or a gradpilot.Task")
@@ -124,7 +130,7 @@ def find_lr(
     sweep = _Sweep(start_lr, end_lr, num_steps, smoothing, diverge_threshold, progress)
     step = _Step(model, optimizer, loss_fn, step_fn, cycle(train_loader), accumulation_steps,
                  torch.device(device) if device is not None else model_device(model), item_counter(loss_fn, num_items),
-                 max_grad_norm)
+                 max_grad_norm, check_precision(precision or "fp32"))
     momentum = suggest.momentum_of(optimizer.param_groups[0])
     with preserved(model, optimizer):
         model.train()
@@ -146,9 +152,12 @@ class _Step:
     device: torch.device
     count: NumItems
     max_grad_norm: float | None = None
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         check_trains(self.model, self.optimizer)
+        self.scaler = scaler_for(self.device, self.precision)
+        self.skipped = False  # whether the fp16 scaler skipped the last step (an overflow)
         first = self.optimizer.param_groups[0]["lr"]
         self.ratios = [g["lr"] / first if first > 0 else 1.0 for g in self.optimizer.param_groups]
 
@@ -158,8 +167,11 @@ class _Step:
         for group, ratio in zip(self.optimizer.param_groups, self.ratios, strict=True):
             group["lr"] = lr * ratio
         window = [next(self.batches) for _ in range(self.accumulation_steps)]
+        scale = float(self.scaler.get_scale()) if self.scaler is not None else 0.0
         loss = optimizer_step(self.model, self.optimizer, window, self.loss_fn, self.step_fn, self.device,
-                              self.count, max_grad_norm=self.max_grad_norm)
+                              self.count, max_grad_norm=self.max_grad_norm, precision=self.precision,
+                              scaler=self.scaler)
+        self.skipped = skipped(self.scaler, scale)
         return float(loss)  # one host sync per step: the sweep decides on it
 
 
@@ -184,6 +196,10 @@ class _Sweep:
         for i in range(self.num_steps):
             lr = self.start_lr * growth**i
             loss = step.at(lr)
+            for _ in range(MAX_SKIPS):  # an fp16 step the scaler skipped moved nothing: take it again here
+                if not step.skipped:
+                    break
+                loss = step.at(lr)
             self.lrs.append(lr)
             self.losses.append(loss)
             if not math.isfinite(loss):

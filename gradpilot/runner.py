@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader
 
-from gradpilot import _checkpoint, lr_factor
+from gradpilot import _checkpoint, lr_factor, precision
 from gradpilot._batch import model_device
 from gradpilot._direction import worst
 from gradpilot._state import preserved
@@ -84,6 +84,8 @@ class LocalRun:
             self.optimizer.load_state_dict(optimizer_state)
         self.device = model_device(task.model)
         self.count = item_counter(task.loss_fn, None)
+        self.precision = precision.check(task.precision, "Task.precision")
+        self.scaler = precision.scaler_for(self.device, self.precision)
         self.batches = _endless(task, setting.micro_batch, seed)
         self.warmup_steps = math.ceil(setting.warmup_samples / setting.batch)
         self.steps = self.samples = 0
@@ -154,7 +156,8 @@ class LocalRun:
         self.task.model.train()
         window = [next(batches) for _ in range(self.setting.accumulation)]
         optimizer_step(self.task.model, self.optimizer, window, self.task.loss_fn, self.task.step_fn, self.device,
-                       self.count, max_grad_norm=self.task.max_grad_norm)
+                       self.count, max_grad_norm=self.task.max_grad_norm, precision=self.precision,
+                       scaler=self.scaler)
         self.cost.samples += self.setting.batch
 
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from gradpilot import _validate
 from gradpilot._batch import check_trains
 from gradpilot.errors import GradpilotError, describe
+from gradpilot.precision import check as check_precision
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
 
@@ -52,6 +53,7 @@ class Task:
     step_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None  # (model, batch) -> loss, instead of loss_fn
     collate_fn: Callable[[list[Any]], Any] | None = None  # how items become a batch (default: torch's)
     max_grad_norm: float | None = None  # clip the gradient norm at every step of every run (None: no clipping)
+    precision: str = "fp32"  # "bf16" or "fp16": every run's forward under autocast (fp16 with a loss scaler)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -68,6 +70,7 @@ class Task:
                 raise GradpilotError(f"Task.{name} must be callable{shape}, got {value!r}")
         if self.max_grad_norm is not None:
             _validate.positive_float("Task.max_grad_norm", self.max_grad_norm)
+        check_precision(self.precision, "Task.precision")
         _validate.positive_float("Task.lr", self.lr)
         _validate.positive_int("Task.batch_size", self.batch_size)
         _validate.positive_int("Task.epochs", self.epochs)

@@ -81,6 +81,7 @@ def fit(
     device: str | torch.device | None = None,
     on_step: Callable[[int, float], None] | None = None,
     monitor: Monitor | None = None,
+    precision: str | None = None,
 ) -> FitResult:
     """Train for ``epochs`` with exact gradient accumulation, a schedule, validation, early stopping and resume.
 
@@ -119,7 +120,7 @@ def _task_defaults(task: Task, options: dict[str, Any]) -> dict[str, Any]:
     own: dict[str, Callable[[], Any]] = {
         "optimizer": task.make_optimizer, "loss_fn": lambda: task.loss_fn, "train_loader": task.train_loader,
         "val_loader": task.val_loader, "epochs": lambda: task.epochs, "step_fn": lambda: task.step_fn,
-        "max_grad_norm": lambda: task.max_grad_norm}
+        "max_grad_norm": lambda: task.max_grad_norm, "precision": lambda: task.precision}
     out = {**options, **{k: make() for k, make in own.items() if options[k] is None}}
     if options["metric"] is None:
         out["metric"], out["higher_is_better"] = task.metric, task.higher_is_better
@@ -151,6 +152,7 @@ def _run_fingerprint(model: nn.Module, cfg: FitConfig, batches: int, world_size:
     return {"epochs": cfg.epochs, "accumulation_steps": cfg.accumulation_steps, "batches_per_epoch": batches,
             "scheduler": repr((name, sorted(cfg.scheduler_options.items()))), "world_size": world_size,
             "max_grad_norm": cfg.max_grad_norm, "early_stopping": repr(cfg.early_stopping),
+            "precision": cfg.precision or "fp32",
             "model": _fingerprint.model_layout(model), "train_data": _fingerprint.data_digest(cfg.train_loader),
             **_fingerprint.optimizer_settings(cfg.optimizer)}
 
