@@ -60,13 +60,11 @@ class Mutant:
 # table gives the score with and without them. Identified by module, a piece of the line, and the change.
 _CONTINUOUS = "a strict or non-strict comparison of two measured floats: they are equal only by coincidence"
 EQUIVALENT: dict[tuple[str, str, str], str] = {
-    ("diagnosis", "memo is not None and id(values) in memo", "IsNot → Is"):
-        "without the memo the curve is measured again: the same answer, more work",
-    ("diagnosis", "c.end > c.start + _th().rise * c.noise", "Gt → GtE"): _CONTINUOUS,
+    ("diagnosis", "c.end > c.start + th.rise * c.noise", "Gt → GtE"): _CONTINUOUS,
     ("diagnosis", "c.moved < 0.03 or c.late_share", "Lt → LtE"): _CONTINUOUS,
     ("diagnosis", "train_end > at_best * 1.5", "Gt → GtE"): _CONTINUOUS,
     ("diagnosis", "not constant or c.moved < 0.3", "Lt → LtE"): _CONTINUOUS,
-    ("diagnosis", "if c.late_share >= _th().too_low_share:", "GtE → Gt"): _CONTINUOUS,
+    ("diagnosis", "if c.late_share >= th.too_low_share:", "GtE → Gt"): _CONTINUOUS,
     ("diagnosis", "in the whole run\" if c.moved < 0.3 else None", "Lt → LtE"): _CONTINUOUS,
     ("diagnosis", "gave_back = drop > 3 * c.noise and rise > 0.5 * drop", "Gt → GtE"): _CONTINUOUS,
     ("diagnosis", "while end and not finite[end - 1]", "1 → 2"):

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from gradpilot._cli_common import TaskFile, _load, _one_line_errors, _print_json, app, console, err_console
+from gradpilot.errors import GradpilotError
 
 if TYPE_CHECKING:
     from gradpilot.probing import ProbeResult
@@ -30,7 +31,8 @@ def probe_command(
     from gradpilot.probing import probe
 
     if checkpoint == Path():
-        raise typer.BadParameter("give the run's checkpoint with --checkpoint PATH")
+        raise GradpilotError("give the run's checkpoint with --checkpoint PATH (a gradpilot last.pt, a Hugging Face "
+                             "checkpoint-N folder or a Lightning .ckpt)")
     task = _load(task_file, seed)
     if not as_json:
         err_console.print(f"probing {checkpoint}: 3 to 5 branches, {share:.0%} of a run at most")
@@ -42,11 +44,12 @@ def probe_command(
 
 
 def _print_result(result: ProbeResult) -> None:
-    table = Table(title=f"LR probe: branches from the checkpoint, scored by {result.metric}")
-    for column in ("LR", "factor", "score"):
+    table = Table(title="LR probe: branches from the checkpoint, each after a cooldown")
+    for column in ("LR", "factor", "validation loss (decides)", result.metric):
         table.add_column(column, justify="right")
-    for factor, score in result.scores:
-        table.add_row(f"{result.learning_rate * factor:.3g}", f"×{factor:.3g}", f"{score:.5g}")
+    for (factor, score), (_, loss) in zip(result.scores, result.losses, strict=True):
+        table.add_row(f"{result.learning_rate * factor:.3g}", f"×{factor:.3g}", f"{loss:.5g}", f"{score:.5g}")
+    console.print(f"validation loss at the checkpoint: {result.start_loss:.5g}")
     console.print(table)
     for note in result.notes:
         console.print(f"note: {note}")

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 from torch.optim import lr_scheduler
 
-from gradpilot import _validate
+from gradpilot import _validate, lr_factor
 from gradpilot.errors import GradpilotError
 
 MAX_CURVE_STEPS = 5_000_000  # about 10 s of torch scheduler steps
@@ -94,8 +94,8 @@ def _check_warmup(warmup_steps: int, total_steps: int) -> None:
 
 
 def _warmup_factor(step: int, warmup_steps: int) -> float | None:
-    """Hugging Face's linear warmup from 0: the factor during warmup, None after it."""
-    return step / max(1, warmup_steps) if step < warmup_steps else None
+    """Hugging Face's linear warmup from 0 (``lr_factor.warmup``): the factor during warmup, None after it."""
+    return lr_factor.warmup(step, warmup_steps) if step < warmup_steps else None
 
 
 def _constant_with_warmup(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0) -> Schedule:
