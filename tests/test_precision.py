@@ -74,7 +74,7 @@ def test_an_fp16_step_whose_gradients_overflow_is_skipped_and_told():
 
 
 def test_an_unknown_precision_is_one_line():
-    with pytest.raises(GradpilotError, match="Task.precision must be one of fp32, bf16, fp16"):
+    with pytest.raises(GradpilotError, match=r"Task\.precision must be one of fp32, bf16, fp16"):
         dataclasses.replace(task("fp32"), precision="fp8")
     with pytest.raises(GradpilotError, match="precision must be one of"):
         fit(task("fp32"), precision="half")
