@@ -147,7 +147,45 @@ def cli_cases(base: Path) -> list[dict[str, Any]]:
                 "stops at the dataset's 256 items and says so"))
 
     cases += _diagnose_cases(base / "logs")
+    cases += _probe_cases(base / "probe", good)
     return cases
+
+
+def _probe_cases(work: Path, good: Path) -> list[dict[str, Any]]:
+    """``gradpilot probe`` on checkpoints that are missing, damaged, foreign or of another model."""
+    import torch
+
+    import gradpilot
+    from gradpilot.task_file import load_task
+
+    task = load_task(good)
+    gradpilot.fit(task, task.make_optimizer(1e-3), epochs=2, checkpoint_dir=work / "run")
+    other = GOOD_TASK.replace("{change}", "kwargs['model'] = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))")
+    novalid = GOOD_TASK.replace("{change}", "kwargs['val_data'] = None")
+    damaged = _write(work / "damaged" / "last.pt", "not a checkpoint")
+    (work / "empty").mkdir(parents=True, exist_ok=True)
+    weights = work / "weights.pt"
+    torch.save(task.model.state_dict(), weights)
+    run = str(work / "run")
+    out: list[dict[str, Any]] = []
+    for name, args in {
+        "no --checkpoint": [str(good)], "a checkpoint that does not exist": [str(good), "--checkpoint", str(work / "x")],
+        "a folder without last.pt": [str(good), "--checkpoint", str(work / "empty")],
+        "a file that is no checkpoint": [str(good), "--checkpoint", str(good)],
+        "a weights file, not a run's checkpoint": [str(good), "--checkpoint", str(weights)],
+        "a damaged last.pt": [str(good), "--checkpoint", str(damaged)],
+        "--share 0": [str(good), "--checkpoint", run, "--share", "0"],
+        "--share 2": [str(good), "--checkpoint", run, "--share", "2"],
+        "--lr -1": [str(good), "--checkpoint", run, "--lr", "-1"],
+        "a checkpoint of another model": [str(_write(work / "other.py", other)), "--checkpoint", run],
+        "a task without validation data": [str(_write(work / "novalid.py", novalid)), "--checkpoint", run],
+    }.items():
+        out.append({"group": "probe", "name": name, "args": ["probe", *args], "expect": "error"})
+    out.append({"group": "probe", "name": "a good checkpoint, --json", "args": ["probe", str(good), "--checkpoint", run,
+                                                                             "--json"],
+                "expect": _ok_if(lambda rc, out, _err: rc == 0 and '"verdict"' in out and _valid_json(out),
+                                 "prints the verdict as JSON")})
+    return out
 
 
 def _tfrecord(data: bytes) -> bytes:

@@ -70,6 +70,8 @@ def probe(task: Task, checkpoint: str | Path, *, share: float = SHARE, seed: int
         raise GradpilotError(f"share must be in (0, 1], got {share}")
     if task.val_data is None:
         raise GradpilotError("probing needs validation data to compare the branches: give the task val_data")
+    if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise GradpilotError(f"the learning rate must be a positive number, got {learning_rate}")
     start = read_start(Path(checkpoint), task.model)
     lr = learning_rate if learning_rate is not None else start.lr
     if lr is None or not math.isfinite(lr) or lr <= 0:
