@@ -163,7 +163,7 @@ def steer(new: list[Finding], monitor: Monitor, good: Snapshot, step: int, model
             where = f"rolled back to step {back}" if restored else "no good state to roll back to"
             monitor.record(step, finding.kind, f"{finding.kind}: {where}, lr {before:.3g} → {after:.3g}")
             return
-        if finding.kind == "oscillation":
+        if finding.kind == "oscillation" and finding.sure:  # a hint (a validation swing) is measured, not guessed
             before, after = schedules.multiply_lr(optimizer, schedule, monitor.lr_factor_oscillation)
             monitor.record(step, finding.kind, f"oscillation: lr {before:.3g} → {after:.3g}")
     if checked and not new:

@@ -9,14 +9,18 @@ Every branch trains through ``runner.LocalRun`` (the runner tune's search uses).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gradpilot._checkpoint_formats import Start, read_start
 from gradpilot._files import json_safe
+from gradpilot._state import model_state, preserved
 from gradpilot.diagnosis import diagnose
 from gradpilot.errors import GradpilotError
 from gradpilot.evaluation import evaluate_both
@@ -66,16 +70,36 @@ def probe(task: Task, checkpoint: str | Path, *, share: float = SHARE, seed: int
     first; while the best is at an end, one more ×3 step that way (at most ``MAX_BRANCHES`` in all), so the LR
     named is where the loss stopped improving. ``share`` of one run's items are spent at most;
     ``learning_rate`` overrides the LR read from the checkpoint."""
+    _check(task, share, learning_rate)
+    start = read_start(Path(checkpoint), task.model)
+    lr = learning_rate if learning_rate is not None else start.lr
+    if lr is None or not math.isfinite(lr) or lr <= 0:
+        raise GradpilotError(f"{checkpoint}: the checkpoint does not say its learning rate; pass --lr")
+    return probe_from(task, start, lr, share=share, seed=seed)
+
+
+def probe_live(task: Task, optimizer: torch.optim.Optimizer, *, share: float = SHARE, seed: int = 0) -> ProbeResult:
+    """The same measurement from a run in progress: ``task.model`` as it stands and ``optimizer``'s state and LR
+    (its first param group's). Everything is put back as it was — weights, gradients, modes, the optimizer and
+    torch's RNGs — so training goes on as if nothing had happened (a callback's probe)."""
+    lr = float(optimizer.param_groups[0]["lr"])
+    _check(task, share, lr)
+    start = Start(model_state(task.model), copy.deepcopy(optimizer.state_dict()), lr)
+    with preserved(task.model, optimizer):
+        return probe_from(task, start, lr, share=share, seed=seed)
+
+
+def _check(task: Task, share: float, learning_rate: float | None) -> None:
     if not 0 < share <= 1:
         raise GradpilotError(f"share must be in (0, 1], got {share}")
     if task.val_data is None:
         raise GradpilotError("probing needs validation data to compare the branches: give the task val_data")
     if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
         raise GradpilotError(f"the learning rate must be a positive number, got {learning_rate}")
-    start = read_start(Path(checkpoint), task.model)
-    lr = learning_rate if learning_rate is not None else start.lr
-    if lr is None or not math.isfinite(lr) or lr <= 0:
-        raise GradpilotError(f"{checkpoint}: the checkpoint does not say its learning rate; pass --lr")
+
+
+def probe_from(task: Task, start: Start, lr: float, *, share: float = SHARE, seed: int = 0) -> ProbeResult:
+    """The probe's branches from ``start`` at ``lr``, and the verdict they measure."""
     walk = _Walk(task, start, lr, seed, _branch_batches(task, share))
     at_start = walk.evaluate_start()
     if not math.isfinite(at_start):

@@ -197,3 +197,25 @@ def test_a_real_trainer_run_whose_loss_ends_above_its_start_is_told_to_lower_the
     assert lowered and not any("learning_rate" in f.remedy and f.remedy["learning_rate"] > 3.0 for f in d.findings)
     assert not any("%" in f.evidence and "e+" in f.evidence for f in d.findings)
     assert all(len(f.evidence) < 400 for f in d.findings)
+
+
+def test_a_live_probe_measures_the_run_as_it_stands_and_puts_everything_back(tmp_path):
+    class ProbeAt10(GradpilotCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            super().on_log(args, state, control, logs=logs, **kwargs)
+            if state.global_step == 10 and not self.probes:
+                assert not self._measure(args, state, state.global_step, kwargs)  # not validated yet: later
+                self._pending = True
+
+    plain = trainer(tmp_path / "plain", 0.05, steps=40)
+    plain.train()
+    probing = ProbeAt10(probe=True)
+    measured = trainer(tmp_path / "probed", 0.05, steps=40, callback=probing)
+    measured.train()
+    assert len(probing.probes) == 1
+    step, found = probing.probes[0]
+    assert step == 22 and found.verdict in ("too high", "too low", "about right")  # the first log after validating
+    assert found.learning_rate == pytest.approx(0.05) and found.cost_runs > 0
+    assert found.cost_runs <= 0.05 or "so short" in found.notes[-1]  # a 40-step run: the minimum branches, said
+    after = measured.model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in plain.model.state_dict().items())  # training went on untouched

@@ -109,12 +109,21 @@ class GradpilotCallback(TrainerCallback):
     state that checked clean and lowers the LR more; on overfitting it stops training
     (``control.should_training_stop``; the best checkpoint comes back with ``load_best_model_at_end=True``).
     The trainer's loss of 0.0 where its ``logging_nan_inf_filter`` hid a NaN is read as the NaN it was.
+
+    With ``probe=True``, a finding that only hints at the LR (``Finding.sure`` False) is measured instead of
+    guessed: ``gradpilot.probing.probe_live`` trains short branches from the run as it stands (``probe_share``
+    of the run, everything put back after) and logs the verdict in ``probes``; with ``autopilot=True`` as well,
+    the LR is moved to the one the probe named.
     """
 
-    def __init__(self, autopilot: bool = False, *, check_every: int = 5) -> None:
+    def __init__(self, autopilot: bool = False, *, check_every: int = 5, probe: bool = False,
+                 probe_share: float = 0.05) -> None:
         self.monitor = Monitor(check_every=check_every, autopilot=autopilot, on_finding=log_finding)
         self.good = Snapshot()
         self.output: Path | None = None
+        self.probe, self.probe_share = probe, probe_share
+        self.probes: list[Any] = []  # (step, ProbeResult) of every probe taken
+        self._pending = False  # a hint came before the trainer had validated: probe at the next log
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, float] | None = None, **kwargs: Any) -> None:
@@ -122,10 +131,11 @@ class GradpilotCallback(TrainerCallback):
         step = state.global_step
         if "loss" in logs:
             new = self.monitor.update(step, _true_loss(logs), logs.get("learning_rate"))
-            if self.monitor.autopilot:
-                model, optimizer = kwargs.get("model"), kwargs.get("optimizer")
-                if model is not None and optimizer is not None:
-                    steer(new, self.monitor, self.good, step, model, optimizer, kwargs.get("lr_scheduler"))
+            model, optimizer = kwargs.get("model"), kwargs.get("optimizer")
+            if self.monitor.autopilot and model is not None and optimizer is not None:
+                steer(new, self.monitor, self.good, step, model, optimizer, kwargs.get("lr_scheduler"))
+            if self.probe and (self._pending or any(f.lr is not None and not f.sure for f in new)):
+                self._pending = not self._measure(args, state, step, kwargs)  # again once validation has run
         if "eval_loss" in logs:
             overfit = self.monitor.end_epoch(step, float(logs["eval_loss"]))
             if self.monitor.autopilot and overfit:
@@ -134,12 +144,58 @@ class GradpilotCallback(TrainerCallback):
                     " (set load_best_model_at_end=True to get the best weights back)"
                 self.monitor.record(step, "overfitting", f"stopped training: {overfit[0].evidence}{kept}")
 
+    def _measure(self, args: TrainingArguments, state: TrainerState, step: int, kwargs: dict[str, Any]) -> bool:
+        """Probe the run as it stands (the trainer's model, optimizer, dataloaders) and act on it under autopilot;
+        False where the trainer has not validated yet (it hands over its eval dataloader only then)."""
+        from gradpilot import schedules
+        from gradpilot.probing import probe_live
+
+        model, optimizer = kwargs.get("model"), kwargs.get("optimizer")
+        train, evaluation = kwargs.get("train_dataloader"), kwargs.get("eval_dataloader")
+        if model is None or optimizer is None or train is None or evaluation is None:
+            return False
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+        found = probe_live(_live_task(model, inner, train, evaluation, args, state), inner, share=self.probe_share)
+        self.probes.append((step, found))
+        log.warning("gradpilot probe at step %d: the learning rate %.3g is %s (use %.3g), measured on %.1f%% of a run",
+                    step, found.learning_rate, found.verdict, found.suggested_learning_rate, 100 * found.cost_runs)
+        if self.monitor.autopilot and found.verdict != "about right":
+            factor = found.suggested_learning_rate / found.learning_rate
+            before, after = schedules.multiply_lr(inner, kwargs.get("lr_scheduler"), factor)
+            self.monitor.record(step, "probe", f"probe: lr {before:.3g} → {after:.3g} ({found.verdict})")
+        return True
+
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,  # noqa: ARG002
                      **kwargs: Any) -> None:  # noqa: ARG002 (the signature is TrainerCallback's)
         if self.monitor.steps:
             folder = Path(args.output_dir or ".")
             self.output = self.monitor.write_json(folder / DIAGNOSIS_FILE, "transformers.Trainer (gradpilot callback)")
 
+
+
+def _live_task(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: Any, evaluation: Any,
+               args: TrainingArguments, state: TrainerState) -> Task:
+    """The run in progress as a ``Task``: the trainer's model (its own loss from the batch), dataloaders and
+    optimizer (its class, settings and param groups); one run is the trainer's whole run, in items."""
+    first = float(optimizer.param_groups[0]["lr"]) or 1.0
+    items = max(1, state.max_steps) * args.per_device_train_batch_size * args.gradient_accumulation_steps
+
+    def mirror(_params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(g["params"]),
+                   "lr": lr * float(g["lr"]) / first} for g in optimizer.param_groups]
+        made: torch.optim.Optimizer = type(optimizer)(groups, **{**optimizer.defaults, "lr": lr})
+        return made
+
+    return Task(model=model, train_data=train, val_data=evaluation, loss_fn=None, step_fn=_own_loss,
+                optimizer=mirror, lr=first,
+                batch_size=args.per_device_train_batch_size, epochs=max(1, math.ceil(items / len(train.dataset))),
+                name="trainer run", max_grad_norm=args.max_grad_norm if args.max_grad_norm else None)
+
+
+def _own_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """The loss a Hugging Face model computes from a batch that holds its labels."""
+    loss: torch.Tensor = model(**batch).loss
+    return loss
 
 
 def _true_loss(logs: dict[str, float]) -> float:
