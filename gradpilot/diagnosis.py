@@ -135,23 +135,30 @@ def detect_plateau(history: History, shape: RunShape, th: Thresholds) -> list[Fi
     chance = at_chance(history, c, th)
     if c.moved > th.plateau and not chance:
         return []
-    came_back = c.end - c.low > max(3 * c.noise, 0.25 * (c.start - c.low))
-    fell = (c.start - c.low) / max(abs(c.start), 1e-12) if c.start - c.low > 3 * c.noise and came_back else 0.0
-    jump = float(np.max(c.raw[: max(3, len(c.raw) // 10)])) > 2 * abs(float(c.raw[0]))
+    fell, jump = _fall_undone(c), float(np.max(c.raw[: max(3, len(c.raw) // 10)])) > 2 * abs(float(c.raw[0]))
     why, factor, lr = _plateau_cause(c, th, fell, jump, bool(chance))
     where = f"; {chance}" if chance else ""
     evidence = (f"the loss ended about {c.end:.4g} against about {c.start:.4g} at the start, over {len(c.raw)} "
                 f"logged steps{where}; {why}")
     if lr is None or (chance and not jump and fell <= th.plateau):
         # a loss at chance, or one that never moved: too small an LR and one that broke the model look alike
-        way = lr or "raise"
-        advice = ("if the run is new, raise the LR about 10×; if it was resumed or fine-tunes a model already "
-                  "near its best, there is nothing to fix" if way == "raise" else
-                  "a lower LR may be what it needs, or a higher one: measure it from a checkpoint")
-        return [Finding("plateau", float(c.steps[0]), float(c.steps[-1]), evidence, 0.5, {}, advice, lr=way,
-                        sure=False)]
+        return [_plateau_hint(c, evidence, lr or "raise")]
     remedy, advice = lr_remedy(shape, factor)
     return [Finding("plateau", float(c.steps[0]), float(c.steps[-1]), evidence, 0.7, remedy, advice, lr=lr)]
+
+
+def _fall_undone(c: Curve) -> float:
+    """The share of its start a loss fell by before coming back (0 when it did not fall, or did not come back)."""
+    came_back = c.end - c.low > max(3 * c.noise, 0.25 * (c.start - c.low))
+    return (c.start - c.low) / max(abs(c.start), 1e-12) if c.start - c.low > 3 * c.noise and came_back else 0.0
+
+
+def _plateau_hint(c: Curve, evidence: str, way: Direction) -> Finding:
+    """A plateau that leans ``way`` but sets no verdict: its remedy leaves the LR alone."""
+    advice = ("if the run is new, raise the LR about 10×; if it was resumed or fine-tunes a model already near its "
+              "best, there is nothing to fix" if way == "raise" else
+              "a lower LR may be what it needs, or a higher one: measure it from a checkpoint")
+    return Finding("plateau", float(c.steps[0]), float(c.steps[-1]), evidence, 0.5, {}, advice, lr=way, sure=False)
 
 
 def _plateau_cause(c: Curve, th: Thresholds, fell: float, jump: bool,
@@ -292,17 +299,20 @@ def _healthy(history: History, shape: RunShape) -> Finding:
 def _lr_verdict(shape: RunShape, findings: list[Finding]) -> tuple[str, str]:
     """The verdict folded over the findings' LR directions; signs that set none leave it "unknown"."""
     named = f" ({fmt_lr(shape.peak_lr)})" if shape.peak_lr is not None else ""
-    high = [f for f in findings if f.lr == "lower" and f.sure]
-    low = [f for f in findings if f.lr == "raise" and f.sure]
-    if high:
-        return "too high", f"the learning rate{named} is too high: {high[0].kind} — {high[0].evidence}"
-    if low:
-        return "too low", f"the learning rate{named} is too low: {low[0].kind} — {low[0].evidence}"
+    for way, verdict in (("lower", "too high"), ("raise", "too low")):
+        sure = [f for f in findings if f.lr == way and f.sure]
+        if sure:
+            return verdict, f"the learning rate{named} is {verdict}: {sure[0].kind} — {sure[0].evidence}"
     hints = [f for f in findings if f.lr is not None]
     if hints:
         way = "high" if hints[0].lr == "lower" else "low"
         return "unknown", (f"the log hints that the learning rate{named} may be too {way} ({hints[0].kind} — "
                            f"{hints[0].evidence}), but from one log that sign is wrong too often to say so")
+    return _no_sign(shape, named)
+
+
+def _no_sign(shape: RunShape, named: str) -> tuple[str, str]:
+    """The verdict where no finding points the LR either way."""
     if not shape.descends:
         return "unknown", ("the objective goes below zero (an adversarial critic's or a policy's loss?), so its "
                            "curve says nothing about the learning rate")

@@ -144,22 +144,12 @@ def read_csv(path: Path) -> History:
     so are ragged ones (fields missing at the end, or extra ones: read by position, with a warning). A last
     line cut short (a run killed while writing) is skipped with a warning."""
     reader = csv.reader(_text_lines(path), delimiter="\t" if path.suffix == ".tsv" else ",")
-    columns, warnings, ragged = Columns(str(path)), [], 0
+    columns, warnings = Columns(str(path)), []
     try:
         header = [h.strip().lstrip("\ufeff") for h in next(reader, [])]
         if not any(header):
             raise GradpilotError(f"{path}:1: no header row")
-        pending: tuple[int, list[str]] | None = None
-        for row in reader:
-            if pending is not None:
-                _add_ragged(columns, header, path, *pending)
-                ragged, pending = ragged + 1, None
-            if not row:
-                continue
-            if len(row) != len(header):
-                pending = (reader.line_num, row)
-                continue
-            columns.add(dict(zip(header, row, strict=True)), f"{path}:{reader.line_num}")
+        ragged, pending = _csv_rows(reader, header, columns, path)
     except csv.Error as exc:
         raise GradpilotError(f"{path}:{reader.line_num}: not a readable CSV line ({exc})") from None
     if pending is not None and _ends_with_newline(path):
@@ -174,6 +164,23 @@ def read_csv(path: Path) -> History:
     if not columns.rows:
         raise GradpilotError(f"{path}: a header but no rows")
     return dataclasses.replace(columns.history(warnings), tool=tool_of(header, path))
+
+
+def _csv_rows(reader: Any, header: list[str], columns: Columns, path: Path) -> tuple[int, tuple[int, list[str]] | None]:
+    """Every row into ``columns``; a row of another length is held back until the next one shows it was not the
+    last (a last line cut short is no ragged row). Returns the ragged rows read and the one held back."""
+    ragged, pending = 0, None
+    for row in reader:
+        if pending is not None:
+            _add_ragged(columns, header, path, *pending)
+            ragged, pending = ragged + 1, None
+        if not row:
+            continue
+        if len(row) != len(header):
+            pending = (reader.line_num, row)
+            continue
+        columns.add(dict(zip(header, row, strict=True)), f"{path}:{reader.line_num}")
+    return ragged, pending
 
 
 def _add_ragged(columns: Columns, header: list[str], _path: Path, _lineno: int, row: list[str]) -> None:

@@ -112,10 +112,7 @@ def probe_from(task: Task, start: Start, lr: float, *, share: float = SHARE, see
     notes: tuple[str, ...] = ()
     if told is not None and told[0] != verdict:  # a sign in the log that has proved right: it decides
         verdict, notes = told[0], (told[1],)
-    best = _best_towards(verdict, walk.losses)
-    while verdict != "about right" and best in (min(walk.tried), max(walk.tried)) and len(walk.tried) < walk.most:
-        walk.branch(best * 3 if best > 1 else best / 3)  # the best is at the end: one ×3 step further that way
-        best = _best_towards(verdict, walk.losses)
+    best = walk.on(verdict)
     if told is not None and told[0] == verdict == "too high":
         best = min(best, told[2])  # a run the log says broke: at least the diagnosis's own cut
     if verdict == "about right" and all(not math.isfinite(loss) for _, loss in walk.losses):
@@ -137,6 +134,15 @@ class _Walk:
     @property
     def tried(self) -> list[float]:
         return [f for f, _ in self.losses]
+
+    def on(self, verdict: str) -> float:
+        """While the best branch the verdict's way is the last one that way, one ×3 step further (within the
+        branches the share pays for); the best factor then."""
+        best = _best_towards(verdict, self.losses)
+        while verdict != "about right" and best in (min(self.tried), max(self.tried)) and len(self.tried) < self.most:
+            self.branch(best * 3 if best > 1 else best / 3)
+            best = _best_towards(verdict, self.losses)
+        return best
 
     def evaluate_start(self) -> float:
         """The validation loss at the checkpoint itself: what each branch's gain is measured from."""

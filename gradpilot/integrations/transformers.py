@@ -130,12 +130,7 @@ class GradpilotCallback(TrainerCallback):
         logs = logs or {}
         step = state.global_step
         if "loss" in logs:
-            new = self.monitor.update(step, _true_loss(logs), logs.get("learning_rate"))
-            model, optimizer = kwargs.get("model"), kwargs.get("optimizer")
-            if self.monitor.autopilot and model is not None and optimizer is not None:
-                steer(new, self.monitor, self.good, step, model, optimizer, kwargs.get("lr_scheduler"))
-            if self.probe and (self._pending or any(f.lr is not None and not f.sure for f in new)):
-                self._pending = not self._measure(args, state, step, kwargs)  # again once validation has run
+            self._on_loss(args, state, logs, kwargs)
         if "eval_loss" in logs:
             overfit = self.monitor.end_epoch(step, float(logs["eval_loss"]))
             if self.monitor.autopilot and overfit:
@@ -143,6 +138,17 @@ class GradpilotCallback(TrainerCallback):
                 kept = " (the best checkpoint is loaded at the end)" if args.load_best_model_at_end else \
                     " (set load_best_model_at_end=True to get the best weights back)"
                 self.monitor.record(step, "overfitting", f"stopped training: {overfit[0].evidence}{kept}")
+
+    def _on_loss(self, args: TrainingArguments, state: TrainerState, logs: dict[str, float],
+                 kwargs: dict[str, Any]) -> None:
+        """A logged training loss: into the monitor; the autopilot and the probe act on what it finds."""
+        step = state.global_step
+        new = self.monitor.update(step, _true_loss(logs), logs.get("learning_rate"))
+        model, optimizer = kwargs.get("model"), kwargs.get("optimizer")
+        if self.monitor.autopilot and model is not None and optimizer is not None:
+            steer(new, self.monitor, self.good, step, model, optimizer, kwargs.get("lr_scheduler"))
+        if self.probe and (self._pending or any(f.lr is not None and not f.sure for f in new)):
+            self._pending = not self._measure(args, state, step, kwargs)  # again once validation has run
 
     def _measure(self, args: TrainingArguments, state: TrainerState, step: int, kwargs: dict[str, Any]) -> bool:
         """Probe the run as it stands (the trainer's model, optimizer, dataloaders) and act on it under autopilot;
