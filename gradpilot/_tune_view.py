@@ -48,13 +48,14 @@ def _log_lines(console: Console, budget: float) -> Callable[[str, float], None]:
 
 def summary(result: TuneResult, console: Console) -> None:
     """Each stage's decision and cost, the plan, the model's validation metric, and where the files are."""
-    stages = Table(title=f"tune: {result.spent:.2f} of {result.budget:g} runs spent")
-    for col in ("stage", "decision", "runs"):
-        stages.add_column(col, justify="right" if col == "runs" else "left", overflow="fold")
+    seconds = sum(s.seconds for s in result.stages)
+    stages = Table(title=f"tune: {result.spent:.2f} of {result.budget:g} runs spent, {seconds:.0f} s")
+    for col in ("stage", "decision", "runs", "seconds"):
+        stages.add_column(col, justify="left" if col in ("stage", "decision") else "right", overflow="fold")
     per_run = max(1, result.run_samples)
     for s in result.stages:
         why = s.why if not s.skipped or s.skipped == "budget" else f"skipped ({s.why})"
-        stages.add_row(s.name, why, f"{s.samples / per_run:.2f}")
+        stages.add_row(s.name, why, f"{s.samples / per_run:.2f}", f"{s.seconds:.1f}")
     console.print(stages)
     plan = Table(title="plan (transformers TrainingArguments)")
     plan.add_column("argument")

@@ -118,12 +118,12 @@ def _header(record: dict[str, Any]) -> str:
     """What a reader needs first: the plan, the model's score under the metric's name, and why the LR is what
     it is; then each stage's decision and cost."""
     s = record["settings"]
-    rows = [[name, st.get("skipped") or "ran", st["why"], round(st["samples"] / _run(record), 3)]
-            for name, st in record["stages"].items()]
+    rows = [[name, st.get("skipped") or "ran", st["why"], round(st["samples"] / _run(record), 3),
+             round(float(st.get("seconds", 0.0)), 1)] for name, st in record["stages"].items()]
     return (f"<h1>gradpilot tune: {_e(s.get('task', ''))}</h1>" + _summary(record)
             + f"<p>Budget {record['budget_runs']:g} runs, spent {record['spent_runs']:.2f}. One run is "
             f"{s['epochs']} epochs over {s['train_items']:,} items at batch {s['batch_size']}.</p>"
-            + _table(["stage", "ran", "decision", "cost (runs)"], rows))
+            + _table(["stage", "ran", "decision", "cost (runs)", "seconds"], rows))
 
 
 def _summary(record: dict[str, Any]) -> str:

@@ -112,6 +112,14 @@ def test_gradpilot_report_rebuilds_the_page_from_tune_json(tuned):
     assert "Report written to" in result.output and (tuned / "report.html").stat().st_size > 100_000
 
 
+def test_the_page_says_what_each_stage_cost_in_seconds(tuned):
+    record = json.loads((tuned / "tune.json").read_text())
+    page = (tuned / "report.html").read_text()
+    assert "<th>seconds</th>" in page
+    search = record["stages"]["lr_search"]["seconds"]
+    assert search > 0 and f"<td>{round(search, 1)}</td>" in page
+
+
 def test_a_folder_without_a_finished_tune_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "tune.json does not exist" in result.output
