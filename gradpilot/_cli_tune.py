@@ -25,7 +25,13 @@ from gradpilot.errors import GradpilotError
 @_one_line_errors
 def tune_command(
     task_file: TaskFile = None,
-    budget: Annotated[float, typer.Option(help="how much training tune may do, in runs of the task as written")] = 3.0,
+    budget: Annotated[
+        float | None, typer.Option(help="how much tune may spend, in runs of the task as written (wall time and "
+                                        "items; default 2)")
+    ] = None,
+    time_budget: Annotated[
+        str | None, typer.Option("--time-budget", help="how much tune may spend, as a duration: 90s, 30m, 2h")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="folder for plan.yaml, model.pt, tune.json and the trials")] = Path(
         "gradpilot-tune"
     ),
@@ -52,21 +58,30 @@ def tune_command(
 ) -> None:
     """Tune LR, batch, accumulation, epochs and schedule within a budget; write the plan, the model and a record."""
     fixed = dict(_key_value(item) for item in fix or [])
-    from gradpilot import _hf_plan
+    from gradpilot.tuning.plan import parse_fixed
 
-    _hf_plan.parse_fixed(fixed)  # a wrong name fails before the task is even loaded
-    _validate.positive_float("--budget", budget)
-    from gradpilot._tune_view import budget_bar, summary
-    from gradpilot.tuning import tune
+    parse_fixed(fixed)  # a wrong name fails before the task is even loaded
+    if budget is not None and time_budget is not None:
+        raise GradpilotError("give --budget (runs) or --time-budget (a duration), not both")
+    if budget is not None:
+        _validate.positive_float("--budget", budget)
+    from gradpilot.tuning import parse_duration, tune
+    from gradpilot.tuning.driver import DEFAULT_BUDGET
+    from gradpilot.tuning.view import budget_bar, summary
 
+    seconds = parse_duration(time_budget) if time_budget is not None else None
     task = _load(task_file, seed)
-    with budget_bar(err_console, budget, disable=as_json) as progress:
-        result = tune(task, budget=budget, out_dir=out, fixed=fixed, storage=storage, study=study, n_jobs=n_jobs,
-                      backend=backend, ray_address=ray_address, seed=seed, cooldown=cooldown, progress=progress)
+    runs = None if seconds is not None else budget if budget is not None else DEFAULT_BUDGET
+    with budget_bar(err_console, runs, disable=as_json) as progress:
+        result = tune(task, budget=budget, time_budget=seconds, out_dir=out, fixed=fixed, storage=storage,
+                      study=study, n_jobs=n_jobs, backend=backend, ray_address=ray_address, seed=seed,
+                      cooldown=cooldown, progress=progress)
     if as_json:
         _print_json({"plan": result.plan, "spent_runs": result.spent, "budget_runs": result.budget,
-                     "metric": result.metric, "plan_path": str(result.plan_path), "model_path": str(result.model_path),
-                     "record_path": str(result.record_path), "report_path": str(result.report_path)})
+                     "spent_item_runs": result.spent_items, "seconds": result.seconds,
+                     "run_seconds": result.run_seconds, "metric": result.metric, "plan_path": str(result.plan_path),
+                     "model_path": str(result.model_path), "record_path": str(result.record_path),
+                     "report_path": str(result.report_path)})
     else:
         summary(result, console)
 

@@ -3,14 +3,17 @@ warmup–stable–decay (``get_wsd_schedule``), so a plan that names ``warmup_st
 means exactly the LRs gradpilot trained at. Pure math: no torch.
 
 The factor multiplies each param group's own LR (a body with a smaller LR than its head keeps the ratio).
+``Wsd`` holds one schedule's phases and says it in ``TrainingArguments`` names.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 DecayType = Literal["linear", "cosine", "1-sqrt"]
+DECAY_TYPES: tuple[DecayType, ...] = ("linear", "cosine", "1-sqrt")
 FOREVER = 1 << 62  # a stable phase that never ends (a short run at its constant LR)
 
 
@@ -42,7 +45,47 @@ def warmup(step: int, steps: int) -> float:
     return wsd(step, warmup=steps)
 
 
-def cooldown(step: int, steps: int) -> float:
-    """A decay from the peak to 0 over ``steps`` steps, as the decay phase of ``wsd`` with no warmup or stable
-    phase (the branch the search scores a run by)."""
-    return wsd(step, stable=0, decay=steps)
+@dataclass(frozen=True)
+class Wsd:
+    """One warmup–stable–decay schedule: ``factor(step)`` is ``wsd`` over these phases. The default holds the
+    peak for ever after its warmup (a constant LR); ``decayed_from`` turns it into a branch that decays."""
+
+    warmup: int = 0
+    stable: int = FOREVER
+    decay: int = 0
+    min_ratio: float = 0.0
+    decay_type: DecayType = "linear"
+
+    def factor(self, step: int) -> float:
+        return wsd(step, warmup=self.warmup, stable=self.stable, decay=self.decay, min_ratio=self.min_ratio,
+                   decay_type=self.decay_type)
+
+    @property
+    def steps(self) -> int:
+        """The steps the schedule lasts: warmup, stable phase and decay (FOREVER for a constant LR)."""
+        return FOREVER if self.stable >= FOREVER else self.warmup + self.stable + self.decay
+
+    def decayed_from(self, step: int, decay: int, decay_type: DecayType, min_ratio: float = 0.0) -> Wsd:
+        """This schedule held at its peak until ``step``, then decayed over ``decay`` steps (a cooldown branch).
+        A branch that starts inside the warmup ends the warmup there (its peak is the factor reached); a decay of
+        no steps leaves the schedule as it is."""
+        if decay == 0:
+            return self
+        warm = min(self.warmup, step)
+        return Wsd(warm, step - warm, decay, min_ratio, decay_type)
+
+    def training_arguments(self) -> dict[str, Any]:
+        """The schedule in Hugging Face ``TrainingArguments`` names: ``lr_scheduler_type``, its
+        ``lr_scheduler_kwargs`` and ``warmup_steps``, such that ``transformers.get_scheduler`` gives the same LRs."""
+        if self.stable >= FOREVER:
+            name = "constant_with_warmup" if self.warmup else "constant"
+            return {"lr_scheduler_type": name, "lr_scheduler_kwargs": {}, "warmup_steps": self.warmup}
+        return {"lr_scheduler_type": "warmup_stable_decay", "warmup_steps": self.warmup,
+                "lr_scheduler_kwargs": {"num_stable_steps": self.stable, "num_decay_steps": self.decay,
+                                        "decay_type": self.decay_type, "min_lr_ratio": self.min_ratio}}
+
+
+def cooldown(step: int, steps: int, decay_type: DecayType = "linear") -> float:
+    """A decay from the peak over ``steps`` steps, as the decay phase of ``wsd`` with no warmup or stable
+    phase (the branch a short run is scored by)."""
+    return wsd(step, stable=0, decay=steps, decay_type=decay_type)

@@ -30,7 +30,8 @@ def _pyplot() -> Any:
 
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:
-    fig.tight_layout()
+    """Write the figure (margins set by hand: matplotlib's tight layout draws each figure twice)."""
+    fig.subplots_adjust(left=0.1, right=0.97, top=0.9, bottom=0.13, hspace=0.12, wspace=0.28)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix.lstrip(".").lower() or "png"
     try:
@@ -228,30 +229,36 @@ def _ladder_line(ax: Any, trial: dict[str, Any], rungs: list[int], colour: str, 
         ax.plot([xs[-1]], [ys[-1]], marker="x", color=colour, ms=10, mew=2.5)
 
 
-def plot_epochs(val_metrics: list[float], chosen: int, path: Path) -> Path:
-    """The early-stopping run's validation metric per epoch, with the epoch chosen."""
+def plot_trunk(trunk_lrs: list[float], branches: list[dict[str, Any]], winner: int, path: Path) -> Path:
+    """The trunk and its branches: the trunk's LR per optimizer step, each branch's decay drawn off it (the
+    winner bold), and each branch's validation score at the step it ended."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    epochs = list(range(1, len(val_metrics) + 1))
-    ax.plot(epochs, val_metrics, "o-", color="C1", label="validation metric (constant LR)")
-    ax.axvline(chosen, color="C3", lw=1.5, ls="--", label=f"chosen: {chosen} epochs")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation metric")
-    ax.legend(fontsize=8)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.2), sharex=True, height_ratios=(3, 2))
+    top.plot(range(len(trunk_lrs)), trunk_lrs, color="0.35", lw=1.6, label="trunk (constant LR after warmup)")
+    for i, b in enumerate(branches):
+        s = b["schedule"]
+        peak = trunk_lrs[b["start"] - 1] if 0 < b["start"] <= len(trunk_lrs) else (trunk_lrs[-1] if trunk_lrs else 1.0)
+        steps = np.arange(b["start"], b["steps"] + 1)
+        factor = _decay(steps - b["start"], s["decay"], s["decay_type"])
+        won = i == winner
+        top.plot(steps, peak * factor, color="C3" if won else f"C{i % 9}", lw=2.6 if won else 1.2, ls="-" if won
+                 else "--", label=f"branch to {b['epochs']} epochs" + (" (chosen)" if won else ""))
+        if b["score"] is not None and np.isfinite(b["score"]):  # a branch that blew up has no point to draw
+            bottom.plot([b["steps"]], [b["score"]], marker="*" if won else "o", ms=14 if won else 8,
+                        color="C3" if won else f"C{i % 9}")
+            bottom.annotate(f"{b['score']:.4g}", (b["steps"], b["score"]), textcoords="offset points",
+                            xytext=(6, 4), fontsize=8)
+    top.set_ylabel("learning rate")
+    top.set_ylim(bottom=0)
+    top.legend(fontsize=8)
+    bottom.set_xlabel("optimizer step")
+    bottom.set_ylabel("validation metric")
     return _save(plt, fig, path)
 
 
-def plot_schedules(runs: dict[str, dict[str, list[float]]], path: Path) -> Path:
-    """The schedules compared: each run's LR per step (left) and validation metric per epoch (right)."""
-    plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for i, (name, run) in enumerate(runs.items()):
-        left.plot(range(len(run["lrs"])), run["lrs"], color=f"C{i}", lw=1.6, label=name)
-        right.plot(range(1, len(run["val_metrics"]) + 1), run["val_metrics"], "o-", color=f"C{i}", label=name)
-    left.set_xlabel("optimizer step")
-    left.set_ylabel("learning rate")
-    right.set_xlabel("epoch")
-    right.set_ylabel("validation metric")
-    left.legend(fontsize=8)
-    right.legend(fontsize=8)
-    return _save(plt, fig, path)
+def _decay(offset: Any, steps: int, kind: str) -> Any:
+    """A branch's LR factor ``offset`` steps into a decay of ``steps`` (lr_factor's formulas, on arrays)."""
+    progress = np.clip(offset / max(1, steps), 0, 1)
+    if kind == "linear":
+        return 1 - progress
+    return 0.5 * (1 + np.cos(np.pi * progress)) if kind == "cosine" else 1 - np.sqrt(progress)

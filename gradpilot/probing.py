@@ -24,7 +24,7 @@ from gradpilot._state import model_state, preserved
 from gradpilot.diagnosis import diagnose
 from gradpilot.errors import GradpilotError
 from gradpilot.evaluation import evaluate_both
-from gradpilot.runner import LocalRun, Setting
+from gradpilot.runner import LocalRun, Run, Setting
 from gradpilot.task import Task
 
 FACTORS = (1.0, 3.0, 1 / 3)
@@ -155,9 +155,10 @@ class _Walk:
 
     def branch(self, factor: float) -> None:
         run = _run(self.task, self.start, self.lr * factor, self.seed)
-        run.advance(self.steady * self.task.batch_size)
-        self.scores.append((factor, run.score(self.cooldown * self.task.batch_size)))
-        self.losses.append((factor, run.last_loss))
+        run.advance(self.steady)
+        score = run.branch(self.cooldown).score
+        self.scores.append((factor, score.value))
+        self.losses.append((factor, score.loss))
         self.samples += run.cost.samples
         self.seconds += run.cost.seconds
 
@@ -197,7 +198,7 @@ def _best_towards(verdict: str, losses: list[tuple[float, float]]) -> float:
     return min(side, key=lambda fl: fl[1])[0]
 
 
-def _run(task: Task, start: Start, lr: float, seed: int) -> LocalRun:
+def _run(task: Task, start: Start, lr: float, seed: int) -> Run:
     try:
         return LocalRun(task, Setting(lr, task.batch_size), seed=seed, weights=start.weights,
                         optimizer_state=start.optimizer)

@@ -26,9 +26,9 @@ from gradpilot.history import History
 from gradpilot.logs import read_log
 
 SECTIONS = (("range-test", "1. Learning rate: the range test"), ("batch", "2. Batch size and scaling"),
-            ("search", "3. The LR search: successive halving"), ("epochs", "4. Epochs: early stopping"),
-            ("schedule", "5. The schedule"), ("final-run", "6. The final run, diagnosed"),
-            ("plan", "7. The plan"))
+            ("search", "3. The LR search: successive halving"),
+            ("epochs", "4. Epochs: the trunk and its cooldown branches"), ("schedule", "5. The schedule"),
+            ("final-run", "6. The final run, diagnosed"), ("plan", "7. The plan"))
 _STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}img{max-width:100%}
 table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;
@@ -45,7 +45,7 @@ def write_tune_report(out_dir: str | Path) -> Path:
         batch = int(record["settings"]["batch_size"])
         body = [_header(record), _range_section(stages, batch, figures), _batch_section(record, figures),
                 _search_section(stages, figures), _epochs_section(stages, figures),
-                _schedule_section(stages, figures), _final_section(out, stages, figures), _plan_section(record)]
+                _schedule_section(stages, figures), _final_section(out, figures), _plan_section(record)]
     return _write_page(out / "report.html", f"gradpilot tune — {record['settings'].get('task', '')}", body)
 
 
@@ -118,12 +118,30 @@ def _header(record: dict[str, Any]) -> str:
     """What a reader needs first: the plan, the model's score under the metric's name, and why the LR is what
     it is; then each stage's decision and cost."""
     s = record["settings"]
-    rows = [[name, st.get("skipped") or "ran", st["why"], round(st["samples"] / _run(record), 3),
-             round(float(st.get("seconds", 0.0)), 1)] for name, st in record["stages"].items()]
+    run = float(record.get("run_seconds") or 0.0)
+    rows = [[name, st.get("skipped") or "ran", st["why"], _runs(st, run), round(float(st.get("seconds", 0.0)), 1),
+             _split(st)] for name, st in record["stages"].items()]
+    work = record.get("seconds", {})
+    runs = sum(float(work.get(k, 0.0)) for k in ("training", "evaluation", "io"))
+    spent = (f"spent {record['spent_runs']:.2f} ({runs:.1f} s of training, validation and checkpoints; "
+             f"{float(work.get('other', 0.0)):.1f} s of bookkeeping besides)")
     return (f"<h1>gradpilot tune: {_e(s.get('task', ''))}</h1>" + _summary(record)
-            + f"<p>Budget {record['budget_runs']:g} runs, spent {record['spent_runs']:.2f}. One run is "
-            f"{s['epochs']} epochs over {s['train_items']:,} items at batch {s['batch_size']}.</p>"
-            + _table(["stage", "ran", "decision", "cost (runs)", "seconds"], rows))
+            + f"<p>Budget {record['budget_runs']:.3g} runs, {spent}. One run is {s['epochs']} epochs over "
+            f"{s['train_items']:,} items at batch {s['batch_size']}, measured at {run:.3g} s. Peak disk "
+            f"{_mib(record.get('peak_disk_bytes'))} MiB.</p>"
+            + _table(["stage", "ran", "decision", "cost (runs)", "seconds", "training / validation / i/o / other"],
+                     rows))
+
+
+def _runs(stage: dict[str, Any], run_seconds: float) -> float:
+    spent = stage.get("spent", {})
+    work = sum(float(spent.get(k, 0.0)) for k in ("training", "evaluation", "io"))
+    return round(work / run_seconds, 3) if run_seconds > 0 else 0.0
+
+
+def _split(stage: dict[str, Any]) -> str:
+    spent = stage.get("spent", {})
+    return " / ".join(f"{float(spent.get(k, 0.0)):.1f}" for k in ("training", "evaluation", "io", "other"))
 
 
 def _summary(record: dict[str, Any]) -> str:
@@ -143,11 +161,17 @@ def _lr(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _decided(stages: dict[str, Any], name: str) -> dict[str, Any]:
+    """A stage's decision as tune.json holds it ({} where the stage did not run or decided nothing)."""
+    decision: dict[str, Any] = (stages.get(name) or {}).get("decision") or {}
+    return decision
+
+
 def lr_story(stages: dict[str, Any]) -> str:
     """One sentence from the range test's suggestion to the LR the plan holds, and why they differ."""
-    found = (stages.get("lr_range") or {}).get("decision", {}).get("lr_found")
+    found = _decided(stages, "lr_range").get("lr_found")
     search = stages.get("lr_search") or {}
-    chosen = search.get("decision", {}).get("learning_rate")
+    chosen = _decided(stages, "lr_search").get("learning_rate")
     if chosen is None:
         return "The learning rate was fixed."
     if found is None:
@@ -165,7 +189,7 @@ def _run(record: dict[str, Any]) -> int:
 
 def _searched(search: dict[str, Any], batch: int) -> float | None:
     """The LR the search chose, where it chose it at the range test's own batch (else it is not on that curve)."""
-    d = search.get("decision", {})
+    d = search.get("decision") or {}
     if "learning_rate" not in d or int(d.get("micro_batch", 0)) * int(d.get("accumulation", 1)) != batch:
         return None
     return float(d["learning_rate"])
@@ -227,15 +251,15 @@ def memory_measured(trials: list[dict[str, Any]]) -> bool:
 
 
 def _mib(value: int | None) -> str:
-    return "" if value is None else f"{value / 2**20:,.1f}"
+    return "" if value is None else f"{value / 2**20:,.2f}"
 
 
 def _scaling_table(record: dict[str, Any]) -> str:
     """The arithmetic that set each batch's LR: the range test's LR at the task's batch, rescaled by the rule."""
     stages, base = record["stages"], int(record["settings"]["batch_size"])
-    found = (stages.get("lr_range") or {}).get("decision", {}).get("lr_found")
-    rule = (stages.get("batch") or {}).get("decision", {}).get("rule", "none")
-    splits = (stages.get("accumulation") or {}).get("decision", {}).get("splits", [])
+    found = _decided(stages, "lr_range").get("lr_found")
+    rule = _decided(stages, "batch").get("rule", "none")
+    splits = _decided(stages, "accumulation").get("splits", [])
     if found is None or not splits:
         return ""
     power = {"linear": 1.0, "sqrt": 0.5}.get(rule, 0.0)
@@ -264,44 +288,43 @@ def _search_section(stages: dict[str, Any], figures: _Figures) -> str:
 
 def _epochs_section(stages: dict[str, Any], figures: _Figures) -> str:
     st = stages.get("epochs")
-    if st is None or st.get("skipped"):
+    if st is None or not st.get("evidence", {}).get("branches"):
         return _section("epochs", _title("epochs"), _why(st))
-    metrics, chosen = st["evidence"]["val_metrics"], st["decision"]["num_train_epochs"]
-    figure = figures.img(lambda p: plots.plot_epochs(metrics, chosen, p), "early stopping")
-    rows = [[i + 1, m, "chosen" if i + 1 == chosen else ""] for i, m in enumerate(metrics)]
-    return _section("epochs", _title("epochs"), _why(st), figure, _table(["epoch", "validation metric", ""], rows))
+    ev = st["evidence"]
+    branches, winner = ev["branches"], int(ev["winner"])
+    rows = [[b["epochs"], b["steps"], b.get("decay", ""), b["score"], "chosen" if i == winner else ""]
+            for i, b in enumerate(branches)]
+    table = _table(["epochs", "optimizer steps", "decay steps", "validation metric", ""], rows)
+    if "trunk_lrs" not in ev:  # a fixed schedule, trained as one run: no trunk
+        return _section("epochs", _title("epochs"), _why(st), table)
+    trunk = ev["trunk_lrs"]
+    figure = figures.img(lambda p: plots.plot_trunk(trunk, branches, winner, p), "the trunk and its branches")
+    note = (f"<p>The search's winner went on from step {ev.get('from_step', 0):,} at its constant LR (the trunk). "
+            "Each branch decays the LR from the trunk and is validated; the trunk goes on from before the branch. "
+            f"The branch that validated best — marked — is the model; its length is the plan's epochs.</p>")
+    return _section("epochs", _title("epochs"), _why(st), note, figure, table)
 
 
 def _schedule_section(stages: dict[str, Any], figures: _Figures) -> str:
     st, ep = stages.get("schedule"), stages.get("epochs") or {}
-    runs = {}
-    if ep.get("evidence", {}).get("lrs"):
-        runs["constant"] = {"lrs": ep["evidence"]["lrs"], "val_metrics": ep["evidence"]["val_metrics"]}
-    if st is not None and st.get("evidence", {}).get("lrs"):
-        name = next((k for a in st.get("alternatives", []) for k in a if k != "constant"), "decaying")
-        runs[name] = {"lrs": st["evidence"]["lrs"], "val_metrics": st["evidence"]["val_metrics"]}
+    lrs = ep.get("evidence", {}).get("lrs", [])
     parts = [_why(st)]
-    if runs:
-        parts.append(figures.img(lambda p: plots.plot_schedules(runs, p), "schedules compared"))
-    if st is not None and st.get("alternatives"):
-        parts.append(_table(["schedule", "validation metric"],
-                            [next(iter(a.items())) for a in st["alternatives"]]))
+    if lrs:
+        parts.append(figures.img(lambda p: plots.plot_schedule(lrs, p, "the LR the model was trained at, step by step"),
+                                 "the plan's schedule"))
     return _section("schedule", _title("schedule"), *parts)
 
 
-def _final_section(out: Path, stages: dict[str, Any], figures: _Figures) -> str:
-    model_file = (stages.get("schedule") or {}).get("decision", {}).get("model_file", "")
-    stem = Path(model_file).stem
-    logs = [out / "runs" / name / "metrics.csv" for name in (stem, f"{stem}_with_warmup")]
-    found = next((p for p in logs if p.exists()), None)
-    if found is None:
+def _final_section(out: Path, figures: _Figures) -> str:
+    found = out / "runs" / "final" / "metrics.csv"
+    if not found.exists():
         return _section("final-run", _title("final-run"), "<p>The final run's log is not in this folder.</p>")
     history = read_log(found)
     note = ("<p>What the run's own log shows, as <code>gradpilot diagnose</code> reads it: advice about that run "
             "(where to stop it, whether to train longer). The plan above already holds tune's answer to those "
             "questions, and <code>model.pt</code> holds the weights the plan's run ends with.</p>")
-    return _section("final-run", _title("final-run"), f"<p>The run behind model.pt: <code>{_e(found.name)}</code> "
-                    f"in <code>runs/{_e(found.parent.name)}</code>.</p>", note,
+    return _section("final-run", _title("final-run"), "<p>The run behind model.pt: the trunk up to the winning "
+                    "branch, then its decay (<code>runs/final/metrics.csv</code>).</p>", note,
                     _diagnosis_html(history, diagnose(history), figures))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,6 +15,9 @@ from gradpilot import _validate
 from gradpilot._batch import check_trains
 from gradpilot.errors import GradpilotError, describe
 from gradpilot.precision import check as check_precision
+
+if TYPE_CHECKING:
+    from gradpilot.runner import Runner
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
 
@@ -54,6 +57,7 @@ class Task:
     collate_fn: Callable[[list[Any]], Any] | None = None  # how items become a batch (default: torch's)
     max_grad_norm: float | None = None  # clip the gradient norm at every step of every run (None: no clipping)
     precision: str = "fp32"  # "bf16" or "fp16": every run's forward under autocast (fp16 with a loss scaler)
+    runner: Runner | None = None  # what trains tune's runs: the user's own trainer (None: gradpilot's LocalRun)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -64,7 +68,7 @@ class Task:
             raise GradpilotError(f"Task.model: {exc}") from None
         if self.step_fn is None and not callable(self.loss_fn):
             raise GradpilotError(f"Task.loss_fn must be callable (e.g. nn.CrossEntropyLoss()), got {self.loss_fn!r}")
-        for name, shape in _CALLABLES.items():
+        for name, shape in {**_CALLABLES, "runner": "(task, setting, *, seed, weights) -> Run"}.items():
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise GradpilotError(f"Task.{name} must be callable{shape}, got {value!r}")

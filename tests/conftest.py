@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -151,3 +152,17 @@ def one_line_error(result, code=2):
     assert result.exit_code == code, result.output
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
     return lines[0]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def fixed_clock():
+    """Every tune in the tests (module-wide fixtures and subprocesses too) records this clock — 0.1 ms an item
+    trained, 5 ms a validation — in place of its measurement and is charged by it, so two tunes of one task plan
+    alike; a test of the clock itself takes it off (``monkeypatch.delenv``)."""
+    import os
+
+    from gradpilot.tuning.budget import FIXED_CLOCK
+
+    os.environ[FIXED_CLOCK] = "1e-4,5e-3"
+    yield
+    os.environ.pop(FIXED_CLOCK, None)

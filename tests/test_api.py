@@ -8,11 +8,12 @@ import gradpilot
 
 
 def test_every_exported_name_resolves_to_its_home():
-    from gradpilot import _stages, batch_size, history, monitor, scaling, training
+    from gradpilot import batch_size, history, monitor, scaling, training
+    from gradpilot.tuning import state
 
     for name in gradpilot.__all__:
         assert getattr(gradpilot, name) is not None, name
-    assert gradpilot.Stage is _stages.Stage and gradpilot.BatchTrial is batch_size.BatchTrial
+    assert gradpilot.Stage is state.Stage and gradpilot.BatchTrial is batch_size.BatchTrial
     assert gradpilot.BatchPlan is scaling.BatchPlan and gradpilot.Action is monitor.Action
     assert gradpilot.Series is history.Series and gradpilot.FitConfig is training.FitConfig
 

@@ -60,10 +60,10 @@ def tuned(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 3))
-    task = Task(model=model, train_data=spirals(1024, seed=0), val_data=spirals(256, seed=1),
+    task = Task(model=model, train_data=spirals(4096, seed=0), val_data=spirals(256, seed=1),
                 loss_fn=nn.CrossEntropyLoss(), metric=accuracy, higher_is_better=True, optimizer="adamw", lr=1e-3,
                 batch_size=32, epochs=8, name="report-task")
-    tune(task, out_dir=out)
+    tune(task, out_dir=out, budget=3)  # a budget the batch trials fit in: every panel of the page is drawn
     return out
 
 
@@ -74,7 +74,21 @@ def test_tune_writes_a_self_contained_page_under_the_size_limit(tuned):
     for anchor, title in SECTIONS:
         assert f'id="{anchor}"' in page and html.escape(title) in page
     plan = json.loads((tuned / "tune.json").read_text())["plan"]
-    assert f"<td>{plan['per_device_train_batch_size']}</td>" in page and "cosine_with_min_lr" in page
+    assert f"<td>{plan['per_device_train_batch_size']}</td>" in page and "warmup_stable_decay" in page
+
+
+def test_the_page_shows_the_trunk_its_branches_and_which_won(tuned):
+    record = json.loads((tuned / "tune.json").read_text())
+    page = (tuned / "report.html").read_text()
+    section = re.search(r'<section id="epochs">(.*?)</section>', page, re.S).group(1)
+    assert 'alt="the trunk and its branches"' in section
+    branches = record["stages"]["epochs"]["evidence"]["branches"]
+    winner = record["stages"]["epochs"]["evidence"]["winner"]
+    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", section)]
+    rows = [cells for cells in rows if cells]  # the header row has no <td>
+    assert [int(cells[0]) for cells in rows] == [b["epochs"] for b in branches] and len(branches) >= 2
+    chosen = [cells[0] for cells in rows if cells[-1] == "chosen"]
+    assert chosen == [str(branches[winner]["epochs"])] == [str(record["plan"]["num_train_epochs"])]
 
 
 def test_the_page_renders_in_a_real_browser_with_every_image_loaded(tuned, tmp_path):
@@ -94,7 +108,7 @@ def test_the_page_renders_in_a_real_browser_with_every_image_loaded(tuned, tmp_p
     search = record["stages"]["lr_search"]["decision"]
     if search["micro_batch"] * search["accumulation"] == record["settings"]["batch_size"]:  # on the curve's batch
         assert f"The black line marks the LR the search chose, {search['learning_rate']:.3g}" in page
-    assert check["images"] == page_images(tuned) >= 6 and check["loaded"] == check["images"]
+    assert check["images"] == page_images(tuned) >= 5 and check["loaded"] == check["images"]
     assert check["sections"] == [anchor for anchor, _ in SECTIONS] and check["tables"] >= 7
     shot = tmp_path / "report.png"
     headless("--window-size=1100,6000", f"--screenshot={shot}", (tuned / "report.html").as_uri())
@@ -115,12 +129,15 @@ def test_gradpilot_report_rebuilds_the_page_from_tune_json(tuned):
 def test_the_page_says_what_each_stage_cost_in_seconds(tuned):
     record = json.loads((tuned / "tune.json").read_text())
     page = (tuned / "report.html").read_text()
-    assert "<th>seconds</th>" in page
+    header = re.search(r"<tr><th>stage</th>(.*?)</tr>", page).group(1)
+    column = re.findall(r"<th>(.*?)</th>", header).index("seconds")
     search = record["stages"]["lr_search"]["seconds"]
     row = re.search(r"<tr><td>lr_search</td>(.*?)</tr>", page)
     assert row is not None and search > 0
     cells = re.findall(r"<td>(.*?)</td>", row.group(1))
-    assert float(cells[-1]) == pytest.approx(search, abs=0.051)  # the last column: the stage's seconds
+    assert float(cells[column]) == pytest.approx(search, abs=0.051)
+    spent = record["stages"]["lr_search"]["spent"]  # and beside it, how they split
+    assert cells[column + 1] == " / ".join(f"{spent[k]:.1f}" for k in ("training", "evaluation", "io", "other"))
 
 
 def test_a_folder_without_a_finished_tune_is_one_line(tmp_path):

@@ -1,42 +1,62 @@
-"""runner: a short run from given weights, its cooldown branch, its cost; the one optimizer step."""
+"""runner: a run from given weights, its cooldown branch (thrown away or kept), its cost, its save and resume;
+the one optimizer step."""
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
 from gradpilot._state import model_state
 from gradpilot.accumulation import item_counter, optimizer_step
-from gradpilot.runner import LocalRun, Setting
+from gradpilot.lr_factor import Wsd
+from gradpilot.runner import LocalRun, Setting, start, steps_for
 from tests.conftest import small_task
 
 
 def test_a_branch_leaves_the_run_exactly_as_it_was_and_is_counted():
     task = small_task(0)
     run = LocalRun(task, Setting(0.01, 32), seed=0, weights=model_state(task.model))
-    run.advance(320)
+    run.advance(10)
     before = model_state(task.model)
-    score = run.score(96)
-    assert 0.0 <= score <= 1.0 and math.isfinite(run.last_loss)
+    branch = run.branch(3)
+    assert 0.0 <= branch.score.value <= 1.0 and math.isfinite(branch.score.loss)
     assert all(torch.equal(before[k], v) for k, v in model_state(task.model).items())
-    assert run.samples == 320 and run.cost.samples == 320 + 96
+    assert run.steps == 10 and run.cost.samples == (10 + 3) * 32
     assert run.cost.training > 0 and run.cost.evaluation > 0
+    # by hand: the trunk held 0.01 for 10 steps; the branch decays linearly over 3: 0.01, 0.01·2/3, 0.01·1/3
+    assert run.lrs == [0.01] * 10 and branch.lrs == pytest.approx((0.01, 0.01 * 2 / 3, 0.01 / 3))
+    assert branch.schedule == Wsd(0, 10, 3) and branch.steps == 13 and len(branch.losses) == 3
+
+
+def test_a_kept_branch_moves_the_model_on_and_gives_its_weights():
+    task = small_task(0)
+    run = LocalRun(task, Setting(0.01, 32), seed=0, weights=model_state(task.model))
+    run.advance(5)
+    before = model_state(task.model)
+    branch = run.branch(2, keep=True, weights=True)
+    assert branch.weights is not None
+    assert all(torch.equal(branch.weights[k], v) for k, v in model_state(task.model).items())
+    assert not all(torch.equal(before[k], v) for k, v in model_state(task.model).items())
 
 
 def test_a_saved_run_continues_exactly_as_the_unbroken_one(tmp_path):
     task = small_task()
     initial = model_state(task.model)
-    run = LocalRun(task, Setting(0.01, 32, warmup_samples=128), seed=0, weights=initial)
-    run.advance(320)
-    run.score(64)
+    setting = Setting(0.01, 32, schedule=Wsd(warmup=4))
+    run = LocalRun(task, setting, seed=0, weights=initial)
+    run.advance(10)
+    run.branch(2)
     run.save(tmp_path / "r.pt")
-    run.advance(640)
-    after = model_state(task.model)
-    again = LocalRun(task, Setting(0.01, 32, warmup_samples=128), seed=0, weights=initial)
+    run.advance(20)
+    after, losses = model_state(task.model), run.losses
+    again = LocalRun(task, setting, seed=0, weights=initial)
     again.load(tmp_path / "r.pt")
-    again.advance(640)
+    again.advance(20)
     assert all(torch.equal(after[k], v) for k, v in model_state(task.model).items())
     assert again.cost.samples == run.cost.samples and again.cost.io > 0
+    assert again.losses == losses and again.lrs == run.lrs
+    assert run.lrs[:5] == pytest.approx([0.0, 0.0025, 0.005, 0.0075, 0.01])  # by hand: warmup from 0 over 4 steps
 
 
 def test_each_param_group_keeps_its_ratio_to_the_first():
@@ -49,9 +69,24 @@ def test_each_param_group_keeps_its_ratio_to_the_first():
     import dataclasses
 
     task = dataclasses.replace(task, optimizer=two_groups)
-    run = LocalRun(task, Setting(0.1, 32, warmup_samples=0), seed=0, weights=model_state(task.model))
-    run.advance(64)
+    run = LocalRun(task, Setting(0.1, 32), seed=0, weights=model_state(task.model))
+    run.advance(2)
     assert [g["lr"] for g in run.optimizer.param_groups] == [0.01, 0.1]
+
+
+def test_a_task_s_own_runner_makes_its_runs():
+    made = []
+
+    def runner(task, setting, *, seed, weights, optimizer_state=None, folder=None):
+        made.append((setting, seed, folder))
+        return LocalRun(task, setting, seed=seed, weights=weights, optimizer_state=optimizer_state)
+
+    import dataclasses
+
+    task = dataclasses.replace(small_task(), runner=runner)
+    run = start(task, Setting(0.01, 32), seed=3, weights=model_state(task.model), folder=None)
+    assert isinstance(run, LocalRun) and made == [(Setting(0.01, 32), 3, None)]
+    assert steps_for(320, 32) == 10 and steps_for(321, 32) == 11 and steps_for(0, 32) == 0
 
 
 def test_optimizer_step_equals_one_plain_sgd_step_and_clips():

@@ -173,8 +173,8 @@ def test_a_task_s_max_grad_norm_clips_every_run_of_it():
     for clip in (None, 1e-6):
         task = dataclasses.replace(base, max_grad_norm=clip)
         run = LocalRun(task, Setting(1.0, 32), seed=0, weights=initial)
-        run.advance(128)
-        moved[clip] = float((task.model.weight - initial["weight"]).abs().max())
+        run.advance(4)
+        moved[clip] = float((task.model.weight - initial["weight"]).detach().abs().max())
     assert moved[1e-6] < 1e-5 < moved[None]
     with pytest.raises(GradpilotError, match="max_grad_norm must be a positive"):
         dataclasses.replace(base, max_grad_norm=0.0)

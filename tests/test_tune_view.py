@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from gradpilot._tune_view import budget_bar
+from gradpilot.tuning.view import budget_bar
 
 
 def test_off_a_terminal_each_new_step_is_one_line_with_the_budget_spent():
@@ -31,16 +31,27 @@ def test_disabled_it_prints_nothing_and_on_a_terminal_it_draws_a_bar():
     assert "range test" in live.getvalue() and "1.50/3 runs" in live.getvalue()
 
 
+def test_a_time_budget_shows_the_runs_spent_without_a_total():
+    out = io.StringIO()
+    with budget_bar(Console(file=out, force_terminal=False), None) as progress:
+        progress("range test", 0.25)
+    assert out.getvalue().startswith("tune 0.25 runs, ")
+
+
 def test_the_summary_says_each_stage_s_cost_in_runs_and_seconds(tmp_path):
     from torch import nn
 
-    from gradpilot._tune_view import summary
     from gradpilot.tuning import Stage, TuneResult
+    from gradpilot.tuning.state import Spent
+    from gradpilot.tuning.view import summary
 
-    stages = (Stage("lr_range", {}, "the curve supports 0.01", samples=500, seconds=1.25),
-              Stage("lr_search", {}, "5 short runs", samples=2000, seconds=8.5))
+    stages = (Stage("lr_range", None, "the curve supports 0.01", spent=Spent(500, 1.0, 0.0, 0.0, 0.25)),
+              Stage("lr_search", None, "5 short runs", spent=Spent(2000, 6.0, 2.0, 0.5, 0.0)))
     out = io.StringIO()
-    summary(TuneResult({"learning_rate": 0.01}, stages, 3.0, 2.5, 0.9, nn.Linear(1, 1), tmp_path, 1000),
-            Console(file=out, width=120, force_terminal=False))
+    result = TuneResult({"learning_rate": 0.01}, stages, 3.0, 2.5, 0.9, nn.Linear(1, 1), tmp_path, 1000,
+                        run_seconds=4.0, seconds=10.5, spent_items=2.5)
+    summary(result, Console(file=out, width=160, force_terminal=False))
     text = out.getvalue()
-    assert "2.50 of 3 runs spent, 10 s" in text and "8.5" in text and "2.00" in text
+    assert "2.50 of 3 runs spent (10 s; one run ≈ 4 s; 2.50 runs of items)" in text
+    assert "8.5" in text and "2.12" in text  # 8.5 s of the search's, over a 4 s run
+    assert "6.0 / 2.0 / 0.5 / 0.0" in text  # training / validation / i/o / other

@@ -1,55 +1,66 @@
 """The LR search's short runs on Ray (``tune(backend="ray")``, ``gradpilot tune --backend ray``).
 
-Each rung of the successive halving is one Ray Tune experiment, its trials proposed by Optuna's search
-(``OptunaSearch``, given the candidates still in the running as the points to evaluate). Each trial is a
-Ray task on whatever cluster ``ray.init`` joins: it continues its run from the checkpoint of the rung
-before, trains to this rung, scores after the cooldown and reports with a new checkpoint. Between rungs the
-search's Optuna study decides, with the same ``SuccessiveHalvingPruner`` as the built-in search, which
-trials go on; so the decisions are those the built-in search would make, and the rest of tune reads the
-study as it reads its own.
+A backend only runs a rung's jobs: each rung of the successive halving is one Ray Tune experiment with a
+trial per candidate still in the running. Each trial is a Ray task on whatever cluster ``ray.init`` joins and
+runs the very job the built-in workers run (``halving.train_job``: the task's own runner, from the run saved
+at the rung before, on to this rung, scored after its cooldown); it reports its score and cost, and hands its
+saved run back as a Ray checkpoint. The search records the results, promotes and deletes exactly as it does
+for its own workers, so the decisions are the built-in search's.
 
 Needs the ``ray`` extra: ``pip install 'gradpilot[ray]'``.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import optuna
 import torch
 
 from gradpilot.errors import GradpilotError, first_line
+from gradpilot.runner import Cost
 
 if TYPE_CHECKING:
-    from gradpilot._search import Search, SearchPlan
+    from gradpilot.tuning.halving import Halving, Plan
 
 
-def run_search(search: Search, study: optuna.Study, plan: SearchPlan, allowance: int,
-               address: str | None) -> None:
-    """Run ``plan``'s successive halving with each rung's short runs as Ray Tune trials; scores go to ``study``."""
-    from gradpilot._search import spent_in
-
+def run_rung(halving: Halving, plan: Plan, k: int, alive: list[int],
+             address: str | None) -> Iterator[tuple[int, float, Cost, Path]]:
+    """Candidates ``alive`` trained on to rung ``k`` as Ray Tune trials: (index, score, cost, saved run) each,
+    the saved run copied to where the search keeps it."""
+    if not alive:
+        return
     ray, tune = _import_ray()
-    started = _init(ray, address)
-    try:
-        alive, saved = list(range(len(plan.candidates))), {}  # type: list[int], dict[int, Any]
-        for k, rung in enumerate(plan.rungs):
-            alive = _affordable(search, study, plan, alive, k, allowance - spent_in(study))
-            if alive:
-                with contextlib.redirect_stdout(sys.stderr):  # Ray Tune's tables: stdout is for tune's own output
-                    grid = _rung(tune, search, plan, k, alive, saved).fit()
-                for result in grid:
-                    _record(search, study, plan, rung, result, saved)
-            if k + 1 < len(plan.rungs):
-                alive = search._halve(study, plan, k)
-    finally:
-        if started:
-            ray.shutdown()
+    _init(ray, address)
+    study = halving.study()
+    numbers = {i: halving.trial(study, plan, i).number for i in alive}
+    saved = {i: halving.path(numbers[i]).read_bytes() for i in alive if k and halving.path(numbers[i]).exists()}
+    trainable = tune.with_parameters(_short_run, task=halving.task, initial=halving.initial, plan=plan, k=k,
+                                     seed=halving.seed, saved=saved)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"index": tune.grid_search(alive)},
+        run_config=tune.RunConfig(name=f"lr_search-rung-{k}", storage_path=str((halving.folder / "ray").resolve()),
+                                  verbose=0))
+    with contextlib.redirect_stdout(sys.stderr):  # Ray Tune's tables: stdout is for tune's own output
+        grid = tuner.fit()
+    for result in grid:
+        if result.metrics is None or "index" not in result.metrics:
+            raise GradpilotError("a short run on Ray failed: "
+                                 f"{first_line(result.error) if result.error else 'no result'}")
+        index = int(result.metrics["index"])
+        target = halving.path(numbers[index])
+        with result.checkpoint.as_directory() as folder:
+            shutil.copyfile(Path(folder) / "run.pt", target)
+        cost = Cost(*(result.metrics[p] for p in ("samples", "training", "evaluation", "io", "evals")))
+        yield index, float(result.metrics["score"]), cost, target
 
 
 def _import_ray() -> tuple[Any, Any]:
@@ -61,10 +72,11 @@ def _import_ray() -> tuple[Any, Any]:
     return ray, tune
 
 
-def _init(ray: Any, address: str | None) -> bool:
-    """Join the cluster at ``address`` (``auto``: the one this machine belongs to) or start a local Ray."""
+def _init(ray: Any, address: str | None) -> None:
+    """Join the cluster at ``address`` (``auto``: the one this machine belongs to) or start a local Ray, once; a
+    Ray this started is shut down when the process ends."""
     if ray.is_initialized():
-        return False
+        return
     for name in [n for n in sys.modules if n.startswith("gradpilot_task_")]:  # a task file is not importable there
         ray.cloudpickle.register_pickle_by_value(sys.modules[name])  # Ray's own pickler: by value, not by import
     try:
@@ -73,76 +85,25 @@ def _init(ray: Any, address: str | None) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise GradpilotError(f"cannot start or join Ray at {address or 'a local instance'}: "
                              f"{first_line(exc)}") from None
-    return True
+    atexit.register(ray.shutdown)
 
 
-def _affordable(search: Search, study: optuna.Study, plan: SearchPlan, alive: list[int], k: int,
-                left: int) -> list[int]:
-    """The candidates whose next stretch (and its cooldown) the budget still pays for, in the order given;
-    the rest stop here, as the built-in search stops them."""
-    step = plan.rungs[k] - (plan.rungs[k - 1] if k else 0)
-    keep = []
-    for index in alive:
-        cost = step + max(plan.candidates[index].batch, round(plan.cooldown * plan.rungs[k]))
-        if cost <= left:
-            keep.append(index)
-            left -= cost
-            continue
-        trial = search._trial(study, plan.candidates[index], index)
-        trial.set_user_attr("stopped", "budget")
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    return keep
-
-
-def _rung(tune: Any, search: Search, plan: SearchPlan, k: int, alive: list[int], saved: dict[int, Any]) -> Any:
-    from ray.tune.search.optuna import OptunaSearch
-
-    trainable = tune.with_parameters(_short_run, task=search.task, initial=search.initial, plan=plan, k=k,
-                                     seed=search.seed, checkpoints={i: saved[i] for i in alive if i in saved})
-    searcher = OptunaSearch(space={"index": optuna.distributions.CategoricalDistribution(alive)}, metric="score",
-                            mode="max" if search.task.higher_is_better else "min", seed=search.seed,
-                            points_to_evaluate=[{"index": i} for i in alive])  # each candidate once, as planned
-    return tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 1}),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(alive)),
-        run_config=tune.RunConfig(name=f"lr_search-rung-{k}", storage_path=str((search.folder / "ray").resolve()),
-                                  verbose=0),
-    )
-
-
-def _short_run(config: dict[str, Any], *, task: Any, initial: dict[str, torch.Tensor], plan: SearchPlan, k: int,
-               seed: int, checkpoints: dict[int, Any]) -> None:
-    """One candidate in a Ray worker: continue from its last rung, train to rung ``k``, score, report."""
+def _short_run(config: dict[str, Any], *, task: Any, initial: dict[str, torch.Tensor], plan: Plan, k: int,
+               seed: int, saved: dict[int, bytes]) -> None:
+    """One candidate in a Ray worker: the search's own job, from the run it had at the last rung."""
     from ray import tune
 
-    from gradpilot._search import setting
-    from gradpilot.runner import LocalRun
+    from gradpilot.tuning.halving import train_job
 
     torch.set_num_threads(1)
     index = int(config["index"])
-    cand = plan.candidates[index]
-    run = LocalRun(task, setting(cand, plan), seed=seed, weights=initial)
-    if index in checkpoints:
-        with checkpoints[index].as_directory() as folder:
-            run.load(Path(folder) / "run.pt")
-    before = run.cost.samples
-    run.advance(plan.rungs[k])
-    value = run.score(max(cand.batch, round(plan.cooldown * plan.rungs[k])))
     with tempfile.TemporaryDirectory() as folder:
-        run.save(Path(folder) / "run.pt")
-        tune.report({"score": value, "index": index, "spent": run.cost.samples - before},
-                    checkpoint=tune.Checkpoint.from_directory(folder))
-
-
-def _record(search: Search, study: optuna.Study, plan: SearchPlan, rung: int, result: Any,
-            saved: dict[int, Any]) -> None:
-    """A Ray trial's score at ``rung``, reported to the candidate's trial in the study with the samples it cost."""
-    if result.metrics is None or "index" not in result.metrics:
-        raise GradpilotError(f"a short run on Ray failed: {first_line(result.error) if result.error else 'no result'}")
-    index = int(result.metrics["index"])
-    trial = search._trial(study, plan.candidates[index], index)
-    done = study._storage.get_trial(trial._trial_id).user_attrs.get("samples", 0)
-    trial.set_user_attr("samples", int(done) + int(result.metrics["spent"]))
-    trial.set_user_attr("backend", "ray")
-    trial.report(float(result.metrics["score"]), rung)
-    saved[index] = result.checkpoint
+        start, out = Path(folder) / "start.pt", Path(folder) / "out"
+        if index in saved:
+            start.write_bytes(saved[index])
+        out.mkdir()
+        value, cost = train_job(task, plan, index, k, seed=seed, initial=initial,
+                                load=start if index in saved else None, save=out / "run.pt")
+        tune.report({"score": value, "index": index, "samples": cost.samples, "training": cost.training,
+                     "evaluation": cost.evaluation, "io": cost.io, "evals": cost.evals},
+                    checkpoint=tune.Checkpoint.from_directory(out))

@@ -19,15 +19,16 @@ from typing import Any
 
 import torch
 
-from gradpilot import _workers
-from gradpilot._stages import _Context
 from gradpilot.errors import describe
+from gradpilot.tuning import queue
+from gradpilot.tuning.context import Context
+from gradpilot.tuning.state import Decided, Spent
 
 
 class LocalWorkers:
     """The worker processes of one ``tune`` call (a context manager: they are joined on the way out)."""
 
-    def __init__(self, ctx: _Context, n_jobs: int, work: Callable[[_Context], Any]) -> None:
+    def __init__(self, ctx: Context, n_jobs: int, work: Callable[[Context], Any]) -> None:
         self.ctx, self.n_jobs, self.work = ctx, n_jobs, work
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.handled: set[int] = set()
@@ -47,9 +48,9 @@ class LocalWorkers:
         for process in self.processes:
             if process.exitcode not in (None, 0) and process.pid not in self.handled:
                 self.handled.add(int(process.pid or 0))
-                _workers.retry_worker(self.ctx.storage, self.ctx.prefix, (f"{self.ctx.prefix}:lr_search",),
-                                      _workers.worker_id(process.pid))
-        time.sleep(_workers.POLL_S)
+                queue.retry_worker(self.ctx.storage, self.ctx.prefix, (f"{self.ctx.prefix}:lr_search",),
+                                      queue.worker_id(process.pid))
+        time.sleep(queue.POLL_S)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
@@ -59,10 +60,10 @@ class LocalWorkers:
             process.join()
 
 
-def _work_in_child(ctx: _Context, work: Callable[[_Context], Any], threads: int) -> None:
+def _work_in_child(ctx: Context, work: Callable[[Context], Any], threads: int) -> None:
     torch.set_num_threads(threads)
-    storage = _workers.open_storage(None, ctx.out, shared=True)
-    mine = dataclasses.replace(ctx, storage=storage, progress=None, wait=None, values={}, spent=0)
+    storage = queue.open_storage(None, ctx.out)
+    mine = dataclasses.replace(ctx, storage=storage, progress=None, wait=None, decided=Decided(), spent=Spent())
     try:
         work(mine)
     except KeyboardInterrupt:

@@ -13,13 +13,15 @@ import yaml
 from gradpilot._files import write_atomic
 from gradpilot.errors import GradpilotError
 from gradpilot.task import Task
+from gradpilot.tuning.state import Chosen, Decided, Stage, Trained
 
 FIXABLE = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
            "lr_scheduler_type")
 ALIASES = {"lr": "learning_rate", "batch_size": "per_device_train_batch_size",
            "accumulation": "gradient_accumulation_steps", "accumulation_steps": "gradient_accumulation_steps",
            "epochs": "num_train_epochs", "scheduler": "lr_scheduler_type"}
-SCHEDULER_NAMES = ("constant", "constant_with_warmup", "linear", "cosine_with_min_lr")  # transformers' names
+SCHEDULER_NAMES = ("constant", "constant_with_warmup", "linear", "cosine_with_min_lr",
+                   "warmup_stable_decay")  # transformers' names
 _TORCH_DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
                    "alpha": 0.99, "centered": False, "lr_decay": 0.0}
 _OPTIM_ARGS = {"sgd": ("momentum", "dampening", "nesterov"), "rmsprop": ("momentum", "alpha", "eps", "centered"),
@@ -55,25 +57,28 @@ def _checked(key: str, value: Any) -> Any:
     return number
 
 
-def plan(values: dict[str, Any], task: Task, stages: Sequence[Any]) -> tuple[dict[str, Any], dict[str, str]]:
+def plan(decided: Decided, task: Task, stages: Sequence[Stage]) -> tuple[dict[str, Any], dict[str, str]]:
     """The plan as ``TrainingArguments`` keyword arguments, and why each value (from the stage that set it)."""
     why = {s.name: s.why for s in stages}
+    chosen: Chosen = decided.need("lr_search")
+    trained: Trained = decided.need("schedule")
     out: dict[str, Any] = {
-        "learning_rate": float(values["learning_rate"]),
-        "per_device_train_batch_size": int(values["micro_batch"]),
-        "gradient_accumulation_steps": int(values["accumulation"]),
-        "num_train_epochs": int(values["num_train_epochs"]),
-        "lr_scheduler_type": values["lr_scheduler_type"],
-        "lr_scheduler_kwargs": dict(values["lr_scheduler_kwargs"]),
-        "warmup_steps": int(values["warmup_steps"]) if values["lr_scheduler_type"] != "constant" else 0,
+        "learning_rate": float(chosen.learning_rate),
+        "per_device_train_batch_size": int(chosen.micro_batch),
+        "gradient_accumulation_steps": int(chosen.accumulation),
+        "num_train_epochs": int(trained.num_train_epochs),
+        **trained.training_arguments(),
     }
+    kwargs = out["lr_scheduler_kwargs"]
     reasons = {
-        "learning_rate": f"{why['lr_range']}. {why['lr_search']}",
+        "learning_rate": f"{why.get('lr_range', 'learning_rate is fixed')}. {why['lr_search']}",
         "per_device_train_batch_size": why["batch"],
         "gradient_accumulation_steps": why["accumulation"],
         "num_train_epochs": why["epochs"],
         "lr_scheduler_type": why["schedule"],
-        "lr_scheduler_kwargs": "the schedule's floor" if out["lr_scheduler_kwargs"] else "the schedule takes none",
+        "lr_scheduler_kwargs": ("the decay the winning branch trained: the stable and decay phases in steps"
+                                if "num_decay_steps" in kwargs else "the schedule's floor" if kwargs
+                                else "the schedule takes none"),
         "warmup_steps": "linear warmup from 0, because the batch (and so the LR) grew" if out["warmup_steps"]
         else "no warmup: the LR was found stable at this batch",
     }

@@ -1,12 +1,12 @@
 """Work shared by several ``tune`` processes through one Optuna storage, with Optuna's own means only.
 
 A piece of work — a stage that must run once, a short run to a rung — is a trial waiting in a *queue*: an
-Optuna study whose trials are enqueued with the job's parameters. A worker takes one with ``study.ask()``,
-which hands each waiting trial to exactly one caller (the storage's own atomic WAITING → RUNNING), and tells
-it COMPLETE with its result. Filling a queue happens once: the worker whose ``create_study`` succeeds fills
-it (a study name is unique in every storage); the others wait until it says it is full. On a storage with a
-heartbeat (SQLite, PostgreSQL and every RDB URL), a worker beats while it works; a worker that dies stops
-beating, its job is failed as stale and Optuna's ``RetryFailedTrialCallback`` puts a copy back in the queue.
+Optuna study whose trials are enqueued with the job's parameters (as the trial's user attributes). A worker
+takes one with ``study.ask()``, which hands each waiting trial to exactly one caller (the storage's own atomic
+WAITING → RUNNING), and tells it COMPLETE with its result. Filling a queue happens once: the worker whose
+``create_study`` succeeds fills it (a study name is unique in every storage); the others wait until it says it
+is full. On a storage with a heartbeat (SQLite, PostgreSQL and every RDB URL), a worker beats while it works;
+a worker that dies stops beating, its job is failed as stale and Optuna's retry callback puts a copy back.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,23 +26,22 @@ from optuna.storages import BaseStorage, RDBStorage, RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from gradpilot.errors import GradpilotError, first_line
+from gradpilot.tuning import _optuna
 
 HEARTBEAT_S = 5  # a working worker writes a heartbeat this often
 GRACE_S = 30  # a job whose worker has not beaten for this long is failed and put back
 POLL_S = 0.2
+_JOB = "job"  # the user attribute a queued trial carries its parameters in (JSON)
 
 
-def open_storage(url: str | BaseStorage | None, out: Path, *, shared: bool) -> BaseStorage:
-    """The storage the trials live in: a given one; else, for several processes on this machine, Optuna's
-    journal file in ``out`` (SQLite is for one writer); else a SQLite file in ``out``. An RDB URL gets a
-    heartbeat, so a dead worker's job goes back to the queue."""
+def open_storage(url: str | BaseStorage | None, out: Path) -> BaseStorage:
+    """The storage the trials live in: a given one (an RDB URL gets a heartbeat, so a dead worker's job goes back
+    to the queue); else Optuna's journal file in ``out``, which this machine's worker processes share and which
+    opens in milliseconds where a new SQLite file takes a second."""
     if isinstance(url, BaseStorage):
         return url
-    if url is None and shared:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(str(out / "trials.journal")))
-    url = url or f"sqlite:///{(out / 'trials.db').resolve()}"
+    if url is None:
+        return _journal(out / "trials.journal")
     for attempt in range(4):
         try:
             return _rdb(url)
@@ -58,17 +56,27 @@ def open_storage(url: str | BaseStorage | None, out: Path, *, shared: bool) -> B
     raise AssertionError("unreachable")
 
 
-def describe(storage: BaseStorage, out: Path) -> str:
-    """Which storage a tune keeps its trials in, as its record says it: the folder's own files by name (so a
+def _journal(path: Path) -> BaseStorage:
+    """The journal file, a line a process killed mid-write left half-written cut off first (Optuna skips such
+    a last line, but a line appended after it would be joined to it and fail)."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def describe(storage: BaseStorage) -> str:
+    """Which storage a tune keeps its trials in, as its record says it: the folder's own journal by name (so a
     moved folder is the same tune), a database by its URL without the password."""
-    inner = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in a cache
     if isinstance(storage, optuna.storages.JournalStorage):
         return "the journal file in out_dir"
-    url = getattr(inner, "url", None)
+    url = _optuna.storage_url(storage)
     if url is None:
         return type(storage).__name__
-    if url == f"sqlite:///{(out / 'trials.db').resolve()}":
-        return "the SQLite file in out_dir"
     from sqlalchemy.engine import make_url
 
     return str(make_url(url).render_as_string(hide_password=True))
@@ -87,7 +95,7 @@ def _rdb(url: str) -> RDBStorage:
 
 
 class Queue:
-    """Jobs in one Optuna study named ``name``; each job's parameters are a dict of numbers."""
+    """Jobs in one Optuna study named ``name``; each job's parameters are a JSON-able dict."""
 
     def __init__(self, storage: BaseStorage, name: str) -> None:
         self.storage, self.name = storage, name
@@ -106,8 +114,8 @@ class Queue:
     def fill(self, jobs: list[dict[str, Any]], note: dict[str, Any] | None = None) -> None:
         """Enqueue the jobs (none twice), then say the queue is full, with ``note``: what the others must read."""
         study = self._study
-        for params in jobs:
-            study.enqueue_trial(params, skip_if_exists=True)
+        for i, params in enumerate(jobs):
+            study.enqueue_trial({"n": i}, user_attrs={_JOB: json.dumps(params)}, skip_if_exists=True)
         study.set_user_attr("full", json.dumps(note or {}))
 
     def note(self, wait: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -133,31 +141,32 @@ class Queue:
                 continue
             with quiet():  # Optuna warns that heartbeats suit optimize(); a queue beats on its own
                 trial = study.ask()
-            if "fixed_params" not in trial._cached_frozen_trial.system_attrs:  # another worker took the last one
-                study._storage.set_trial_user_attr(trial._trial_id, "spare", True)
+            if _JOB not in trial.user_attrs:  # another worker took the last one: ask() made a spare trial
+                trial.set_user_attr("spare", True)
                 study.tell(trial, state=TrialState.FAIL)
                 continue
-            study._storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
-            params = dict(trial._cached_frozen_trial.system_attrs["fixed_params"])
-            with _heartbeat(study._storage, trial._trial_id):
-                result = do(params)
-            study._storage.set_trial_user_attr(trial._trial_id, "result", json.dumps(result))
+            trial.set_user_attr("worker", worker_id())
+            with _optuna.beating(study, trial):
+                result = do(json.loads(trial.user_attrs[_JOB]))
+            trial.set_user_attr("result", json.dumps(result))
             study.tell(trial, 0.0)
 
     def results(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """(parameters, result) of every job done, in the order enqueued."""
         done = [t for t in self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if "result" in t.user_attrs]
-        return [(dict(t.system_attrs["fixed_params"]), json.loads(t.user_attrs["result"])) for t in done]
+        return [(json.loads(t.user_attrs[_JOB]), json.loads(t.user_attrs["result"])) for t in done]
 
     def retry(self, worker: str | None = None) -> None:
         """Put back the jobs left running by ``worker`` (by any worker when None): they died with it."""
-        for trial in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study = self._study
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if worker is not None and trial.user_attrs.get("worker") != worker:
                 continue
-            if self._study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                with quiet():
-                    _retry(None)(self._study, self._study._storage.get_trial(trial._trial_id))
+            with quiet():
+                failed = study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+                if failed.state == TrialState.FAIL:
+                    _retry(None)(study, failed)
 
     @property
     def _study(self) -> optuna.Study:
@@ -209,34 +218,6 @@ def retry_worker(storage: BaseStorage, prefix: str, keep: tuple[str, ...], worke
     """Put back every job a dead worker process held."""
     for queue in queues(storage, prefix, keep):
         queue.retry(worker)
-
-
-@contextmanager
-def _heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
-    """Beat for the trial while the block runs, on storages that watch beats (Optuna's RDB storage, which a
-    study wraps in a cache: hence asked by what it can do, not by its class)."""
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
-    if interval is None:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.is_set():
-            try:
-                storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
-            except Exception:  # a busy database: a beat missed is tried again soon, the thread must not die
-                stop.wait(0.5)
-                continue
-            stop.wait(interval)
-
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 # Optuna 4.9 renamed the callback that puts a stale trial back; take the new name where it exists.

@@ -1,0 +1,238 @@
+"""``tune``'s first stages, in the order they run; each is ``(ctx) -> Stage`` and builds on a gradpilot tool:
+the clock (one run's cost, measured), ``find_lr``, ``estimate_noise_scale`` + ``find_batch_size``,
+``scaling.plan``. The search is in ``gradpilot.tuning.search``, the trunk in ``gradpilot.tuning.trunk``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from gradpilot import scaling
+from gradpilot.batch_size import BatchSizeResult, estimate_noise_scale, find_batch_size
+from gradpilot.errors import GradpilotError
+from gradpilot.lr_finder import find_lr
+from gradpilot.runner import LocalRun, Setting
+from gradpilot.task import Task
+from gradpilot.tuning import budget
+from gradpilot.tuning.context import Context
+from gradpilot.tuning.state import Batches, Clock, RangeTest, Spent, Splits, Stage
+
+
+def check_budget(ctx: Context) -> None:
+    """Refuse, before any work, a budget that cannot pay for the range test and one epoch (or for fixed
+    epochs), and a training set too small to tune on at all. A time budget is checked once the clock ran."""
+    fixed_batch = int(ctx.fixed.get("per_device_train_batch_size", 0)) * int(
+        ctx.fixed.get("gradient_accumulation_steps", 1))
+    if fixed_batch > ctx.train_items:
+        raise GradpilotError(f"the fixed batch ({fixed_batch}) is larger than the training set ({ctx.train_items} "
+                             "items): one step would see every item; fix a batch of at most the training set")
+    if ctx.train_items < ctx.task.batch_size:
+        raise GradpilotError(f"the training set has {ctx.train_items} items, fewer than one batch of "
+                             f"{ctx.task.batch_size}: give more data, or a smaller Task.batch_size")
+    if ctx.budget is not None:
+        _check_runs(ctx, ctx.budget, "")
+
+
+def _least_runs(ctx: Context) -> float:
+    """The fewest runs a tune can be done in: one epoch (or the fixed epochs) and the shortest range test."""
+    need = ctx.train_items * int(ctx.fixed.get("num_train_epochs", 1))
+    if "learning_rate" not in ctx.fixed:
+        need += budget.MIN_RANGE_STEPS * ctx.task.batch_size
+    return need / ctx.run_items
+
+
+def _check_runs(ctx: Context, runs: float, unit: str) -> None:
+    least = _least_runs(ctx)
+    if runs < least:
+        given = f"budget {runs:g} runs" if not unit else f"time budget {ctx.time_budget:g} s ({runs:.2f} runs {unit})"
+        raise GradpilotError(f"{given} is too small: the range test and the epochs it must train cost {least:.2f} "
+                             f"runs; give a budget of at least {math.ceil(100 * least) / 100:g} runs")
+
+
+def clock(ctx: Context) -> Stage:
+    """What one run of the task costs: a validation pass of the initial weights and a few training steps at the
+    task's batch, timed (the first step, which warms caches up, is not counted)."""
+    task, batch = ctx.task, ctx.task.batch_size
+    ctx.say("timing one validation pass and a few steps")
+    run = LocalRun(task, Setting(task.lr, batch), seed=ctx.seed, weights=ctx.initial)
+    start = run.evaluate()
+    run.advance(1)
+    first = run.cost.training
+    most = max(budget.TIMING_STEPS, math.ceil(budget.TIMING_SHARE * ctx.run_items / batch))
+    while run.steps <= budget.TIMING_STEPS or (run.steps <= most and run.cost.training - first < budget.TIMING_S):
+        run.advance(run.steps + 1)
+    timed = run.steps - 1
+    task.model.load_state_dict(ctx.initial)
+    item, evaluation = budget.fixed_clock() or ((run.cost.training - first) / (timed * batch), run.cost.evaluation)
+    measured = Clock(item_seconds=item, eval_seconds=evaluation, run_items=ctx.run_items, evals=task.epochs,
+                     start_metric=start.value)
+    spent = Spent.of(run.cost)
+    ctx.decided.clock = measured
+    if ctx.budget is None:
+        _check_runs(ctx, ctx.budget_runs, "of this task")
+    why = (f"one run of the task ({task.epochs} epochs over {ctx.train_items:,} items, a validation each epoch) "
+           f"takes about {_duration(measured.run_seconds)}: {1e3 * measured.item_seconds:.3g} ms per item trained, "
+           f"{_duration(measured.eval_seconds)} per validation; the budget is {ctx.budget_runs:.3g} runs "
+           f"({_duration(ctx.budget_seconds)})")
+    return Stage("clock", measured, why, evidence={"run_seconds": measured.run_seconds,
+                                                   "budget_seconds": ctx.budget_seconds,
+                                                   "budget_runs": ctx.budget_runs}, spent=spent)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 90:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:.3g} s"
+
+
+UNSURE = 0.5  # a range test less confident than this leaves the search centred between its pick and its edge
+
+
+def lr_range(ctx: Context) -> Stage:
+    """An LR range test at the task's batch: a suggestion, and the edge past which the loss climbs."""
+    if "learning_rate" in ctx.fixed:
+        return Stage("lr_range", None, "learning_rate is fixed", skipped="fixed")
+    task = ctx.task
+    steps = budget.range_steps(ctx.run_items, task.batch_size, ctx.budget_seconds,
+                               ctx.clock.item_seconds * task.batch_size)
+    ctx.say(f"range test, {steps} steps")
+    task.model.load_state_dict(ctx.initial)
+    torch.manual_seed(ctx.seed)
+    begin = time.perf_counter()
+    result = find_lr(task, train_loader=task.train_loader(ctx.seed), num_steps=steps)
+    seconds = time.perf_counter() - begin
+    low, high = result.interval
+    why = f"; {result.caveat}" if result.caveat else ""
+    return Stage("lr_range", RangeTest(result.suggestion, low, high, result.confidence),
+                 f"range test over {len(result.lrs)} steps suggests {result.suggestion:.3g} ({result.rule}); the curve "
+                 f"supports {low:.3g} to {high:.3g}, confidence {result.confidence:.2f}{why}",
+                 alternatives=[{"rule": k, "lr": v} for k, v in result.alternatives.items()],
+                 evidence={"lrs": list(result.lrs), "losses": list(result.losses),
+                           "smoothed_losses": list(result.smoothed_losses), "confidence": result.confidence,
+                           "stop": result.stop_reason},
+                 spent=Spent(len(result.lrs) * task.batch_size, seconds))
+
+
+def batch(ctx: Context) -> Stage:
+    """The batches worth trying: the task's, and the critical batch the gradient noise scale points to; the
+    largest micro-batch that fits memory; the rule that rescales the LR between them. Run only where the
+    trials cost a small share of what the search could spend: they cost the same items whatever the run."""
+    task, b = ctx.task, ctx.task.batch_size
+    rule = _rule(task)
+    if "per_device_train_batch_size" in ctx.fixed:
+        fixed = int(ctx.fixed["per_device_train_batch_size"])
+        return Stage("batch", Batches((fixed,), fixed, rule), "batch size is fixed", skipped="fixed")
+    kept = Batches((b,), b, rule)
+    if isinstance(task.train_data, DataLoader):
+        return Stage("batch", kept, "the task gives a ready DataLoader, whose batch size tune keeps",
+                     skipped="data loader")
+    if not _batch_pays(ctx):
+        return Stage("batch", kept, f"measuring the batch would cost more than {budget.BATCH_SHARE:.0%} of what the "
+                     f"LR search can spend: the task's batch {b} is kept", skipped="budget")
+    ctx.say("gradient noise scale and memory")
+    begin = time.perf_counter()
+    spent, batches, evidence = _noise_candidates(ctx)
+    found = _largest_micro(task, batches)
+    spent += sum(t.batch_size for t in found.trials) + min(batches)
+    evidence.update(max_micro=found.batch_size, memory_limit=found.limit,
+                    trials=[dataclasses.asdict(t) for t in found.trials])
+    return Stage("batch", Batches(tuple(batches), found.batch_size, rule), _batch_why(b, batches, evidence, rule),
+                 alternatives=[{"batch": x} for x in batches], evidence=evidence,
+                 spent=Spent(spent, time.perf_counter() - begin))
+
+
+def _largest_micro(task: Task, batches: list[int]) -> BatchSizeResult:
+    """The largest micro-batch up to the largest batch to try, searched from the smallest (the task's batch, which
+    should fit; from 1 where it does not)."""
+    try:
+        return find_batch_size(task, start=min(batches), max_batch_size=max(batches), steps_per_trial=1)
+    except GradpilotError:
+        return find_batch_size(task, max_batch_size=max(batches), steps_per_trial=1)
+
+
+def _batch_pays(ctx: Context) -> bool:
+    """Whether the batch trials cost at most BATCH_SHARE of what is left once the trunk is paid for."""
+    purse, b = ctx.purse(), ctx.task.batch_size
+    trunk = budget.TrunkPlan(budget.branch_epochs(ctx.task.epochs), budget.steps_per_epoch(ctx.train_items, b, 1))
+    free = purse.less(*budget.trunk_cost(trunk, 0, b))
+    cost = _batch_cost(ctx)
+    return free.items > 0 and cost <= budget.BATCH_SHARE * free.items and \
+        budget.BATCH_SLOWNESS * ctx.clock.seconds(cost) <= budget.BATCH_SHARE * free.seconds
+
+
+def _noise_batches(ctx: Context) -> tuple[int, int, int]:
+    """The noise-scale estimate's small and big batch and how many of each it averages."""
+    b = ctx.task.batch_size
+    return max(1, min(8, b // 4)), min(ctx.train_items, max(4 * b, 32)), 8
+
+
+def _batch_cost(ctx: Context) -> int:
+    """Items the batch stage reads at most: the noise-scale batches, then trials doubling up to 8× the batch
+    (about 16 batches in all), then the smaller batch once."""
+    small, big, reps = _noise_batches(ctx)
+    return reps * (small + big) + 17 * ctx.task.batch_size
+
+
+def _batch_why(b: int, batches: list[int], evidence: dict[str, Any], rule: str) -> str:
+    if "noise_error" in evidence:
+        return f"the task's batch {b} is kept: {evidence['noise_error']}"
+    if len(batches) > 1:
+        return (f"the noise scale puts the critical batch near {evidence['noise_scale']:.0f}: trying "
+                f"{' and '.join(map(str, batches))}, LR rescaled by the {rule} rule")
+    return f"the task's batch {b} is kept: the noise scale ({evidence['noise_scale']:.0f}) gives no reason to change it"
+
+
+def _noise_candidates(ctx: Context) -> tuple[int, list[int], dict[str, Any]]:
+    """The items the noise-scale estimate cost, the batches worth trying, and the evidence. An estimate that
+    cannot be made (gradient norms too noisy to tell |G|² from the noise) costs a warning and keeps the task's
+    batch; it never stops the tune."""
+    b, n = ctx.task.batch_size, ctx.train_items
+    small, big, reps = _noise_batches(ctx)
+    if big <= small:
+        return 0, [b], {"noise_scale": float(b)}
+    ctx.task.model.load_state_dict(ctx.initial)
+    try:
+        noise = estimate_noise_scale(ctx.task, small_batch=small, big_batch=big, batches=reps, seed=ctx.seed)
+    except GradpilotError as exc:
+        why = f"the gradient noise scale could not be measured ({exc})"
+        warnings.warn(f"{why}; tune keeps the task's batch {b}", stacklevel=2)
+        ctx.say(f"{why}: batch {b} kept")
+        return reps * (small + big), [b], {"noise_scale": None, "noise_error": why}
+    batches = [b]
+    if math.isfinite(noise.b_simple) and noise.b_simple > 0:
+        shift = max(-2, min(3, round(math.log2(noise.b_simple / b))))
+        other = b * 2**shift if shift >= 0 else max(1, b >> -shift)
+        if other != b and n // other >= 8:  # at least 8 steps an epoch
+            batches.append(other)
+    return reps * (small + big), batches, {"noise_scale": noise.b_simple}
+
+
+def _rule(task: Task) -> scaling.LRRule:
+    try:
+        return scaling.resolve_rule("auto", task.optimizer_name)
+    except GradpilotError:
+        return "none"  # an optimizer gradpilot cannot place: the search measures instead
+
+
+def accumulation(ctx: Context) -> Stage:
+    """Each batch to try as micro-batch × accumulation steps: accumulate where the batch exceeds memory."""
+    chosen: Batches = ctx.decided.need("batch")
+    if "gradient_accumulation_steps" in ctx.fixed:
+        k = int(ctx.fixed["gradient_accumulation_steps"])
+        micro = int(ctx.fixed.get("per_device_train_batch_size", 0)) or max(1, chosen.batches[0] // k)
+        return Stage("accumulation", Splits(((micro, k),)), "accumulation is fixed", skipped="fixed")
+    splits, notes = [], []
+    for target in chosen.batches:
+        p = scaling.plan(target, chosen.max_micro)
+        splits.append((p.micro_batch_size, p.accumulation_steps))
+        notes.append(p.note)
+    needed = any(k > 1 for _, k in splits)
+    why = "; ".join(notes) if needed else \
+        f"every batch tried fits in memory (up to {chosen.max_micro}): no accumulation"
+    return Stage("accumulation", Splits(tuple(splits)), why, alternatives=notes)
