@@ -37,7 +37,7 @@ class MetricsLog:
         self.steps_written = 0
         self.evals_written = 0
 
-    def write(self, losses: Sequence[float], lrs: Sequence[float], epoch_steps: Sequence[int],
+    def write(self, losses: Sequence[float | None], lrs: Sequence[float], epoch_steps: Sequence[int],
               val_losses: Sequence[float], val_metrics: Sequence[float], *, rewrite: bool = False) -> None:
         """Add the rows not yet written (every row from the start when ``rewrite``)."""
         if rewrite or not self.path.exists():

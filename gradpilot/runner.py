@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -107,7 +107,7 @@ class Run(Protocol):
     lrs: list[float]  # the first param group's LR at each of those steps
 
     @property
-    def losses(self) -> list[float]: ...  # the training loss of each of those steps
+    def losses(self) -> Sequence[float | None]: ...  # the training loss of each of those steps (None: not logged)
 
     def advance(self, to_step: int) -> None: ...
 

@@ -33,7 +33,7 @@ def load_task(path: str | Path, seed: int = 0) -> Task:
     if not callable(factory) and callable(maker):
         _seed_everything(seed)
         made = _call(f"make_trainer() in {path}", maker, {})
-        adapted: Task = _call(f"make_trainer() in {path}", _from_trainer, made, path.stem)
+        adapted: Task = _call(f"make_trainer() in {path}", _from_trainer, made, path.stem, _checked_maker(maker, path))
         return adapted
     if not callable(factory):
         raise GradpilotError(f"{path} defines no task() function: add `def task(seed: int = 0) -> gradpilot.Task` "
@@ -64,18 +64,27 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _from_trainer(made: Any, name: str) -> Task:
+def _checked_maker(maker: Callable[[dict[str, Any]], Any], path: Path) -> Callable[[dict[str, Any]], Any]:
+    """``make_trainer`` as tune's runs call it: seeded as the first call was, anything it raises one line."""
+
+    def make(plan: dict[str, Any]) -> Any:
+        return _call(f"make_trainer() in {path}", maker, plan)
+
+    return make
+
+
+def _from_trainer(made: Any, name: str, maker: Callable[[dict[str, Any]], Any]) -> Task:
     """A task from what ``make_trainer({})`` returned: a Hugging Face ``Trainer``, or Lightning's
-    ``(trainer, module[, datamodule])``."""
+    ``(trainer, module[, datamodule])``; every run tune makes goes through trainers ``maker`` builds."""
     kind = type(made[0] if isinstance(made, tuple) and made else made).__module__.split(".")[0]
     if kind == "transformers":
         from gradpilot.integrations import transformers
 
-        return transformers.task_from_trainer(made, name)
+        return transformers.task_from_trainer(made, name, maker)
     if kind in ("lightning", "pytorch_lightning"):
         from gradpilot.integrations import lightning
 
-        return lightning.task_from_trainer(made, name)
+        return lightning.task_from_trainer(made, name, maker)
     raise GradpilotError(f"make_trainer() returned {type(made).__name__}: return a transformers.Trainer, or "
                          "(lightning.Trainer, LightningModule[, LightningDataModule])")
 

@@ -161,12 +161,57 @@ import lightning.pytorch as pl
 import torch
 from tests.test_integrations_lightning import Data, Spirals
 
+SEEN = {"fits": [], "validations": 0, "dtypes": set()}
+
+
+class Watch(pl.Callback):  # the user's own callback, on the user's own trainer
+    def on_train_start(self, trainer, module):
+        SEEN["fits"].append(trainer.global_step)
+
+    def on_validation_end(self, trainer, module):
+        SEEN["validations"] += 1
+
+
+class Recording(Spirals):
+    def training_step(self, batch, batch_idx):
+        SEEN["dtypes"].add(self.net(batch[0]).dtype)  # what mixed precision the training step ran in
+        return super().training_step(batch, batch_idx)
+
+
 def make_trainer(plan: dict):
     torch.manual_seed(0)
     trainer = pl.Trainer(max_epochs=plan.get("num_train_epochs", 4), accelerator="cpu", logger=False,
-                         enable_progress_bar=False, enable_checkpointing=False)
-    return trainer, Spirals(plan.get("learning_rate", 0.05)), Data()
+                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                         precision=PRECISION, callbacks=[Watch()])
+    return trainer, Recording(plan.get("learning_rate", 0.05)), Data()
 """
+
+
+def test_every_run_of_a_make_trainer_tune_goes_through_the_user_s_lightning_trainer(tmp_path):
+    """The user's callback sees each short run, each branch and the trunk's stretches as Trainer.fit() calls and
+    the scores as its validate(); precision="bf16-mixed" holds inside those runs."""
+    import sys
+
+    from gradpilot.task_file import load_task
+    from gradpilot.tuning import tune
+
+    source = tmp_path / "lit_task.py"
+    source.write_text(MAKE_TRAINER.replace("PRECISION", repr("bf16-mixed")))
+    task = load_task(source)
+    seen = sys.modules["gradpilot_task_lit_task"].SEEN
+    assert task.precision == "bf16" and task.runner is not None
+    result = tune(task, out_dir=tmp_path / "tune", budget=2)
+    by = {s.name: s for s in result.stages}
+    trials = [t for t in by["lr_search"].alternatives if t["scores"]]
+    branches = by["epochs"].evidence["branches"]
+    assert len(seen["fits"]) >= 2 * len(trials) + 2 * len(branches)  # every stretch is a fit() of the user's
+    assert seen["validations"] == len(trials) + len(branches) + 1  # every score its validate(), and the clock's
+    assert seen["dtypes"] == {torch.bfloat16}
+    assert result.plan["lr_scheduler_type"] == "warmup_stable_decay" and result.model_path.exists()
+    lrs = by["epochs"].evidence["lrs"]  # the LRs the module's optimizer really took, step by step
+    decay = result.plan["lr_scheduler_kwargs"]["num_decay_steps"]
+    assert lrs[-decay - 1] == pytest.approx(result.plan["learning_rate"])
+    assert lrs[-1] == pytest.approx(result.plan["learning_rate"] / decay)
 
 
 def test_tune_on_a_make_trainer_file_returning_a_lightning_trainer(tmp_path):
@@ -175,12 +220,13 @@ def test_tune_on_a_make_trainer_file_returning_a_lightning_trainer(tmp_path):
     from gradpilot.cli import app
 
     source = tmp_path / "lit_task.py"
-    source.write_text(MAKE_TRAINER)
+    source.write_text(MAKE_TRAINER.replace("PRECISION", repr("32-true")))
     result = CliRunner().invoke(app, ["tune", str(source), "--out", str(tmp_path / "tune"), "--budget", "2",
                                       "--json"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)["plan"]
-    assert plan["learning_rate"] > 0 and plan["num_train_epochs"] >= 1 and json.loads(result.stdout)["spent_runs"] <= 2
+    assert plan["learning_rate"] > 0 and plan["num_train_epochs"] >= 1
+    assert json.loads(result.stdout)["spent_item_runs"] <= 2
     stages = json.loads((tmp_path / "tune" / "tune.json").read_text())["stages"]
     assert stages["lr_search"]["alternatives"] and stages["lr_range"]["decision"]["lr_found"] > 0
     bad = tmp_path / "bad.py"

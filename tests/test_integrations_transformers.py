@@ -125,9 +125,28 @@ def test_diagnose_reads_the_last_checkpoint_and_the_tensorboard_runs_a_trainer_w
 
 MAKE_TRAINER = """
 import torch
-from transformers import (BertConfig, BertForSequenceClassification, Trainer, TrainingArguments,
+from transformers import (BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments,
                           default_data_collator)
 from tests.test_integrations_transformers import Toy
+
+SEEN = {"trains": [], "evaluations": 0, "dtypes": set()}
+
+
+class Watch(TrainerCallback):  # the user's own callback, on the user's own trainer
+    def on_train_begin(self, args, state, control, **kwargs):
+        SEEN["trains"].append(state.max_steps)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        SEEN["evaluations"] += 1
+
+
+class Recording(BertForSequenceClassification):
+    def forward(self, input_ids=None, attention_mask=None, labels=None):
+        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        if self.training:
+            SEEN["dtypes"].add(out.logits.dtype)  # what mixed precision the training forward ran in
+        return out
+
 
 def make_trainer(plan: dict) -> Trainer:
     torch.manual_seed(0)
@@ -135,10 +154,17 @@ def make_trainer(plan: dict) -> Trainer:
                         intermediate_size=64, max_position_embeddings=32)
     settings = {"learning_rate": 1e-3, "per_device_train_batch_size": 16, "num_train_epochs": 2,
                 "weight_decay": 0.01, **plan}
-    args = TrainingArguments(output_dir=OUT, report_to="none", use_cpu=True, disable_tqdm=True, **settings)
-    return Trainer(model=BertForSequenceClassification(config), args=args, train_dataset=Toy(512, 0),
-                   eval_dataset=Toy(128, 1), data_collator=default_data_collator)
+    args = TrainingArguments(output_dir=OUT, report_to="none", use_cpu=True, disable_tqdm=True, bf16=BF16,
+                             logging_steps=4, **settings)
+    return Trainer(model=Recording(config), args=args, train_dataset=Toy(512, 0), eval_dataset=Toy(128, 1),
+                   data_collator=default_data_collator, callbacks=[Watch()])
 """
+
+
+def _make_trainer_file(tmp_path, *, bf16: bool = False):
+    source = tmp_path / "hf_task.py"
+    source.write_text(MAKE_TRAINER.replace("OUT", repr(str(tmp_path / "trainer"))).replace("BF16", repr(bf16)))
+    return source
 
 
 def test_tune_on_a_make_trainer_file_writes_the_plan_the_trainer_takes_back(tmp_path):
@@ -150,13 +176,13 @@ def test_tune_on_a_make_trainer_file_writes_the_plan_the_trainer_takes_back(tmp_
 
     from gradpilot.cli import app
 
-    source = tmp_path / "hf_task.py"
-    source.write_text(MAKE_TRAINER.replace("OUT", repr(str(tmp_path / "trainer"))))
+    source = _make_trainer_file(tmp_path)
     result = CliRunner().invoke(app, ["tune", str(source), "--out", str(tmp_path / "tune"), "--budget", "2",
                                       "--json"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)["plan"]
     assert plan["per_device_train_batch_size"] in (4, 8, 16, 32, 64) and plan["learning_rate"] > 0
+    assert plan["lr_scheduler_type"] == "warmup_stable_decay"
     spec = importlib.util.spec_from_file_location("hf_task_again", source)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -164,14 +190,40 @@ def test_tune_on_a_make_trainer_file_writes_the_plan_the_trainer_takes_back(tmp_
     again = module.make_trainer(plan)  # what the user pastes back
     assert again.args.learning_rate == plan["learning_rate"]
     assert again.args.num_train_epochs == plan["num_train_epochs"]
+    assert again.args.lr_scheduler_kwargs == plan["lr_scheduler_kwargs"]
     stages = json.loads((tmp_path / "tune" / "tune.json").read_text())["stages"]
     assert stages["lr_range"]["decision"]["lr_found"] > 0 and stages["lr_search"]["alternatives"]
     from gradpilot.task_file import load_task
 
     task = load_task(source)  # the trainer's pieces
     assert task.max_grad_norm == 1.0 and task.collate_fn is default_data_collator and task.loss_fn is None
-    assert task.batch_size == 16 and task.lr == 1e-3 and task.epochs == 2
+    assert task.batch_size == 16 and task.lr == 1e-3 and task.epochs == 2 and task.runner is not None
     assert type(task.make_optimizer(0.1)).__name__ == "AdamW" and task.make_optimizer(0.1).param_groups[1]["weight_decay"] == 0
+
+
+def test_every_run_of_a_make_trainer_tune_goes_through_the_user_s_trainer_in_its_precision(tmp_path):
+    """The user's callback sees each short run, each branch and the trunk's stretches as Trainer.train() calls
+    and the scores as its evaluate(); bf16=True in their TrainingArguments holds inside those runs."""
+    import sys
+
+    from gradpilot.task_file import load_task
+    from gradpilot.tuning import tune
+
+    task = load_task(_make_trainer_file(tmp_path, bf16=True))
+    seen = sys.modules["gradpilot_task_hf_task"].SEEN
+    assert task.precision == "bf16"
+    result = tune(task, out_dir=tmp_path / "tune", budget=2)
+    by = {s.name: s for s in result.stages}
+    trials = [t for t in by["lr_search"].alternatives if t["scores"]]
+    branches = by["epochs"].evidence["branches"]
+    # each short run: a call to train to its rung and one for its cooldown (after the clock's few timed calls)
+    assert len(seen["trains"]) >= 2 * len(trials) + 2 * len(branches) + 3
+    # the trunk: a call up to each branch's start, then one through its decay, in that order, to the last step
+    assert seen["trains"][-2 * len(branches):] == [x for b in branches for x in (b["start"], b["steps"])]
+    assert seen["evaluations"] == len(trials) + len(branches) + 1  # every score is the trainer's evaluate()
+    assert seen["dtypes"] == {torch.bfloat16}  # the trainer's own bf16, inside every run
+    assert result.model_path.exists() and math.isfinite(result.metric)
+    assert not list((tmp_path / "tune" / "runs" / "search").iterdir())  # no trainer checkpoint left behind
 
 
 def test_a_short_run_at_the_default_logging_steps_is_diagnosed_from_its_evaluations(tmp_path):

@@ -13,9 +13,15 @@ from gradpilot.tuning.state import Clock
 CLOCK = Clock(item_seconds=1e-3, eval_seconds=0.1, run_items=2048, evals=4, start_metric=0.3)
 
 
-def test_a_run_costs_its_items_and_its_validations():
+def test_a_run_costs_its_items_its_validations_and_its_calls():
     assert CLOCK.run_seconds == pytest.approx(2.048 + 0.4)
     assert CLOCK.seconds(1000, 2) == pytest.approx(1.2)
+    trainer = Clock(item_seconds=1e-3, eval_seconds=0.1, run_items=2048, evals=4, start_metric=0.3, call_seconds=0.5)
+    assert trainer.run_seconds == pytest.approx(2.448 + 0.5)  # a run is one call into the trainer
+    assert trainer.seconds(1000, 2, 3) == pytest.approx(2.7)
+    # the search's short runs and the trunk's stretches each cost a call to train and one to decay
+    assert budget.search_cost(320, [32] * 5, 0.2).calls == 10
+    assert budget.trunk_cost(TrunkPlan((1, 3, 4), 16), 0, 32) == (77 * 32, 3, 6)
 
 
 def test_steps_per_epoch_count_as_the_trainer_counts_them():
@@ -91,11 +97,11 @@ def test_the_first_rung_is_the_longest_the_search_and_the_trunk_after_it_fit():
     r0 = budget.rung0(purse, [32] * 5, 0.2, trunk, run_items=2048)
     assert r0 is not None and r0 % 32 == 0
 
-    def total(r: int) -> tuple[int, int]:
+    def total(r: int) -> tuple[int, int, int]:
         cost = budget.search_cost(r, [32] * 5, 0.2)
         at = cost.winner_items // 32
-        items, evals = budget.trunk_cost(trunk.reachable(at), at, 32)
-        return cost.items + items, cost.evals + evals
+        items, evals, calls = budget.trunk_cost(trunk.reachable(at), at, 32)
+        return cost.items + items, cost.evals + evals, cost.calls + calls
 
     assert purse.pays(*total(r0)) and not purse.pays(*total(r0 + 32))  # the longest that fits, to the batch
     assert r0 <= trunk.start(0) * 32  # no candidate trains past the trunk's first branch

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,14 @@ def find_lr(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Ligh
         return lr_finder.find_lr(module, optimizer, train_loader=loader, step_fn=step, **kwargs)
 
 
-def task_from_trainer(made: Any, name: str = "lightning") -> Task:
+def task_from_trainer(made: Any, name: str = "lightning",
+                      make_trainer: Callable[[dict[str, Any]], Any] | None = None) -> Task:
     """The ``Task`` ``gradpilot tune`` works on for a ``make_trainer(plan)`` file returning ``(trainer, module)``
-    or ``(trainer, module, datamodule)``: the module's ``training_step`` as the loss (also on the validation
-    data), its ``configure_optimizers`` optimizer at each LR tried, the train and validation dataloaders'
-    datasets, collate_fn and batch size, and the trainer's ``max_epochs``."""
+    or ``(trainer, module, datamodule)``: the module's ``training_step`` as the loss the range test trains on,
+    its ``configure_optimizers`` optimizer at each LR tried, the train dataloader (its batch size is the
+    user's code's: tune keeps it) and the validation dataset, the trainer's ``max_epochs``, clipping and
+    ``precision``. With ``make_trainer``, every run tune makes trains through ``Trainer.fit()`` of the trainers
+    it builds and is scored by their ``validate()`` (``lightning_runner.LightningRunner``)."""
     if not isinstance(made, tuple) or len(made) not in (2, 3) or not isinstance(made[0], pl.Trainer) \
             or not isinstance(made[1], pl.LightningModule):
         raise GradpilotError("make_trainer() must return (lightning.Trainer, LightningModule[, LightningDataModule])")
@@ -78,10 +82,19 @@ def task_from_trainer(made: Any, name: str = "lightning") -> Task:
             group["lr"] = lr
         return opt
 
-    return Task(model=module, train_data=train.dataset, loss_fn=None, val_data=val.dataset, higher_is_better=False,
-                optimizer=make, lr=float(first.param_groups[0]["lr"]), batch_size=int(train.batch_size or 1),
+    runner = None
+    if make_trainer is not None:
+        from gradpilot.integrations.lightning_runner import LightningRunner
+
+        runner = LightningRunner(make_trainer)
+    precision = str(trainer.precision)
+    return Task(model=module, train_data=train if runner is not None else train.dataset, loss_fn=None,
+                val_data=val.dataset, higher_is_better=False, optimizer=make,
+                lr=float(first.param_groups[0]["lr"]), batch_size=int(train.batch_size or 1),
                 epochs=max(1, int(trainer.max_epochs or 1)), name=name, step_fn=step, collate_fn=train.collate_fn,
-                max_grad_norm=float(trainer.gradient_clip_val) if trainer.gradient_clip_val else None)
+                max_grad_norm=float(trainer.gradient_clip_val) if trainer.gradient_clip_val else None,
+                precision="bf16" if precision.startswith("bf16") else "fp16" if precision.startswith("16")
+                else "fp32", runner=runner)
 
 
 def _training_loss(module: pl.LightningModule, batch: Any) -> torch.Tensor:

@@ -56,11 +56,14 @@ def find_lr(trainer: Trainer, **kwargs: Any) -> lr_finder.LRFinderResult:
     return lr_finder.find_lr(trainer.model, optimizer, train_loader=loader, step_fn=step, **kwargs)
 
 
-def task_from_trainer(trainer: Trainer, name: str = "trainer") -> Task:
+def task_from_trainer(trainer: Trainer, name: str = "trainer",
+                      make_trainer: Callable[[dict[str, Any]], Any] | None = None) -> Task:
     """The ``Task`` ``gradpilot tune`` works on for a ``make_trainer(plan)`` file: the trainer's model, train
-    and eval datasets, data collator, ``compute_loss`` (the loss every stage trains on and validates with),
-    the optimizer its arguments make (with its weight-decay groups), and its LR, batch size and epochs. The
-    validation metric is the eval loss."""
+    and eval datasets, data collator, ``compute_loss`` (the loss the range test and the batch trials train on),
+    the optimizer its arguments make (with its weight-decay groups), its LR, batch size, epochs, clipping and
+    mixed precision. With ``make_trainer``, every run tune makes trains through ``Trainer.train()`` of the
+    trainers it builds (``hf_runner.TrainerRunner``), scored by the trainer's ``evaluate()``: its
+    ``metric_for_best_model`` (in the direction ``greater_is_better`` says) where it names one, else the loss."""
     if not isinstance(trainer, Trainer):
         raise GradpilotError(f"make_trainer() returned {type(trainer).__name__}, not a transformers.Trainer")
     if trainer.model is None or trainer.train_dataset is None or trainer.eval_dataset is None:
@@ -73,11 +76,19 @@ def task_from_trainer(trainer: Trainer, name: str = "trainer") -> Task:
         loss = trainer.compute_loss(model, batch)
         return loss[0] if isinstance(loss, tuple) else loss
 
+    metric = args.metric_for_best_model if args.metric_for_best_model not in (None, "loss", "eval_loss") else None
+    runner = None
+    if make_trainer is not None:
+        from gradpilot.integrations.hf_runner import TrainerRunner
+
+        runner = TrainerRunner(make_trainer, metric)
     return Task(model=trainer.model, train_data=trainer.train_dataset, loss_fn=None, val_data=trainer.eval_dataset,
-                higher_is_better=False, optimizer=_optimizer_factory(trainer), lr=args.learning_rate,
+                higher_is_better=bool(args.greater_is_better) if metric else False,
+                optimizer=_optimizer_factory(trainer), lr=args.learning_rate,
                 batch_size=args.per_device_train_batch_size, epochs=max(1, math.ceil(args.num_train_epochs)),
                 name=name, step_fn=step, collate_fn=trainer.data_collator,
-                max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None)
+                max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None,
+                precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32", runner=runner)
 
 
 def _optimizer_factory(trainer: Trainer) -> Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer]:

@@ -108,17 +108,18 @@ class Purse:
     items: float
     clock: Clock
 
-    def pays(self, items: float, evals: float) -> bool:
-        return items <= self.items and self.clock.seconds(items, evals) <= self.seconds
+    def pays(self, items: float, evals: float, calls: float = 0.0) -> bool:
+        return items <= self.items and self.clock.seconds(items, evals, calls) <= self.seconds
 
-    def less(self, items: float, evals: float) -> Purse:
-        """What is left after spending ``items`` and ``evals``."""
-        return Purse(self.seconds - self.clock.seconds(items, evals), self.items - items, self.clock)
+    def less(self, items: float, evals: float, calls: float = 0.0) -> Purse:
+        """What is left after spending ``items``, ``evals`` and ``calls``."""
+        return Purse(self.seconds - self.clock.seconds(items, evals, calls), self.items - items, self.clock)
 
 
-def trunk_cost(plan: TrunkPlan, from_step: int, batch: int) -> tuple[int, int]:
-    """The trunk's items and validation passes going on from ``from_step``: one validation per branch."""
-    return plan.steps(from_step) * batch, len(plan.epochs)
+def trunk_cost(plan: TrunkPlan, from_step: int, batch: int) -> tuple[int, int, int]:
+    """The trunk's items, validation passes and runner calls going on from ``from_step``: each branch is a call
+    to train up to it, one to decay, and a validation."""
+    return plan.steps(from_step) * batch, len(plan.epochs), 2 * len(plan.epochs)
 
 
 def affordable_trunk(epochs: int, steps_per_epoch: int, batch: int, purse: Purse, *,
@@ -151,6 +152,11 @@ class SearchCost:
     items: int
     evals: int
     winner_items: int
+
+    @property
+    def calls(self) -> int:
+        """Runner calls: each scored stretch is one to train and one to decay (its validation counted apart)."""
+        return 2 * self.evals
 
 
 def search_cost(r0: int, batches: Sequence[int], cooldown: float) -> SearchCost:
@@ -191,8 +197,8 @@ def rung0(purse: Purse, batches: Sequence[int], cooldown: float, trunk: TrunkPla
     def fits(r0: int) -> bool:
         cost = search_cost(r0, batches, cooldown)
         at = cost.winner_items // batch if reuse else 0
-        items, evals = trunk_cost(trunk.reachable(at), at, batch)
-        return purse.pays(cost.items + items, cost.evals + evals)
+        items, evals, calls = trunk_cost(trunk.reachable(at), at, batch)
+        return purse.pays(cost.items + items, cost.evals + evals, cost.calls + calls)
 
     if least > most or not fits(least):
         return None

@@ -185,9 +185,11 @@ class Halving:
         cand = plan.candidates[index]
         if self.progress is not None:
             self.progress(f"lr {cand.lr:.3g}, batch {cand.batch}: {plan.rungs[k]:,} samples")
-        path = self.path(trial.number)
+        path, work = self.path(trial.number), self.folder / f"work-{trial.number}"
+        here = k > 0 and path.exists()  # a run trained on another machine is trained again here, and paid for
         value, cost = train_job(self.task, plan, index, k, seed=self.seed, initial=self.initial,
-                                load=path if k else None, save=path, folder=self.folder / f"work-{trial.number}")
+                                load=path if here else None, save=path, folder=work)
+        remove(work)  # a trainer's scratch files for this run: what goes on was saved at path
         self.record(study, plan, index, k, value, cost, path)
         _die_if_told()
         return {"value": value}

@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from gradpilot import scaling
+from gradpilot import runner, scaling
 from gradpilot.batch_size import BatchSizeResult, estimate_noise_scale, find_batch_size
 from gradpilot.errors import GradpilotError
 from gradpilot.lr_finder import find_lr
-from gradpilot.runner import LocalRun, Setting
+from gradpilot.runner import Run, Setting
 from gradpilot.task import Task
-from gradpilot.tuning import budget
+from gradpilot.tuning import budget, halving
 from gradpilot.tuning.context import Context
 from gradpilot.tuning.state import Batches, Clock, RangeTest, Spent, Splits, Stage
 
@@ -56,33 +56,56 @@ def _check_runs(ctx: Context, runs: float, unit: str) -> None:
 
 
 def clock(ctx: Context) -> Stage:
-    """What one run of the task costs: a validation pass of the initial weights and a few training steps at the
-    task's batch, timed (the first step, which warms caches up, is not counted)."""
+    """What one run of the task costs, measured through the runner that trains its runs (the user's trainer, or
+    gradpilot's loop): a validation pass of the initial weights, one step to warm up, one step in a call of its
+    own and a few more in another — the difference between the two calls is the steps' cost, what is left of
+    the first the call's own."""
     task, batch = ctx.task, ctx.task.batch_size
     ctx.say("timing one validation pass and a few steps")
-    run = LocalRun(task, Setting(task.lr, batch), seed=ctx.seed, weights=ctx.initial)
+    run = runner.start(task, Setting(task.lr, batch), seed=ctx.seed, weights=ctx.initial, folder=ctx.out / "runs" /
+                       "clock")
     start = run.evaluate()
     run.advance(1)
-    first = run.cost.training
-    most = max(budget.TIMING_STEPS, math.ceil(budget.TIMING_SHARE * ctx.run_items / batch))
-    while run.steps <= budget.TIMING_STEPS or (run.steps <= most and run.cost.training - first < budget.TIMING_S):
-        run.advance(run.steps + 1)
-    timed = run.steps - 1
+    one = _timed(run, 2)
+    more, steps = _longer_call(ctx, run, one)
+    step = max(1e-9, (more - one) / max(1, steps - 1))
+    item, evaluation = budget.fixed_clock() or (step / batch, run.cost.evaluation)
+    call = 0.0 if budget.fixed_clock() else max(0.0, one - step)
     task.model.load_state_dict(ctx.initial)
-    item, evaluation = budget.fixed_clock() or ((run.cost.training - first) / (timed * batch), run.cost.evaluation)
+    halving.remove(ctx.out / "runs" / "clock")
     measured = Clock(item_seconds=item, eval_seconds=evaluation, run_items=ctx.run_items, evals=task.epochs,
-                     start_metric=start.value)
-    spent = Spent.of(run.cost)
+                     start_metric=start.value, call_seconds=call)
     ctx.decided.clock = measured
     if ctx.budget is None:
         _check_runs(ctx, ctx.budget_runs, "of this task")
+    calls = f", {measured.call_seconds:.2g} s per call into the trainer" if measured.call_seconds > 1e-3 else ""
     why = (f"one run of the task ({task.epochs} epochs over {ctx.train_items:,} items, a validation each epoch) "
            f"takes about {_duration(measured.run_seconds)}: {1e3 * measured.item_seconds:.3g} ms per item trained, "
-           f"{_duration(measured.eval_seconds)} per validation; the budget is {ctx.budget_runs:.3g} runs "
+           f"{_duration(measured.eval_seconds)} per validation{calls}; the budget is {ctx.budget_runs:.3g} runs "
            f"({_duration(ctx.budget_seconds)})")
     return Stage("clock", measured, why, evidence={"run_seconds": measured.run_seconds,
                                                    "budget_seconds": ctx.budget_seconds,
-                                                   "budget_runs": ctx.budget_runs}, spent=spent)
+                                                   "budget_runs": ctx.budget_runs}, spent=Spent.of(run.cost))
+
+
+def _longer_call(ctx: Context, run: Run, one: float) -> tuple[float, int]:
+    """A call of more steps than the first, timed: at least TIMING_STEPS, and four times as many again while its
+    steps do not stand out of a call's own cost (they take less than the one-step call did), up to TIMING_SHARE
+    of a run (or TIMING_S of steps where a step is quick). Its seconds and its steps."""
+    most = max(budget.TIMING_STEPS, math.ceil(budget.TIMING_SHARE * ctx.run_items / ctx.task.batch_size))
+    steps = min(most, max(budget.TIMING_STEPS, math.ceil(budget.TIMING_S / max(one, 1e-9))))
+    while True:
+        more = _timed(run, run.steps + steps)
+        if more - one >= one or steps >= most:
+            return more, steps
+        steps = min(most, 4 * steps)
+
+
+def _timed(run: Run, to_step: int) -> float:
+    """The seconds one call training ``run`` on to ``to_step`` takes."""
+    before = run.cost.training
+    run.advance(to_step)
+    return run.cost.training - before
 
 
 def _duration(seconds: float) -> str:

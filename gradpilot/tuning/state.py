@@ -17,22 +17,25 @@ from gradpilot.scaling import LRRule
 
 @dataclass(frozen=True)
 class Clock:
-    """What one run of the task costs, measured: training seconds per item at the task's batch, seconds per
-    validation pass, and how many passes the run makes (one per epoch)."""
+    """What one run of the task costs, measured through the runner that trains it: training seconds per item at
+    the task's batch, seconds per validation pass, seconds each call into the runner costs beyond its steps (a
+    trainer built, resumed and checkpointed: 0 in gradpilot's own loop), and how many passes a run makes (one
+    per epoch)."""
 
     item_seconds: float
     eval_seconds: float
     run_items: int
     evals: int
     start_metric: float  # the validation metric of the initial weights (the pass that was timed)
+    call_seconds: float = 0.0
 
     @property
     def run_seconds(self) -> float:
-        return self.run_items * self.item_seconds + self.evals * self.eval_seconds
+        return self.seconds(self.run_items, self.evals, 1)
 
-    def seconds(self, items: float, evals: float = 0.0) -> float:
-        """The seconds ``items`` of training and ``evals`` validation passes take."""
-        return items * self.item_seconds + evals * self.eval_seconds
+    def seconds(self, items: float, evals: float = 0.0, calls: float = 0.0) -> float:
+        """The seconds ``items`` of training, ``evals`` validation passes and ``calls`` runner calls take."""
+        return items * self.item_seconds + evals * self.eval_seconds + calls * self.call_seconds
 
 
 @dataclass(frozen=True)

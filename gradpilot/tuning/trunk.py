@@ -76,8 +76,8 @@ class Trunk:
                 if not self.path:
                     self.run.load(saved)
                 return list(record["branches"])
-        if self.chosen.trial is not None:
-            self.run.load(self._search_run())
+        if self.chosen.trial is not None and self._search_run().exists():  # else another machine's worker has it:
+            self.run.load(self._search_run())  # the trunk starts from the initial weights here, and pays for it
             self._from = self.run.steps
         return []
 
@@ -100,9 +100,10 @@ class Trunk:
         chosen = self.done[_winner(self.done, self.ctx.task.higher_is_better)]
         start = int(chosen["start"])
         self.path = {"lrs": self.run.lrs[:start] + list(chosen["lrs"]),
-                     "losses": self.run.losses[:start] + list(chosen["losses"]), "trunk_lrs": self.run.lrs}
+                     "losses": list(self.run.losses[:start]) + list(chosen["losses"]), "trunk_lrs": self.run.lrs}
         self._write()
-        remove(self.runs / "trunk.pt")
+        for done in (self.runs / "trunk.pt", self.runs / "trunk-work"):
+            remove(done)
         if self.chosen.trial is not None:
             remove(self._search_run())
 
@@ -135,7 +136,8 @@ class Trunk:
         chosen = self.done[winner]
         epochs = int(chosen["epochs"])
         cost = self.run.cost.since(self.before)
-        lrs, losses = [float(x) for x in self.path["lrs"]], [float(x) for x in self.path["losses"]]
+        lrs = [float(x) for x in self.path["lrs"]]
+        losses = [None if x is None else float(x) for x in self.path["losses"]]
         _log(self.ctx, lrs, losses, chosen)
         trained = Trained(epochs, Wsd(**chosen["schedule"]), _score(chosen), BEST, worker_id())
         return Stage("epochs", trained, _why(self.done, winner, self.ctx.task.epochs),
@@ -148,7 +150,7 @@ class Trunk:
                      spent=Spent.of(cost))
 
 
-def _log(ctx: Context, lrs: list[float], losses: list[float], chosen: dict[str, Any]) -> None:
+def _log(ctx: Context, lrs: list[float], losses: list[float | None], chosen: dict[str, Any]) -> None:
     """``runs/final/metrics.csv``: the winning branch's path (the trunk up to it, then its decay), each step's LR
     and training loss and its one validation, in the layout ``fit`` writes (what ``gradpilot diagnose`` reads)."""
     task = ctx.task
@@ -220,7 +222,7 @@ def _fresh(ctx: Context, chosen: Chosen) -> Stage:
     trained = Trained(n, schedule, score.value, BEST, worker_id(), name, kwargs)
     branch = {"epochs": n, "start": warm, "decay": total - warm, "steps": total, "score": score.value,
               "loss": score.loss, "schedule": _schedule(schedule)}
-    _log(ctx, run.lrs, run.losses, branch)
+    _log(ctx, run.lrs, list(run.losses), branch)
     cost = run.cost
     return Stage("epochs", trained, f"{name} is fixed: one run of {n} epochs under it validates at {score.value:.4g}",
                  evidence={"branches": [branch], "winner": 0, "lrs": _thin(run.lrs), "max_epochs": ctx.task.epochs},

@@ -1,0 +1,226 @@
+"""Runs that drive the user's own Hugging Face ``Trainer``: every short run, branch and final run ``tune`` makes
+for a ``make_trainer(plan)`` file goes through ``Trainer.train()`` — its loop, its callbacks, its mixed
+precision (``bf16``/``fp16``), its logging — with the schedule in its own terms.
+
+A run is a chain of ``train()`` calls on trainers ``make_trainer`` builds, each from the plan so far
+(``learning_rate``, the batch, ``gradient_accumulation_steps``, ``max_steps``, and the schedule as
+``lr_scheduler_type``/``lr_scheduler_kwargs``/``warmup_steps``), each resuming from the checkpoint the last one
+saved (``resume_from_checkpoint``: weights, optimizer, scheduler step, RNG, the place in the data). A branch
+is one more call whose schedule decays from the step it starts at (``warmup_stable_decay``) and ends in the
+trainer's own ``evaluate()``. Between calls only the newest checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+
+from gradpilot._checkpoint_formats import read_start
+from gradpilot._direction import worst
+from gradpilot._state import model_state
+from gradpilot.errors import GradpilotError
+from gradpilot.lr_factor import DecayType, Wsd
+from gradpilot.runner import Branch, Cost, Score, Setting
+from gradpilot.task import Task
+
+MakeTrainer = Callable[[dict[str, Any]], Any]
+
+
+class TrainerRunner:
+    """Makes runs of a ``make_trainer(plan)`` file's trainer (``Task.runner``)."""
+
+    def __init__(self, make: MakeTrainer, metric: str | None = None) -> None:
+        self.make, self.metric = make, metric
+
+    def __call__(self, task: Task, setting: Setting, *, seed: int, weights: dict[str, torch.Tensor],
+                 optimizer_state: dict[str, Any] | None = None, folder: Path | None = None) -> TrainerRun:
+        if optimizer_state is not None:
+            raise GradpilotError("a trainer's run goes on from its own checkpoint, not from an optimizer state")
+        return TrainerRun(self, task, setting, seed=seed, weights=weights, folder=folder)
+
+
+class _Steps(TrainerCallback):
+    """Notes the LR each optimizer step took and the losses the trainer logged; asks for a checkpoint at the
+    last step where the run will go on from it."""
+
+    def __init__(self, save_at_end: bool) -> None:
+        self.save_at_end = save_at_end
+        self.lrs: list[float] = []
+        self.losses: dict[int, float] = {}
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                      **kwargs: Any) -> None:
+        del args, state, control
+        optimizer = kwargs.get("optimizer")
+        if optimizer is not None:
+            self.lrs.append(float(optimizer.param_groups[0]["lr"]))
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        del args, kwargs
+        if self.save_at_end and state.global_step >= state.max_steps:
+            control.should_save = True
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        del args, control, kwargs
+        if logs and "loss" in logs:
+            self.losses[state.global_step] = float(logs["loss"])
+
+
+class TrainerRun:
+    """One run through the user's trainer (``runner.Run``)."""
+
+    def __init__(self, owner: TrainerRunner, task: Task, setting: Setting, *, seed: int,
+                 weights: dict[str, torch.Tensor], folder: Path | None) -> None:
+        self.owner, self.task, self.setting, self.seed = owner, task, setting, seed
+        self.start_weights = weights
+        self.folder = folder if folder is not None else Path(tempfile.mkdtemp(prefix="gradpilot-run-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.checkpoint: Path | None = None  # where the run stands, a trainer's checkpoint-N folder
+        self.steps = 0
+        self.cost = Cost()
+        self.lrs: list[float] = []
+        self._losses: dict[int, float] = {}
+        self.trainer: Any = None  # the last trainer made
+
+    @property
+    def losses(self) -> list[float | None]:
+        """The loss the trainer logged at each step (None at steps it did not log)."""
+        return [self._losses.get(step + 1) for step in range(self.steps)]
+
+    def advance(self, to_step: int) -> None:
+        """Train on in the user's trainer at the setting's schedule to ``to_step`` optimizer steps."""
+        if to_step <= self.steps:
+            return
+        steps = self._train(self.setting.schedule, to_step, self.folder / "trunk", save=True)
+        self.lrs += steps.lrs
+        self._losses.update(steps.losses)
+        self.steps = to_step
+        self._keep(self.folder / "trunk" / f"checkpoint-{to_step}")
+
+    def branch(self, decay: int, decay_type: DecayType = "linear", *, keep: bool = False,
+               weights: bool = False) -> Branch:
+        """From the run's checkpoint, the LR decayed over ``decay`` steps in the trainer, then its ``evaluate()``;
+        the run stays at its checkpoint unless ``keep``."""
+        schedule = self.setting.schedule.decayed_from(self.steps, decay, decay_type)
+        where = self.folder / ("final" if keep else "branch")
+        steps = self._train(schedule, self.steps + decay, where, save=False) if decay else _Steps(False)
+        score = self.evaluate()
+        made = Branch(self.steps, decay, score, schedule, tuple(steps.lrs),
+                      tuple(steps.losses.get(self.steps + i + 1, math.nan) for i in range(decay)),
+                      self.weights() if weights else None)
+        if not keep:
+            shutil.rmtree(where, ignore_errors=True)
+            self.trainer = None  # its model is the branch's: the run is at its checkpoint
+        return made
+
+    def _current(self) -> Any:
+        """A trainer whose model holds the run as it stands: the last one trained, else one made and given the
+        run's weights (its checkpoint's, or its start weights)."""
+        if self.trainer is None:
+            trainer = self._trainer(self.setting.schedule, max(1, self.steps), self.folder / "eval")
+            state = self.start_weights if self.checkpoint is None else read_start(self.checkpoint,
+                                                                                  trainer.model).weights
+            trainer.model.load_state_dict(state)
+        return self.trainer
+
+    def evaluate(self) -> Score:
+        """The trainer's own ``evaluate()``: its ``metric_for_best_model`` where it names one, else the loss."""
+        trainer = self._current()
+        begin = time.perf_counter()
+        metrics = trainer.evaluate()
+        self.cost.evaluation += time.perf_counter() - begin
+        self.cost.evals += 1
+        key = self.owner.metric
+        name = "eval_loss" if not key else key if key.startswith("eval_") else f"eval_{key}"
+        if name not in metrics:
+            raise GradpilotError(f"the trainer's evaluate() gave no {name} (it gave {', '.join(sorted(metrics))}): "
+                                 "give the model its labels (label_names) or compute_metrics, or set "
+                                 "metric_for_best_model to a metric it reports")
+        value = float(metrics[name])
+        loss = float(metrics.get("eval_loss", math.nan))
+        return Score(worst(self.task.higher_is_better) if math.isinf(value) else value, loss)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return model_state(self._current().model)
+
+    def save(self, path: Path) -> None:
+        """The run's checkpoint (a trainer's checkpoint folder) moved to ``path``, a folder, with a note of the
+        run's counters; the run goes on from there (one copy on disk, not two)."""
+        begin = time.perf_counter()
+        if self.checkpoint is None:
+            raise GradpilotError("a run that has not trained has nothing to save")
+        if path.exists():
+            shutil.rmtree(path)
+        shutil.move(str(self.checkpoint), str(path))
+        self.checkpoint = path
+        (path / "gradpilot-run.json").write_text(_run_note(self))
+        self.cost.io += time.perf_counter() - begin
+
+    def load(self, path: Path) -> None:
+        """Go on from a saved run: the trainer resumes from that checkpoint folder."""
+        import json
+
+        note = json.loads((path / "gradpilot-run.json").read_text())
+        self.checkpoint, self.steps = path, int(note["steps"])
+        self.lrs = [float(x) for x in note["lrs"]]
+        self._losses = {int(k): float(v) for k, v in note["losses"].items()}
+        self.cost.samples, self.cost.evals = int(note["samples"]), int(note["evals"])
+
+    def _keep(self, checkpoint: Path) -> None:
+        """The run now stands at ``checkpoint``; the one before is not needed any more (unless saved elsewhere)."""
+        old = self.checkpoint
+        self.checkpoint = checkpoint
+        if old is not None and old.parent == checkpoint.parent and old != checkpoint:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _trainer(self, schedule: Wsd, max_steps: int, output: Path) -> Any:
+        """A trainer from ``make_trainer`` for this stretch: the plan so far in ``TrainingArguments`` names, the
+        outputs under this run's folder, and no evaluation or checkpoint of its own in between."""
+        s = self.setting
+        plan = {"learning_rate": s.lr, "per_device_train_batch_size": s.micro_batch,
+                "gradient_accumulation_steps": s.accumulation, "max_steps": max_steps,
+                **schedule.training_arguments()}
+        trainer = self.owner.make(plan)
+        if not isinstance(trainer, Trainer):
+            raise GradpilotError(f"make_trainer() returned {type(trainer).__name__}, not a transformers.Trainer")
+        for name, value in _OWN.items():  # set after __post_init__: run again, it would reset accelerate's state
+            setattr(trainer.args, name, value)
+        trainer.args.output_dir, trainer.args.seed = str(output), self.seed
+        self.trainer = trainer
+        return trainer
+
+    def _train(self, schedule: Wsd, max_steps: int, output: Path, *, save: bool) -> _Steps:
+        """One ``train()`` call, resuming from the run's checkpoint (or from its start weights), to ``max_steps``."""
+        trainer = self._trainer(schedule, max_steps, output)
+        steps = _Steps(save_at_end=save)
+        trainer.add_callback(steps)
+        if self.checkpoint is None:
+            trainer.model.load_state_dict(self.start_weights)
+        begin = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint is not None else None)
+        self.cost.training += time.perf_counter() - begin
+        self.cost.samples += (max_steps - self.steps) * self.setting.batch
+        return steps
+
+
+_OWN = {"save_strategy": SaveStrategy.NO, "eval_strategy": IntervalStrategy.NO, "load_best_model_at_end": False}
+# a run's own: it saves where a run goes on from and evaluates where a decision needs it, not on the trainer's
+# schedule; the user's logging, callbacks, precision and optimizer settings are left as they are
+
+
+def _run_note(run: TrainerRun) -> str:
+    import json
+
+    return json.dumps({"steps": run.steps, "lrs": run.lrs, "losses": {str(k): v for k, v in run._losses.items()},
+                       "samples": run.cost.samples, "evals": run.cost.evals})
