@@ -18,12 +18,14 @@ FOREVER = 1 << 62  # a stable phase that never ends (a short run at its constant
 
 
 def wsd(step: int, *, warmup: int = 0, stable: int = FOREVER, decay: int = 0, min_ratio: float = 0.0,
-        decay_type: DecayType = "linear") -> float:
-    """The LR factor at optimizer step ``step`` (0 for the first) of a run that warms up linearly from 0 over
-    ``warmup`` steps, holds the peak ``stable`` steps, then decays over ``decay`` steps to ``min_ratio`` —
-    step for step what transformers' ``warmup_stable_decay`` scheduler gives."""
-    if step < warmup:  # from min_ratio up, as transformers scales its warmup too
-        return max(0.0, step / max(1, warmup) * (1.0 - min_ratio) + min_ratio)
+        decay_type: DecayType = "linear", warmup_from_floor: bool = True) -> float:
+    """The LR factor at optimizer step ``step`` (0 for the first) of a run that warms up linearly over ``warmup``
+    steps, holds the peak ``stable`` steps, then decays over ``decay`` steps to ``min_ratio`` — step for step
+    what transformers' ``warmup_stable_decay`` scheduler gives, whose warmup rises from ``min_ratio``
+    (``warmup_from_floor``; transformers' ``cosine_with_min_lr`` rises from 0)."""
+    if step < warmup:
+        floor = min_ratio if warmup_from_floor else 0.0
+        return max(0.0, step / max(1, warmup) * (1.0 - floor) + floor)
     if step < warmup + stable:
         return 1.0
     if step < warmup + stable + decay:
@@ -55,10 +57,11 @@ class Wsd:
     decay: int = 0
     min_ratio: float = 0.0
     decay_type: DecayType = "linear"
+    warmup_from_floor: bool = True
 
     def factor(self, step: int) -> float:
         return wsd(step, warmup=self.warmup, stable=self.stable, decay=self.decay, min_ratio=self.min_ratio,
-                   decay_type=self.decay_type)
+                   decay_type=self.decay_type, warmup_from_floor=self.warmup_from_floor)
 
     @property
     def steps(self) -> int:
@@ -83,9 +86,3 @@ class Wsd:
         return {"lr_scheduler_type": "warmup_stable_decay", "warmup_steps": self.warmup,
                 "lr_scheduler_kwargs": {"num_stable_steps": self.stable, "num_decay_steps": self.decay,
                                         "decay_type": self.decay_type, "min_lr_ratio": self.min_ratio}}
-
-
-def cooldown(step: int, steps: int, decay_type: DecayType = "linear") -> float:
-    """A decay from the peak over ``steps`` steps, as the decay phase of ``wsd`` with no warmup or stable
-    phase (the branch a short run is scored by)."""
-    return wsd(step, stable=0, decay=steps, decay_type=decay_type)

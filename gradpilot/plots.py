@@ -236,24 +236,27 @@ def plot_trunk(trunk_lrs: list[float], branches: list[dict[str, Any]], winner: i
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.2), sharex=True, height_ratios=(3, 2))
     top.plot(range(len(trunk_lrs)), trunk_lrs, color="0.35", lw=1.6, label="trunk (constant LR after warmup)")
     for i, b in enumerate(branches):
-        s = b["schedule"]
-        peak = trunk_lrs[b["start"] - 1] if 0 < b["start"] <= len(trunk_lrs) else (trunk_lrs[-1] if trunk_lrs else 1.0)
-        steps = np.arange(b["start"], b["steps"] + 1)
-        factor = _decay(steps - b["start"], s["decay"], s["decay_type"])
-        won = i == winner
-        top.plot(steps, peak * factor, color="C3" if won else f"C{i % 9}", lw=2.6 if won else 1.2, ls="-" if won
-                 else "--", label=f"branch to {b['epochs']} epochs" + (" (chosen)" if won else ""))
-        if b["score"] is not None and np.isfinite(b["score"]):  # a branch that blew up has no point to draw
-            bottom.plot([b["steps"]], [b["score"]], marker="*" if won else "o", ms=14 if won else 8,
-                        color="C3" if won else f"C{i % 9}")
-            bottom.annotate(f"{b['score']:.4g}", (b["steps"], b["score"]), textcoords="offset points",
-                            xytext=(6, 4), fontsize=8)
+        _branch(top, bottom, b, trunk_lrs, "C3" if i == winner else f"C{i % 9}", won=i == winner)
     top.set_ylabel("learning rate")
     top.set_ylim(bottom=0)
     top.legend(fontsize=8)
     bottom.set_xlabel("optimizer step")
     bottom.set_ylabel("validation metric")
     return _save(plt, fig, path)
+
+
+def _branch(top: Any, bottom: Any, b: dict[str, Any], trunk_lrs: list[float], colour: str, *, won: bool) -> None:
+    """One branch: its decay off the trunk's LR (above), its score where it ended (below; none if not finite)."""
+    s = b["schedule"]
+    peak = trunk_lrs[b["start"] - 1] if 0 < b["start"] <= len(trunk_lrs) else (trunk_lrs[-1] if trunk_lrs else 1.0)
+    steps = np.arange(b["start"], b["steps"] + 1)
+    top.plot(steps, peak * _decay(steps - b["start"], s["decay"], s["decay_type"]), color=colour,
+             lw=2.6 if won else 1.2, ls="-" if won else "--",
+             label=f"branch to {b['epochs']} epochs" + (" (chosen)" if won else ""))
+    if b["score"] is not None and np.isfinite(b["score"]):
+        bottom.plot([b["steps"]], [b["score"]], marker="*" if won else "o", ms=14 if won else 8, color=colour)
+        bottom.annotate(f"{b['score']:.4g}", (b["steps"], b["score"]), textcoords="offset points", xytext=(6, 4),
+                        fontsize=8)
 
 
 def _decay(offset: Any, steps: int, kind: str) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -93,34 +92,21 @@ def _check_warmup(warmup_steps: int, total_steps: int) -> None:
                              "would never reach its peak; give fewer warmup steps")
 
 
-def _warmup_factor(step: int, warmup_steps: int) -> float | None:
-    """Hugging Face's linear warmup from 0 (``lr_factor.warmup``): the factor during warmup, None after it."""
-    return lr_factor.warmup(step, warmup_steps) if step < warmup_steps else None
-
-
 def _constant_with_warmup(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0) -> Schedule:
     """transformers' ``constant_with_warmup``: linear from 0 over ``warmup_steps``, then constant."""
     _check_warmup(warmup_steps, total_steps)
-    def factor(step: int) -> float:
-        warm = _warmup_factor(step, warmup_steps)
-        return 1.0 if warm is None else warm
-
-    return Schedule(lr_scheduler.LambdaLR(opt, factor), "step")
+    return _lambda(opt, lr_factor.Wsd(warmup_steps))
 
 
 def _linear(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0) -> Schedule:
     """transformers' ``linear``: warmup, then a straight line to 0 at ``total_steps``."""
     _check_warmup(warmup_steps, total_steps)
-    def factor(step: int) -> float:
-        warm = _warmup_factor(step, warmup_steps)
-        return warm if warm is not None else max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return Schedule(lr_scheduler.LambdaLR(opt, factor), "step")
+    return _lambda(opt, lr_factor.Wsd(warmup_steps, 0, total_steps - warmup_steps))
 
 
 def _cosine_with_min_lr(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0,
                         min_lr: float | None = None, min_lr_rate: float | None = None) -> Schedule:
-    """transformers' ``cosine_with_min_lr``: warmup, then half a cosine down to ``min_lr`` (absolute) or
+    """transformers' ``cosine_with_min_lr``: warmup from 0, then half a cosine down to ``min_lr`` (absolute) or
     ``min_lr_rate`` × the optimizer's LR."""
     if (min_lr is None) == (min_lr_rate is None):
         raise GradpilotError("cosine_with_min_lr takes exactly one of min_lr or min_lr_rate")
@@ -130,15 +116,17 @@ def _cosine_with_min_lr(opt: torch.optim.Optimizer, total_steps: int, *, warmup_
     elif not 0 <= float(min_lr_rate) < 1:  # type: ignore[arg-type]
         raise GradpilotError(f"min_lr_rate must be in [0, 1), a share of the LR, got {min_lr_rate=}")
     rate = min_lr_rate if min_lr_rate is not None else float(min_lr) / opt.defaults["lr"]  # type: ignore[arg-type]
+    return _lambda(opt, cosine_with_min_lr(warmup_steps, total_steps, rate))
 
-    def factor(step: int) -> float:
-        warm = _warmup_factor(step, warmup_steps)
-        if warm is not None:
-            return warm
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)) * (1 - rate) + rate)
 
-    return Schedule(lr_scheduler.LambdaLR(opt, factor), "step")
+def cosine_with_min_lr(warmup_steps: int, total_steps: int, rate: float) -> lr_factor.Wsd:
+    """transformers' ``cosine_with_min_lr`` as a ``Wsd``: no stable phase, its warmup rising from 0."""
+    return lr_factor.Wsd(warmup_steps, 0, total_steps - warmup_steps, rate, "cosine", warmup_from_floor=False)
+
+
+def _lambda(opt: torch.optim.Optimizer, schedule: lr_factor.Wsd) -> Schedule:
+    """A per-step ``LambdaLR`` over the one LR function (``lr_factor``)."""
+    return Schedule(lr_scheduler.LambdaLR(opt, schedule.factor), "step")
 
 
 BUILDERS: dict[str, Callable[..., Schedule]] = {

@@ -12,6 +12,7 @@ trainer's own ``evaluate()``. Between calls only the newest checkpoint is kept.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from gradpilot._checkpoint_formats import read_start
 from gradpilot._direction import worst
+from gradpilot._files import write_json
 from gradpilot._state import model_state
 from gradpilot.errors import GradpilotError
 from gradpilot.lr_factor import DecayType, Wsd
@@ -164,13 +166,13 @@ class TrainerRun:
             shutil.rmtree(path)
         shutil.move(str(self.checkpoint), str(path))
         self.checkpoint = path
-        (path / "gradpilot-run.json").write_text(_run_note(self))
+        write_json(path / "gradpilot-run.json", {"steps": self.steps, "lrs": self.lrs, "samples": self.cost.samples,
+                                                 "losses": {str(k): v for k, v in self._losses.items()},
+                                                 "evals": self.cost.evals})
         self.cost.io += time.perf_counter() - begin
 
     def load(self, path: Path) -> None:
         """Go on from a saved run: the trainer resumes from that checkpoint folder."""
-        import json
-
         note = json.loads((path / "gradpilot-run.json").read_text())
         self.checkpoint, self.steps = path, int(note["steps"])
         self.lrs = [float(x) for x in note["lrs"]]
@@ -217,10 +219,3 @@ class TrainerRun:
 _OWN = {"save_strategy": SaveStrategy.NO, "eval_strategy": IntervalStrategy.NO, "load_best_model_at_end": False}
 # a run's own: it saves where a run goes on from and evaluates where a decision needs it, not on the trainer's
 # schedule; the user's logging, callbacks, precision and optimizer settings are left as they are
-
-
-def _run_note(run: TrainerRun) -> str:
-    import json
-
-    return json.dumps({"steps": run.steps, "lrs": run.lrs, "losses": {str(k): v for k, v in run._losses.items()},
-                       "samples": run.cost.samples, "evals": run.cost.evals})

@@ -60,9 +60,7 @@ def task_from_trainer(made: Any, name: str = "lightning",
     user's code's: tune keeps it) and the validation dataset, the trainer's ``max_epochs``, clipping and
     ``precision``. With ``make_trainer``, every run tune makes trains through ``Trainer.fit()`` of the trainers
     it builds and is scored by their ``validate()`` (``lightning_runner.LightningRunner``)."""
-    if not isinstance(made, tuple) or len(made) not in (2, 3) or not isinstance(made[0], pl.Trainer) \
-            or not isinstance(made[1], pl.LightningModule):
-        raise GradpilotError("make_trainer() must return (lightning.Trainer, LightningModule[, LightningDataModule])")
+    _check_made(made)
     trainer, module = made[0], made[1]
     datamodule = made[2] if len(made) == 3 else None
     if datamodule is not None:
@@ -82,19 +80,34 @@ def task_from_trainer(made: Any, name: str = "lightning",
             group["lr"] = lr
         return opt
 
-    runner = None
-    if make_trainer is not None:
-        from gradpilot.integrations.lightning_runner import LightningRunner
-
-        runner = LightningRunner(make_trainer)
-    precision = str(trainer.precision)
+    runner = _runner(make_trainer)
     return Task(model=module, train_data=train if runner is not None else train.dataset, loss_fn=None,
                 val_data=val.dataset, higher_is_better=False, optimizer=make,
                 lr=float(first.param_groups[0]["lr"]), batch_size=int(train.batch_size or 1),
                 epochs=max(1, int(trainer.max_epochs or 1)), name=name, step_fn=step, collate_fn=train.collate_fn,
                 max_grad_norm=float(trainer.gradient_clip_val) if trainer.gradient_clip_val else None,
-                precision="bf16" if precision.startswith("bf16") else "fp16" if precision.startswith("16")
-                else "fp32", runner=runner)
+                precision=_precision(trainer), runner=runner)
+
+
+def _runner(make_trainer: Callable[[dict[str, Any]], Any] | None) -> Any:
+    """Runs through the trainers ``make_trainer`` builds, where there is one."""
+    if make_trainer is None:
+        return None
+    from gradpilot.integrations.lightning_runner import LightningRunner
+
+    return LightningRunner(make_trainer)
+
+
+def _precision(trainer: pl.Trainer) -> str:
+    """The trainer's ``precision`` in gradpilot's words: ``"bf16-mixed"`` is bf16, ``"16-mixed"`` fp16."""
+    precision = str(trainer.precision)
+    return "bf16" if precision.startswith("bf16") else "fp16" if precision.startswith("16") else "fp32"
+
+
+def _check_made(made: Any) -> None:
+    if not isinstance(made, tuple) or len(made) not in (2, 3) or not isinstance(made[0], pl.Trainer) \
+            or not isinstance(made[1], pl.LightningModule):
+        raise GradpilotError("make_trainer() must return (lightning.Trainer, LightningModule[, LightningDataModule])")
 
 
 def _training_loss(module: pl.LightningModule, batch: Any) -> torch.Tensor:

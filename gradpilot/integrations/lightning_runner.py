@@ -10,6 +10,7 @@ gradpilot's ``lr_factor`` schedule. A stretch ends at ``max_steps`` (set as Ligh
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ import torch
 
 from gradpilot._checkpoint_formats import read_start
 from gradpilot._direction import worst
+from gradpilot._files import write_json
 from gradpilot._state import model_state
 from gradpilot.errors import GradpilotError
 from gradpilot.lr_factor import DecayType, Wsd
@@ -130,19 +132,23 @@ class LightningRun:
         return model_state(self._current()[1])
 
     def save(self, path: Path) -> None:
-        """The run's checkpoint moved to ``path`` (a Lightning .ckpt file); the run goes on from there."""
+        """The run's checkpoint moved into the folder ``path`` (``run.ckpt``, with a note of the run's counters);
+        the run goes on from there."""
         begin = time.perf_counter()
         if self.checkpoint is None:
             raise GradpilotError("a run that has not trained has nothing to save")
-        shutil.move(str(self.checkpoint), str(path))
-        self.checkpoint = path
-        torch.save({"steps": self.steps, "lrs": self.lrs, "losses": self._losses, "samples": self.cost.samples,
-                    "evals": self.cost.evals}, path.with_suffix(".run"))
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        shutil.move(str(self.checkpoint), str(path / "run.ckpt"))
+        self.checkpoint = path / "run.ckpt"
+        write_json(path / "run.json", {"steps": self.steps, "lrs": self.lrs, "losses": self._losses,
+                                       "samples": self.cost.samples, "evals": self.cost.evals})
         self.cost.io += time.perf_counter() - begin
 
     def load(self, path: Path) -> None:
-        note = torch.load(path.with_suffix(".run"), weights_only=True)
-        self.checkpoint, self.steps = path, int(note["steps"])
+        note = json.loads((path / "run.json").read_text())
+        self.checkpoint, self.steps = path / "run.ckpt", int(note["steps"])
         self.lrs, self._losses = list(note["lrs"]), list(note["losses"])
         self.cost.samples, self.cost.evals = int(note["samples"]), int(note["evals"])
 

@@ -64,12 +64,7 @@ def task_from_trainer(trainer: Trainer, name: str = "trainer",
     mixed precision. With ``make_trainer``, every run tune makes trains through ``Trainer.train()`` of the
     trainers it builds (``hf_runner.TrainerRunner``), scored by the trainer's ``evaluate()``: its
     ``metric_for_best_model`` (in the direction ``greater_is_better`` says) where it names one, else the loss."""
-    if not isinstance(trainer, Trainer):
-        raise GradpilotError(f"make_trainer() returned {type(trainer).__name__}, not a transformers.Trainer")
-    if trainer.model is None or trainer.train_dataset is None or trainer.eval_dataset is None:
-        raise GradpilotError("tune needs the trainer's model, train_dataset and eval_dataset: give all three")
-    if isinstance(trainer.eval_dataset, dict):
-        raise GradpilotError("tune validates on one eval_dataset: give one, not a dict of them")
+    model, train, evaluation = _pieces(trainer)
     args = trainer.args
 
     def step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -77,18 +72,34 @@ def task_from_trainer(trainer: Trainer, name: str = "trainer",
         return loss[0] if isinstance(loss, tuple) else loss
 
     metric = args.metric_for_best_model if args.metric_for_best_model not in (None, "loss", "eval_loss") else None
-    runner = None
-    if make_trainer is not None:
-        from gradpilot.integrations.hf_runner import TrainerRunner
-
-        runner = TrainerRunner(make_trainer, metric)
-    return Task(model=trainer.model, train_data=trainer.train_dataset, loss_fn=None, val_data=trainer.eval_dataset,
+    return Task(model=model, train_data=train, loss_fn=None, val_data=evaluation,
                 higher_is_better=bool(args.greater_is_better) if metric else False,
                 optimizer=_optimizer_factory(trainer), lr=args.learning_rate,
                 batch_size=args.per_device_train_batch_size, epochs=max(1, math.ceil(args.num_train_epochs)),
                 name=name, step_fn=step, collate_fn=trainer.data_collator,
                 max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None,
-                precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32", runner=runner)
+                precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+                runner=_runner(make_trainer, metric))
+
+
+def _pieces(trainer: Any) -> tuple[torch.nn.Module, Any, Any]:
+    """The trainer's model, training set and evaluation set, which tune needs (one evaluation set)."""
+    if not isinstance(trainer, Trainer):
+        raise GradpilotError(f"make_trainer() returned {type(trainer).__name__}, not a transformers.Trainer")
+    if trainer.model is None or trainer.train_dataset is None or trainer.eval_dataset is None:
+        raise GradpilotError("tune needs the trainer's model, train_dataset and eval_dataset: give all three")
+    if isinstance(trainer.eval_dataset, dict):
+        raise GradpilotError("tune validates on one eval_dataset: give one, not a dict of them")
+    return trainer.model, trainer.train_dataset, trainer.eval_dataset
+
+
+def _runner(make_trainer: Callable[[dict[str, Any]], Any] | None, metric: str | None) -> Any:
+    """Runs through the trainers ``make_trainer`` builds, where there is one."""
+    if make_trainer is None:
+        return None
+    from gradpilot.integrations.hf_runner import TrainerRunner
+
+    return TrainerRunner(make_trainer, metric)
 
 
 def _optimizer_factory(trainer: Trainer) -> Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer]:

@@ -154,14 +154,19 @@ class Halving:
         plan, study = Plan.read(note), self.study()
         for k in range(len(plan.rungs)):
             if self.on_ray:  # one driver: it runs each rung on Ray and records every result itself
-                alive = list(range(len(plan.candidates))) if k == 0 else self.halve(study, plan, k - 1)
-                self._on_ray(study, plan, k, alive)
-                continue
-            queue = first if k == 0 else Queue(self.storage, f"{self.prefix}:lr_search:rung-{k}")
-            if k and queue.claim_filling():
-                queue.fill([{"index": i} for i in self.halve(study, plan, k - 1)])
-            queue.work(functools.partial(self._rung_job, study, plan, k), self.wait)
+                self._on_ray(study, plan, k, list(range(len(plan.candidates))) if k == 0 else
+                             self.halve(study, plan, k - 1))
+            else:
+                self._rung(first, study, plan, k)
         return note
+
+    def _rung(self, first: Queue, study: optuna.Study, plan: Plan, k: int) -> None:
+        """This worker's part in rung ``k``: fill its queue if first there (with the rung before's promoted), then
+        take its jobs until none is left."""
+        queue = first if k == 0 else Queue(self.storage, f"{self.prefix}:lr_search:rung-{k}")
+        if k and queue.claim_filling():
+            queue.fill([{"index": i} for i in self.halve(study, plan, k - 1)])
+        queue.work(functools.partial(self._rung_job, study, plan, k), self.wait)
 
     def _on_ray(self, study: optuna.Study, plan: Plan, k: int, alive: list[int]) -> None:
         from gradpilot.integrations.ray_tune import run_rung

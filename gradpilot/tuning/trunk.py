@@ -14,6 +14,7 @@ with its ``lr_scheduler_kwargs`` (or a constant LR, or a fixed schedule trained 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -26,6 +27,7 @@ from gradpilot._files import write_json
 from gradpilot._metrics_log import MetricsLog, metric_column
 from gradpilot.lr_factor import DecayType, Wsd
 from gradpilot.runner import Branch, Run, Setting
+from gradpilot.schedules import cosine_with_min_lr
 from gradpilot.tuning import budget
 from gradpilot.tuning.context import Context
 from gradpilot.tuning.halving import disk_bytes, remove
@@ -186,8 +188,7 @@ def _why(done: list[dict[str, Any]], winner: int, task_epochs: int) -> str:
 
 
 def _schedule(schedule: Wsd) -> dict[str, Any]:
-    return {"warmup": schedule.warmup, "stable": schedule.stable, "decay": schedule.decay,
-            "min_ratio": schedule.min_ratio, "decay_type": schedule.decay_type}
+    return dataclasses.asdict(schedule)
 
 
 def _thin(values: list[float], most: int = 20_000) -> list[float]:
@@ -211,7 +212,7 @@ def _fresh(ctx: Context, chosen: Chosen) -> Stage:
     total = budget.steps_per_epoch(ctx.train_items, chosen.micro_batch, chosen.accumulation) * n
     warm = min(chosen.warmup_steps, total - 1)
     cosine = name == "cosine_with_min_lr"
-    schedule = Wsd(warm, 0, total - warm, MIN_LR_RATE if cosine else 0.0, "cosine" if cosine else "linear")
+    schedule = cosine_with_min_lr(warm, total, MIN_LR_RATE) if cosine else Wsd(warm, 0, total - warm)
     ctx.say(f"{name} over {n} epochs")
     run = runner.start(ctx.task, Setting(chosen.learning_rate, chosen.micro_batch, chosen.accumulation, schedule),
                        seed=ctx.seed, weights=ctx.initial, folder=ctx.out / "runs" / "trunk-work")
