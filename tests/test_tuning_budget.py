@@ -131,6 +131,9 @@ def test_a_search_that_cannot_hand_its_winner_on_pays_for_a_whole_run_after_it()
 def test_the_range_test_is_a_tenth_of_the_run_within_a_share_of_the_budget(seconds, steps):
     assert budget.range_steps(2048, 32, seconds, step_seconds=0.032) == steps
     assert budget.range_steps(200_000, 32, 1e6, step_seconds=0.032) == 100  # a tenth of 6250 steps, at most 100
+    # a short task's full run set aside: 0.5 s of room pays for 15 steps, not the 23 a share of 5 s would
+    assert budget.range_steps(2048, 32, 5.0, step_seconds=0.032, room=0.5) == 15
+    assert budget.range_steps(2048, 32, 5.0, step_seconds=0.032, room=-1.0) == budget.MIN_RANGE_STEPS
 
 
 def test_the_candidates_tried_as_the_budget_shrinks():

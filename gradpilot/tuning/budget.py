@@ -56,11 +56,15 @@ def steps_per_epoch(items: int, micro_batch: int, accumulation: int) -> int:
     return math.ceil(math.ceil(items / micro_batch) / accumulation)
 
 
-def range_steps(run_items: int, batch: int, budget_seconds: float, step_seconds: float) -> int:
+def range_steps(run_items: int, batch: int, budget_seconds: float, step_seconds: float,
+                room: float | None = None) -> int:
     """Range-test steps: a tenth of a run's steps, between 30 and 100, never more than ``RANGE_SHARE`` of the
-    budget's seconds, and at least ``MIN_RANGE_STEPS``."""
+    budget's seconds nor than the ``room`` (seconds) left once one full run of the trunk is set aside — on a
+    short task a usual range test would otherwise take the epochs from the run it is for — and at least
+    ``MIN_RANGE_STEPS``."""
     usual = max(30, min(100, round(0.1 * run_items / batch)))
-    affordable = math.floor(RANGE_SHARE * budget_seconds / max(step_seconds, 1e-9))
+    seconds = RANGE_SHARE * budget_seconds if room is None else min(RANGE_SHARE * budget_seconds, room)
+    affordable = math.floor(seconds / max(step_seconds, 1e-9))
     return max(MIN_RANGE_STEPS, min(usual, affordable))
 
 

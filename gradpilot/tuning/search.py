@@ -80,9 +80,11 @@ def _chosen(cand: Candidate, trial: int | None, trunk: tuple[int, ...]) -> Chose
 def _no_search(ctx: Context, reason: str, trunk: tuple[int, ...]) -> Stage:
     micro, k = _splits(ctx)[0]
     fixed = reason == "fixed"
-    lr = float(ctx.fixed["learning_rate"]) if fixed else _scaled(ctx, micro * k)
-    why = "learning_rate is fixed" if fixed else \
-        f"the budget left cannot pay for short runs: the range test's {lr:.3g} (rescaled to batch {micro * k}) is kept"
+    lr = float(ctx.fixed["learning_rate"]) if fixed else _center(ctx, micro, k)
+    sure = fixed or _range(ctx).lr_confidence >= UNSURE
+    where = "its suggestion" if sure else "between its suggestion and its edge, as the search would centre its runs"
+    why = "learning_rate is fixed" if fixed else (f"the budget left cannot pay for short runs: the range test's LR "
+                                                  f"is kept, {where} ({lr:.3g} at batch {micro * k})")
     warm = _warmup_steps(ctx, lr, micro, k) if not fixed and micro * k > ctx.task.batch_size else 0
     return Stage("lr_search", _chosen(Candidate(lr, micro, k, warm), None, trunk), why, skipped=reason)
 
@@ -149,10 +151,8 @@ def _candidates(ctx: Context, count: int) -> list[Candidate]:
     found, cands = _range(ctx), []
     splits = _splits(ctx) if count > 5 else _splits(ctx)[:1]
     for i, (micro, k) in enumerate(splits):
-        center = _scaled(ctx, micro * k)
-        scale = center / found.lr_found  # the interval, rescaled to this batch like its suggestion
-        if found.lr_confidence < UNSURE:  # the curve cannot place the best LR in its interval: centre the runs in it
-            center = math.sqrt(center * scale * found.lr_edge)
+        center = _center(ctx, micro, k)
+        scale = _scaled(ctx, micro * k) / found.lr_found  # the interval, rescaled to this batch like its suggestion
         points = min(count, 5) if i == 0 else 3
         grid = lr_grid(center, scale * found.lr_edge, points, scale * found.lr_low)
         grew = micro * k > ctx.task.batch_size
@@ -162,6 +162,16 @@ def _candidates(ctx: Context, count: int) -> list[Candidate]:
 
 
 UNSURE = 0.5  # a range test less confident than this leaves the search centred between its pick and its edge
+
+
+def _center(ctx: Context, micro: int, k: int) -> float:
+    """The LR the search centres on at this batch: the range test's suggestion rescaled to it; where the test
+    is unsure (the curve cannot place the best LR in its interval), between the suggestion and the edge."""
+    found = _range(ctx)
+    center = _scaled(ctx, micro * k)
+    if found.lr_confidence < UNSURE:
+        center = math.sqrt(center * center / found.lr_found * found.lr_edge)
+    return center
 
 
 def _warmup_steps(ctx: Context, lr: float, micro: int, k: int) -> int:

@@ -122,8 +122,10 @@ def lr_range(ctx: Context) -> Stage:
     if "learning_rate" in ctx.fixed:
         return Stage("lr_range", None, "learning_rate is fixed", skipped="fixed")
     task = ctx.task
+    run = budget.TrunkPlan((task.epochs,), budget.steps_per_epoch(ctx.train_items, task.batch_size, 1))
+    room = ctx.purse().less(*budget.trunk_cost(run, 0, task.batch_size)).seconds  # one full run set aside
     steps = budget.range_steps(ctx.run_items, task.batch_size, ctx.budget_seconds,
-                               ctx.clock.item_seconds * task.batch_size)
+                               ctx.clock.seconds(task.batch_size), room)
     ctx.say(f"range test, {steps} steps")
     task.model.load_state_dict(ctx.initial)
     torch.manual_seed(ctx.seed)
