@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,26 @@ def probe_live(task: Task, optimizer: torch.optim.Optimizer, *, share: float = S
     start = Start(model_state(task.model), copy.deepcopy(optimizer.state_dict()), lr)
     with preserved(task.model, optimizer):
         return probe_from(task, start, lr, share=share, seed=seed)
+
+
+def live_task(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: Any, evaluation: Any,
+              loss: Callable[[torch.nn.Module, Any], torch.Tensor], *, items: int,
+              max_grad_norm: float | None = None, batch_size: int | None = None) -> Task:
+    """A run in progress as a ``Task`` for ``probe_live``: its model, its loss from a batch, its dataloaders, and
+    optimizers made like its own (class, settings, param groups, each group's ratio to the first kept); one run
+    is ``items`` items of its training."""
+    first = float(optimizer.param_groups[0]["lr"]) or 1.0
+
+    def mirror(_params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(g["params"]),
+                   "lr": lr * float(g["lr"]) / first} for g in optimizer.param_groups]
+        made: torch.optim.Optimizer = type(optimizer)(groups, **{**optimizer.defaults, "lr": lr})
+        return made
+
+    batch = batch_size or int(getattr(train, "batch_size", None) or 1)
+    return Task(model=model, train_data=train, val_data=evaluation, loss_fn=None, step_fn=loss, optimizer=mirror,
+                lr=first, batch_size=batch, epochs=max(1, math.ceil(items / len(train.dataset))), name="trainer run",
+                max_grad_norm=max_grad_norm)
 
 
 def _check(task: Task, share: float, learning_rate: float | None) -> None:

@@ -204,8 +204,9 @@ def test_every_run_of_a_make_trainer_tune_goes_through_the_user_s_lightning_trai
     by = {s.name: s for s in result.stages}
     trials = [t for t in by["lr_search"].alternatives if t["scores"]]
     branches = by["epochs"].evidence["branches"]
-    assert len(seen["fits"]) >= 2 * len(trials) + 2 * len(branches)  # every stretch is a fit() of the user's
-    assert seen["validations"] == len(trials) + len(branches) + 1  # every score its validate(), and the clock's
+    assert len(seen["fits"]) >= 2 * sum(len(t["scores"]) for t in trials) + 2 * len(branches)  # every stretch a fit()
+    scores = sum(len(t["scores"]) for t in trials)  # a finalist is scored at each of the two rungs
+    assert seen["validations"] == scores + len(branches) + 1  # every score its validate(), and the clock's
     assert seen["dtypes"] == {torch.bfloat16}
     assert result.plan["lr_scheduler_type"] == "warmup_stable_decay" and result.model_path.exists()
     lrs = by["epochs"].evidence["lrs"]  # the LRs the module's optimizer really took, step by step
@@ -233,3 +234,25 @@ def test_tune_on_a_make_trainer_file_returning_a_lightning_trainer(tmp_path):
     bad.write_text("def make_trainer(plan):\n    return 42\n")
     refused = CliRunner().invoke(app, ["tune", str(bad), "--out", str(tmp_path / "x")])
     assert refused.exit_code == 2 and "make_trainer() returned int" in refused.output
+
+
+def test_a_live_probe_measures_the_run_as_it_stands_and_puts_everything_back(tmp_path):
+    class ProbeAt10(GradpilotCallback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+            if trainer.global_step == 10 and not self.probes:
+                self._measure(trainer, module, 10, None)
+
+    torch.manual_seed(0)
+    plain_module = Spirals(0.05)
+    trainer(tmp_path / "plain", epochs=2).fit(plain_module, datamodule=Data())
+    probing = ProbeAt10(probe=True)
+    torch.manual_seed(0)
+    probed_module = Spirals(0.05)
+    trainer(tmp_path / "probed", probing, epochs=2).fit(probed_module, datamodule=Data())
+    assert len(probing.probes) == 1
+    step, found = probing.probes[0]
+    assert step == 10 and found.verdict in ("too high", "too low", "about right")
+    assert found.learning_rate == pytest.approx(0.05) and found.cost_runs > 0
+    after = probed_module.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in plain_module.state_dict().items())  # training went on untouched

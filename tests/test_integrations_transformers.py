@@ -216,11 +216,12 @@ def test_every_run_of_a_make_trainer_tune_goes_through_the_user_s_trainer_in_its
     by = {s.name: s for s in result.stages}
     trials = [t for t in by["lr_search"].alternatives if t["scores"]]
     branches = by["epochs"].evidence["branches"]
-    # each short run: a call to train to its rung and one for its cooldown (after the clock's few timed calls)
-    assert len(seen["trains"]) >= 2 * len(trials) + 2 * len(branches) + 3
+    # each short run: a call to train to each rung and one for its cooldown (after the clock's few timed calls)
+    scores = sum(len(t["scores"]) for t in trials)
+    assert len(seen["trains"]) >= 2 * scores + 2 * len(branches) + 3
     # the trunk: a call up to each branch's start, then one through its decay, in that order, to the last step
     assert seen["trains"][-2 * len(branches):] == [x for b in branches for x in (b["start"], b["steps"])]
-    assert seen["evaluations"] == len(trials) + len(branches) + 1  # every score is the trainer's evaluate()
+    assert seen["evaluations"] == scores + len(branches) + 1  # every score is the trainer's evaluate()
     assert seen["dtypes"] == {torch.bfloat16}  # the trainer's own bf16, inside every run
     assert result.model_path.exists() and math.isfinite(result.metric)
     assert not list((tmp_path / "tune" / "runs" / "search").iterdir())  # no trainer checkpoint left behind
@@ -271,3 +272,47 @@ def test_a_live_probe_measures_the_run_as_it_stands_and_puts_everything_back(tmp
     assert found.cost_runs <= 0.05 or "so short" in found.notes[-1]  # a 40-step run: the minimum branches, said
     after = measured.model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in plain.model.state_dict().items())  # training went on untouched
+
+
+@pytest.mark.slow
+def test_a_killed_make_trainer_tune_continues_and_reruns_nothing_finished(tmp_path):
+    """Killed right after its second short run (a Trainer.train() call) reported its score: the same command
+    again reruns no finished stage or short run, and ends with the plan an unbroken tune gives."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from tests.conftest import KILL_AFTER_RUNS
+
+    source = _make_trainer_file(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-c", "from gradpilot.cli import main; main()", "tune", str(source), "--out",
+                str(out), "--budget", "2", "--json"]
+
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, env=env, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "killed"
+    killed = subprocess.run(command(out), env={**env, KILL_AFTER_RUNS: "2"}, capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    before = json.loads((out / "tune.json").read_text())["stages"]
+    storage = JournalStorage(JournalFileBackend(str(out / "trials.journal")))
+    scored = {t.number: dict(t.intermediate_values)
+              for t in optuna.load_study(study_name="gradpilot:lr_search", storage=storage).trials}
+    assert "lr_search" not in before and sum(bool(v) for v in scored.values()) == 2
+    resumed = subprocess.run(command(out), capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = json.loads((out / "tune.json").read_text())
+    for name, stage in before.items():
+        assert after["stages"][name] == stage  # finished stages are read back, not run again
+    storage = JournalStorage(JournalFileBackend(str(out / "trials.journal")))
+    for t in optuna.load_study(study_name="gradpilot:lr_search", storage=storage).trials:
+        for rung, value in scored.get(t.number, {}).items():
+            assert t.intermediate_values[rung] == value  # a score reported before the kill is kept
+    assert json.loads(resumed.stdout)["plan"] == json.loads(whole.stdout)["plan"]  # as if never killed

@@ -20,7 +20,7 @@ def test_a_run_costs_its_items_its_validations_and_its_calls():
     assert trainer.run_seconds == pytest.approx(2.448 + 0.5)  # a run is one call into the trainer
     assert trainer.seconds(1000, 2, 3) == pytest.approx(2.7)
     # the search's short runs and the trunk's stretches each cost a call to train and one to decay
-    assert budget.search_cost(320, [32] * 5, 0.2).calls == 10
+    assert budget.search_cost(320, [32] * 5, 0.2).calls == 14
     assert budget.trunk_cost(TrunkPlan((1, 3, 4), 16), 0, 32) == (77 * 32, 3, 6)
 
 
@@ -76,19 +76,23 @@ def test_the_trunk_the_purse_pays_for():
 
 def test_successive_halving_s_rungs_and_survivors():
     assert [budget.survivors(8, k) for k in range(3)] == [8, 2, 1]
-    assert [budget.survivors(5, k) for k in range(3)] == [5, 1, 1]
-    assert budget.rung_count(5) == 1 and budget.rung_count(3) == 1  # the best of the first rung is the trunk
-    assert budget.rung_count(8) == 2 and budget.rung_count(27) == 3
+    assert [budget.survivors(5, k) for k in range(3)] == [5, 2, 1]  # a third of 5 is 1: two go on all the same
+    assert [budget.survivors(27, k) for k in range(4)] == [27, 9, 3, 1]
+    assert budget.rung_count(5) == 2 and budget.rung_count(3) == 2  # the better of the two is the trunk
+    assert budget.rung_count(8) == 2 and budget.rung_count(27) == 3 and budget.rung_count(1) == 1
 
 
 def test_the_search_s_cost_by_hand():
     five = budget.search_cost(320, [32] * 5, 0.2)
-    assert five == budget.SearchCost(items=5 * (320 + 64), evals=5, winner_items=320)  # cooldown: 2 steps of 32
+    # rung 0: 5 × (10 steps and 2 to cool down); rung 1 (960 items): 2 go on, each 20 steps more and 6 to cool down
+    assert five == budget.SearchCost(items=5 * (320 + 64) + 2 * (20 + 6) * 32, evals=7, winner_items=960)
     eight = budget.search_cost(320, [32] * 5 + [64] * 3, 0.2)
     # rung 0: five of batch 32 (10 steps, 2 to cool down), three of 64 (5 steps, 1 to cool down); rung 1 (960
     # items): the two widest counted, each 10 steps more and 3 to cool down
     assert eight == budget.SearchCost(items=5 * 384 + 3 * 384 + 2 * (10 + 3) * 64, evals=10, winner_items=960)
     assert budget.cooldown_steps(10, 0.0) == 0 and budget.cooldown_steps(2, 0.2) == 1  # never under one step
+    # one rung only (where a final between two does not fit): the best of the first rung is the trunk
+    assert budget.search_cost(320, [32] * 5, 0.2, rungs=1) == budget.SearchCost(5 * 384, 5, 320)
 
 
 def test_the_first_rung_is_the_longest_the_search_and_the_trunk_after_it_fit():
@@ -104,13 +108,19 @@ def test_the_first_rung_is_the_longest_the_search_and_the_trunk_after_it_fit():
         return cost.items + items, cost.evals + evals, cost.calls + calls
 
     assert purse.pays(*total(r0)) and not purse.pays(*total(r0 + 32))  # the longest that fits, to the batch
-    assert r0 <= trunk.start(0) * 32  # no candidate trains past the trunk's first branch
+    assert 3 * r0 <= 0.5 * 2048  # the winner (at the second rung) trains half a run at most in the search
+    assert budget.rung0(Purse(1e9, 1e9, CLOCK), [32] * 5, 0.2, trunk, run_items=2048) == 320  # that cap, in batches
 
 
 def test_no_search_where_the_shortest_rung_does_not_fit():
     trunk = TrunkPlan((4,), steps_per_epoch=16)
     tight = Purse(1.05 * CLOCK.run_seconds, 1.05 * 2048, CLOCK)
     assert budget.rung0(tight, [32] * 5, 0.2, trunk, run_items=2048) is None
+    # a final between two costs more than one rung: where it does not fit, one rung may. By hand, at the least
+    # rung (4 steps): two rungs of three are 2784 items and 6 validations (3.38 s), one rung 2400 and 4 (2.8 s)
+    some = Purse(3.0, 3000, CLOCK)
+    assert budget.rung0(some, [32] * 3, 0.2, trunk, run_items=2048) is None
+    assert budget.rung0(some, [32] * 3, 0.2, trunk, run_items=2048, rungs=1) is not None
     assert budget.least_rung(32, 2048) == 128  # 4 steps (2% of the run is less)
     assert budget.least_rung(32, 100_000) == 2016  # 2% of the run, in whole batches
 

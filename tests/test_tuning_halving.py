@@ -47,10 +47,12 @@ def test_halve_promotes_the_best_third_and_deletes_the_pruned_runs(tmp_path, hig
 @pytest.mark.parametrize(("scores", "higher", "going"), [
     ([0.5, 0.9, 0.7, 0.2, 0.8, 0.4], True, [1, 4]),  # a third of six
     ([0.5, 0.9, 0.7, 0.2, 0.8, 0.4], False, [3, 5]),
-    ([0.3, 0.1, 0.2, 0.6, 0.5], True, [3]),  # a third of five, rounded down
-    ([0.3, 0.1], False, [1]),  # at least one
-    ([float("nan"), 0.1, 0.2], True, [2]),
+    ([0.3, 0.1, 0.2, 0.6, 0.5], True, [3, 4]),  # a third of five is one: two go on all the same
+    ([0.3, 0.1], False, [1, 0]),  # both of two
+    ([0.3], True, [0]),  # the one there is
+    ([float("nan"), 0.1, 0.2], True, [2, 1]),
     ([float("nan"), float("nan")], True, []),  # a run that diverged never goes on
+    ([float("nan"), 0.1], True, [1]),
     ([0.1] * 9, True, [0, 1, 2]),
 ])
 def test_promote_the_best_third(scores, higher, going):
@@ -70,7 +72,7 @@ def test_the_winner_is_the_best_at_the_longest_rung_reached():
 def test_a_plan_s_steps_cooldowns_and_what_each_rung_keeps():
     plan = Plan((Candidate(1e-3, 32), Candidate(1e-2, 16, 4)), (320, 960), 0.2, 10**6)
     assert plan.steps(0, 0) == (10, 2) and plan.steps(1, 1) == (15, 3)  # batch 64: 960 items are 15 steps
-    assert plan.keep(0) == 1 and plan.keep(1) == 1  # 2 candidates: a third go on (at least one); the winner stays
+    assert plan.keep(0) == 2 and plan.keep(1) == 1  # 2 candidates: both go on to the second rung; the winner stays
     assert Plan.read(plan.note()) == plan
 
 

@@ -11,6 +11,7 @@ Needs the ``lightning`` extra: ``pip install 'gradpilot[lightning]'``.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -140,13 +141,21 @@ class GradpilotCallback(pl.Callback):
     (the optimizer's param groups and its schedulers' base LRs); on NaN or divergence it puts back the last
     state that checked clean and lowers the LR more; on overfitting it stops the run (``trainer.should_stop``;
     a ``ModelCheckpoint(monitor="val_loss")`` keeps the best weights).
+
+    With ``probe=True``, a finding that only hints at the LR (``Finding.sure`` False) is measured instead of
+    guessed: ``gradpilot.probing.probe_live`` trains short branches from the run as it stands (the module, the
+    trainer's first optimizer and its dataloaders; ``probe_share`` of the run, everything put back after) and
+    logs the verdict in ``probes``; with ``autopilot=True`` as well, the LR moves to the one the probe named.
     """
 
-    def __init__(self, autopilot: bool = False, *, check_every: int = 10, val_key: str = "val_loss") -> None:
+    def __init__(self, autopilot: bool = False, *, check_every: int = 10, val_key: str = "val_loss",
+                 probe: bool = False, probe_share: float = 0.05) -> None:
         self.monitor = Monitor(check_every=check_every, autopilot=autopilot, on_finding=log_finding)
         self.good = Snapshot()
         self.val_key = val_key
         self.output: Path | None = None
+        self.probe, self.probe_share = probe, probe_share
+        self.probes: list[Any] = []  # (step, ProbeResult) of every probe taken
         self._last_step = -1
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, _batch: Any,
@@ -158,9 +167,40 @@ class GradpilotCallback(pl.Callback):
         self._last_step = step
         optimizer = trainer.optimizers[0]
         new = self.monitor.update(step, loss.detach(), float(optimizer.param_groups[0]["lr"]))
+        configs = trainer.lr_scheduler_configs
+        scheduler = configs[0].scheduler if configs else None
         if self.monitor.autopilot:
-            configs = trainer.lr_scheduler_configs
-            steer(new, self.monitor, self.good, step, module, optimizer, configs[0].scheduler if configs else None)
+            steer(new, self.monitor, self.good, step, module, optimizer, scheduler)
+        if self.probe and any(f.lr is not None and not f.sure for f in new):
+            self._measure(trainer, module, step, scheduler)
+
+    def _measure(self, trainer: pl.Trainer, module: pl.LightningModule, step: int, scheduler: Any) -> None:
+        """Probe the run as it stands and act on it under autopilot (the module's ``training_step`` is its loss,
+        on the trainer's validation data too)."""
+        from gradpilot import schedules
+        from gradpilot.probing import live_task, probe_live
+
+        train, evaluation = trainer.train_dataloader, trainer.val_dataloaders
+        evaluation = evaluation[0] if isinstance(evaluation, (list, tuple)) else evaluation
+        if train is None or evaluation is None:
+            return
+        optimizer = trainer.optimizers[0]
+        steps = trainer.estimated_stepping_batches  # inf for a run with no end: take what has been trained twice
+        steps = int(steps) if math.isfinite(steps) else 2 * max(1, step)
+        items = max(1, steps) * int(getattr(train, "batch_size", None) or 1) * int(trainer.accumulate_grad_batches)
+        task = live_task(module, optimizer, train, evaluation, lambda _m, batch: _training_loss(module, batch),
+                         items=items, max_grad_norm=float(trainer.gradient_clip_val) if trainer.gradient_clip_val
+                         else None)
+        with warnings.catch_warnings():  # self.log() inside a probe's branches has nowhere to go
+            warnings.filterwarnings("ignore", message=".*self.log.*")
+            found = probe_live(task, optimizer, share=self.probe_share)
+        self.probes.append((step, found))
+        log.warning("gradpilot probe at step %d: the learning rate %.3g is %s (use %.3g), measured on %.1f%% of a run",
+                    step, found.learning_rate, found.verdict, found.suggested_learning_rate, 100 * found.cost_runs)
+        if self.monitor.autopilot and found.verdict != "about right":
+            factor = found.suggested_learning_rate / found.learning_rate
+            before, after = schedules.multiply_lr(optimizer, scheduler, factor)
+            self.monitor.record(step, "probe", f"probe: lr {before:.3g} → {after:.3g} ({found.verdict})")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, _module: pl.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.val_key)

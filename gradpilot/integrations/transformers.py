@@ -24,6 +24,7 @@ from gradpilot._state import Snapshot
 from gradpilot.errors import GradpilotError
 from gradpilot.logs import hidden_nan
 from gradpilot.monitor import Monitor, log_finding, steer
+from gradpilot.probing import live_task
 from gradpilot.task import Task
 
 log = logging.getLogger(__name__)
@@ -203,21 +204,12 @@ class GradpilotCallback(TrainerCallback):
 
 def _live_task(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: Any, evaluation: Any,
                args: TrainingArguments, state: TrainerState) -> Task:
-    """The run in progress as a ``Task``: the trainer's model (its own loss from the batch), dataloaders and
-    optimizer (its class, settings and param groups); one run is the trainer's whole run, in items."""
-    first = float(optimizer.param_groups[0]["lr"]) or 1.0
+    """The run in progress as a ``Task`` (``probing.live_task``): the trainer's model (its own loss from the
+    batch), dataloaders and optimizer; one run is the trainer's whole run, in items."""
     items = max(1, state.max_steps) * args.per_device_train_batch_size * args.gradient_accumulation_steps
-
-    def mirror(_params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(g["params"]),
-                   "lr": lr * float(g["lr"]) / first} for g in optimizer.param_groups]
-        made: torch.optim.Optimizer = type(optimizer)(groups, **{**optimizer.defaults, "lr": lr})
-        return made
-
-    return Task(model=model, train_data=train, val_data=evaluation, loss_fn=None, step_fn=_own_loss,
-                optimizer=mirror, lr=first,
-                batch_size=args.per_device_train_batch_size, epochs=max(1, math.ceil(items / len(train.dataset))),
-                name="trainer run", max_grad_norm=args.max_grad_norm if args.max_grad_norm else None)
+    return live_task(model, optimizer, train, evaluation, _own_loss, items=items,
+                     max_grad_norm=args.max_grad_norm if args.max_grad_norm else None,
+                     batch_size=args.per_device_train_batch_size)
 
 
 def _own_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:

@@ -136,12 +136,17 @@ def affordable_trunk(epochs: int, steps_per_epoch: int, batch: int, purse: Purse
 
 
 def survivors(candidates: int, rung: int) -> int:
-    """How many of ``candidates`` reach rung ``rung`` (0: the first): a third go on at each rung, at least one."""
-    return max(1, candidates // int(ETA**rung))
+    """How many of ``candidates`` reach rung ``rung`` (0: the first): a third go on at each rung — at least two to
+    the second rung (a first rung is short: it favours whatever moves fastest early, often the largest LR that
+    does not diverge, so the final choice is made between two, on a rung three times as long), and at least
+    one after it."""
+    least = min(2, candidates) if rung == 1 else 1
+    return max(least, candidates // int(ETA**rung))
 
 
 def rung_count(candidates: int) -> int:
-    """Rungs until one candidate is left: 5 candidates race one rung (the best goes on as the trunk), 8 two."""
+    """Rungs until one candidate is left: 3, 5 or 8 candidates race two (the best two, or three, of the first
+    go on; the best at the second goes on as the trunk), 27 three."""
     count = 1
     while survivors(candidates, count) > 1:
         count += 1
@@ -163,7 +168,7 @@ class SearchCost:
         return 2 * self.evals
 
 
-def search_cost(r0: int, batches: Sequence[int], cooldown: float) -> SearchCost:
+def search_cost(r0: int, batches: Sequence[int], cooldown: float, rungs: int | None = None) -> SearchCost:
     """Successive halving with rungs r0, 3·r0, ...: each candidate (``batches``: each one's batch) alive at
     rung k trains on to it and is scored after a cooldown of ``cooldown`` × its steps (at least one), each
     stretch in whole steps. Who goes on past the first rung is not known yet: the largest batches are counted,
@@ -171,15 +176,15 @@ def search_cost(r0: int, batches: Sequence[int], cooldown: float) -> SearchCost:
     widest = sorted(batches, reverse=True)
     items = evals = 0
     done = [0] * len(widest)  # each candidate's steps so far
-    for k in range(rung_count(len(batches))):
+    rungs = rung_count(len(batches)) if rungs is None else rungs
+    for k in range(rungs):
         rung = r0 * ETA**k
         for i, b in enumerate(widest[:survivors(len(batches), k)]):
             to = math.ceil(rung / b)
             items += (to - done[i] + cooldown_steps(to, cooldown)) * b
             done[i] = to
         evals += survivors(len(batches), k)
-    last = r0 * ETA ** (rung_count(len(batches)) - 1)
-    return SearchCost(items, evals, last)
+    return SearchCost(items, evals, r0 * ETA ** (rungs - 1))
 
 
 def cooldown_steps(to_step: int, cooldown: float) -> int:
@@ -188,23 +193,26 @@ def cooldown_steps(to_step: int, cooldown: float) -> int:
 
 
 def rung0(purse: Purse, batches: Sequence[int], cooldown: float, trunk: TrunkPlan, *,
-          run_items: int, reuse: bool = True) -> int | None:
-    """The longest first rung (items, whole batches) such that the search and then the trunk, going on from the
-    winner (from the start where it cannot: ``reuse`` False), fit the purse; no candidate trains past the
-    trunk's first branch or half a run. None where even the shortest rung worth running (``least_rung``) does
-    not fit."""
+          run_items: int, reuse: bool = True, rungs: int | None = None) -> int | None:
+    """The longest first rung (items, whole batches) such that the search — ``rungs`` of it (by default to the
+    last two) — and then the trunk, going on from the winner (from the start where it cannot: ``reuse``
+    False), fit the purse; no candidate trains more than half a
+    run (on a run so short that the least rung worth racing is more, that least). A winner past one of the
+    trunk's branches goes on without it (a longer race is worth more than the earliest branch), and the cost
+    counts the branches left. None where even the shortest rung worth running (``least_rung``) does not fit."""
     batch = max(batches)
     least = least_rung(batch, run_items)
-    last = ETA ** (rung_count(len(batches)) - 1)
-    most = min(MAX_SEARCH_SHARE * run_items, trunk.start(0) * batch) / last
+    rungs = rung_count(len(batches)) if rungs is None else rungs
+    last = ETA ** (rungs - 1)
+    most = max(least, MAX_SEARCH_SHARE * run_items / last)  # a run so short that half of it is under the least
 
     def fits(r0: int) -> bool:
-        cost = search_cost(r0, batches, cooldown)
+        cost = search_cost(r0, batches, cooldown, rungs)
         at = cost.winner_items // batch if reuse else 0
         items, evals, calls = trunk_cost(trunk.reachable(at), at, batch)
         return purse.pays(cost.items + items, cost.evals + evals, cost.calls + calls)
 
-    if least > most or not fits(least):
+    if not fits(least):
         return None
     low, high = least // batch, max(least // batch, int(most // batch))
     while low < high:  # the cost grows with the rung: bisect on whole batches

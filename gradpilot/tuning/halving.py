@@ -105,9 +105,11 @@ def pays(spent: int, done_steps: int, to_step: int, cooldown: int, batch: int, a
 
 
 def train_job(task: Task, plan: Plan, index: int, k: int, *, seed: int, initial: dict[str, torch.Tensor],
-              load: Path | None, save: Path | None, folder: Path | None = None) -> tuple[float, Cost]:
+              load: Path | None, save: Path | None, folder: Path | None = None,
+              worth_saving: Callable[[float], bool] | None = None) -> tuple[float, Cost]:
     """One job, the same on every backend: candidate ``index``'s run, from ``load`` where it was saved, trained
-    on to rung ``k``, scored after its cooldown, and saved to ``save``. Its score and what it cost."""
+    on to rung ``k``, scored after its cooldown, and saved to ``save`` (where ``worth_saving(score)`` says it may
+    go on). Its score and what it cost."""
     run = runner.start(task, plan.candidates[index].setting(), seed=seed, weights=initial, folder=folder)
     if load is not None:
         run.load(load)
@@ -115,7 +117,7 @@ def train_job(task: Task, plan: Plan, index: int, k: int, *, seed: int, initial:
     to, cool = plan.steps(index, k)
     run.advance(to)
     value = run.branch(cool).score.value
-    if save is not None:
+    if save is not None and (worth_saving is None or worth_saving(value)):
         run.save(save)
     return value, run.cost.since(before)
 
@@ -193,7 +195,8 @@ class Halving:
         path, work = self.path(trial.number), self.folder / f"work-{trial.number}"
         here = k > 0 and path.exists()  # a run trained on another machine is trained again here, and paid for
         value, cost = train_job(self.task, plan, index, k, seed=self.seed, initial=self.initial,
-                                load=path if here else None, save=path, folder=work)
+                                load=path if here else None, save=path, folder=work,
+                                worth_saving=functools.partial(self._room_for, study, plan, k, trial.number))
         remove(work)  # a trainer's scratch files for this run: what goes on was saved at path
         self.record(study, plan, index, k, value, cost, path)
         _die_if_told()
@@ -212,6 +215,18 @@ class Halving:
 
     def path(self, number: int) -> Path:
         return self.folder / f"trial-{number}.pt"
+
+    def _room_for(self, study: optuna.Study, plan: Plan, k: int, number: int, value: float) -> bool:
+        """Whether trial ``number``, scored ``value`` at rung ``k``, is among the runs that may go on past it; the
+        saved runs it pushes out are deleted first, so disk never holds more than those."""
+        rung, key = plan.rungs[k], sort_key(self.task.higher_is_better)
+        scored = [(t.intermediate_values[rung], t.number) for t in study.get_trials(deepcopy=False)
+                  if rung in t.intermediate_values and t.number != number] + [(value, number)]
+        going = {n for _, n in sorted(scored, key=lambda vn: (key(vn[0]), vn[1]))[:plan.keep(k)]}
+        for _, n in scored:
+            if n not in going and n != number:
+                remove(self.path(n))
+        return number in going
 
     def record(self, study: optuna.Study, plan: Plan, index: int, k: int, value: float, cost: Cost,
                saved: Path | None) -> None:

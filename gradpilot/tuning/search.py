@@ -117,19 +117,20 @@ def _plan_note(ctx: Context) -> dict[str, Any]:
     for plan in (trunk, budget.TrunkPlan(trunk.epochs[-1:], trunk.steps_per_epoch, trunk.decay_share)):
         for count in budget.search_candidates(counts):
             cands = _candidates(ctx, count)
-            r0 = budget.rung0(ctx.purse(), [c.batch for c in cands], cooldown, plan, run_items=ctx.run_items,
-                              reuse=not fresh)
-            if r0 is not None:
-                return _note(cands, r0, cooldown, plan, fresh)
+            for rungs in sorted({budget.rung_count(count), 1}, reverse=True):  # a final between two, else none
+                r0 = budget.rung0(ctx.purse(), [c.batch for c in cands], cooldown, plan, run_items=ctx.run_items,
+                                  reuse=not fresh, rungs=rungs)
+                if r0 is not None:
+                    return _note(cands, r0, rungs, cooldown, plan, fresh)
     return {"skipped": "budget", "trunk": list(trunk.epochs)}
 
 
-def _note(cands: list[Candidate], r0: int, cooldown: float, trunk: budget.TrunkPlan,
+def _note(cands: list[Candidate], r0: int, count: int, cooldown: float, trunk: budget.TrunkPlan,
           fresh: bool) -> dict[str, Any]:
     """The plan's note, the warmups held to half the first rung (a run is scored after its warmup)."""
-    rungs = tuple(r0 * budget.ETA**k for k in range(budget.rung_count(len(cands))))
+    rungs = tuple(r0 * budget.ETA**k for k in range(count))
     cands = [Candidate(c.lr, c.micro_batch, c.accumulation, min(c.warmup_steps, r0 // c.batch // 2)) for c in cands]
-    cost = budget.search_cost(r0, [c.batch for c in cands], cooldown)
+    cost = budget.search_cost(r0, [c.batch for c in cands], cooldown, count)
     reached = trunk.reachable(0 if fresh else cost.winner_items // max(c.batch for c in cands))
     return {**Plan(tuple(cands), rungs, cooldown, cost.items).note(), "trunk": list(reached.epochs), "fresh": fresh}
 
