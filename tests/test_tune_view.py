@@ -54,4 +54,4 @@ def test_the_summary_says_each_stage_s_cost_in_runs_and_seconds(tmp_path):
     text = out.getvalue()
     assert "2.50 of 3 runs spent (10 s; one run ≈ 4 s; 2.50 runs of items)" in text
     assert "8.5" in text and "2.12" in text  # 8.5 s of the search's, over a 4 s run
-    assert "6.0 / 2.0 / 0.5 / 0.0" in text  # training / validation / i/o / other
+    assert "6.0 / 2.0 / 0.5 / 0.0" in text  # training / validation / i/o / other (train/val/io/other)

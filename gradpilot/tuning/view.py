@@ -55,7 +55,7 @@ def summary(result: TuneResult, console: Console) -> None:
     validation metric, and where the files are."""
     stages = Table(title=f"tune: {result.spent:.2f} of {result.budget:.3g} runs spent ({result.seconds:.0f} s; one "
                          f"run ≈ {result.run_seconds:.3g} s; {result.spent_items:.2f} runs of items)")
-    for col in ("stage", "decision", "runs", "seconds", "training / validation / i/o / other"):
+    for col in ("stage", "decision", "runs", "seconds", "train/val/io/other"):
         stages.add_column(col, justify="left" if col in ("stage", "decision") else "right", overflow="fold")
     for s in result.stages:
         why = s.why if not s.skipped or s.skipped == "budget" else f"skipped ({s.why})"
