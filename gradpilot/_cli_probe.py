@@ -34,9 +34,8 @@ def probe_command(
         raise GradpilotError("give the run's checkpoint with --checkpoint PATH (a gradpilot last.pt, a Hugging Face "
                              "checkpoint-N folder or a Lightning .ckpt)")
     task = _load(task_file, seed)
-    if not as_json:
-        err_console.print(f"probing {checkpoint}: 3 to 5 branches, {share:.0%} of a run at most")
-    result = probe(task, checkpoint, share=share, seed=seed, learning_rate=lr)
+    said = None if as_json else lambda message: err_console.print(message, highlight=False, soft_wrap=True)
+    result = probe(task, checkpoint, share=share, seed=seed, learning_rate=lr, progress=said)
     if as_json:
         _print_json(result.to_json())
     else:

@@ -154,26 +154,31 @@ def read_csv(path: Path) -> History:
         raise GradpilotError(f"{path}:{reader.line_num}: not a readable CSV line ({exc})") from None
     if pending is not None and _ends_with_newline(path):
         _add_ragged(columns, header, path, *pending)
-        ragged += 1
+        ragged.append(pending[0])
     elif pending is not None:
         warnings.append(f"{path}:{pending[0]}: the last line is cut short (a run killed while writing?); "
                         "read the complete rows before it")
     if ragged:
-        warnings.append(f"{path}: {ragged} rows have another number of fields than the header's {len(header)}; "
-                        "read them by position (check that their columns line up)")
+        rows = "1 row has" if len(ragged) == 1 else f"{len(ragged)} rows have"
+        warnings.append(f"{path}:{ragged[0]}: {rows} another number of fields than the header's {len(header)}; "
+                        "read by position (check that the columns line up)")
     if not columns.rows:
         raise GradpilotError(f"{path}: a header but no rows")
     return dataclasses.replace(columns.history(warnings), tool=tool_of(header, path))
 
 
-def _csv_rows(reader: Any, header: list[str], columns: Columns, path: Path) -> tuple[int, tuple[int, list[str]] | None]:
+def _csv_rows(reader: Any, header: list[str], columns: Columns,
+              path: Path) -> tuple[list[int], tuple[int, list[str]] | None]:
     """Every row into ``columns``; a row of another length is held back until the next one shows it was not the
-    last (a last line cut short is no ragged row). Returns the ragged rows read and the one held back."""
-    ragged, pending = 0, None
+    last (a last line cut short is no ragged row). Returns the lines of the ragged rows read and the one held
+    back."""
+    ragged: list[int] = []
+    pending = None
     for row in reader:
         if pending is not None:
             _add_ragged(columns, header, path, *pending)
-            ragged, pending = ragged + 1, None
+            ragged.append(pending[0])
+            pending = None
         if not row:
             continue
         if len(row) != len(header):

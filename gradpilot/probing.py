@@ -65,17 +65,20 @@ class ProbeResult:
 
 
 def probe(task: Task, checkpoint: str | Path, *, share: float = SHARE, seed: int = 0,
-          learning_rate: float | None = None) -> ProbeResult:
+          learning_rate: float | None = None, progress: Callable[[str], None] | None = None) -> ProbeResult:
     """Measure whether the LR of the run saved at ``checkpoint`` is too high, too low or about right for
     ``task`` (the task the run trains: its model, data, loss, metric and batch size). Branches at ×⅓, ×1 and ×3
     first; while the best is at an end, one more ×3 step that way (at most ``MAX_BRANCHES`` in all), so the LR
     named is where the loss stopped improving. ``share`` of one run's items are spent at most;
-    ``learning_rate`` overrides the LR read from the checkpoint."""
+    ``learning_rate`` overrides the LR read from the checkpoint; ``progress(message)`` hears when the branches
+    start (once everything given has been checked and the checkpoint read)."""
     _check(task, share, learning_rate)
     start = read_start(Path(checkpoint), task.model)
     lr = learning_rate if learning_rate is not None else start.lr
     if lr is None or not math.isfinite(lr) or lr <= 0:
         raise GradpilotError(f"{checkpoint}: the checkpoint does not say its learning rate; pass --lr")
+    if progress is not None:
+        progress(f"probing {checkpoint} at lr {lr:.3g}: 3 to 5 branches, {share:.0%} of a run at most")
     return probe_from(task, start, lr, share=share, seed=seed)
 
 
