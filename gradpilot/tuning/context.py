@@ -74,15 +74,11 @@ class Context:
     @property
     def charged(self) -> float:
         """The seconds charged to the budget so far: the runs' measured work, or, where the clock is fixed
-        (``stages.FIXED_CLOCK``), what the clock says their items and validations cost (so that it stands for the
+        (``budget.FIXED_CLOCK``), what the clock says their items and validations cost (so that it stands for the
         machine everywhere, and two tunes of a task plan alike)."""
         if fixed_clock() is None or self.decided.clock is None:
             return self.spent.work
         return self.clock.seconds(self.spent.samples, self.spent.evals)
-
-    @property
-    def left_seconds(self) -> float:
-        return self.budget_seconds - self.charged
 
     @property
     def left_items(self) -> float:
