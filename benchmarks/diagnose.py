@@ -8,8 +8,14 @@ and labelled from facts the training loop recorded (never from the log):
 - LR direction (full data only): the task's grid (benchmarks/lr_suggestion.py: constant LR, same steps) gives the
   best LR and metric. A run that loses ≥10% of the achievable improvement — regret = (best − metric) /
   (best − untrained) — should "lower" its LR if it is ≥3× the best, "raise" it if ≤⅓ of it; every other run
-  should "keep" it. Verdicts map: too high → lower, too low → raise, about right / unknown → keep.
-- overfitting: the validation loss the loop saw ended ≥10% above its minimum, reached before the last 20%.
+  should "keep" it — except a run that broke (NaN, or a loss that ended above its start) at the grid's best LR or
+  above: that LR was too high for that run (a Keras GRU is not the torch GRU the grid trained), so "lower".
+  Verdicts map: too high → lower, too low → raise, about right / unknown → keep.
+- overfitting: the validation loss the loop saw ended ≥10% above its minimum, reached before the last 20%, while
+  the training loss fell since that minimum (the median of the last epoch's losses below the minimum's epoch's).
+  A rise with the training loss rising too is a run getting worse, not one fitting its training set too well;
+  the hand labels of real logs (../shared/wildlogs) call it so. Every rise of ≥10% is also counted ("any rise")
+  and reported beside.
 - The remedy is tested: each full-data constant-LR run judged too high or too low is trained again at the LR
   the remedy names (same task and steps), and the share of the lost performance it wins back is reported.
 
@@ -64,6 +70,7 @@ class Case:
     direction: str | None
     broke: bool  # nan or divergence
     overfit: bool
+    rise: bool = False  # any final rise of the validation loss (the former label): reported beside
 
     @property
     def regret(self) -> float:
@@ -86,16 +93,25 @@ def label(run: dict[str, Any], history: History) -> Case:
     if not run["small"]:
         ratio = run["multiplier"]
         direction = "keep"
-        if regret >= 0.1 and ratio >= 3:
+        if (regret >= 0.1 and ratio >= 3) or (broke and ratio >= 1):
             direction = "lower"
         elif regret >= 0.1 and ratio <= 1 / 3:
             direction = "raise"
     v = np.array([np.nan if x is None else x for x in run["val_losses"]], float)
-    overfit = False
+    rise = overfit = False
     if len(v) >= 3 and np.isfinite(v).all() and not broke:
         b = int(np.argmin(v))
-        overfit = bool(v[-1] >= 1.1 * v[b] and b < 0.8 * len(v))
-    return Case(run, history, direction, broke, overfit)
+        rise = bool(v[-1] >= 1.1 * v[b] and b < 0.8 * len(v))
+        overfit = rise and _training_fell(run["losses"], len(v), b)
+    return Case(run, history, direction, broke, overfit, rise)
+
+
+def _training_fell(losses: list[float | None], epochs: int, at: int) -> bool:
+    """The training loss's median over the last epoch is below its median over epoch ``at`` (0-based)."""
+    y = np.array([np.nan if x is None else x for x in losses], float)
+    per = max(1, len(y) // epochs)
+    then, last = y[at * per: (at + 1) * per], y[-per:]
+    return bool(np.isfinite(then).any() and np.isfinite(last).any() and np.nanmedian(last) < np.nanmedian(then))
 
 
 def cases(train: bool = True) -> list[Case]:
@@ -132,7 +148,8 @@ class Tally:
                 self.calls += 1
                 self.right_calls += said == case.direction
         for kind, truth, found in (("nan/divergence", case.broke, bool(d.kinds & {"nan", "divergence"})),
-                                   ("overfitting", case.overfit, "overfitting" in d.kinds)):
+                                   ("overfitting", case.overfit, "overfitting" in d.kinds),
+                                   ("any rise", case.rise, "overfitting" in d.kinds)):
             self.tp[kind] += truth and found
             self.fp[kind] += found and not truth
             self.fn[kind] += truth and not found
@@ -318,6 +335,9 @@ def main() -> None:
     table.add_row("[bold]all, pooled[/]", str(len(all_cases)), f"[bold]{pooled.accuracy:.2f}[/] ({pooled.judged})",
                   pooled.call_precision(), *_kinds(pooled), f"[bold]{np.mean(recovered):.0%}[/] ({len(recovered)})" if recovered else "–")
     console.print(table)
+    console.print(f"overfitting against any final rise of the validation loss (the former label): precision "
+                  f"{pooled.precision('any rise'):.2f}, recall {pooled.recall('any rise'):.2f} "
+                  f"({pooled.tp['any rise'] + pooled.fn['any rise']} runs)")  # type: ignore[index]
     fitted = fit_remedies(all_cases, fit(all_cases), scorers)
     note = "" if fitted == THRESHOLDS else f" (gradpilot ships {THRESHOLDS})"
     console.print(f"thresholds fitted on all families: {fitted}{note}")

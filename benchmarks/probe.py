@@ -23,6 +23,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,9 +38,13 @@ from lr_scoring import Cache, Scorer
 from lr_tasks import BenchTask
 
 import gradpilot
-from gradpilot.probing import probe
+from gradpilot._checkpoint_formats import read_start
+from gradpilot.diagnosis import diagnose
+from gradpilot.probing import SHARE, _branch_batches, _told_by_log, _Walk, probe
 
 MULTIPLIERS = (0.01, 0.1, 1.0, 10.0, 100.0)
+EVERY_FACTOR = (1 / 27, 1 / 9, 1 / 3, 1.0, 3.0, 9.0, 27.0)  # each branch any walk can reach, for benchmarks/probe_rule.py
+COOLDOWNS = (0.25, 0.5, 1.0)  # shares of a branch spent decaying its LR, for benchmarks/probe_rule.py
 QUICK = ("spirals-mlp-adamw", "digits-cnn-sgdm", "friedman-mlp-sgd", "count-gru-rmsprop")
 console = Console(width=150)
 
@@ -65,13 +70,38 @@ def one(bt: BenchTask, m: float, scorer: Scorer) -> dict[str, object]:
         warnings.simplefilter("ignore")
         gradpilot.fit(task, task.make_optimizer(lr), epochs=max(1, task.epochs // 2), checkpoint_dir=folder)
         found = probe(task, folder)
+        every, told = _every_branch(task, folder)
     said = {"too high": "lower", "too low": "raise", "about right": "keep"}[found.verdict]
     before = scorer.regret(lr)
     after = scorer.regret(found.suggested_learning_rate) if said != "keep" else before
     return {"task": bt.name, "family": bt.family, "m": m, "label": label(scorer, lr, m), "said": said,
+
             "cost": found.cost_runs, "regret": before, "after": after, "seconds": found.seconds,
             "losses": [list(x) for x in found.losses], "notes": list(found.notes),
-            "start_loss": found.start_loss}
+            "start_loss": found.start_loss, "every": every, "told": told,
+            "higher_is_better": task.higher_is_better, "lr": lr, "suggested": found.suggested_learning_rate,
+            "regret_at": {f"{f:.6g}": scorer.interpolated(lr * f) for f in EVERY_FACTOR}}
+
+
+def _every_branch(task: gradpilot.Task, folder: str) -> tuple[dict[str, Any], list[object] | None]:
+    """Every factor's branch from the same checkpoint (the same seed as the probe's), with each share of the branch
+    spent cooling down in ``COOLDOWNS``: validation losses and scores; and the log's verdict."""
+    start = read_start(Path(folder), task.model)
+    assert start.lr is not None
+    steady, cooldown, most = _branch_batches(task, SHARE)
+    out: dict[str, Any] = {}
+    for share in COOLDOWNS:
+        cool = max(1, round(share * (steady + cooldown)))
+        walk = _Walk(task, start, start.lr, 0, (steady + cooldown - cool, cool, most), Path(folder))
+        walk.evaluate_start()
+        for f in EVERY_FACTOR:
+            walk.branch(f)
+        out[f"{share:g}"] = {"losses": [list(x) for x in walk.losses], "scores": [list(x) for x in walk.scores]}
+    task.model.load_state_dict(start.weights)
+    told = _told_by_log(start, start.lr)
+    if start.history is not None:
+        out["log"] = [[f.kind, f.lr, f.sure] for f in diagnose(start.history).findings]
+    return out, list(told) if told is not None else None
 
 
 def main() -> None:
@@ -80,7 +110,9 @@ def main() -> None:
     args = parser.parse_args()
     cache = Cache(GRID_CACHE, False)
     tasks = [bt for bt in bench_tasks() if not args.quick or bt.name in QUICK]
-    rows = []
+    rows: list[dict[str, object]] = []
+    out = Path(__file__).parent / "results" / "probe.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     for bt in tasks:
         if bt.name.startswith("minilm"):
             continue  # a pretrained model: its grid runs are not in the cache
@@ -89,13 +121,11 @@ def main() -> None:
             rows.append(one(bt, m, scorer))
             r = rows[-1]
             console.print(f"{bt.name} ×{m:g}: label {r['label']}, probe {r['said']} ({r['cost']:.1%} of a run)")
+            out.write_text(json.dumps(rows, indent=1))  # kept as it goes: benchmarks/probe_rule.py reads it
     _table(rows)
-    out = Path(__file__).parent / "results" / "probe.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
 
 
-def _table(rows: list[dict[str, object]]) -> None:
+def _table(rows: list[dict[str, Any]]) -> None:
     table = Table(title=f"gradpilot probe from a half-run checkpoint: {len(rows)} runs, {len({r['task'] for r in rows})} tasks")
     for col in ("multiplier", "runs", "direction right", "calls right", "cost (runs)", "remedy recovers"):
         table.add_column(col, justify="right")
@@ -110,10 +140,10 @@ def _table(rows: list[dict[str, object]]) -> None:
                       f"{good}/{len(calls)}", f"{np.mean([float(r['cost']) for r in group]):.3f}",
                       f"{np.mean(rec):.0%} ({len(rec)})" if rec else "–")
     console.print(table)
-    wrong = [r for r in rows if r["label"] != r["said"]]
-    for r in wrong:
-        console.print(f"  wrong: {r['task']} ×{r['m']:g}: label {r['label']}, probe {r['said']} "
-                      f"(regret {float(r['regret']):.2f})")
+    for r in rows:
+        if r["label"] != r["said"]:
+            console.print(f"  wrong: {r['task']} ×{r['m']:g}: label {r['label']}, probe {r['said']} "
+                          f"(regret {float(r['regret']):.2f})")
     if any(not math.isfinite(float(r["cost"])) for r in rows):
         console.print("some costs are not finite")
 

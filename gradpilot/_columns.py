@@ -113,20 +113,26 @@ class Columns:
 
     def history(self, warnings: Iterable[str] = ()) -> History:
         """The run these rows describe."""
+        val_col = self._first("val_loss")
         train_col = self._train_column()
-        if train_col is None:
+        if train_col is None and val_col is None:
             raise GradpilotError(f"{self.source}: no training-loss column among {sorted(self.names)[:20]}: "
                                  "name it 'loss' or 'train_loss'")
         x_col = self._first("step") or self._first("epoch")
         x = self._dense(x_col)
-        warnings = [*warnings, *self._keep_last_run(x, x_col or "row", train_col)]
-        train = self._series(train_col, x)
+        warnings = [*warnings, *self._keep_last_run(x, x_col or "row", train_col or str(val_col))]
+        train = self._series(train_col, x) if train_col is not None else Series(np.zeros(0), np.zeros(0))
         if train is None:
             raise GradpilotError(f"{self.source}: the column {train_col!r} holds no numbers")
+        if train_col is None and self._series(val_col, x) is None:
+            raise GradpilotError(f"{self.source}: no training-loss column, and {val_col!r} holds no numbers: log the "
+                                 "training loss as 'loss' or 'train_loss'")
+        if train_col is None:
+            warnings.append(f"{self.source}: no training-loss column, so the run is judged from its validation "
+                            f"loss ({val_col!r}) alone; log the training loss as 'loss' or 'train_loss' to judge more")
         metric_col = next((c for c in self.order.get("val_metric", []) if not set(words(c)) & IGNORED), None)
         lr_cols = sorted(self.order.get("lr", []),  # the first param group's LR: "lr-AdamW" or ".../pg1"
                          key=lambda c: (("pg" in c.lower()) and not c.lower().endswith("pg1"), c))
-        val_col = self._first("val_loss")
         return History(
             train_loss=train,
             val_loss=self._series(val_col, x),

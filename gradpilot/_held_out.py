@@ -23,6 +23,7 @@ STEADY_RISE = 0.8  # ... or go up steadily: this share of the later evaluations'
 TRAINING_FELL = 0.9  # the training loss must have fallen since the low (a rise in both is no overfitting)
 METRIC_NOISE = 2.0  # a metric gain must exceed this many noise widths of the metric to outweigh the loss
 STRONG_RISE = 0.5  # ... unless the validation loss rose this share above its low: overfitting whatever the metric
+WILD_SWING = 1.5  # a validation loss alone: a typical step between evaluations of this factor or more is no descent
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,31 @@ def detect_metric_disagrees(history: History, shape: RunShape, th: Thresholds) -
               "load_best_model_at_end": True}
     return [Finding("metric_disagrees", float(v.steps[found.low]), float(m.steps[best]), evidence, 0.7, remedy,
                     f"choose the checkpoint by {name}, not by the loss: its best was at {metric_where}")]
+
+
+def validation_blew_up(history: History) -> tuple[str, float, float] | None:
+    """For a log whose training loss cannot say (too few points): a validation loss that jumps by
+    ``WILD_SWING``× or more between most evaluations and ends above its first value is not training — the
+    evidence, and the steps it spans; else None."""
+    v = history.val_loss
+    if v is None:
+        return None
+    y = v.values[np.isfinite(v.values)]
+    if len(y) < MIN_EVALUATIONS or (y <= 0).any():
+        return None
+    typical = float(np.exp(np.median(np.abs(np.diff(np.log(y))))))
+    if typical < WILD_SWING or y[-1] < y[0]:
+        return None
+    evidence = (f"validation loss jumped about {typical:.1f}× between typical evaluations, between {y.min():.4g} "
+                f"and {y.max():.4g}, and ended at {y[-1]:.4g}, above its first value {y[0]:.4g}: it is not "
+                "descending")
+    m = history.val_metric
+    if m is not None and len(m) >= MIN_EVALUATIONS:
+        share = float(np.mean(m.values == np.median(m.values)))
+        if share >= 0.5:
+            name = history.metric_name or "the metric"
+            evidence += f"; {name} sat at {np.median(m.values):.4g} in {share:.0%} of them"
+    return evidence, float(v.steps[0]), float(v.steps[-1])
 
 
 def _where(history: History, shape: RunShape, series: Series, i: int) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradpilot.errors import GradpilotError
+
 
 @contextmanager
 def preserved(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Iterator[None]:
@@ -59,9 +61,19 @@ class Snapshot:
         """Put the remembered state back, keeping the optimizer's current LRs; False when there is none."""
         if self._model is None or self._optimizer is None:
             return False
-        lrs = [g["lr"] for g in optimizer.param_groups]  # keep the (lowered) LRs, not the old ones
         model.load_state_dict(self._model)
-        optimizer.load_state_dict(copy.deepcopy(self._optimizer))
-        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
+        load_keeping_lrs(optimizer, self._optimizer)  # the (lowered) LRs, not the old ones
         return True
+
+
+def load_keeping_lrs(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """``saved`` loaded into ``optimizer`` (a copy: steps update tensors in place), each group's ``lr`` and
+    ``initial_lr`` as they were; a state of another shape is refused in one line."""
+    kept: list[dict[str, Any]] = [{k: g[k] for k in ("lr", "initial_lr") if k in g} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(copy.deepcopy(saved))
+    except (ValueError, KeyError) as exc:
+        raise GradpilotError(f"the checkpoint's optimizer state does not fit the trainer's optimizer ({exc}): "
+                             "give the checkpoint of a run of this trainer") from None
+    for group, lrs in zip(optimizer.param_groups, kept, strict=True):
+        group.update(lrs)

@@ -16,7 +16,7 @@ import numpy as np
 
 from gradpilot._dialects import speak
 from gradpilot._findings import KINDS, Diagnosis, Direction, Finding, fmt_lr, lr_remedy
-from gradpilot._held_out import detect_metric_disagrees, detect_overfitting, detect_underfitting
+from gradpilot._held_out import detect_metric_disagrees, detect_overfitting, detect_underfitting, validation_blew_up
 from gradpilot._run_shape import (
     MIN_POINTS,
     THRESHOLDS,
@@ -62,6 +62,8 @@ def diverges(c: Curve, th: Thresholds) -> bool:
 def detect_divergence(history: History, shape: RunShape, th: Thresholds) -> list[Finding]:
     """A descending loss that climbs back above where it started, or gives back most of what it had gained."""
     c = shape.falls()
+    if c is None and len(usable(history.train_loss.values)) < MIN_POINTS:
+        return _validation_divergence(history, shape, th)
     if c is None or not diverges(c, th):
         return []
     drop, rise = c.start - c.low, c.end - c.low
@@ -73,6 +75,19 @@ def detect_divergence(history: History, shape: RunShape, th: Thresholds) -> list
     remedy, advice = lr_remedy(shape, th.cut_diverged)
     return [Finding("divergence", c.low_step, float(c.steps[-1]), evidence, confidence, remedy,
                     advice + f"; or restart from the checkpoint near step {c.low_step:g}", lr="lower")]
+
+
+def _validation_divergence(history: History, shape: RunShape, th: Thresholds) -> list[Finding]:
+    """A log with too few training losses whose validation loss swings wildly and never descends: a hint (not
+    a sure LR sign: a broken loss or data pipeline does the same)."""
+    found = validation_blew_up(history)
+    if found is None:
+        return []
+    evidence, start, end = found
+    remedy, advice = lr_remedy(shape, th.cut_diverged)
+    return [Finding("divergence", start, end, evidence, 0.6, remedy,
+                    f"{advice}, and check the loss and the labels; log the training loss to tell which",
+                    lr="lower", sure=False)]
 
 
 def detect_oscillation(history: History, shape: RunShape, th: Thresholds) -> list[Finding]:
@@ -277,15 +292,13 @@ def _one_direction(findings: list[Finding]) -> list[Finding]:
 def _insufficient(history: History, points: int) -> Diagnosis:
     evidence = (f"only {points} finite training-loss point{'s' if points != 1 else ''} in the log; "
                 f"at least {MIN_POINTS} (or 3 evaluations) are needed to judge a curve")
-    return Diagnosis((Finding("insufficient_data", float(history.train_loss.steps[0]),
-                              float(history.train_loss.steps[-1]), evidence, 1.0, {},
+    return Diagnosis((Finding("insufficient_data", *_span(history), evidence, 1.0, {},
                               "log the loss more often (logging_steps, log_every_n_steps) or train longer"),),
                      "unknown", f"too little to judge: {evidence}")
 
 
 def _healthy(history: History, shape: RunShape) -> Finding:
     c, v = shape.curve, history.val_loss
-    end = float(history.train_loss.steps[-1])
     if c is not None:
         evidence = f"the loss fell from about {c.start:.4g} to about {c.end:.4g} and settled"
     elif v is not None and len(v):
@@ -293,7 +306,13 @@ def _healthy(history: History, shape: RunShape) -> Finding:
                     f"from {v.values[0]:.4g} to {v.values[-1]:.4g}")
     else:
         evidence = ""
-    return Finding("healthy", float(history.train_loss.steps[0]), end, evidence, 0.6, {}, "keep going")
+    return Finding("healthy", *_span(history), evidence, 0.6, {}, "keep going")
+
+
+def _span(history: History) -> tuple[float, float]:
+    """The first and last step the log has: of its training losses, or its evaluations where it has none."""
+    s = history.train_loss if len(history.train_loss) or history.val_loss is None else history.val_loss
+    return (float(s.steps[0]), float(s.steps[-1])) if len(s) else (0.0, 0.0)
 
 
 def _lr_verdict(shape: RunShape, findings: list[Finding]) -> tuple[str, str]:

@@ -3,15 +3,17 @@ constant LR, then scored after a cooldown, as tune's search scores its candidate
 whether the LR is too high, too low or about right, with the numbers. What one log cannot tell, a tenth of a
 run measures.
 
-Every branch trains through ``runner.LocalRun`` (the runner tune's search uses). Checkpoints: gradpilot's
-(``last.pt`` or its folder), a Hugging Face ``checkpoint-N`` folder, a Lightning ``.ckpt``.
+Every branch trains through ``gradpilot.runner`` as tune's runs do: the task's own trainer where it has one (a
+``make_trainer`` file: ``Trainer.train()`` / ``Trainer.fit()``, its optimizer given the checkpoint's state),
+else ``LocalRun``. Checkpoints: gradpilot's (``last.pt`` or its folder), a Hugging Face ``checkpoint-N`` folder,
+a Lightning ``.ckpt``.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import time
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +26,19 @@ from gradpilot._files import json_safe
 from gradpilot._state import model_state, preserved
 from gradpilot.diagnosis import diagnose
 from gradpilot.errors import GradpilotError
-from gradpilot.evaluation import evaluate_both
-from gradpilot.runner import LocalRun, Run, Setting
+from gradpilot.history import History
+from gradpilot.runner import Run, Setting
+from gradpilot.runner import start as start_run
 from gradpilot.task import Task
 
 FACTORS = (1.0, 3.0, 1 / 3)
 MAX_BRANCHES = 5  # the first three, then up to two more ×3 steps towards the better end
 SHARE = 0.1  # of one run's items, all branches together
-COOLDOWN = 0.25  # share of each branch spent decaying the LR before it is scored
-TIE = 0.3  # another branch's gain in validation loss must beat ×1's by this share of it to move the LR
+COOLDOWN = 0.5  # share of each branch spent decaying the LR before it is scored
+TIE_HIGHER = 0.3  # a higher branch's gain in validation loss must beat ×1's by this share of it to raise the LR
+TIE_LOWER = 0.05  # ... a lower one's, to lower it — where the run's log also shows a sign of a too-high LR
+# (benchmarks/probe.py, leave-one-family-out: from almost any checkpoint a lower LR wins a short branch — the
+# cooldown's quick gain, a good LR's as much as a too-high one's — so the branches alone never say "too high")
 
 
 @dataclass(frozen=True)
@@ -82,13 +88,15 @@ def probe(task: Task, checkpoint: str | Path, *, share: float = SHARE, seed: int
     return probe_from(task, start, lr, share=share, seed=seed)
 
 
-def probe_live(task: Task, optimizer: torch.optim.Optimizer, *, share: float = SHARE, seed: int = 0) -> ProbeResult:
+def probe_live(task: Task, optimizer: torch.optim.Optimizer, *, share: float = SHARE, seed: int = 0,
+               history: History | None = None) -> ProbeResult:
     """The same measurement from a run in progress: ``task.model`` as it stands and ``optimizer``'s state and LR
-    (its first param group's). Everything is put back as it was — weights, gradients, modes, the optimizer and
-    torch's RNGs — so training goes on as if nothing had happened (a callback's probe)."""
+    (its first param group's), with the run's ``history`` so far as its log. Everything is put back as it was —
+    weights, gradients, modes, the optimizer and torch's RNGs — so training goes on as if nothing had happened
+    (a callback's probe)."""
     lr = float(optimizer.param_groups[0]["lr"])
     _check(task, share, lr)
-    start = Start(model_state(task.model), copy.deepcopy(optimizer.state_dict()), lr)
+    start = Start(model_state(task.model), copy.deepcopy(optimizer.state_dict()), lr, history=history)
     with preserved(task.model, optimizer):
         return probe_from(task, start, lr, share=share, seed=seed)
 
@@ -123,17 +131,23 @@ def _check(task: Task, share: float, learning_rate: float | None) -> None:
 
 
 def probe_from(task: Task, start: Start, lr: float, *, share: float = SHARE, seed: int = 0) -> ProbeResult:
-    """The probe's branches from ``start`` at ``lr``, and the verdict they measure."""
-    walk = _Walk(task, start, lr, seed, _branch_batches(task, share))
+    """The probe's branches from ``start`` at ``lr``, and the verdict they measure; each trains through the
+    task's runner (its own trainer's, where it has one), in a folder of its own that is gone afterwards."""
+    with tempfile.TemporaryDirectory(prefix="gradpilot-probe-") as folder:
+        return _probe_in(_Walk(task, start, lr, seed, _branch_batches(task, share), Path(folder)), share)
+
+
+def _probe_in(walk: _Walk, share: float) -> ProbeResult:
+    start, lr = walk.start, walk.lr
     at_start = walk.evaluate_start()
     if not math.isfinite(at_start):
         return walk.result("too high", 0.1, share, ("the checkpoint's validation loss is not finite: the run has "
                                                     "already blown up; restart from an earlier checkpoint",))
     for factor in FACTORS:
         walk.branch(factor)
-    verdict, best = _verdict(at_start, walk.losses)
+    verdict, best, said = _verdict(at_start, walk.losses, _hints_high(start))
     told = _told_by_log(start, lr)
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = (said,) if said else ()
     if told is not None and told[0] != verdict:  # a sign in the log that has proved right: it decides
         verdict, notes = told[0], (told[1],)
     best = walk.on(verdict)
@@ -147,8 +161,9 @@ def probe_from(task: Task, start: Start, lr: float, *, share: float = SHARE, see
 class _Walk:
     """The probe's branches so far, each from the checkpoint, and what they cost."""
 
-    def __init__(self, task: Task, start: Start, lr: float, seed: int, batches: tuple[int, int, int]) -> None:
-        self.task, self.start, self.lr, self.seed = task, start, lr, seed
+    def __init__(self, task: Task, start: Start, lr: float, seed: int, batches: tuple[int, int, int],
+                 folder: Path) -> None:
+        self.task, self.start, self.lr, self.seed, self.folder = task, start, lr, seed, folder
         self.steady, self.cooldown, self.most = batches
         self.scores: list[tuple[float, float]] = []
         self.losses: list[tuple[float, float]] = []
@@ -169,16 +184,26 @@ class _Walk:
         return best
 
     def evaluate_start(self) -> float:
-        """The validation loss at the checkpoint itself: what each branch's gain is measured from."""
-        task, before = self.task, time.perf_counter()
-        task.model.load_state_dict(self.start.weights)
-        loss = evaluate_both(task.model, task.val_loader() or [], task.loss_fn, step_fn=task.step_fn)[0]
-        self.seconds += time.perf_counter() - before
+        """The validation loss at the checkpoint itself, measured as the branches' are: what each branch's gain
+        is measured from."""
+        run = self._run(1.0, "start")
+        loss = run.evaluate().loss
+        self.seconds += run.cost.seconds
         self.at_start = loss
         return loss
 
+    def _run(self, factor: float, name: str) -> Run:
+        """A run of the task's runner from the checkpoint (its optimizer state too, where it fits) at the LR ×
+        ``factor``."""
+        setting, folder = Setting(self.lr * factor, self.task.batch_size), self.folder / name
+        try:
+            return start_run(self.task, setting, seed=self.seed, weights=self.start.weights,
+                             optimizer_state=self.start.optimizer, folder=folder)
+        except (ValueError, KeyError, RuntimeError):  # an optimizer state of another shape: start that afresh
+            return start_run(self.task, setting, seed=self.seed, weights=self.start.weights, folder=folder)
+
     def branch(self, factor: float) -> None:
-        run = _run(self.task, self.start, self.lr * factor, self.seed)
+        run = self._run(factor, f"branch-{len(self.losses)}")
         run.advance(self.steady)
         score = run.branch(self.cooldown).score
         self.scores.append((factor, score.value))
@@ -212,6 +237,12 @@ def _told_by_log(start: Start, lr: float) -> tuple[str, str, float] | None:
     return found.lr_verdict, f"the run's log decides: {found.lr_reason}", factor
 
 
+def _hints_high(start: Start) -> bool:
+    """Whether the run's log (where the checkpoint has one beside it) shows any sign of a too-high LR, sure or a
+    hint (``Finding.lr``)."""
+    return start.history is not None and any(f.lr == "lower" for f in diagnose(start.history).findings)
+
+
 def _best_towards(verdict: str, losses: list[tuple[float, float]]) -> float:
     """The branch with the lowest loss on the side the verdict points to (×⅓ or ×3 when none was finite)."""
     side = [(f, loss) for f, loss in losses if (f < 1 if verdict == "too high" else f > 1) and math.isfinite(loss)]
@@ -220,14 +251,6 @@ def _best_towards(verdict: str, losses: list[tuple[float, float]]) -> float:
     if not side:
         return 1 / 3 if verdict == "too high" else 3.0
     return min(side, key=lambda fl: fl[1])[0]
-
-
-def _run(task: Task, start: Start, lr: float, seed: int) -> Run:
-    try:
-        return LocalRun(task, Setting(lr, task.batch_size), seed=seed, weights=start.weights,
-                        optimizer_state=start.optimizer)
-    except (ValueError, KeyError, RuntimeError):  # an optimizer state of another shape: start that afresh
-        return LocalRun(task, Setting(lr, task.batch_size), seed=seed, weights=start.weights)
 
 
 def _run_items(task: Task) -> int:
@@ -245,17 +268,25 @@ def _branch_batches(task: Task, share: float) -> tuple[int, int, int]:
     return per - cooldown, cooldown, most
 
 
-def _verdict(at_start: float, losses: list[tuple[float, float]]) -> tuple[str, float]:
-    """The branch that lowered the validation loss most, and what it says: ×1 keeps the LR unless another
-    branch's gain beats its gain clearly (by ``TIE`` of the larger gain). The loss decides: after so short a
-    branch a metric such as accuracy barely moves, the loss does."""
+def _verdict(at_start: float, losses: list[tuple[float, float]], hinted: bool) -> tuple[str, float, str]:
+    """The branch that lowered the validation loss most, what it says, and a note: ×1 keeps the LR unless a
+    higher branch's gain beats its gain clearly (by ``TIE_HIGHER`` of the larger gain), or a lower one's does
+    (by ``TIE_LOWER``) where the run shows a sign of a too-high LR (``hinted``: its log, or the ×1 branch
+    blowing up). The loss decides: after so short a branch a metric such as accuracy barely moves, the loss
+    does."""
     gains = [(f, at_start - loss if math.isfinite(loss) else -math.inf) for f, loss in losses]
     best_factor, best = max(gains, key=lambda fg: fg[1])
     here = dict(gains)[1.0]
-    clearly = best - here > max(TIE * abs(best), 1e-4 * abs(at_start))
-    if best_factor == 1.0 or not clearly:
-        return "about right", 1.0
-    return ("too low" if best_factor > 1 else "too high"), best_factor
+    tie = TIE_HIGHER if best_factor > 1 else TIE_LOWER
+    if best_factor == 1.0 or best - here <= max(tie * abs(best), 1e-4 * abs(at_start)):
+        return "about right", 1.0, ""
+    if best_factor > 1:
+        return "too low", best_factor, ""
+    if hinted or not math.isfinite(here):
+        return "too high", best_factor, ""
+    return "about right", 1.0, (f"a lower LR won the short branches (×{best_factor:.3g}), as it does from almost any "
+                                "checkpoint — a cooldown's quick gain; with no sign of a too-high LR in the run's "
+                                "log that is not called too high")
 
 
 def _metric_name(task: Task) -> str:

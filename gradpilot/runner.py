@@ -8,6 +8,7 @@ process with gradpilot's one optimizer step (``accumulation.optimizer_step``) an
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -154,8 +155,8 @@ class LocalRun:
         task.model.load_state_dict(weights)
         self.optimizer = task.make_optimizer(setting.lr)
         self.peaks = [float(g["lr"]) for g in self.optimizer.param_groups]  # each group's LR at this setting
-        if optimizer_state is not None:
-            self.optimizer.load_state_dict(optimizer_state)
+        if optimizer_state is not None:  # a copy: torch's loading keeps the given tensors, and steps update them
+            self.optimizer.load_state_dict(copy.deepcopy(optimizer_state))
         self.device = model_device(task.model)
         self.count = item_counter(task.loss_fn, None)
         self.precision = precision.check(task.precision, "Task.precision")

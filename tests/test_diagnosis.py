@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gradpilot import History, diagnose, fit
+from gradpilot import History, diagnose, fit, read_log
 from gradpilot.diagnosis import DETECTORS, KINDS, THRESHOLDS
 from gradpilot.history import Series
 from tests.conftest import classification, mlp, regression, synthetic
@@ -416,3 +416,35 @@ def test_a_real_adam_run_far_too_high_is_never_called_too_low_and_a_fine_sgd_run
     calm = run(m, torch.optim.SGD(m.parameters(), lr=0.5), nn.CrossEntropyLoss(), classification(512),
                classification(256, 1), 8)
     assert "oscillation" not in calm.kinds and calm.lr_verdict != "too high"
+
+
+def test_a_validation_loss_rising_while_the_metric_improves_is_no_overfitting_but_a_choice_of_checkpoint():
+    steps = np.arange(1.0, 501)
+    falling = 0.05 + 0.95 * np.exp(-steps / 100)
+    at = np.arange(50.0, 501, 50)
+    loss = Series(at, np.array([0.9, 0.6, 0.45, 0.4, 0.43, 0.46, 0.48, 0.5, 0.52, 0.53]))  # low at step 200
+    accuracy = Series(at, np.array([0.70, 0.80, 0.85, 0.86, 0.87, 0.88, 0.90, 0.91, 0.905, 0.90]))  # best: 400
+    d = diagnose(History(Series(steps, falling), val_loss=loss, val_metric=accuracy, metric_name="eval_accuracy",
+                         higher_is_better=True, lr=Series(steps, np.full(500, 1e-3))))
+    assert "overfitting" not in d.kinds  # stopping at the loss's low would give up 0.05 of accuracy
+    f = next(f for f in d.findings if f.kind == "metric_disagrees")
+    assert f.remedy == {"metric_for_best_model": "eval_accuracy", "greater_is_better": True,
+                        "load_best_model_at_end": True}
+    assert "lowest (0.4)" in f.evidence and "best 0.91 at" in f.evidence and "step 400" in f.advice
+    without = diagnose(History(Series(steps, falling), val_loss=loss, lr=Series(steps, np.full(500, 1e-3))))
+    assert next(f for f in without.findings if f.kind == "overfitting").remedy == {"max_steps": 200}
+
+
+def test_a_log_of_validation_loss_alone_is_read_and_a_wild_non_descending_one_is_called_divergence(tmp_path):
+    wild = [5.1e8, 3.8e8, 5.9e8, 1.8e8, 3.8e8, 5.2e8, 1.5e8, 2.6e8, 2.7e8, 7.9e8]
+    rows = "".join(f"{i},{399 + 400 * i},{v},0.15\n" for i, v in enumerate(wild))
+    (tmp_path / "metrics.csv").write_text("epoch,step,val_loss,val_acc\n" + rows)
+    h = read_log(tmp_path / "metrics.csv")
+    assert len(h.train_loss) == 0 and "judged from its validation loss" in h.warnings[0]
+    d = diagnose(h)
+    f = next(f for f in d.findings if f.kind == "divergence")
+    assert "between 1.5e+08 and 7.9e+08" in f.evidence and "val_acc sat at 0.15 in 100%" in f.evidence
+    assert not f.sure and d.lr_verdict == "unknown" and (f.start, f.end) == (399.0, 3999.0)
+    calm = [2.0, 1.6, 1.3, 1.1, 1.0, 0.95, 0.92, 0.9, 0.89, 0.9]
+    (tmp_path / "calm.csv").write_text("step,val_loss\n" + "".join(f"{i},{v}\n" for i, v in enumerate(calm)))
+    assert diagnose(read_log(tmp_path / "calm.csv")).kinds == {"healthy"}

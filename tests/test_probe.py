@@ -1,6 +1,8 @@
 """probe: the measured LR verdict from a checkpoint — gradpilot's, a Hugging Face Trainer's, Lightning's."""
 
+import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -113,3 +115,82 @@ def test_the_command_prints_the_verdict_as_json(tmp_path):
     assert out["suggested_learning_rate"] > out["learning_rate"] and out["cost_runs"] <= 0.1
     missing = CliRunner().invoke(app, ["probe", str(task_file), "--checkpoint", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_a_make_trainer_probe_trains_its_branches_in_the_user_s_trainer_from_the_checkpoint_s_state(tmp_path):
+    """A Hugging Face run at a hundredth of a good LR, checkpointed; probed through its make_trainer file: every
+    branch is a Trainer.train() of the user's trainer (its callback sees them), starting from the checkpoint's
+    AdamW state, and every score is its evaluate()."""
+    pytest.importorskip("transformers")
+    import sys
+
+    from gradpilot.runner import Setting
+    from gradpilot.task_file import load_task
+    from tests.test_integrations_transformers import _make_trainer_file
+
+    task = load_task(_make_trainer_file(tmp_path))
+    module = sys.modules["gradpilot_task_hf_task"]
+    module.make_trainer({"learning_rate": 1e-5, "max_steps": 24, "save_strategy": "steps", "save_steps": 24,
+                         "lr_scheduler_type": "constant"}).train()
+    folder = tmp_path / "trainer" / "checkpoint-24"
+    start = read_start(folder, task.model)
+    assert start.lr == pytest.approx(1e-5) and {int(s["step"]) for s in start.optimizer["state"].values()} == {24}
+    run = task.runner(task, Setting(3e-5, 16), seed=0, weights=start.weights, optimizer_state=start.optimizer,
+                      folder=tmp_path / "one")
+    run.advance(2)
+    assert run.lrs == pytest.approx([3e-5, 3e-5])  # the run's LR, not the checkpoint's
+    assert {int(s["step"]) for s in run.trainer.optimizer.state.values()} == {26}  # went on from step 24
+    assert {int(s["step"]) for s in start.optimizer["state"].values()} == {24}  # the checkpoint's state untouched
+    seen = module.SEEN
+    trains, evaluations = len(seen["trains"]), seen["evaluations"]
+    found = probe(dataclasses.replace(task, epochs=8), folder)  # a run of 8 epochs: branches of 5 batches
+    branches = len(found.losses)
+    assert found.verdict == "too low" and found.suggested_learning_rate > 1e-5
+    assert found.cost_runs == pytest.approx(branches * 5 * 16 / (8 * 512)) and found.cost_runs <= 0.1
+    assert len(seen["trains"]) - trains == 2 * branches  # a stretch at the constant LR, then its cooldown
+    assert seen["evaluations"] - evaluations == branches + 1  # the checkpoint's score and each branch's
+
+
+def test_a_lightning_make_trainer_probe_fits_its_branches_in_the_user_s_trainer_from_the_momentum_saved(tmp_path):
+    pytest.importorskip("lightning.pytorch")
+    import sys
+
+    from gradpilot.runner import Setting
+    from gradpilot.task_file import load_task
+    from tests.test_integrations_lightning import MAKE_TRAINER
+
+    source = tmp_path / "lit_task.py"
+    source.write_text(MAKE_TRAINER.replace("PRECISION", repr("32-true")))
+    task = load_task(source)
+    module = sys.modules["gradpilot_task_lit_task"]
+    trainer, lit, data = module.make_trainer({"learning_rate": 5e-4, "num_train_epochs": 2})  # a hundredth
+    trainer.fit(lit, datamodule=data)
+    trainer.save_checkpoint(str(tmp_path / "run.ckpt"))
+    start = read_start(tmp_path / "run.ckpt", task.model)
+    assert start.lr == pytest.approx(5e-4) and all("momentum_buffer" in s for s in start.optimizer["state"].values())
+    ends = []
+    for state in (start.optimizer, None):
+        run = task.runner(task, Setting(5e-3, 32), seed=0, weights=start.weights, optimizer_state=state,
+                          folder=tmp_path / f"one-{state is None}")
+        run.advance(2)
+        assert run.lrs == pytest.approx([5e-3, 5e-3])  # the run's LR, not the checkpoint's
+        ends.append(run.weights())
+    assert not torch.equal(ends[0]["net.0.weight"], ends[1]["net.0.weight"])  # the saved momentum moved it on
+    fits, validations = len(module.SEEN["fits"]), module.SEEN["validations"]
+    found = probe(task, tmp_path / "run.ckpt")
+    branches = len(found.losses)
+    assert found.verdict == "too low" and found.suggested_learning_rate >= 3 * 5e-4
+    assert len(module.SEEN["fits"]) - fits == 2 * branches  # a fit() at the constant LR, then one for its cooldown
+    assert module.SEEN["validations"] - validations == branches + 1  # each score the trainer's validate()
+
+
+def test_a_lower_branch_winning_says_too_high_only_with_a_sign_of_it_and_a_higher_one_must_win_clearly():
+    from gradpilot.probing import _verdict
+
+    lower_wins = [(1.0, 0.9), (3.0, 0.95), (1 / 3, 0.8)]  # gains from 1.0: ×1 0.1, ×3 0.05, ×⅓ 0.2
+    verdict, factor, note = _verdict(1.0, lower_wins, hinted=False)
+    assert (verdict, factor) == ("about right", 1.0) and "cooldown's quick gain" in note
+    assert _verdict(1.0, lower_wins, hinted=True) == ("too high", 1 / 3, "")
+    assert _verdict(1.0, [(1.0, math.nan), (3.0, math.inf), (1 / 3, 0.8)], hinted=False)[:2] == ("too high", 1 / 3)
+    assert _verdict(1.0, [(1.0, 0.9), (3.0, 0.7), (1 / 3, 0.95)], hinted=False)[:2] == ("too low", 3.0)  # 0.3 vs 0.1
+    assert _verdict(1.0, [(1.0, 0.9), (3.0, 0.87), (1 / 3, 0.95)], hinted=False)[:2] == ("about right", 1.0)  # 0.13

@@ -40,6 +40,21 @@ def test_a_kept_branch_moves_the_model_on_and_gives_its_weights():
     assert not all(torch.equal(before[k], v) for k, v in model_state(task.model).items())
 
 
+def test_runs_from_one_optimizer_state_each_start_from_it_untouched():
+    task = small_task(0)  # AdamW: moments and a step count that each step updates in place
+    run = LocalRun(task, Setting(0.01, 32), seed=0, weights=model_state(task.model))
+    run.advance(6)
+    weights, state = model_state(task.model), run.optimizer.state_dict()
+    moments = {i: s["exp_avg"].clone() for i, s in state["state"].items()}
+    ends = []
+    for _ in range(2):
+        LocalRun(task, Setting(0.03, 32), seed=1, weights=weights, optimizer_state=state).advance(4)
+        ends.append(model_state(task.model))
+    assert all(torch.equal(ends[0][k], v) for k, v in ends[1].items())  # the second ran from the same state
+    assert all(torch.equal(s["exp_avg"], moments[i]) for i, s in state["state"].items())
+    assert all(int(s["step"]) == 6 for s in state["state"].values())
+
+
 def test_a_saved_run_continues_exactly_as_the_unbroken_one(tmp_path):
     task = small_task()
     initial = model_state(task.model)

@@ -28,7 +28,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 from gradpilot._checkpoint_formats import read_start
 from gradpilot._direction import worst
 from gradpilot._files import write_json
-from gradpilot._state import model_state
+from gradpilot._state import load_keeping_lrs, model_state
 from gradpilot.errors import GradpilotError
 from gradpilot.lr_factor import DecayType, Wsd
 from gradpilot.runner import Branch, Cost, Score, Setting
@@ -45,9 +45,21 @@ class TrainerRunner:
 
     def __call__(self, task: Task, setting: Setting, *, seed: int, weights: dict[str, torch.Tensor],
                  optimizer_state: dict[str, Any] | None = None, folder: Path | None = None) -> TrainerRun:
-        if optimizer_state is not None:
-            raise GradpilotError("a trainer's run goes on from its own checkpoint, not from an optimizer state")
-        return TrainerRun(self, task, setting, seed=seed, weights=weights, folder=folder)
+        return TrainerRun(self, task, setting, seed=seed, weights=weights, folder=folder,
+                          optimizer_state=optimizer_state)
+
+
+class _StartFrom(TrainerCallback):
+    """Gives the trainer's optimizer, once made, a saved state (a probe's run going on from a checkpoint); each
+    param group keeps the LR the trainer's own scheduler set, the run's, not the one saved."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> None:
+        del args, state, control
+        load_keeping_lrs(kwargs["optimizer"], self.state)
 
 
 class _Steps(TrainerCallback):
@@ -83,9 +95,10 @@ class TrainerRun:
     """One run through the user's trainer (``runner.Run``)."""
 
     def __init__(self, owner: TrainerRunner, task: Task, setting: Setting, *, seed: int,
-                 weights: dict[str, torch.Tensor], folder: Path | None) -> None:
+                 weights: dict[str, torch.Tensor], folder: Path | None,
+                 optimizer_state: dict[str, Any] | None = None) -> None:
         self.owner, self.task, self.setting, self.seed = owner, task, setting, seed
-        self.start_weights = weights
+        self.start_weights, self.start_optimizer = weights, optimizer_state
         self.folder = folder if folder is not None else Path(tempfile.mkdtemp(prefix="gradpilot-run-"))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.checkpoint: Path | None = None  # where the run stands, a trainer's checkpoint-N folder
@@ -209,6 +222,8 @@ class TrainerRun:
         trainer.add_callback(steps)
         if self.checkpoint is None:
             trainer.model.load_state_dict(self.start_weights)
+            if self.start_optimizer is not None:
+                trainer.add_callback(_StartFrom(self.start_optimizer))
         begin = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint is not None else None)
         self.cost.training += time.perf_counter() - begin

@@ -193,7 +193,7 @@ class GradpilotCallback(pl.Callback):
                          else None)
         with warnings.catch_warnings():  # self.log() inside a probe's branches has nowhere to go
             warnings.filterwarnings("ignore", message=".*self.log.*")
-            found = probe_live(task, optimizer, share=self.probe_share)
+            found = probe_live(task, optimizer, share=self.probe_share, history=self.monitor.history())
         self.probes.append((step, found))
         log.warning("gradpilot probe at step %d: the learning rate %.3g is %s (use %.3g), measured on %.1f%% of a run",
                     step, found.learning_rate, found.verdict, found.suggested_learning_rate, 100 * found.cost_runs)

@@ -25,7 +25,7 @@ import torch
 from gradpilot._checkpoint_formats import read_start
 from gradpilot._direction import worst
 from gradpilot._files import write_json
-from gradpilot._state import model_state
+from gradpilot._state import load_keeping_lrs, model_state
 from gradpilot.errors import GradpilotError
 from gradpilot.lr_factor import DecayType, Wsd
 from gradpilot.runner import Branch, Cost, Score, Setting
@@ -43,10 +43,20 @@ class LightningRunner:
 
     def __call__(self, task: Task, setting: Setting, *, seed: int, weights: dict[str, torch.Tensor],
                  optimizer_state: dict[str, Any] | None = None, folder: Path | None = None) -> LightningRun:
-        if optimizer_state is not None:
-            raise GradpilotError("a trainer's run goes on from its own checkpoint, not from an optimizer state")
         del seed  # the trainer's own seeding rules its data order
-        return LightningRun(self, task, setting, weights=weights, folder=folder)
+        return LightningRun(self, task, setting, weights=weights, folder=folder, optimizer_state=optimizer_state)
+
+
+class _StartFrom(pl.Callback):
+    """Gives the module's optimizer, once made, a saved state (a probe's run going on from a checkpoint); each
+    param group keeps the LR the run's schedule set."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        del module
+        load_keeping_lrs(trainer.optimizers[0], self.state)
 
 
 class _Steps(pl.Callback):
@@ -77,8 +87,9 @@ class LightningRun:
     """One run through the user's Lightning trainer (``runner.Run``)."""
 
     def __init__(self, owner: LightningRunner, task: Task, setting: Setting, *, weights: dict[str, torch.Tensor],
-                 folder: Path | None) -> None:
+                 folder: Path | None, optimizer_state: dict[str, Any] | None = None) -> None:
         self.owner, self.task, self.setting, self.start_weights = owner, task, setting, weights
+        self.start_optimizer = optimizer_state
         self.folder = folder if folder is not None else Path(tempfile.mkdtemp(prefix="gradpilot-run-"))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.checkpoint: Path | None = None
@@ -183,6 +194,8 @@ class LightningRun:
         trainer.callbacks.append(steps)  # type: ignore[attr-defined]  # Lightning's list, typed only at runtime
         if self.checkpoint is None:
             module.load_state_dict(self.start_weights)
+            if self.start_optimizer is not None:
+                trainer.callbacks.append(_StartFrom(self.start_optimizer))  # type: ignore[attr-defined]
         begin = time.perf_counter()
         trainer.fit(module, datamodule=data, ckpt_path=str(self.checkpoint) if self.checkpoint else None)
         self.cost.training += time.perf_counter() - begin

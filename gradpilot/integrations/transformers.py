@@ -184,7 +184,8 @@ class GradpilotCallback(TrainerCallback):
         if model is None or optimizer is None or train is None or evaluation is None:
             return False
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-        found = probe_live(_live_task(model, inner, train, evaluation, args, state), inner, share=self.probe_share)
+        found = probe_live(_live_task(model, inner, train, evaluation, args, state), inner, share=self.probe_share,
+                           history=self.monitor.history())
         self.probes.append((step, found))
         log.warning("gradpilot probe at step %d: the learning rate %.3g is %s (use %.3g), measured on %.1f%% of a run",
                     step, found.learning_rate, found.verdict, found.suggested_learning_rate, 100 * found.cost_runs)
