@@ -11,6 +11,7 @@ before these runs were made.
 
     python benchmarks/probe.py             # every task (grids cached in benchmarks/results/)
     python benchmarks/probe.py --quick     # four tasks
+    python benchmarks/probe.py --held-out  # the five tasks written after the probe's rule was chosen
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diagnose_corpus import GRID_CACHE, bench_tasks
+from lr_corpus import TASKS
 from lr_scoring import Cache, Scorer
 from lr_tasks import BenchTask
 
@@ -107,11 +109,14 @@ def _every_branch(task: gradpilot.Task, folder: str) -> tuple[dict[str, Any], li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    parser.add_argument("--held-out", action="store_true",
+                        help="the five tasks written after the probe's rule was chosen (lr_tasks_late.py), instead")
     args = parser.parse_args()
     cache = Cache(GRID_CACHE, False)
-    tasks = [bt for bt in bench_tasks() if not args.quick or bt.name in QUICK]
+    tasks = [bt for bt in (TASKS if args.held_out else bench_tasks()) if bt.held_out == args.held_out
+             and (not args.quick or bt.name in QUICK)]
     rows: list[dict[str, object]] = []
-    out = Path(__file__).parent / "results" / "probe.json"
+    out = Path(__file__).parent / "results" / ("probe_held_out.json" if args.held_out else "probe.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     for bt in tasks:
         if bt.name.startswith("minilm"):

@@ -84,7 +84,8 @@ def plot_diagnosis(history: History, diagnosis: Diagnosis, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.8))
     t = history.train_loss
     values = np.clip(t.values, -_DRAWABLE, _DRAWABLE)  # matplotlib cannot scale axes near the float limits
-    ax.plot(t.steps, values, color="0.75", lw=0.7, label="train loss")
+    if len(t):  # a log of validation loss alone has none
+        ax.plot(t.steps, values, color="0.75", lw=0.7, label="train loss")
     finite = np.isfinite(values)
     if finite.sum() > 8:
         ax.plot(t.steps[finite], centred_smooth(values[finite], max(2.0, finite.sum() / 40)), color="C0", lw=1.8,

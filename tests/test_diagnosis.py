@@ -445,6 +445,9 @@ def test_a_log_of_validation_loss_alone_is_read_and_a_wild_non_descending_one_is
     f = next(f for f in d.findings if f.kind == "divergence")
     assert "between 1.5e+08 and 7.9e+08" in f.evidence and "val_acc sat at 0.15 in 100%" in f.evidence
     assert not f.sure and d.lr_verdict == "unknown" and (f.start, f.end) == (399.0, 3999.0)
+    from gradpilot.plots import plot_diagnosis
+
+    assert plot_diagnosis(h, d, tmp_path / "wild.png").stat().st_size > 0  # drawn with no training curve
     calm = [2.0, 1.6, 1.3, 1.1, 1.0, 0.95, 0.92, 0.9, 0.89, 0.9]
     (tmp_path / "calm.csv").write_text("step,val_loss\n" + "".join(f"{i},{v}\n" for i, v in enumerate(calm)))
     assert diagnose(read_log(tmp_path / "calm.csv")).kinds == {"healthy"}
