@@ -6,8 +6,9 @@ that checkpoint. The label is the grid's, as in benchmarks/diagnose.py: a run th
 improvement — regret = (best − metric) / (best − untrained) — should "lower" its LR if it is ≥3× the best,
 "raise" it if ≤⅓ of it; every other run should "keep" it. The remedy is tested: the whole run trained again at
 the LR the probe names (same steps, two seeds), and the share of the lost performance it wins back reported.
-Nothing here is fitted: the probe's constants (factors ×⅓ ×1 ×3, a tenth of a run, a 20% margin) were set
-before these runs were made.
+The probe's rule (the cooldown's share, the margins, what the log must show before "too high") was chosen
+on these runs: every branch each could take is recorded, and benchmarks/probe_rule.py replays the candidates
+leave-one-family-out. The five tasks of --held-out were not looked at while choosing it.
 
     python benchmarks/probe.py             # every task (grids cached in benchmarks/results/)
     python benchmarks/probe.py --quick     # four tasks
