@@ -70,10 +70,23 @@ def load_keeping_lrs(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) ->
     """``saved`` loaded into ``optimizer`` (a copy: steps update tensors in place), each group's ``lr`` and
     ``initial_lr`` as they were; a state of another shape is refused in one line."""
     kept: list[dict[str, Any]] = [{k: g[k] for k in ("lr", "initial_lr") if k in g} for g in optimizer.param_groups]
+    before = copy.deepcopy(optimizer.state_dict())
     try:
         optimizer.load_state_dict(copy.deepcopy(saved))
+        _same_shapes(optimizer)
     except (ValueError, KeyError) as exc:
+        optimizer.load_state_dict(before)
         raise GradpilotError(f"the checkpoint's optimizer state does not fit the trainer's optimizer ({exc}): "
                              "give the checkpoint of a run of this trainer") from None
     for group, lrs in zip(optimizer.param_groups, kept, strict=True):
         group.update(lrs)
+
+
+def _same_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Each parameter's state of its own rank has its shape (torch checks only the counts; a factored state,
+    of a lower rank, is left be)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() == param.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(f"its {name} is {tuple(value.shape)} for a parameter of {tuple(param.shape)}")

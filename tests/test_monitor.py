@@ -87,3 +87,23 @@ def test_snapshot_and_arguments():
                             ({"lr_factor_divergence": 0}, "lr_factor_divergence")):
         with pytest.raises(GradpilotError, match=message):
             Monitor(**kwargs)
+
+
+def test_a_saved_optimizer_state_is_loaded_with_the_optimizer_s_own_lrs_and_a_foreign_one_refused():
+    from gradpilot._state import load_keeping_lrs
+
+    m = nn.Linear(2, 1)
+    saved_opt = torch.optim.Adam(m.parameters(), lr=0.5)
+    m(torch.ones(4, 2)).sum().backward()
+    saved_opt.step()
+    saved = saved_opt.state_dict()
+    opt = torch.optim.Adam(m.parameters(), lr=0.01)
+    load_keeping_lrs(opt, saved)
+    assert opt.param_groups[0]["lr"] == 0.01  # the run's LR, not the 0.5 saved
+    assert int(opt.state[m.weight]["step"]) == 1 and torch.equal(opt.state[m.weight]["exp_avg"],
+                                                                saved["state"][0]["exp_avg"])
+    opt.step()
+    assert int(saved["state"][0]["step"]) == 1  # a copy was loaded: the saved state is untouched
+    other = torch.optim.Adam(nn.Linear(3, 1).parameters(), lr=0.01)
+    with pytest.raises(GradpilotError, match="does not fit the trainer's optimizer"):
+        load_keeping_lrs(other, saved)
