@@ -121,15 +121,7 @@ class Columns:
         x_col = self._first("step") or self._first("epoch")
         x = self._dense(x_col)
         warnings = [*warnings, *self._keep_last_run(x, x_col or "row", train_col or str(val_col))]
-        train = self._series(train_col, x) if train_col is not None else Series(np.zeros(0), np.zeros(0))
-        if train is None:
-            raise GradpilotError(f"{self.source}: the column {train_col!r} holds no numbers")
-        if train_col is None and self._series(val_col, x) is None:
-            raise GradpilotError(f"{self.source}: no training-loss column, and {val_col!r} holds no numbers: log the "
-                                 "training loss as 'loss' or 'train_loss'")
-        if train_col is None:
-            warnings.append(f"{self.source}: no training-loss column, so the run is judged from its validation "
-                            f"loss ({val_col!r}) alone; log the training loss as 'loss' or 'train_loss' to judge more")
+        train = self._training(train_col, val_col, x, warnings)
         metric_col = next((c for c in self.order.get("val_metric", []) if not set(words(c)) & IGNORED), None)
         lr_cols = sorted(self.order.get("lr", []),  # the first param group's LR: "lr-AdamW" or ".../pg1"
                          key=lambda c: (("pg" in c.lower()) and not c.lower().endswith("pg1"), c))
@@ -144,6 +136,20 @@ class Columns:
             val_epochs=self._epochs_at(val_col, x),
             warnings=tuple(warnings),
         )
+
+    def _training(self, train_col: str | None, val_col: str | None, x: np.ndarray, warnings: list[str]) -> Series:
+        """The training loss; none (said in ``warnings``) for a log of validation loss alone."""
+        if train_col is not None:
+            train = self._series(train_col, x)
+            if train is None:
+                raise GradpilotError(f"{self.source}: the column {train_col!r} holds no numbers")
+            return train
+        if self._series(val_col, x) is None:
+            raise GradpilotError(f"{self.source}: no training-loss column, and {val_col!r} holds no numbers: log the "
+                                 "training loss as 'loss' or 'train_loss'")
+        warnings.append(f"{self.source}: no training-loss column, so the run is judged from its validation loss "
+                        f"({val_col!r}) alone; log the training loss as 'loss' or 'train_loss' to judge more")
+        return Series(np.zeros(0), np.zeros(0))
 
     def _keep_last_run(self, x: np.ndarray, name: str, train_col: str) -> list[str]:
         """Where the step (or epoch) of the training-loss rows goes back, the file holds several runs appended
