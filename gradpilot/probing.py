@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -203,9 +204,11 @@ class _Walk:
             return start_run(self.task, setting, seed=self.seed, weights=self.start.weights, folder=folder)
 
     def branch(self, factor: float) -> None:
-        run = self._run(factor, f"branch-{len(self.losses)}")
+        folder = f"branch-{len(self.losses)}"
+        run = self._run(factor, folder)
         run.advance(self.steady)
         score = run.branch(self.cooldown).score
+        shutil.rmtree(self.folder / folder, ignore_errors=True)  # a trainer's checkpoint: one branch's at a time
         self.scores.append((factor, score.value))
         self.losses.append((factor, score.loss))
         self.samples += run.cost.samples

@@ -149,6 +149,10 @@ def test_a_make_trainer_probe_trains_its_branches_in_the_user_s_trainer_from_the
     assert found.cost_runs == pytest.approx(branches * 5 * 16 / (8 * 512)) and found.cost_runs <= 0.1
     assert len(seen["trains"]) - trains == 2 * branches  # a stretch at the constant LR, then its cooldown
     assert seen["evaluations"] - evaluations == branches + 1  # the checkpoint's score and each branch's
+    import tempfile
+    from pathlib import Path
+
+    assert not list(Path(tempfile.gettempdir()).glob("gradpilot-probe-*"))  # the trainer's checkpoints are gone
 
 
 def test_a_lightning_make_trainer_probe_fits_its_branches_in_the_user_s_trainer_from_the_momentum_saved(tmp_path):
