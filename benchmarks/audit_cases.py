@@ -391,7 +391,7 @@ def _noise_scale_bn(_work: Path) -> Any:
 def _evaluate_forwards(_work: Path) -> Any:
     from torch import nn
 
-    from gradpilot.training import evaluate
+    from gradpilot.train.fitting import evaluate
 
     model, _, loader = _tiny()
     calls: list[int] = []

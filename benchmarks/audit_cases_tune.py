@@ -318,7 +318,7 @@ def _tune(work: Path, **kwargs: Any) -> Any:
 def _schedule(name: str, **options: Any) -> Any:
     import torch
 
-    from gradpilot import schedules
+    from gradpilot.schedules import builders as schedules
 
     return schedules.make_schedule(name, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1),
                                    total_steps=100, **options)

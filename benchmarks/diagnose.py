@@ -19,7 +19,7 @@ and labelled from facts the training loop recorded (never from the log):
 - The remedy is tested: each full-data constant-LR run judged too high or too low is trained again at the LR
   the remedy names (same task and steps), and the share of the lost performance it wins back is reported.
 
-Every figure is leave-one-family-out: the diagnosis's calibrated constants (gradpilot.diagnosis.Thresholds) are
+Every figure is leave-one-family-out: the diagnosis's calibrated constants (gradpilot.diagnosis.detectors.Thresholds) are
 chosen on the other families, then the left-out family is scored. The detection constants are chosen over their
 whole grid by direction accuracy plus the two kinds' F1 (each run diagnosed once per candidate set, in worker
 processes); the remedy's LR factors by the lost performance their re-runs win back on the other families.
@@ -53,11 +53,11 @@ import importlib
 from diagnose_corpus import GRID_CACHE, bench_tasks, load_corpus
 from lr_scoring import Cache, Scorer
 
-from gradpilot._run_shape import CALIBRATED, CALIBRATION_GRID, REMEDIES, REMEDY_GRID, THRESHOLDS, Thresholds
+from gradpilot.diagnosis._run_shape import CALIBRATED, CALIBRATION_GRID, REMEDIES, REMEDY_GRID, THRESHOLDS, Thresholds
 
-dg = importlib.import_module("gradpilot.diagnosis")
-from gradpilot.history import History
-from gradpilot.logs import read_log
+dg = importlib.import_module("gradpilot.diagnosis.detectors")
+from gradpilot.diagnosis.history import History
+from gradpilot.diagnosis.logs import read_log
 
 DIRECTION = {"too high": "lower", "too low": "raise", "about right": "keep", "unknown": "keep"}
 console = Console(width=160)

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diagnose import cases
 
-from gradpilot._run_shape import curve
-from gradpilot.history import History, Series
+from gradpilot.diagnosis._run_shape import curve
+from gradpilot.diagnosis.history import History, Series
 
 
 def _resampled(values: np.ndarray, points: int) -> np.ndarray:

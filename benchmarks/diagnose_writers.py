@@ -79,13 +79,13 @@ def write_csv(task: gradpilot.Task, lr: float, schedule: str, steps: int, seed: 
     loader = task.train_loader(seed)
     opt = task.make_optimizer(lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(schedule, steps))
-    batches = gradpilot._batch.cycle(loader)
+    batches = gradpilot.train.batches.cycle(loader)
     rows, val_losses = [], []
     every, log_every = max(1, steps // EVALS), max(1, steps // LOG_POINTS)
     task.model.train()
     for step in range(1, steps + 1):
         opt.zero_grad(set_to_none=True)
-        loss = gradpilot._batch.compute_loss(task.model, next(batches), task.loss_fn, None)
+        loss = gradpilot.train.batches.compute_loss(task.model, next(batches), task.loss_fn, None)
         losses.append(float(loss))
         if torch.isfinite(loss):
             loss.backward()

@@ -19,9 +19,9 @@ import torch
 from lr_tasks import BenchTask
 
 import gradpilot
-from gradpilot import suggest
-from gradpilot._batch import compute_loss, cycle
+from gradpilot.lr import suggest
 from gradpilot.scaling import optimizer_family
+from gradpilot.train.batches import compute_loss, cycle
 
 TRAIN_SEEDS = (0, 1)
 

@@ -5,7 +5,7 @@ fixed number of steps (2 seeds each) gives the best achievable metric. Range tes
 pick, which is then trained the same way. Regret = (best - metric) / (best - untrained), clipped to [0, 1];
 a run that diverged has regret 1. LR-free optimizers (LDoG, Prodigy) train the same steps with no LR at all.
 
-gradpilot's default rule has three margins (gradpilot.suggest.Margins). They are scored leave-one-family-out:
+gradpilot's default rule has three margins (gradpilot.lr.suggest.Margins). They are scored leave-one-family-out:
 for each family, the margins are fitted on the other families (mean regret read off their grids) and the
 family's own picks are then trained for real. Tasks marked held out were written after the rule was fixed.
 
@@ -38,7 +38,7 @@ from lr_corpus import TASKS
 from lr_scoring import Cache, Scorer, curve_of, range_test, torch_lr_finder_pick
 from lr_tasks import BenchTask
 
-from gradpilot import suggest
+from gradpilot.lr import suggest
 
 CACHE = Path(__file__).parent / "results" / "lr_suggestion.json"
 RANGE_SEEDS = (0, 1, 2)

@@ -1,4 +1,4 @@
-"""Benchmark problems written after the default LR rule (gradpilot.suggest.read, its margins included) was fixed.
+"""Benchmark problems written after the default LR rule (gradpilot.lr.suggest.read, its margins included) was fixed.
 
 They were never used to choose anything: the benchmark reports them apart, as tasks the rule has not seen.
 """

@@ -41,9 +41,9 @@ from lr_scoring import Cache, Scorer
 from lr_tasks import BenchTask
 
 import gradpilot
-from gradpilot._checkpoint_formats import read_start
-from gradpilot.diagnosis import diagnose
-from gradpilot.probing import SHARE, _branch_batches, _told_by_log, _Walk, probe
+from gradpilot.diagnosis.detectors import diagnose
+from gradpilot.probing.measure import SHARE, _branch_batches, _told_by_log, _Walk, probe
+from gradpilot.train.starts import read_start
 
 MULTIPLIERS = (0.01, 0.1, 1.0, 10.0, 100.0)
 EVERY_FACTOR = (1 / 27, 1 / 9, 1 / 3, 1.0, 3.0, 9.0, 27.0)  # each branch any walk can reach, for benchmarks/probe_rule.py

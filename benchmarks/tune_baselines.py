@@ -14,10 +14,10 @@ import lr_tasks
 import torch
 
 from gradpilot import Task, fit
-from gradpilot._batch import compute_loss, to_device
-from gradpilot._state import model_state
-from gradpilot.evaluation import evaluate
-from gradpilot.runner import LocalRun, Setting
+from gradpilot.train.batches import compute_loss, to_device
+from gradpilot.train.evaluation import evaluate
+from gradpilot.train.run import LocalRun, Setting
+from gradpilot.train.state import model_state
 
 
 def as_written(bt: lr_tasks.BenchTask, seed: int) -> Task:

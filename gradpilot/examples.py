@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from gradpilot.task import Task
+from gradpilot.train.task import Task
 
 
 def spirals(n: int, *, classes: int = 3, noise: float = 0.25, seed: int = 0) -> TensorDataset:

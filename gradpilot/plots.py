@@ -10,9 +10,9 @@ import numpy as np
 from gradpilot._files import write_atomic
 
 if TYPE_CHECKING:
-    from gradpilot.diagnosis import Diagnosis
-    from gradpilot.history import History
-    from gradpilot.lr_finder import LRFinderResult
+    from gradpilot.diagnosis.detectors import Diagnosis
+    from gradpilot.diagnosis.history import History
+    from gradpilot.lr.range_test import LRFinderResult
 
 
 _DRAWABLE = 1e100  # values beyond are drawn at this bound
@@ -78,7 +78,7 @@ def plot_schedule(lrs: list[float], path: Path, title: str) -> Path:
 
 def plot_diagnosis(history: History, diagnosis: Diagnosis, path: Path) -> Path:
     """Save the run's curves (train and validation loss, LR) with each finding's span shaded and named."""
-    from gradpilot._signal import centred_smooth
+    from gradpilot.diagnosis.signal import centred_smooth
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.8))

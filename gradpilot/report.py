@@ -20,10 +20,10 @@ from typing import Any
 
 from gradpilot import plots
 from gradpilot._files import write_atomic
-from gradpilot.diagnosis import Diagnosis, diagnose
+from gradpilot.diagnosis.detectors import Diagnosis, diagnose
+from gradpilot.diagnosis.history import History
+from gradpilot.diagnosis.logs import read_log
 from gradpilot.errors import GradpilotError
-from gradpilot.history import History
-from gradpilot.logs import read_log
 
 SECTIONS = (("range-test", "1. Learning rate: the range test"), ("batch", "2. Batch size and scaling"),
             ("search", "3. The LR search: successive halving"),

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gradpilot.errors import GradpilotError, describe
-from gradpilot.task import Task
+from gradpilot.train.task import Task
 
 
 def load_task(path: str | Path, seed: int = 0) -> Task:

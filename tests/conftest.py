@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from gradpilot.diagnosis.history import History, Series
 from gradpilot.examples import accuracy, spirals
-from gradpilot.history import History, Series
-from gradpilot.task import Task
+from gradpilot.train.task import Task
 
 # The environment variable that makes a tune process SIGKILL itself after N short runs of its LR search
 # (gradpilot._search.KILL_AFTER_RUNS): a kill test that needs no sleeping loss and no polling deadline.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradpilot.history import History, Series
+from gradpilot.diagnosis.history import History, Series
 
 # name -> (kinds, verdict). A flat loss, a swinging validation score or a loss still falling a little say only
 # "unknown" about the LR: one log cannot tell those apart from a resumed run, a small validation set or a

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import gradpilot
-from gradpilot import _checkpoint
+from gradpilot.train import checkpoint as _checkpoint
 
 out = Path(sys.argv[1])
 kill = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "-" else None

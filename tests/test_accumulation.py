@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gradpilot import GradpilotError, fit
-from gradpilot.accumulation import item_counter, micro_weights, windows
+from gradpilot.train.accumulation import item_counter, micro_weights, windows
 from tests.conftest import Tagger, padded_sequences
 from tests.conftest import double_classification as classification
 from tests.conftest import double_mlp as mlp
@@ -136,7 +136,7 @@ def test_item_counter_refuses_what_it_cannot_count():
 
 
 def test_accumulate_by_hand_against_one_backward():
-    from gradpilot.accumulation import accumulate
+    from gradpilot.train.accumulation import accumulate
 
     torch.manual_seed(0)
     model = nn.Linear(3, 1).double()
@@ -180,7 +180,7 @@ def one_process_group():
 
 @pytest.mark.usefixtures("one_process_group")
 def test_micro_weights_under_data_parallel():
-    from gradpilot.distributed import comm_device
+    from gradpilot.train.distributed import comm_device
 
     assert comm_device() == torch.device("cpu")  # gloo communicates on the CPU
     # as if 2 processes: the items are summed over the group (here: this one), the shares times 2 because DDP

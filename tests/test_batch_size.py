@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from gradpilot import GradpilotError, estimate_noise_scale, find_batch_size
-from gradpilot.batch_size import is_oom
+from gradpilot.batch.finder import is_oom
 
 
 class OOMAbove(nn.Module):

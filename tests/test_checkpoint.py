@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from gradpilot import GradpilotError, _checkpoint, fit
+from gradpilot import GradpilotError, fit
+from gradpilot.train import checkpoint as _checkpoint
 
 SCRIPT = Path(__file__).with_name("resume_script.py")
 ROOT = Path(__file__).resolve().parent.parent

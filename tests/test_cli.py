@@ -127,16 +127,19 @@ def test_version_and_help_show_flags_as_flags():
 
 
 def test_cli_rules_and_schedules_are_the_library_s():
-    from gradpilot import _cli_lr, _cli_schedule, schedules, suggest
+    from gradpilot.cli import lr as _cli_lr
+    from gradpilot.cli import schedule as _cli_schedule
+    from gradpilot.lr import suggest
+    from gradpilot.schedules import builders as schedules
 
     assert tuple(suggest.RULES) == _cli_lr.RULES and tuple(schedules.BUILDERS) == _cli_schedule.SCHEDULES
 
 
 def test_outputs_are_checked_before_the_range_test_runs(tmp_path, monkeypatch):
-    import gradpilot.lr_finder
+    import gradpilot.lr.range_test
 
     ran = []
-    monkeypatch.setattr(gradpilot.lr_finder, "find_lr", lambda *_a, **_k: ran.append(1))
+    monkeypatch.setattr(gradpilot.lr.range_test, "find_lr", lambda *_a, **_k: ran.append(1))
     for plot, message in ((tmp_path, "is a folder"), (Path("/proc/curve.png"), "not writable"),
                           (tmp_path / "f.txt" / "curve.png", "is a file, not a folder")):
         (tmp_path / "f.txt").write_text("x")
@@ -216,13 +219,13 @@ def test_find_batch_size_uses_the_task_s_collate_fn(tmp_path):
 
 
 def test_a_noise_scale_that_cannot_be_measured_costs_only_itself(tmp_path, monkeypatch):
-    import gradpilot.batch_size
+    import gradpilot.batch.finder
     from gradpilot import GradpilotError
 
     def unmeasurable(*_args, **_kwargs):
         raise GradpilotError("the noise scale is not measurable from these norms")
 
-    monkeypatch.setattr(gradpilot.batch_size, "estimate_noise_scale", unmeasurable)
+    monkeypatch.setattr(gradpilot.batch.finder, "estimate_noise_scale", unmeasurable)
     result = runner.invoke(app, ["find-batch-size", str(write(tmp_path, COLLATE_TASK)), "--max-batch-size", "16"])
     assert result.exit_code == 0, result.output
     assert "Largest micro-batch that fits: 16" in result.output and "no gradient noise scale" in result.stderr

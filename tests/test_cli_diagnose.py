@@ -98,7 +98,7 @@ def test_commands_that_read_logs_never_import_torch(tmp_path):
     code = ("import sys\nfrom gradpilot.cli import app\n"
             "try:\n    app(['diagnose', sys.argv[1], '--json'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
-            "import gradpilot, gradpilot.diagnosis, gradpilot.logs\n"
+            "import gradpilot, gradpilot.diagnosis.detectors, gradpilot.diagnosis.logs\n"
             "gradpilot.diagnose(gradpilot.read_log(sys.argv[1]))\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\nprint('clean')\n")
     out = subprocess.run([sys.executable, "-c", code, str(log)], capture_output=True, text=True, timeout=60)

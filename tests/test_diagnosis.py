@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from gradpilot import History, diagnose, fit, read_log
-from gradpilot.diagnosis import DETECTORS, KINDS, THRESHOLDS
-from gradpilot.history import Series
+from gradpilot.diagnosis.detectors import DETECTORS, KINDS, THRESHOLDS
+from gradpilot.diagnosis.history import Series
 from tests.conftest import classification, mlp, regression, synthetic
 
 

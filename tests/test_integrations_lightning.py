@@ -76,7 +76,7 @@ def test_the_callback_names_the_divergence_a_100x_lr_causes(tmp_path, caplog):
     torch.manual_seed(0)
     trainer(tmp_path / "good", good).fit(Spirals(0.05), datamodule=Data())
     torch.manual_seed(0)
-    with caplog.at_level(logging.WARNING, logger="gradpilot.monitor"):
+    with caplog.at_level(logging.WARNING, logger="gradpilot.train.monitor"):
         run = trainer(tmp_path / "bad", bad)
         run.fit(Spirals(5.0), datamodule=Data())
     report = json.loads((bad.output or tmp_path).read_text())
@@ -109,7 +109,7 @@ def test_diagnose_reads_the_newest_version_of_the_folders_lightning_writes(tmp_p
     from typer.testing import CliRunner
 
     from gradpilot.cli import app
-    from gradpilot.logs import read_log
+    from gradpilot.diagnosis.logs import read_log
 
     class Logged(Spirals):
         def training_step(self, batch, _batch_idx):

@@ -105,7 +105,7 @@ def test_diagnose_reads_the_last_checkpoint_and_the_tensorboard_runs_a_trainer_w
     from typer.testing import CliRunner
 
     from gradpilot.cli import app
-    from gradpilot.logs import read_log
+    from gradpilot.diagnosis.logs import read_log
 
     t = trainer(tmp_path, 5.0, save_strategy="steps", save_steps=20, report_to="tensorboard")
     t.train()
@@ -228,7 +228,7 @@ def test_every_run_of_a_make_trainer_tune_goes_through_the_user_s_trainer_in_its
 
 
 def test_a_short_run_at_the_default_logging_steps_is_diagnosed_from_its_evaluations(tmp_path):
-    from gradpilot.logs import read_log
+    from gradpilot.diagnosis.logs import read_log
 
     trainer(tmp_path, 0.05, logging_steps=500, save_strategy="steps", save_steps=60).train()
     history = read_log(tmp_path / "out")  # the Trainer's default logging_steps=500 > 60 steps: eval entries only

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gradpilot import GradpilotError, diagnose, read_log
-from gradpilot.logs import classify
+from gradpilot.diagnosis.logs import classify
 
 LOSS = [2.3 * np.exp(-s / 30) + 0.2 for s in range(120)]
 
@@ -281,7 +281,7 @@ def test_keras_csvlogger_s_default_training_log(tmp_path):
 
 
 def test_hidden_nan_is_the_trainer_s_zero_over_a_nan_norm_only():
-    from gradpilot.logs import hidden_nan
+    from gradpilot.diagnosis.logs import hidden_nan
 
     assert hidden_nan(0.0, float("nan")) and hidden_nan(0.0, float("inf")) and hidden_nan(0.0, "nan")
     assert not hidden_nan(0.0, 1.3)  # a loss of exactly zero with a finite norm is a real zero

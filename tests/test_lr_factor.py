@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import get_wsd_schedule
 
-from gradpilot import lr_factor
+from gradpilot.schedules import factor as lr_factor
 
 
 @pytest.mark.parametrize("decay_type", ["linear", "cosine", "1-sqrt"])

@@ -244,13 +244,13 @@ def test_accumulation_steps_use_k_batches_per_step_and_wrap_around_a_short_loade
 
 
 def test_device_argument_moves_batches(monkeypatch):
-    import gradpilot.accumulation
-    import gradpilot.lr_finder
+    import gradpilot.lr.range_test
+    import gradpilot.train.accumulation
 
     moved = []
-    real = gradpilot.accumulation.to_device
-    monkeypatch.setattr(gradpilot.accumulation, "to_device", lambda b, d: (moved.append(d), real(b, d))[1])
-    monkeypatch.setattr(gradpilot.lr_finder, "model_device", lambda _model: torch.device("meta"))  # where it would go
+    real = gradpilot.train.accumulation.to_device
+    monkeypatch.setattr(gradpilot.train.accumulation, "to_device", lambda b, d: (moved.append(d), real(b, d))[1])
+    monkeypatch.setattr(gradpilot.lr.range_test, "model_device", lambda _model: torch.device("meta"))  # where it would go
     model = nn.Linear(8, 1)
     result = find_lr(model, torch.optim.Adam(model.parameters()), nn.MSELoss(),
                      DataLoader(regression_data(), batch_size=32), device="cpu", num_steps=15)
@@ -354,7 +354,7 @@ def test_num_items_counts_what_gradpilot_cannot_when_accumulating():
 
 
 def test_interval_confidence_and_safe_pick_on_a_real_model():
-    from gradpilot.suggest import MARGINS
+    from gradpilot.lr.suggest import MARGINS
 
     task = example_task(0)
     result = find_lr(task)

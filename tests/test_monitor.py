@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from gradpilot import GradpilotError, Monitor, fit
-from gradpilot._state import Snapshot
+from gradpilot.train.state import Snapshot
 from tests.conftest import classification, mlp, regression
 
 
@@ -90,7 +90,7 @@ def test_snapshot_and_arguments():
 
 
 def test_a_saved_optimizer_state_is_loaded_with_the_optimizer_s_own_lrs_and_a_foreign_one_refused():
-    from gradpilot._state import load_keeping_lrs
+    from gradpilot.train.state import load_keeping_lrs
 
     m = nn.Linear(2, 1)
     saved_opt = torch.optim.Adam(m.parameters(), lr=0.5)

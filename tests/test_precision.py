@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from gradpilot import Task, find_lr, fit
-from gradpilot._state import model_state
-from gradpilot.accumulation import item_counter, optimizer_step
 from gradpilot.errors import GradpilotError
 from gradpilot.examples import spirals
-from gradpilot.precision import scaler_for, skipped
-from gradpilot.runner import LocalRun, Setting
+from gradpilot.train.accumulation import item_counter, optimizer_step
+from gradpilot.train.precision import scaler_for, skipped
+from gradpilot.train.run import LocalRun, Setting
+from gradpilot.train.state import model_state
 
 
 class Recording(nn.Module):

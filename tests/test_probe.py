@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from gradpilot import fit
-from gradpilot._checkpoint_formats import read_start
 from gradpilot.errors import GradpilotError
-from gradpilot.probing import probe
+from gradpilot.probing.measure import probe
+from gradpilot.train.starts import read_start
 from tests.conftest import small_task
 
 
@@ -124,8 +124,8 @@ def test_a_make_trainer_probe_trains_its_branches_in_the_user_s_trainer_from_the
     pytest.importorskip("transformers")
     import sys
 
-    from gradpilot.runner import Setting
     from gradpilot.task_file import load_task
+    from gradpilot.train.run import Setting
     from tests.test_integrations_transformers import _make_trainer_file
 
     task = load_task(_make_trainer_file(tmp_path))
@@ -159,8 +159,8 @@ def test_a_lightning_make_trainer_probe_fits_its_branches_in_the_user_s_trainer_
     pytest.importorskip("lightning.pytorch")
     import sys
 
-    from gradpilot.runner import Setting
     from gradpilot.task_file import load_task
+    from gradpilot.train.run import Setting
     from tests.test_integrations_lightning import MAKE_TRAINER
 
     source = tmp_path / "lit_task.py"
@@ -189,7 +189,7 @@ def test_a_lightning_make_trainer_probe_fits_its_branches_in_the_user_s_trainer_
 
 
 def test_a_lower_branch_winning_says_too_high_only_with_a_sign_of_it_and_a_higher_one_must_win_clearly():
-    from gradpilot.probing import _verdict
+    from gradpilot.probing.measure import _verdict
 
     lower_wins = [(1.0, 0.9), (3.0, 0.95), (1 / 3, 0.8)]  # gains from 1.0: ×1 0.1, ×3 0.05, ×⅓ 0.2
     verdict, factor, note = _verdict(1.0, lower_wins, hinted=False)

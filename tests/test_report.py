@@ -21,7 +21,7 @@ from gradpilot.cli import app
 from gradpilot.errors import GradpilotError
 from gradpilot.examples import accuracy, spirals
 from gradpilot.report import SECTIONS, write_tune_report
-from gradpilot.task import Task
+from gradpilot.train.task import Task
 from gradpilot.tuning import tune
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from gradpilot._run_shape import point_noise, rows_are_epochs, swing
-from gradpilot.history import History, Series
+from gradpilot.diagnosis._run_shape import point_noise, rows_are_epochs, swing
+from gradpilot.diagnosis.history import History, Series
 
 
 def test_swing_is_scatter_against_the_trend_s_movement():

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from gradpilot._state import model_state
-from gradpilot.accumulation import item_counter, optimizer_step
-from gradpilot.lr_factor import Wsd
-from gradpilot.runner import LocalRun, Setting, start, steps_for
+from gradpilot.schedules.factor import Wsd
+from gradpilot.train.accumulation import item_counter, optimizer_step
+from gradpilot.train.run import LocalRun, Setting, start, steps_for
+from gradpilot.train.state import model_state
 from tests.conftest import small_task
 
 

@@ -4,8 +4,9 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader, TensorDataset
 
-from gradpilot import GradpilotError, fit, schedules
-from gradpilot.schedules import BUILDERS, lr_curve, make_schedule, options_of, wrap
+from gradpilot import GradpilotError, fit
+from gradpilot.schedules import builders as schedules
+from gradpilot.schedules.builders import BUILDERS, lr_curve, make_schedule, options_of, wrap
 
 STEPS_PER_EPOCH, EPOCHS = 5, 4
 TOTAL = STEPS_PER_EPOCH * EPOCHS

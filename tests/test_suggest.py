@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from gradpilot import GradpilotError
-from gradpilot.suggest import (
+from gradpilot.lr.suggest import (
     DEFAULT_RULE,
     RULES,
     Curve,

@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gradpilot import GradpilotError, Task, load_task
 from gradpilot.examples import example_task
-from gradpilot.task import build_optimizer
+from gradpilot.train.task import build_optimizer
 from tests.conftest import TASK_FILE, write
 
 
@@ -148,7 +148,7 @@ def test_a_task_with_its_own_step_and_collate_trains_and_validates_through_them(
                           val_data=spirals(64, seed=1), step_fn=step, collate_fn=collate, batch_size=32, epochs=2)
     result = gradpilot.fit(task, task.make_optimizer(0.05))
     assert calls["step"] >= 16 and calls["collate"] >= 16 and len(result.val_losses) == 2
-    from gradpilot.evaluation import evaluate
+    from gradpilot.train.evaluation import evaluate
 
     assert evaluate(task) == pytest.approx(result.val_losses[-1], rel=1e-5)
     assert gradpilot.find_lr(task, num_steps=12).suggestion > 0
@@ -163,7 +163,7 @@ def test_a_task_s_max_grad_norm_clips_every_run_of_it():
     import dataclasses
 
     from gradpilot.examples import spirals
-    from gradpilot.runner import LocalRun, Setting
+    from gradpilot.train.run import LocalRun, Setting
 
     torch.manual_seed(0)
     base = Task(model=nn.Linear(2, 3), train_data=spirals(256, seed=0), loss_fn=nn.CrossEntropyLoss(), batch_size=32,

@@ -5,7 +5,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gradpilot import EarlyStopping, GradpilotError, fit
 from gradpilot.examples import example_task
-from gradpilot.training import evaluate
+from gradpilot.train.fitting import evaluate
 
 
 def data(n=64, seed=0):
@@ -265,7 +265,7 @@ def test_every_fit_keyword_is_a_fit_config_field_with_the_same_default():
     import dataclasses
     import inspect
 
-    from gradpilot.training import FitConfig
+    from gradpilot.train.fitting import FitConfig
 
     params = dict(inspect.signature(fit).parameters)
     assert list(params) == ["model", *[f.name for f in dataclasses.fields(FitConfig)]]

@@ -19,10 +19,11 @@ import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
-from gradpilot import _fingerprint, scaling
+from gradpilot import scaling
 from gradpilot.errors import GradpilotError
 from gradpilot.examples import accuracy, spirals
-from gradpilot.task import Task
+from gradpilot.train import fingerprint as _fingerprint
+from gradpilot.train.task import Task
 from gradpilot.tuning import tune
 from gradpilot.tuning.search import lr_grid
 from tests.conftest import KILL_AFTER_RUNS, small_task, tune_task_file
@@ -98,8 +99,8 @@ def test_the_winner_is_continued_not_restarted(tuned):
 
 
 def test_the_search_and_the_trunk_keep_only_what_a_decision_needs_on_disk(tuned, tmp_path):
-    from gradpilot._state import model_state
-    from gradpilot.runner import LocalRun, Setting
+    from gradpilot.train.run import LocalRun, Setting
+    from gradpilot.train.state import model_state
 
     result, out, _ = tuned
     task = small_task()
@@ -121,7 +122,7 @@ def test_the_search_and_the_trunk_keep_only_what_a_decision_needs_on_disk(tuned,
 
 def test_the_model_file_holds_the_weights_scored(tuned):
     result, out, _ = tuned
-    from gradpilot.evaluation import evaluate
+    from gradpilot.train.evaluation import evaluate
 
     task = small_task()
     task.model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
@@ -162,7 +163,7 @@ def test_the_plan_means_what_transformers_means_by_it(tuned):
 @pytest.mark.parametrize("name", ["constant_with_warmup", "linear", "cosine_with_min_lr"])
 def test_gradpilot_s_transformers_schedules_equal_transformers(name):
     transformers = pytest.importorskip("transformers")
-    from gradpilot.schedules import lr_curve
+    from gradpilot.schedules.builders import lr_curve
 
     options = {"warmup_steps": 7, **({"min_lr": 1e-5} if name == "cosine_with_min_lr" else {})}
     ours = lr_curve(name, steps=60, lr=1e-3, **options)
@@ -370,7 +371,7 @@ def converged_regression(seed: int = 1) -> Task:
 
 
 def test_a_noise_scale_that_cannot_be_measured_costs_a_warning_and_keeps_the_task_s_batch(tmp_path):
-    from gradpilot.batch_size import estimate_noise_scale
+    from gradpilot.batch.finder import estimate_noise_scale
 
     with pytest.raises(GradpilotError, match="not measurable"):  # the absolute reference: the estimate fails here
         estimate_noise_scale(converged_regression(), small_batch=8, big_batch=128, batches=8, seed=0)

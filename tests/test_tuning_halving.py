@@ -83,7 +83,7 @@ def test_the_budget_check_counts_the_steps_left_and_the_cooldown():
 
 
 def test_a_job_trains_to_its_rung_and_saves_a_run_the_next_rung_goes_on_from(tmp_path):
-    from gradpilot._state import model_state
+    from gradpilot.train.state import model_state
 
     task = small_task()
     initial = model_state(task.model)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gradpilot.lr_factor import Wsd
+from gradpilot.schedules.factor import Wsd
 from gradpilot.tuning.state import Batches, Chosen, Clock, Decided, RangeTest, Spent, Splits, Stage, Trained
 
 

@@ -25,14 +25,14 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-from gradpilot._checkpoint_formats import read_start
 from gradpilot._direction import worst
 from gradpilot._files import write_json
-from gradpilot._state import load_keeping_lrs, model_state
 from gradpilot.errors import GradpilotError
-from gradpilot.lr_factor import DecayType, Wsd
-from gradpilot.runner import Branch, Cost, Score, Setting
-from gradpilot.task import Task
+from gradpilot.schedules.factor import DecayType, Wsd
+from gradpilot.train.run import Branch, Cost, Score, Setting
+from gradpilot.train.starts import read_start
+from gradpilot.train.state import load_keeping_lrs, model_state
+from gradpilot.train.task import Task
 
 MakeTrainer = Callable[[dict[str, Any]], Any]
 

@@ -20,11 +20,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from gradpilot import lr_finder
-from gradpilot._state import Snapshot
 from gradpilot.errors import GradpilotError
-from gradpilot.monitor import Monitor, log_finding, steer
-from gradpilot.task import Task
+from gradpilot.lr import range_test as lr_finder
+from gradpilot.train.monitor import Monitor, log_finding, steer
+from gradpilot.train.state import Snapshot
+from gradpilot.train.task import Task
 
 log = logging.getLogger(__name__)
 DIAGNOSIS_FILE = "gradpilot-diagnosis.json"
@@ -143,7 +143,7 @@ class GradpilotCallback(pl.Callback):
     a ``ModelCheckpoint(monitor="val_loss")`` keeps the best weights).
 
     With ``probe=True``, a finding that only hints at the LR (``Finding.sure`` False) is measured instead of
-    guessed: ``gradpilot.probing.probe_live`` trains short branches from the run as it stands (the module, the
+    guessed: ``gradpilot.probing.measure.probe_live`` trains short branches from the run as it stands (the module, the
     trainer's first optimizer and its dataloaders; ``probe_share`` of the run, everything put back after) and
     logs the verdict in ``probes``; with ``autopilot=True`` as well, the LR moves to the one the probe named.
     """
@@ -177,8 +177,8 @@ class GradpilotCallback(pl.Callback):
     def _measure(self, trainer: pl.Trainer, module: pl.LightningModule, step: int, scheduler: Any) -> None:
         """Probe the run as it stands and act on it under autopilot (the module's ``training_step`` is its loss,
         on the trainer's validation data too)."""
-        from gradpilot import schedules
-        from gradpilot.probing import live_task, probe_live
+        from gradpilot.probing.measure import live_task, probe_live
+        from gradpilot.schedules import builders as schedules
 
         train, evaluation = trainer.train_dataloader, trainer.val_dataloaders
         evaluation = evaluation[0] if isinstance(evaluation, (list, tuple)) else evaluation

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gradpilot.errors import GradpilotError, first_line
-from gradpilot.runner import Cost
+from gradpilot.train.run import Cost
 
 if TYPE_CHECKING:
     from gradpilot.tuning.halving import Halving, Plan

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from gradpilot import lr_finder
-from gradpilot._state import Snapshot
+from gradpilot.diagnosis.logs import hidden_nan
 from gradpilot.errors import GradpilotError
-from gradpilot.logs import hidden_nan
-from gradpilot.monitor import Monitor, log_finding, steer
-from gradpilot.probing import live_task
-from gradpilot.task import Task
+from gradpilot.lr import range_test as lr_finder
+from gradpilot.probing.measure import live_task
+from gradpilot.train.monitor import Monitor, log_finding, steer
+from gradpilot.train.state import Snapshot
+from gradpilot.train.task import Task
 
 log = logging.getLogger(__name__)
 DIAGNOSIS_FILE = "gradpilot-diagnosis.json"
@@ -134,7 +134,7 @@ class GradpilotCallback(TrainerCallback):
     The trainer's loss of 0.0 where its ``logging_nan_inf_filter`` hid a NaN is read as the NaN it was.
 
     With ``probe=True``, a finding that only hints at the LR (``Finding.sure`` False) is measured instead of
-    guessed: ``gradpilot.probing.probe_live`` trains short branches from the run as it stands (``probe_share``
+    guessed: ``gradpilot.probing.measure.probe_live`` trains short branches from the run as it stands (``probe_share``
     of the run, everything put back after) and logs the verdict in ``probes``; with ``autopilot=True`` as well,
     the LR is moved to the one the probe named.
     """
@@ -176,8 +176,8 @@ class GradpilotCallback(TrainerCallback):
     def _measure(self, args: TrainingArguments, state: TrainerState, step: int, kwargs: dict[str, Any]) -> bool:
         """Probe the run as it stands (the trainer's model, optimizer, dataloaders) and act on it under autopilot;
         False where the trainer has not validated yet (it hands over its eval dataloader only then)."""
-        from gradpilot import schedules
-        from gradpilot.probing import probe_live
+        from gradpilot.probing.measure import probe_live
+        from gradpilot.schedules import builders as schedules
 
         model, optimizer = kwargs.get("model"), kwargs.get("optimizer")
         train, evaluation = kwargs.get("train_dataloader"), kwargs.get("eval_dataloader")

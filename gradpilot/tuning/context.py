@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from optuna.storages import BaseStorage
 
-from gradpilot.task import Task
+from gradpilot.train.task import Task
 from gradpilot.tuning.budget import MARGIN, Purse, fixed_clock
 from gradpilot.tuning.state import Clock, Decided, Spent
 

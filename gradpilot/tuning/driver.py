@@ -24,10 +24,11 @@ from typing import Any
 from optuna.storages import BaseStorage
 from torch import nn
 
-from gradpilot import _fingerprint, _validate
+from gradpilot import _validate
 from gradpilot._files import write_json
 from gradpilot.errors import GradpilotError
-from gradpilot.task import Task
+from gradpilot.train import fingerprint as _fingerprint
+from gradpilot.train.task import Task
 from gradpilot.tuning import queue, record, search, stages, trunk
 from gradpilot.tuning.context import Context
 from gradpilot.tuning.plan import FIXABLE, parse_fixed

@@ -27,11 +27,11 @@ import torch
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from gradpilot import runner
 from gradpilot._direction import sort_key
-from gradpilot.lr_factor import Wsd
-from gradpilot.runner import Cost, Setting
-from gradpilot.task import Task
+from gradpilot.schedules.factor import Wsd
+from gradpilot.train import run as runner
+from gradpilot.train.run import Cost, Setting
+from gradpilot.train.task import Task
 from gradpilot.tuning import _optuna, budget
 from gradpilot.tuning.budget import cooldown_steps
 from gradpilot.tuning.queue import Queue

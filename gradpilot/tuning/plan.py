@@ -12,7 +12,7 @@ import yaml
 
 from gradpilot._files import write_atomic
 from gradpilot.errors import GradpilotError
-from gradpilot.task import Task
+from gradpilot.train.task import Task
 from gradpilot.tuning.state import Chosen, Decided, Stage, Trained
 
 FIXABLE = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",

@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 
-from gradpilot import _checkpoint, _fingerprint
 from gradpilot._files import write_json
 from gradpilot.errors import GradpilotError
-from gradpilot.task import Task
+from gradpilot.train import checkpoint as _checkpoint
+from gradpilot.train import fingerprint as _fingerprint
+from gradpilot.train.task import Task
 from gradpilot.tuning import plan as hf_plan
 from gradpilot.tuning import queue
 from gradpilot.tuning.context import Context

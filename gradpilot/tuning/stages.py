@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from gradpilot import runner, scaling
-from gradpilot.batch_size import BatchSizeResult, estimate_noise_scale, find_batch_size
+from gradpilot import scaling
+from gradpilot.batch.finder import BatchSizeResult, estimate_noise_scale, find_batch_size
 from gradpilot.errors import GradpilotError
-from gradpilot.lr_finder import find_lr
-from gradpilot.runner import Run, Setting
-from gradpilot.task import Task
+from gradpilot.lr.range_test import find_lr
+from gradpilot.train import run as runner
+from gradpilot.train.run import Run, Setting
+from gradpilot.train.task import Task
 from gradpilot.tuning import budget, halving
 from gradpilot.tuning.context import Context
 from gradpilot.tuning.state import Batches, Clock, RangeTest, Spent, Splits, Stage

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradpilot._files import json_safe
-from gradpilot.lr_factor import Wsd
 from gradpilot.scaling import LRRule
+from gradpilot.schedules.factor import Wsd
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gradpilot import _checkpoint, runner
 from gradpilot._direction import better
 from gradpilot._files import write_json
-from gradpilot._metrics_log import MetricsLog, metric_column
-from gradpilot.lr_factor import DecayType, Wsd
-from gradpilot.runner import Branch, Run, Setting
-from gradpilot.schedules import cosine_with_min_lr
+from gradpilot.schedules.builders import cosine_with_min_lr
+from gradpilot.schedules.factor import DecayType, Wsd
+from gradpilot.train import checkpoint as _checkpoint
+from gradpilot.train import run as runner
+from gradpilot.train.metrics_log import MetricsLog, metric_column
+from gradpilot.train.run import Branch, Run, Setting
 from gradpilot.tuning import budget
 from gradpilot.tuning.context import Context
 from gradpilot.tuning.halving import disk_bytes, remove
