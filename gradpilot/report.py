@@ -122,7 +122,7 @@ def _header(record: dict[str, Any]) -> str:
     rows = [[name, st.get("skipped") or "ran", st["why"], _runs(st, run), round(float(st.get("seconds", 0.0)), 1),
              _split(st)] for name, st in record["stages"].items()]
     work = record.get("seconds", {})
-    runs = sum(float(work.get(k, 0.0)) for k in ("training", "evaluation", "io"))
+    runs = sum(float(work.get(k, 0.0)) for k in ("training", "validation", "io"))
     spent = (f"spent {record['spent_runs']:.2f} ({runs:.1f} s of training, validation and checkpoints; "
              f"{float(work.get('other', 0.0)):.1f} s of bookkeeping besides)")
     return (f"<h1>gradpilot tune: {_e(s.get('task', ''))}</h1>" + _summary(record)
@@ -135,13 +135,13 @@ def _header(record: dict[str, Any]) -> str:
 
 def _runs(stage: dict[str, Any], run_seconds: float) -> float:
     spent = stage.get("spent", {})
-    work = sum(float(spent.get(k, 0.0)) for k in ("training", "evaluation", "io"))
+    work = sum(float(spent.get(k, 0.0)) for k in ("training", "validation", "io"))
     return round(work / run_seconds, 3) if run_seconds > 0 else 0.0
 
 
 def _split(stage: dict[str, Any]) -> str:
     spent = stage.get("spent", {})
-    return " / ".join(f"{float(spent.get(k, 0.0)):.1f}" for k in ("training", "evaluation", "io", "other"))
+    return " / ".join(f"{float(spent.get(k, 0.0)):.1f}" for k in ("training", "validation", "io", "other"))
 
 
 def _summary(record: dict[str, Any]) -> str:
@@ -277,9 +277,9 @@ def _search_section(stages: dict[str, Any], figures: _Figures) -> str:
     winner = (d["learning_rate"], d["micro_batch"] * d["accumulation"])
     figure = figures.img(lambda p: plots.plot_ladder(trials, winner, p), "successive halving ladder")
     rungs = [str(r) for r in st["evidence"]["rungs"]]
-    rows = [[_lr(t["lr"]), t["batch"], t["state"], *(t["scores"].get(r, "") for r in rungs), f"{t['samples']:,}"]
+    rows = [[_lr(t["lr"]), t["batch"], t["state"], *(t["scores"].get(r, "") for r in rungs), f"{t['items']:,}"]
             for t in sorted(trials, key=lambda t: t["lr"])]
-    note = (f"<p>Rungs at {', '.join(f'{int(r):,}' for r in rungs)} samples; each score is taken after a cooldown "
+    note = (f"<p>Rungs at {', '.join(f'{int(r):,}' for r in rungs)} items; each score is taken after a cooldown "
             f"of {st['evidence']['cooldown']:.0%} of the rung, on a branch that is then thrown away.</p>")
     return _section("search", _title("search"), _why(st), note, figure,
                     _table(["lr", "batch", "state", *(f"score at {int(r):,}" for r in rungs),

@@ -136,7 +136,7 @@ def test_item_counter_refuses_what_it_cannot_count():
 
 
 def test_accumulate_by_hand_against_one_backward():
-    from gradpilot.train.accumulation import accumulate
+    from gradpilot.train.accumulation import StepParts, accumulate
 
     torch.manual_seed(0)
     model = nn.Linear(3, 1).double()
@@ -148,8 +148,9 @@ def test_accumulate_by_hand_against_one_backward():
         seen.append(last)
         return contextlib.nullcontext()
 
-    loss = accumulate(model, window, nn.MSELoss(), None, torch.device("cpu"), item_counter(nn.MSELoss(), None),
-                      sync_context=sync_context)
+    parts = StepParts(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), None, torch.device("cpu"),
+                      item_counter(nn.MSELoss(), None), sync_context=sync_context)
+    loss = accumulate(parts, window)
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     reference = nn.functional.mse_loss(model(x), y)  # the absolute reference: the whole batch at once
@@ -159,7 +160,7 @@ def test_accumulate_by_hand_against_one_backward():
     for g, p in zip(grads, model.parameters()):
         assert torch.allclose(g, p.grad, rtol=1e-12, atol=0)
     model.zero_grad()
-    one = accumulate(model, window[:1], nn.MSELoss(), None, torch.device("cpu"), item_counter(nn.MSELoss(), None))
+    one = accumulate(StepParts.assemble(model, parts.optimizer, loss_fn=nn.MSELoss()), window[:1])
     assert float(one) == pytest.approx(nn.functional.mse_loss(model(x[:2]), y[:2]).item(), rel=1e-12)
     assert model.weight.grad.abs().sum() > 0
 

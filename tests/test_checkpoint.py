@@ -56,9 +56,9 @@ def full_state(**values):
 
 
 def test_half_written_checkpoint_is_never_read_back(tmp_path):
-    _checkpoint.save(full_state(step=1), tmp_path)
+    _checkpoint.save(full_state(record=1), tmp_path)
     (tmp_path / ".last.pt.123.tmp").write_bytes(b"half")  # what a crash mid-write leaves behind
-    assert _checkpoint.load(tmp_path) == {"format": _checkpoint.FORMAT, **full_state(step=1)}
+    assert _checkpoint.load(tmp_path) == {"format": _checkpoint.FORMAT, **full_state(record=1)}
     _checkpoint.remove_stale_temporaries(tmp_path)  # what the next run does first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
@@ -66,12 +66,12 @@ def test_half_written_checkpoint_is_never_read_back(tmp_path):
 def test_the_layout_is_what_fit_saves_and_a_file_of_another_layout_is_refused(tmp_path):
     tiny_run(tmp_path / "run", epochs=1)
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert set(saved) == _checkpoint.LAYOUT | {"format"}  # what _loop writes is what LAYOUT names
-    with pytest.raises(AssertionError, match=r"update _checkpoint\.LAYOUT and bump FORMAT"):
+    assert set(saved) == _checkpoint.LAYOUT | {"format"}  # what a run saves is what LAYOUT names
+    with pytest.raises(AssertionError, match=r"update checkpoint\.LAYOUT and bump FORMAT"):
         _checkpoint.save({**full_state(), "new_key": 1}, tmp_path / "other")  # a loop that saves more fails at once
-    old = {k: v for k, v in saved.items() if k != "epoch_losses"}  # the same FORMAT, one key fewer
+    old = {k: v for k, v in saved.items() if k != "data"}  # the same FORMAT, one key fewer
     torch.save(old, tmp_path / "run" / "last.pt")
-    with pytest.raises(GradpilotError, match="not written by this version of gradpilot's fit: move it away"):
+    with pytest.raises(GradpilotError, match="not written by this version of gradpilot: move it away"):
         tiny_run(tmp_path / "run", epochs=1)
 
 
@@ -121,7 +121,7 @@ def test_a_checkpoint_crafted_to_run_code_on_load_runs_none(tmp_path):
     marker = tmp_path / "pwned"
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    torch.save({"format": _checkpoint.FORMAT, "step": Payload(str(marker))}, ckpt / "last.pt")
+    torch.save({"format": _checkpoint.FORMAT, "record": Payload(str(marker))}, ckpt / "last.pt")
     with pytest.raises(GradpilotError, match="cannot be read safely") as err:
         tiny_run(ckpt)
     assert not marker.exists() and "\n" not in str(err.value)

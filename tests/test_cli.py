@@ -131,8 +131,10 @@ def test_cli_rules_and_schedules_are_the_library_s():
     from gradpilot.cli import schedule as _cli_schedule
     from gradpilot.lr import suggest
     from gradpilot.schedules import builders as schedules
+    from gradpilot.schedules import catalog
 
-    assert tuple(suggest.RULES) == _cli_lr.RULES and tuple(schedules.BUILDERS) == _cli_schedule.SCHEDULES
+    assert tuple(suggest.RULES) == _cli_lr.RULES and _cli_schedule.NAMES is catalog.NAMES  # imported, not copied
+    assert tuple(schedules.BUILDERS) == catalog.NAMES  # one builder per name of the one registry
 
 
 def test_outputs_are_checked_before_the_range_test_runs(tmp_path, monkeypatch):

@@ -40,5 +40,4 @@ def test_a_branch_decays_a_constant_schedule_from_where_it_stands():
     assert trunk.decayed_from(1, 4, "linear") == lr_factor.Wsd(1, 0, 4)  # inside the warmup: it ends there
     assert branch.training_arguments() == {
         "lr_scheduler_type": "warmup_stable_decay", "warmup_steps": 2,
-        "lr_scheduler_kwargs": {"num_stable_steps": 8, "num_decay_steps": 4, "decay_type": "linear",
-                                "min_lr_ratio": 0.0}}
+        "lr_scheduler_kwargs": {"num_decay_steps": 4, "decay_type": "linear", "min_lr_ratio": 0.0}}

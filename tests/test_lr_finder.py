@@ -250,7 +250,7 @@ def test_device_argument_moves_batches(monkeypatch):
     moved = []
     real = gradpilot.train.accumulation.to_device
     monkeypatch.setattr(gradpilot.train.accumulation, "to_device", lambda b, d: (moved.append(d), real(b, d))[1])
-    monkeypatch.setattr(gradpilot.lr.range_test, "model_device", lambda _model: torch.device("meta"))  # where it would go
+    monkeypatch.setattr(gradpilot.train.accumulation, "model_device", lambda _model: torch.device("meta"))  # its own
     model = nn.Linear(8, 1)
     result = find_lr(model, torch.optim.Adam(model.parameters()), nn.MSELoss(),
                      DataLoader(regression_data(), batch_size=32), device="cpu", num_steps=15)

@@ -9,9 +9,10 @@ from torch import nn
 from gradpilot import Task, find_lr, fit
 from gradpilot.errors import GradpilotError
 from gradpilot.examples import spirals
-from gradpilot.train.accumulation import item_counter, optimizer_step
+from gradpilot.train.accumulation import StepParts, item_counter, optimizer_step
 from gradpilot.train.precision import scaler_for, skipped
-from gradpilot.train.run import LocalRun, Setting
+from gradpilot.train.run import local_run
+from gradpilot.train.seam import Setting
 from gradpilot.train.state import model_state
 
 
@@ -50,7 +51,7 @@ def test_the_range_test_and_a_short_run_train_in_the_task_s_precision():
     find_lr(t, num_steps=20)
     assert t.model.seen[True] == {torch.bfloat16}
     t.model.seen[True].clear()
-    run = LocalRun(t, Setting(0.01, 32), seed=0, weights=model_state(t.model))
+    run = local_run(t, Setting(0.01, 32), seed=0, weights=model_state(t.model))
     run.advance(4)
     run.branch(1)
     assert t.model.seen[True] == {torch.bfloat16} and t.model.seen[False] == {torch.float32}
@@ -64,12 +65,14 @@ def test_an_fp16_step_whose_gradients_overflow_is_skipped_and_told():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     scale = float(scaler.get_scale())
     x = torch.randn(4, 2)
-    optimizer_step(model, opt, [(x, torch.zeros(4, 1))], None, lambda m, b: m(b[0]).sum() * float("inf"),
-                   torch.device("cpu"), item_counter(None, None), precision="fp16", scaler=scaler)
+    parts = StepParts(model, opt, None, lambda m, b: m(b[0]).sum() * float("inf"), torch.device("cpu"),
+                      item_counter(None, None), precision="fp16", scaler=scaler)
+    optimizer_step(parts, [(x, torch.zeros(4, 1))])
     assert skipped(scaler, scale) and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     scale = float(scaler.get_scale())
-    optimizer_step(model, opt, [(x, torch.zeros(4, 1))], nn.MSELoss(), None, torch.device("cpu"),
-                   item_counter(nn.MSELoss(), None), precision="fp16", scaler=scaler)
+    parts = StepParts(model, opt, nn.MSELoss(), None, torch.device("cpu"), item_counter(nn.MSELoss(), None),
+                      precision="fp16", scaler=scaler)
+    optimizer_step(parts, [(x, torch.zeros(4, 1))])
     assert not skipped(scaler, scale) and not torch.equal(before["weight"], model.weight)
 
 

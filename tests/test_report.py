@@ -137,7 +137,7 @@ def test_the_page_says_what_each_stage_cost_in_seconds(tuned):
     cells = re.findall(r"<td>(.*?)</td>", row.group(1))
     assert float(cells[column]) == pytest.approx(search, abs=0.051)
     spent = record["stages"]["lr_search"]["spent"]  # and beside it, how they split
-    assert cells[column + 1] == " / ".join(f"{spent[k]:.1f}" for k in ("training", "evaluation", "io", "other"))
+    assert cells[column + 1] == " / ".join(f"{spent[k]:.1f}" for k in ("training", "validation", "io", "other"))
 
 
 def test_a_folder_without_a_finished_tune_is_one_line(tmp_path):

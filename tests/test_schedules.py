@@ -109,7 +109,7 @@ def test_bad_scheduler_arguments_fail_at_once(kwargs, message):
 
 def test_schedule_helpers():
     assert set(BUILDERS) == {"constant", "step", "cosine", "plateau", "onecycle", "warmup_cosine",
-                             "constant_with_warmup", "linear", "cosine_with_min_lr"}
+                             "constant_with_warmup", "linear", "cosine_with_min_lr", "warmup_stable_decay"}
     assert options_of("step") == ["step_size", "gamma"]
     with pytest.raises(GradpilotError, match="total_steps"):
         make_schedule("cosine", torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=0)
@@ -229,7 +229,7 @@ def test_a_schedule_covers_the_short_last_window():
     ("cosine_with_min_lr", {"min_lr_rate": 1.5}, r"min_lr_rate must be in \[0, 1\)"),
     ("linear", {"warmup_steps": 2000}, r"warmup_steps=2000 is not shorter than the run \(100 steps\)"),
     ("constant_with_warmup", {"warmup_steps": 100}, "would never reach its peak"),
-    ("linear", {"warmup_steps": -1}, "warmup_steps must be a whole number of steps, 0 or more"),
+    ("linear", {"warmup_steps": -1}, r"warmup_steps must be a whole number of steps, or a share of the run"),
 ])
 def test_options_that_would_not_decay_or_never_reach_the_lr_are_refused(name, options, message):
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)

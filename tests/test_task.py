@@ -163,7 +163,8 @@ def test_a_task_s_max_grad_norm_clips_every_run_of_it():
     import dataclasses
 
     from gradpilot.examples import spirals
-    from gradpilot.train.run import LocalRun, Setting
+    from gradpilot.train.run import local_run
+    from gradpilot.train.seam import Setting
 
     torch.manual_seed(0)
     base = Task(model=nn.Linear(2, 3), train_data=spirals(256, seed=0), loss_fn=nn.CrossEntropyLoss(), batch_size=32,
@@ -172,7 +173,7 @@ def test_a_task_s_max_grad_norm_clips_every_run_of_it():
     moved = {}
     for clip in (None, 1e-6):
         task = dataclasses.replace(base, max_grad_norm=clip)
-        run = LocalRun(task, Setting(1.0, 32), seed=0, weights=initial)
+        run = local_run(task, Setting(1.0, 32), seed=0, weights=initial)
         run.advance(4)
         moved[clip] = float((task.model.weight - initial["weight"]).detach().abs().max())
     assert moved[1e-6] < 1e-5 < moved[None]

@@ -268,9 +268,10 @@ def test_every_fit_keyword_is_a_fit_config_field_with_the_same_default():
     from gradpilot.train.fitting import FitConfig
 
     params = dict(inspect.signature(fit).parameters)
-    assert list(params) == ["model", *[f.name for f in dataclasses.fields(FitConfig)]]
+    own = ["lr", "plan", "seed"]  # a Task's: what its optimizer, data and schedule are made at
+    assert list(params) == ["model", *[f.name for f in dataclasses.fields(FitConfig)], *own]
     for f in dataclasses.fields(FitConfig):
         default = f.default if f.default is not dataclasses.MISSING else None  # None in fit: "from the task"
-        if f.default_factory is not dataclasses.MISSING:
-            default = None  # scheduler_options: fit's None is FitConfig's {}
+        if f.default_factory is not dataclasses.MISSING or f.name == "accumulation_steps":
+            default = None  # fit's None is FitConfig's {} (scheduler_options) or 1 (accumulation_steps), or the plan's
         assert params[f.name].default == default, f.name

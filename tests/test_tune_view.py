@@ -41,12 +41,12 @@ def test_a_time_budget_shows_the_runs_spent_without_a_total():
 def test_the_summary_says_each_stage_s_cost_in_runs_and_seconds(tmp_path):
     from torch import nn
 
+    from gradpilot.train.seam import Cost
     from gradpilot.tuning import Stage, TuneResult
-    from gradpilot.tuning.state import Spent
     from gradpilot.tuning.view import summary
 
-    stages = (Stage("lr_range", None, "the curve supports 0.01", spent=Spent(500, 1.0, 0.0, 0.0, 0.25)),
-              Stage("lr_search", None, "5 short runs", spent=Spent(2000, 6.0, 2.0, 0.5, 0.0)))
+    stages = (Stage("lr_range", None, "the curve supports 0.01", spent=Cost(500, 1.0, 0.0, 0.0, 0.25)),
+              Stage("lr_search", None, "5 short runs", spent=Cost(2000, 6.0, 2.0, 0.5, 0.0)))
     out = io.StringIO()
     result = TuneResult({"learning_rate": 0.01}, stages, 3.0, 2.5, 0.9, nn.Linear(1, 1), tmp_path, 1000,
                         run_seconds=4.0, seconds=10.5, spent_items=2.5)

@@ -34,14 +34,14 @@ def test_halve_promotes_the_best_third_and_deletes_the_pruned_runs(tmp_path, hig
     scores = {0: 0.5, 1: 0.9, 2: 0.7, 3: 0.2, 4: 0.8, 5: 0.4}
     study = scored_study("maximize" if higher else "minimize", {i: {100: v} for i, v in scores.items()})
     for t in study.trials:
-        (tmp_path / f"trial-{t.number}.pt").write_bytes(b"run")
+        (tmp_path / f"trial-{t.number}").mkdir()
     plan = Plan(tuple(Candidate(10.0**-i, 32) for i in scores), (100, 300), 0.2, 10**6)
     promoted = searcher(tmp_path, higher).halve(study, plan, 0)
     assert promoted == ([1, 4] if higher else [3, 5])  # 6 candidates: the best 2 go on, best first
     assert searcher(tmp_path, higher).halve(study, plan, 0) == promoted  # done again after a kill: the same
     pruned = [t.number for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert sorted(pruned) == sorted(set(scores) - set(promoted))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"trial-{i}.pt" for i in sorted(promoted)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"trial-{i}" for i in sorted(promoted)]
 
 
 @pytest.mark.parametrize(("scores", "higher", "going"), [
@@ -88,7 +88,7 @@ def test_a_job_trains_to_its_rung_and_saves_a_run_the_next_rung_goes_on_from(tmp
     task = small_task()
     initial = model_state(task.model)
     plan = Plan((Candidate(0.01, 32),), (320, 960), 0.2, 10**6)
-    value, cost = halving.train_job(task, plan, 0, 0, seed=0, initial=initial, load=None, save=tmp_path / "r.pt")
-    assert 0.0 <= value <= 1.0 and cost.samples == (10 + 2) * 32 and cost.training > 0 and cost.evaluation > 0
-    _, more = halving.train_job(task, plan, 0, 1, seed=0, initial=initial, load=tmp_path / "r.pt", save=None)
-    assert more.samples == (30 - 10 + 6) * 32  # on from step 10 to 30, then 6 cooldown steps: not from the start
+    value, cost = halving.train_job(task, plan, 0, 0, seed=0, initial=initial, load=None, save=tmp_path / "r")
+    assert 0.0 <= value <= 1.0 and cost.items == (10 + 2) * 32 and cost.training > 0 and cost.validation > 0
+    _, more = halving.train_job(task, plan, 0, 1, seed=0, initial=initial, load=tmp_path / "r", save=None)
+    assert more.items == (30 - 10 + 6) * 32  # on from step 10 to 30, then 6 cooldown steps: not from the start

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from gradpilot.schedules.factor import Wsd
-from gradpilot.tuning.state import Batches, Chosen, Clock, Decided, RangeTest, Spent, Splits, Stage, Trained
+from gradpilot.train.seam import Cost
+from gradpilot.tuning.state import Batches, Chosen, Clock, Decided, RangeTest, Splits, Stage, Trained
 
 
 @pytest.mark.parametrize("decision", [
@@ -17,7 +18,7 @@ from gradpilot.tuning.state import Batches, Chosen, Clock, Decided, RangeTest, S
     Trained(3, Wsd(0, 0, 48, 0.01, "cosine"), 0.9, "best.pt", "", "cosine_with_min_lr", {"min_lr": 1e-5}), None,
 ])
 def test_a_stage_comes_back_from_its_json_as_it_was(decision):
-    stage = Stage("x", decision, "why", [{"a": 1}], {"e": [1.0]}, Spent(100, 1.5, 0.25, 0.125, 0.5), "budget")
+    stage = Stage("x", decision, "why", [{"a": 1}], {"e": [1.0]}, Cost(100, 1.5, 0.25, 0.125, 0.5), "budget")
     again = Stage.from_json(json.loads(json.dumps(stage.to_json())))
     assert again == stage and again.seconds == pytest.approx(2.375) and again.spent.work == pytest.approx(1.875)
 
@@ -25,8 +26,7 @@ def test_a_stage_comes_back_from_its_json_as_it_was(decision):
 def test_a_trained_schedule_in_training_arguments_names():
     wsd = Trained(3, Wsd(5, 40, 10, 0.0, "linear"), 0.9, "best.pt").training_arguments()
     assert wsd == {"lr_scheduler_type": "warmup_stable_decay", "warmup_steps": 5,
-                   "lr_scheduler_kwargs": {"num_stable_steps": 40, "num_decay_steps": 10, "decay_type": "linear",
-                                           "min_lr_ratio": 0.0}}
+                   "lr_scheduler_kwargs": {"num_decay_steps": 10, "decay_type": "linear", "min_lr_ratio": 0.0}}
     assert Trained(3, Wsd(4), 0.9, "b").training_arguments()["lr_scheduler_type"] == "constant_with_warmup"
     assert Trained(3, Wsd(), 0.9, "b").training_arguments()["lr_scheduler_type"] == "constant"
 

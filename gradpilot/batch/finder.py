@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, default_collate
 
 from gradpilot import _validate, scaling
 from gradpilot.errors import GradpilotError, first_line
-from gradpilot.train.accumulation import optimizer_step
+from gradpilot.train.accumulation import StepParts, optimizer_step
 from gradpilot.train.batches import LossFn, StepFn, compute_loss, model_device, to_device
 from gradpilot.train.state import preserved
 from gradpilot.train.task import Task
@@ -163,8 +163,8 @@ def find_batch_size(
     dev = torch.device(device) if device is not None else model_device(model)
     cap, cap_note = _size_cap(_dataset_length(dataset), max_batch_size)
     budget, budget_note = _budget(max_memory, dev)
-    runner = _Trials(model, optimizer, loss_fn, step_fn, dataset, collate_fn or default_collate, dev,
-                     steps_per_trial, budget, progress)
+    parts = StepParts(model, optimizer, loss_fn, step_fn, dev, _one_item)  # a trial steps on one batch
+    runner = _Trials(parts, dataset, collate_fn or default_collate, steps_per_trial, budget, progress)
     first = min(start, cap)
     with preserved(model, optimizer):
         model.train()
@@ -200,21 +200,16 @@ def _budget(max_memory: int | None, device: torch.device) -> tuple[int | None, s
 class _Trials:
     """Runs one size after another and keeps every trial, in the order tried."""
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    loss_fn: LossFn | None
-    step_fn: StepFn | None
+    parts: StepParts
     dataset: Dataset[Any]
     collate: Callable[[list[Any]], Any]
-    device: torch.device
     steps: int
     budget: int | None
     progress: Callable[[BatchTrial], None] | None
     trials: list[BatchTrial] = field(default_factory=list)
 
     def run(self, size: int, *, steps: int, budget: int | None) -> BatchTrial:
-        return _trial(self.model, self.optimizer, self.loss_fn, self.step_fn, self.dataset, size, steps, self.device,
-                      self.collate, budget)
+        return _trial(self.parts, self.dataset, size, steps, self.collate, budget)
 
     def fits(self, size: int) -> bool:
         trial = self.run(size, steps=self.steps, budget=self.budget)
@@ -268,10 +263,9 @@ def _one_item(_batch: Any) -> int:
     return 1  # a trial steps on one batch: no micro-batches to weigh
 
 
-def _trial(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn | None, step_fn: StepFn | None,
-           dataset: Dataset[Any], size: int, steps: int, device: torch.device,
-           collate_fn: Callable[[list[Any]], Any], max_memory: int | None) -> BatchTrial:
-    elapsed = 0.0
+def _trial(parts: StepParts, dataset: Dataset[Any], size: int, steps: int, collate_fn: Callable[[list[Any]], Any],
+           max_memory: int | None) -> BatchTrial:
+    elapsed, device, optimizer = 0.0, parts.device, parts.optimizer
     try:
         with peak_memory_growth(device) as grown:
             batch = to_device(_sample_batch(dataset, size, collate_fn), device)
@@ -279,7 +273,7 @@ def _trial(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn |
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
-                optimizer_step(model, optimizer, [batch], loss_fn, step_fn, device, _one_item)
+                optimizer_step(parts, [batch])
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 if i > 0:

@@ -19,6 +19,7 @@ from gradpilot.cli.common import (
     console,
     err_console,
 )
+from gradpilot.lr import suggest
 
 if TYPE_CHECKING:
     from typing import Literal
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from gradpilot.lr.suggest import RuleName
     from gradpilot.train.task import Task
 
-RULES = ("safe-edge", "descent-edge", "valley", "steepest", "minimum/10")  # suggest.RULES, not imported (torch-free)
+RULES = tuple(suggest.RULES)  # the library's registry (NumPy only: no torch at start-up)
 
 
 @app.command("find-lr")

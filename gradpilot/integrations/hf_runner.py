@@ -12,11 +12,9 @@ trainer's own ``evaluate()``. Between calls only the newest checkpoint is kept.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,11 +23,9 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-from gradpilot._direction import worst
-from gradpilot._files import write_json
 from gradpilot.errors import GradpilotError
 from gradpilot.schedules.factor import DecayType, Wsd
-from gradpilot.train.run import Branch, Cost, Score, Setting
+from gradpilot.train.seam import Branch, Ledger, RunRecord, Score, Setting
 from gradpilot.train.starts import read_start
 from gradpilot.train.state import load_keeping_lrs, model_state
 from gradpilot.train.task import Task
@@ -91,20 +87,18 @@ class _Steps(TrainerCallback):
             self.losses[state.global_step] = float(logs["loss"])
 
 
-class TrainerRun:
-    """One run through the user's trainer (``runner.Run``)."""
+class TrainerRun(Ledger):
+    """One run through the user's trainer (``seam.Run``; its bookkeeping is ``seam.Ledger``'s)."""
 
     def __init__(self, owner: TrainerRunner, task: Task, setting: Setting, *, seed: int,
                  weights: dict[str, torch.Tensor], folder: Path | None,
                  optimizer_state: dict[str, Any] | None = None) -> None:
-        self.owner, self.task, self.setting, self.seed = owner, task, setting, seed
+        super().__init__(setting, task.higher_is_better)
+        self.owner, self.task, self.seed = owner, task, seed
         self.start_weights, self.start_optimizer = weights, optimizer_state
         self.folder = folder if folder is not None else Path(tempfile.mkdtemp(prefix="gradpilot-run-"))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.checkpoint: Path | None = None  # where the run stands, a trainer's checkpoint-N folder
-        self.steps = 0
-        self.cost = Cost()
-        self.lrs: list[float] = []
         self._losses: dict[int, float] = {}
         self.trainer: Any = None  # the last trainer made
 
@@ -152,45 +146,37 @@ class TrainerRun:
     def evaluate(self) -> Score:
         """The trainer's own ``evaluate()``: its ``metric_for_best_model`` where it names one, else the loss."""
         trainer = self._current()
-        begin = time.perf_counter()
-        metrics = trainer.evaluate()
-        self.cost.evaluation += time.perf_counter() - begin
-        self.cost.evals += 1
+        with self.spending("validation", validations=1):
+            metrics = trainer.evaluate()
         key = self.owner.metric
         name = "eval_loss" if not key else key if key.startswith("eval_") else f"eval_{key}"
         if name not in metrics:
             raise GradpilotError(f"the trainer's evaluate() gave no {name} (it gave {', '.join(sorted(metrics))}): "
                                  "give the model its labels (label_names) or compute_metrics, or set "
                                  "metric_for_best_model to a metric it reports")
-        value = float(metrics[name])
-        loss = float(metrics.get("eval_loss", math.nan))
-        return Score(worst(self.task.higher_is_better) if math.isinf(value) else value, loss)
+        return self.score(float(metrics[name]), float(metrics.get("eval_loss", math.nan)))
 
     def weights(self) -> dict[str, torch.Tensor]:
         return model_state(self._current().model)
 
     def save(self, path: Path) -> None:
-        """The run's checkpoint (a trainer's checkpoint folder) moved to ``path``, a folder, with a note of the
-        run's counters; the run goes on from there (one copy on disk, not two)."""
-        begin = time.perf_counter()
+        """The run's checkpoint (a trainer's checkpoint folder) moved to ``path``, a folder, with the run's record
+        (``seam.RECORD``); the run goes on from there (one copy on disk, not two)."""
         if self.checkpoint is None:
             raise GradpilotError("a run that has not trained has nothing to save")
-        if path.exists():
-            shutil.rmtree(path)
-        shutil.move(str(self.checkpoint), str(path))
-        self.checkpoint = path
-        write_json(path / "gradpilot-run.json", {"steps": self.steps, "lrs": self.lrs, "samples": self.cost.samples,
-                                                 "losses": {str(k): v for k, v in self._losses.items()},
-                                                 "evals": self.cost.evals})
-        self.cost.io += time.perf_counter() - begin
+        with self.spending("io"):
+            if path.exists():
+                shutil.rmtree(path)
+            shutil.move(str(self.checkpoint), str(path))
+            self.checkpoint = path
+            self.record(self.losses).write(path)
 
     def load(self, path: Path) -> None:
         """Go on from a saved run: the trainer resumes from that checkpoint folder."""
-        note = json.loads((path / "gradpilot-run.json").read_text())
-        self.checkpoint, self.steps = path, int(note["steps"])
-        self.lrs = [float(x) for x in note["lrs"]]
-        self._losses = {int(k): float(v) for k, v in note["losses"].items()}
-        self.cost.samples, self.cost.evals = int(note["samples"]), int(note["evals"])
+        record = RunRecord.read(path)
+        self.restore(record)
+        self.checkpoint = path
+        self._losses = {i + 1: v for i, v in enumerate(record.losses) if v is not None}
 
     def _keep(self, checkpoint: Path) -> None:
         """The run now stands at ``checkpoint``; the one before is not needed any more (unless saved elsewhere)."""
@@ -224,10 +210,8 @@ class TrainerRun:
             trainer.model.load_state_dict(self.start_weights)
             if self.start_optimizer is not None:
                 trainer.add_callback(_StartFrom(self.start_optimizer))
-        begin = time.perf_counter()
-        trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint is not None else None)
-        self.cost.training += time.perf_counter() - begin
-        self.cost.samples += (max_steps - self.steps) * self.setting.batch
+        with self.spending("training", items=(max_steps - self.steps) * self.setting.batch):
+            trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint is not None else None)
         return steps
 
 

@@ -10,11 +10,9 @@ gradpilot's ``lr_factor`` schedule. A stretch ends at ``max_steps`` (set as Ligh
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,11 +20,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from gradpilot._direction import worst
-from gradpilot._files import write_json
 from gradpilot.errors import GradpilotError
 from gradpilot.schedules.factor import DecayType, Wsd
-from gradpilot.train.run import Branch, Cost, Score, Setting
+from gradpilot.train.seam import Branch, Ledger, RunRecord, Score, Setting
 from gradpilot.train.starts import read_start
 from gradpilot.train.state import load_keeping_lrs, model_state
 from gradpilot.train.task import Task
@@ -83,19 +79,17 @@ class _Steps(pl.Callback):
         self.losses.append(loss.detach())
 
 
-class LightningRun:
-    """One run through the user's Lightning trainer (``runner.Run``)."""
+class LightningRun(Ledger):
+    """One run through the user's Lightning trainer (``seam.Run``; its bookkeeping is ``seam.Ledger``'s)."""
 
     def __init__(self, owner: LightningRunner, task: Task, setting: Setting, *, weights: dict[str, torch.Tensor],
                  folder: Path | None, optimizer_state: dict[str, Any] | None = None) -> None:
-        self.owner, self.task, self.setting, self.start_weights = owner, task, setting, weights
+        super().__init__(setting, task.higher_is_better)
+        self.owner, self.task, self.start_weights = owner, task, weights
         self.start_optimizer = optimizer_state
         self.folder = folder if folder is not None else Path(tempfile.mkdtemp(prefix="gradpilot-run-"))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.checkpoint: Path | None = None
-        self.steps = 0
-        self.cost = Cost()
-        self.lrs: list[float] = []
         self._losses: list[float] = []
         self.made: tuple[pl.Trainer, pl.LightningModule, Any] | None = None  # the last trainer, module, data
 
@@ -127,41 +121,36 @@ class LightningRun:
         """The trainer's own ``validate()``; the score is what the module logged under ``val_key``."""
         trainer, module, data = self._current()
         trainer.limit_val_batches = 1.0
-        begin = time.perf_counter()
-        results = trainer.validate(module, datamodule=data, verbose=False)
-        self.cost.evaluation += time.perf_counter() - begin
-        self.cost.evals += 1
+        with self.spending("validation", validations=1):
+            results = trainer.validate(module, datamodule=data, verbose=False)
         key = self.owner.val_key
         logged = {k: float(v) for r in results for k, v in r.items()}
         if key not in logged:
             raise GradpilotError(f"validation logged no {key!r} (it logged {', '.join(sorted(logged)) or 'nothing'}): "
                                  f"log it in validation_step (self.log({key!r}, ...))")
-        value = logged[key]
-        return Score(worst(self.task.higher_is_better) if math.isinf(value) else value, value)
+        return self.score(logged[key], logged.get("val_loss", logged[key]))
 
     def weights(self) -> dict[str, torch.Tensor]:
         return model_state(self._current()[1])
 
     def save(self, path: Path) -> None:
-        """The run's checkpoint moved into the folder ``path`` (``run.ckpt``, with a note of the run's counters);
-        the run goes on from there."""
-        begin = time.perf_counter()
+        """The run's checkpoint moved into the folder ``path`` (``run.ckpt``, with the run's record,
+        ``seam.RECORD``); the run goes on from there."""
         if self.checkpoint is None:
             raise GradpilotError("a run that has not trained has nothing to save")
-        if path.exists():
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-        shutil.move(str(self.checkpoint), str(path / "run.ckpt"))
-        self.checkpoint = path / "run.ckpt"
-        write_json(path / "run.json", {"steps": self.steps, "lrs": self.lrs, "losses": self._losses,
-                                       "samples": self.cost.samples, "evals": self.cost.evals})
-        self.cost.io += time.perf_counter() - begin
+        with self.spending("io"):
+            if path.exists():
+                shutil.rmtree(path)
+            path.mkdir(parents=True)
+            shutil.move(str(self.checkpoint), str(path / "run.ckpt"))
+            self.checkpoint = path / "run.ckpt"
+            self.record(self._losses).write(path)
 
     def load(self, path: Path) -> None:
-        note = json.loads((path / "run.json").read_text())
-        self.checkpoint, self.steps = path / "run.ckpt", int(note["steps"])
-        self.lrs, self._losses = list(note["lrs"]), list(note["losses"])
-        self.cost.samples, self.cost.evals = int(note["samples"]), int(note["evals"])
+        record = RunRecord.read(path)
+        self.restore(record)
+        self.checkpoint = path / "run.ckpt"
+        self._losses = [math.nan if v is None else v for v in record.losses]
 
     def _current(self) -> tuple[pl.Trainer, pl.LightningModule, Any]:
         """The trainer and module as the run stands: the last ones fitted, else made and given its weights."""
@@ -196,21 +185,17 @@ class LightningRun:
             module.load_state_dict(self.start_weights)
             if self.start_optimizer is not None:
                 trainer.callbacks.append(_StartFrom(self.start_optimizer))  # type: ignore[attr-defined]
-        begin = time.perf_counter()
-        trainer.fit(module, datamodule=data, ckpt_path=str(self.checkpoint) if self.checkpoint else None)
-        self.cost.training += time.perf_counter() - begin
-        self.cost.samples += (max_steps - self.steps) * self.setting.batch
+        with self.spending("training", items=(max_steps - self.steps) * self.setting.batch):
+            trainer.fit(module, datamodule=data, ckpt_path=str(self.checkpoint) if self.checkpoint else None)
         losses = torch.stack(steps.losses).double().tolist() if steps.losses else []
         return steps.lrs, losses
 
     def _save_to(self, path: Path) -> None:
-        begin = time.perf_counter()
-        trainer = self._current()[0]
-        trainer.save_checkpoint(str(path))
+        with self.spending("io"):
+            self._current()[0].save_checkpoint(str(path))
         old, self.checkpoint = self.checkpoint, path
         if old is not None and old.parent == path.parent and old != path:
             old.unlink(missing_ok=True)
-        self.cost.io += time.perf_counter() - begin
 
 
 def bound(trainer: pl.Trainer, max_steps: int, accumulation: int) -> None:

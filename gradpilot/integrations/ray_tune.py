@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gradpilot.errors import GradpilotError, first_line
-from gradpilot.train.run import Cost
+from gradpilot.train.seam import Cost
 
 if TYPE_CHECKING:
     from gradpilot.tuning.halving import Halving, Plan
@@ -59,7 +59,7 @@ def run_rung(halving: Halving, plan: Plan, k: int, alive: list[int],
         target = halving.path(numbers[index])
         with result.checkpoint.as_directory() as folder:
             shutil.copyfile(Path(folder) / "run.pt", target)
-        cost = Cost(*(result.metrics[p] for p in ("samples", "training", "evaluation", "io", "evals")))
+        cost = Cost.from_json(result.metrics)
         yield index, float(result.metrics["score"]), cost, target
 
 
@@ -104,6 +104,5 @@ def _short_run(config: dict[str, Any], *, task: Any, initial: dict[str, torch.Te
         out.mkdir()
         value, cost = train_job(task, plan, index, k, seed=seed, initial=initial,
                                 load=start if index in saved else None, save=out / "run.pt")
-        tune.report({"score": value, "index": index, "samples": cost.samples, "training": cost.training,
-                     "evaluation": cost.evaluation, "io": cost.io, "evals": cost.evals},
+        tune.report({"score": value, "index": index, **cost.to_json()},
                     checkpoint=tune.Checkpoint.from_directory(out))

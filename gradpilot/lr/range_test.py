@@ -17,10 +17,10 @@ from gradpilot import _validate
 from gradpilot.errors import GradpilotError
 from gradpilot.lr import suggest
 from gradpilot.scaling import optimizer_family
-from gradpilot.train.accumulation import NumItems, item_counter, optimizer_step
-from gradpilot.train.batches import LossFn, StepFn, check_trains, cycle, model_device
-from gradpilot.train.precision import Precision, scaler_for, skipped
+from gradpilot.train.accumulation import NumItems, StepParts, optimizer_step
+from gradpilot.train.batches import LossFn, StepFn, check_trains, cycle
 from gradpilot.train.precision import check as check_precision
+from gradpilot.train.precision import skipped
 from gradpilot.train.state import preserved
 from gradpilot.train.task import Task
 
@@ -129,9 +129,11 @@ def find_lr(
     suggest.get_rule(rule)  # fail fast on an unknown name
     resolved = _family(optimizer, family)
     sweep = _Sweep(start_lr, end_lr, num_steps, smoothing, diverge_threshold, progress)
-    step = _Step(model, optimizer, loss_fn, step_fn, cycle(train_loader), accumulation_steps,
-                 torch.device(device) if device is not None else model_device(model), item_counter(loss_fn, num_items),
-                 max_grad_norm, check_precision(precision or "fp32"))
+    check_trains(model, optimizer)
+    parts = StepParts.assemble(model, optimizer, loss_fn=loss_fn, step_fn=step_fn, num_items=num_items,
+                               device=torch.device(device) if device is not None else None,
+                               max_grad_norm=max_grad_norm, precision=check_precision(precision or "fp32"))
+    step = _Step(parts, cycle(train_loader), accumulation_steps)
     momentum = suggest.momentum_of(optimizer.param_groups[0])
     with preserved(model, optimizer):
         model.train()
@@ -139,40 +141,26 @@ def find_lr(
     return _result(sweep, rule, resolved, momentum)
 
 
-@dataclass
 class _Step:
     """One optimizer step of the sweep at a given LR: every param group keeps its ratio to the first (a
     fine-tuned body with a smaller LR keeps it smaller); its micro-batches are accumulated as ``fit`` does."""
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    loss_fn: LossFn | None
-    step_fn: StepFn | None
-    batches: Iterator[Any]
-    accumulation_steps: int
-    device: torch.device
-    count: NumItems
-    max_grad_norm: float | None = None
-    precision: Precision = "fp32"
-
-    def __post_init__(self) -> None:
-        check_trains(self.model, self.optimizer)
-        self.scaler = scaler_for(self.device, self.precision)
+    def __init__(self, parts: StepParts, batches: Iterator[Any], accumulation_steps: int) -> None:
+        self.parts, self.batches, self.accumulation_steps = parts, batches, accumulation_steps
         self.skipped = False  # whether the fp16 scaler skipped the last step (an overflow)
-        first = self.optimizer.param_groups[0]["lr"]
-        self.ratios = [g["lr"] / first if first > 0 else 1.0 for g in self.optimizer.param_groups]
+        first = parts.optimizer.param_groups[0]["lr"]
+        self.ratios = [g["lr"] / first if first > 0 else 1.0 for g in parts.optimizer.param_groups]
 
     def at(self, lr: float) -> float:
         """One optimizer step at ``lr`` on the next batches (gradpilot's one step: clipped where the task clips),
         and its accumulated loss — read before the step moved the weights."""
-        for group, ratio in zip(self.optimizer.param_groups, self.ratios, strict=True):
+        for group, ratio in zip(self.parts.optimizer.param_groups, self.ratios, strict=True):
             group["lr"] = lr * ratio
         window = [next(self.batches) for _ in range(self.accumulation_steps)]
-        scale = float(self.scaler.get_scale()) if self.scaler is not None else 0.0
-        loss = optimizer_step(self.model, self.optimizer, window, self.loss_fn, self.step_fn, self.device,
-                              self.count, max_grad_norm=self.max_grad_norm, precision=self.precision,
-                              scaler=self.scaler)
-        self.skipped = skipped(self.scaler, scale)
+        scaler = self.parts.scaler
+        scale = float(scaler.get_scale()) if scaler is not None else 0.0
+        loss = optimizer_step(self.parts, window)
+        self.skipped = skipped(scaler, scale)
         return float(loss)  # one host sync per step: the sweep decides on it
 
 

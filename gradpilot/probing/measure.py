@@ -26,8 +26,8 @@ from gradpilot._files import json_safe
 from gradpilot.diagnosis.detectors import diagnose
 from gradpilot.diagnosis.history import History
 from gradpilot.errors import GradpilotError
-from gradpilot.train.run import Run, Setting
 from gradpilot.train.run import start as start_run
+from gradpilot.train.seam import Run, Setting
 from gradpilot.train.starts import Start, read_start
 from gradpilot.train.state import model_state, preserved
 from gradpilot.train.task import Task
@@ -211,7 +211,7 @@ class _Walk:
         shutil.rmtree(self.folder / folder, ignore_errors=True)  # a trainer's checkpoint: one branch's at a time
         self.scores.append((factor, score.value))
         self.losses.append((factor, score.loss))
-        self.samples += run.cost.samples
+        self.samples += run.cost.items
         self.seconds += run.cost.seconds
 
     def result(self, verdict: str, best: float, share: float, notes: tuple[str, ...]) -> ProbeResult:

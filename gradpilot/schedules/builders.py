@@ -1,8 +1,11 @@
-"""Learning-rate schedules by name, built on ``torch.optim.lr_scheduler`` (nothing re-derived)."""
+"""Learning-rate schedules by name (``catalog``), built on ``torch.optim.lr_scheduler``: torch's own classes for
+torch's schedules, and transformers' schedules as a ``LambdaLR`` over the one LR function (``factor``), so a
+plan's ``lr_scheduler_type`` means the same LRs here as in a ``Trainer``."""
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -13,6 +16,7 @@ from torch.optim import lr_scheduler
 from gradpilot import _validate
 from gradpilot.errors import GradpilotError
 from gradpilot.schedules import factor as lr_factor
+from gradpilot.schedules.catalog import CATALOG, NAMES, entry
 
 MAX_CURVE_STEPS = 5_000_000  # about 10 s of torch scheduler steps
 
@@ -85,39 +89,76 @@ def _check_floor(name: str, floor: float, opt: torch.optim.Optimizer) -> None:
                              "the schedule would hold or raise the LR instead of decaying it")
 
 
-def _check_warmup(warmup_steps: int, total_steps: int) -> None:
-    if not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise GradpilotError(f"warmup_steps must be a whole number of steps, 0 or more, got {warmup_steps!r}")
-    if warmup_steps and warmup_steps >= total_steps:
+def warmup_steps_of(warmup_steps: float, total_steps: int) -> int:
+    """``warmup_steps`` as ``TrainingArguments`` takes it — a whole number of steps, or a share of the run in
+    (0, 1) (``ceil(total × share)``, as ``get_warmup_steps`` counts it) — in steps, shorter than the run."""
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, float)) or not (
+            warmup_steps == int(warmup_steps) or 0 < warmup_steps < 1) or warmup_steps < 0:
+        raise GradpilotError(f"warmup_steps must be a whole number of steps, or a share of the run in (0, 1), got "
+                             f"{warmup_steps!r}")
+    steps = int(warmup_steps) if warmup_steps >= 1 or warmup_steps == 0 else math.ceil(total_steps * warmup_steps)
+    if steps and steps >= total_steps:
         raise GradpilotError(f"warmup_steps={warmup_steps} is not shorter than the run ({total_steps} steps): the LR "
                              "would never reach its peak; give fewer warmup steps")
+    return steps
 
 
-def _constant_with_warmup(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0) -> Schedule:
+def _constant_with_warmup(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: float = 0) -> Schedule:
     """transformers' ``constant_with_warmup``: linear from 0 over ``warmup_steps``, then constant."""
-    _check_warmup(warmup_steps, total_steps)
-    return _lambda(opt, lr_factor.Wsd(warmup_steps))
+    return _lambda(opt, lr_factor.Wsd(warmup_steps_of(warmup_steps, total_steps)))
 
 
-def _linear(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0) -> Schedule:
+def _linear(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: float = 0) -> Schedule:
     """transformers' ``linear``: warmup, then a straight line to 0 at ``total_steps``."""
-    _check_warmup(warmup_steps, total_steps)
-    return _lambda(opt, lr_factor.Wsd(warmup_steps, 0, total_steps - warmup_steps))
+    warm = warmup_steps_of(warmup_steps, total_steps)
+    return _lambda(opt, lr_factor.Wsd(warm, 0, total_steps - warm))
 
 
-def _cosine_with_min_lr(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: int = 0,
+def _warmup_stable_decay(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: float = 0,
+                         num_decay_steps: int | None = None, num_stable_steps: int | None = None,
+                         decay_type: str = "cosine", min_lr_ratio: float = 0.0) -> Schedule:
+    """transformers' ``warmup_stable_decay``: warmup (rising from ``min_lr_ratio``), the peak held, then a decay
+    over the last ``num_decay_steps`` to ``min_lr_ratio`` × the LR. The stable phase is what the run leaves
+    (``num_stable_steps`` may only say that same number)."""
+    return _lambda(opt, wsd_schedule(total_steps, warmup_steps_of(warmup_steps, total_steps), num_decay_steps,
+                                     num_stable_steps, decay_type, min_lr_ratio))
+
+
+def wsd_schedule(total_steps: int, warmup: int, decay: int | None, stable: int | None, decay_type: str,
+                 min_ratio: float) -> lr_factor.Wsd:
+    """The ``Wsd`` of a warmup–stable–decay run of ``total_steps``; one that cannot hold there (a decay longer
+    than the run leaves, a stable phase written for another length) is refused in one line."""
+    if decay is None or isinstance(decay, bool) or not isinstance(decay, int) or decay < 1:
+        raise GradpilotError(f"warmup_stable_decay needs num_decay_steps, a whole number of steps of at least 1, "
+                             f"got {decay!r}")
+    if decay_type not in lr_factor.DECAY_TYPES:
+        raise GradpilotError(f"decay_type must be one of {', '.join(lr_factor.DECAY_TYPES)}, got {decay_type!r}")
+    if not 0 <= min_ratio < 1:
+        raise GradpilotError(f"min_lr_ratio must be in [0, 1), a share of the LR, got {min_ratio!r}")
+    if warmup + decay > total_steps:
+        raise GradpilotError(f"the warmup ({warmup} steps) and the decay ({decay} steps) are longer than the run "
+                             f"({total_steps} steps): the LR would never decay to its end; give fewer decay steps")
+    left = total_steps - warmup - decay
+    if stable is not None and stable != left:
+        raise GradpilotError(f"num_stable_steps={stable} was written for a run of {warmup + stable + decay} steps; "
+                             f"this one has {total_steps}, so the LR would not end decayed: drop num_stable_steps "
+                             "(the stable phase is then what the run leaves)")
+    return lr_factor.Wsd(warmup, left, decay, float(min_ratio), decay_type)
+
+
+def _cosine_with_min_lr(opt: torch.optim.Optimizer, total_steps: int, *, warmup_steps: float = 0,
                         min_lr: float | None = None, min_lr_rate: float | None = None) -> Schedule:
     """transformers' ``cosine_with_min_lr``: warmup from 0, then half a cosine down to ``min_lr`` (absolute) or
     ``min_lr_rate`` × the optimizer's LR."""
     if (min_lr is None) == (min_lr_rate is None):
         raise GradpilotError("cosine_with_min_lr takes exactly one of min_lr or min_lr_rate")
-    _check_warmup(warmup_steps, total_steps)
+    warm = warmup_steps_of(warmup_steps, total_steps)
     if min_lr is not None:
         _check_floor("min_lr", min_lr, opt)
     elif not 0 <= float(min_lr_rate) < 1:  # type: ignore[arg-type]
         raise GradpilotError(f"min_lr_rate must be in [0, 1), a share of the LR, got {min_lr_rate=}")
     rate = min_lr_rate if min_lr_rate is not None else float(min_lr) / opt.defaults["lr"]  # type: ignore[arg-type]
-    return _lambda(opt, cosine_with_min_lr(warmup_steps, total_steps, rate))
+    return _lambda(opt, cosine_with_min_lr(warm, total_steps, rate))
 
 
 def cosine_with_min_lr(warmup_steps: int, total_steps: int, rate: float) -> lr_factor.Wsd:
@@ -127,38 +168,40 @@ def cosine_with_min_lr(warmup_steps: int, total_steps: int, rate: float) -> lr_f
 
 def _lambda(opt: torch.optim.Optimizer, schedule: lr_factor.Wsd) -> Schedule:
     """A per-step ``LambdaLR`` over the one LR function (``lr_factor``)."""
-    return Schedule(lr_scheduler.LambdaLR(opt, schedule.factor), "step")
+    return following(opt, schedule)
 
 
-BUILDERS: dict[str, Callable[..., Schedule]] = {
-    "constant": _constant,
-    "step": _step,
-    "cosine": _cosine,
-    "plateau": _plateau,
-    "onecycle": _onecycle,
-    "warmup_cosine": _warmup_cosine,
-    # the names and formulas of transformers' get_scheduler, so a plan means the same in a Trainer
-    "constant_with_warmup": _constant_with_warmup,
-    "linear": _linear,
-    "cosine_with_min_lr": _cosine_with_min_lr,
-}
+def following(optimizer: torch.optim.Optimizer, schedule: lr_factor.Wsd, at_step: int = 0) -> Schedule:
+    """The one LR mechanism of gradpilot's runs: a per-step ``LambdaLR`` multiplying each param group's
+    ``initial_lr`` by ``schedule.factor(step)``, set for step ``at_step`` (a branch decaying from a run part-way
+    through; the groups keep the ``initial_lr`` the run's own scheduler gave them)."""
+    if at_step == 0:
+        return Schedule(lr_scheduler.LambdaLR(optimizer, schedule.factor), "step")
+    return Schedule(lr_scheduler.LambdaLR(optimizer, schedule.factor, last_epoch=at_step - 1), "step")
+
+
+# one builder per name of the catalog (``catalog.CATALOG``): the builder of ``name`` is ``_name``
+BUILDERS: dict[str, Callable[..., Schedule]] = {name: globals()[f"_{name}"] for name in NAMES}
+
+
+def _options(builder: Callable[..., Schedule]) -> tuple[str, ...]:
+    return tuple(p for p in inspect.signature(builder).parameters if p not in ("opt", "total_steps", "_total_steps"))
+
+
+for _name, _build in BUILDERS.items():  # the catalog and the builders say the same, or the import fails
+    if _options(_build) != CATALOG[_name].options:
+        raise ImportError(f"schedule {_name!r}: its builder takes {_options(_build)}, the catalog says "
+                          f"{CATALOG[_name].options}")
 
 
 def options_of(name: str) -> list[str]:
     """The options a named schedule accepts."""
-    return [p for p in inspect.signature(_builder(name)).parameters if p not in ("opt", "total_steps", "_total_steps")]
-
-
-def _builder(name: str) -> Callable[..., Schedule]:
-    try:
-        return BUILDERS[name]
-    except KeyError:
-        raise GradpilotError(f"unknown scheduler {name!r}; choose one of {list(BUILDERS)}") from None
+    return list(entry(name).options)
 
 
 def make_schedule(name: str, optimizer: torch.optim.Optimizer, *, total_steps: int, **options: Any) -> Schedule:
     """Build the named schedule for a run of ``total_steps`` optimizer steps."""
-    builder = _builder(name)
+    builder = BUILDERS[entry(name).name]
     unknown = set(options) - set(options_of(name))
     if unknown:
         raise GradpilotError(f"scheduler {name!r} takes no option {sorted(unknown)}; it takes {options_of(name)}")
@@ -175,7 +218,7 @@ def wrap(scheduler: Any) -> Schedule:
         return Schedule(scheduler, "epoch", needs_metric=True)
     if isinstance(scheduler, lr_scheduler.LRScheduler):
         return Schedule(scheduler, "step")
-    raise GradpilotError(f"scheduler must be a name ({list(BUILDERS)}) or a torch LR scheduler, "
+    raise GradpilotError(f"scheduler must be a name ({', '.join(NAMES)}) or a torch LR scheduler, "
                          f"got {type(scheduler).__name__}")
 
 
@@ -212,18 +255,27 @@ def multiply_lr(optimizer: torch.optim.Optimizer, schedule: Schedule | lr_schedu
                 factor: float) -> tuple[float, float]:
     """Multiply the learning rate by ``factor`` wherever it lives — each param group, and the base LRs the
     schedule (a gradpilot ``Schedule`` or any torch scheduler, and the schedules it chains) computes from — so
-    that the rest of the run follows the same curve, scaled. Returns the first group's LR before and after."""
+    that the rest of the run follows the same curve, scaled. The scheduler is changed through its own
+    ``state_dict`` / ``load_state_dict``, never its private attributes. Returns the first group's LR before and
+    after."""
     before = optimizer.param_groups[0]["lr"]
     for group in optimizer.param_groups:
         for key in ("lr", "initial_lr", "max_lr", "min_lr"):
             if key in group:
                 group[key] *= factor
-    stack: list[Any] = [getattr(schedule, "scheduler", schedule)] if schedule is not None else []
-    while stack:
-        sched = stack.pop()
-        if hasattr(sched, "base_lrs"):
-            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
-        if isinstance(sched, lr_scheduler.ReduceLROnPlateau):
-            sched.min_lrs = [lr * factor for lr in sched.min_lrs]
-        stack.extend(getattr(sched, "_schedulers", []))  # SequentialLR and ChainedScheduler keep their parts here
+    sched: Any = schedule.scheduler if isinstance(schedule, Schedule) else schedule
+    if sched is not None:
+        sched.load_state_dict(_scaled(sched.state_dict(), factor))
     return before, optimizer.param_groups[0]["lr"]
+
+
+def _scaled(state: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A scheduler's state with its base LRs (and a plateau's floors, and those of the schedules it chains:
+    ``_schedulers`` in SequentialLR's and ChainedScheduler's state) multiplied by ``factor``."""
+    out = dict(state)
+    for key in ("base_lrs", "min_lrs", "_last_lr"):
+        if isinstance(out.get(key), list):
+            out[key] = [v * factor for v in out[key]]
+    if isinstance(out.get("_schedulers"), list):
+        out["_schedulers"] = [_scaled(s, factor) if isinstance(s, dict) else s for s in out["_schedulers"]]
+    return out

@@ -79,10 +79,12 @@ class Wsd:
 
     def training_arguments(self) -> dict[str, Any]:
         """The schedule in Hugging Face ``TrainingArguments`` names: ``lr_scheduler_type``, its
-        ``lr_scheduler_kwargs`` and ``warmup_steps``, such that ``transformers.get_scheduler`` gives the same LRs."""
+        ``lr_scheduler_kwargs`` and ``warmup_steps``, such that ``transformers.get_scheduler`` over the schedule's
+        steps gives the same LRs. The stable phase is left out: transformers derives it from the run's length, so a
+        run of another length (more epochs, more processes) still ends in the whole decay."""
         if self.stable >= FOREVER:
             name = "constant_with_warmup" if self.warmup else "constant"
             return {"lr_scheduler_type": name, "lr_scheduler_kwargs": {}, "warmup_steps": self.warmup}
         return {"lr_scheduler_type": "warmup_stable_decay", "warmup_steps": self.warmup,
-                "lr_scheduler_kwargs": {"num_stable_steps": self.stable, "num_decay_steps": self.decay,
-                                        "decay_type": self.decay_type, "min_lr_ratio": self.min_ratio}}
+                "lr_scheduler_kwargs": {"num_decay_steps": self.decay, "decay_type": self.decay_type,
+                                        "min_lr_ratio": self.min_ratio}}

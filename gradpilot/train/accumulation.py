@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,9 +12,9 @@ import torch.distributed as dist
 from torch import nn
 
 from gradpilot.errors import GradpilotError
-from gradpilot.train.batches import LossFn, StepFn, compute_loss, split_batch, to_device
+from gradpilot.train.batches import LossFn, StepFn, compute_loss, model_device, split_batch, to_device
 from gradpilot.train.distributed import comm_device
-from gradpilot.train.precision import Precision, autocast
+from gradpilot.train.precision import Precision, autocast, scaler_for
 
 NumItems = Callable[[Any], "int | torch.Tensor"]
 
@@ -88,50 +89,72 @@ def sync_contexts(model: nn.Module) -> Callable[[bool], contextlib.AbstractConte
 SyncContext = Callable[[bool], contextlib.AbstractContextManager[Any]]
 
 
-def accumulate(model: nn.Module, window: list[Any], loss_fn: LossFn | None, step_fn: StepFn | None,
-               device: torch.device, count: NumItems, *, world_size: int = 1,
-               sync_context: SyncContext | None = None, precision: Precision = "fp32",
-               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+def accumulate(parts: StepParts, window: list[Any]) -> torch.Tensor:
     """Forward and backward one window of micro-batches; the gradients add up to the large batch's.
 
-    Every caller that accumulates (``fit``, the range test) runs this, so ``accumulation_steps`` means the
-    same thing everywhere. Returns the window's item-weighted mean loss, detached and still on the device.
+    Every caller that accumulates runs this (through ``optimizer_step``), so ``accumulation_steps`` means the same
+    thing everywhere. Returns the window's item-weighted mean loss, detached and still on the device.
     """
-    single = len(window) == 1 and world_size == 1
-    weights = [1.0] if single else micro_weights([count(b) for b in window], world_size)
+    single = len(window) == 1 and parts.world_size == 1
+    weights = [1.0] if single else micro_weights([parts.count(b) for b in window], parts.world_size)
     total: torch.Tensor | None = None
     for j, batch in enumerate(window):
         last = j == len(window) - 1
-        with sync_context(last) if sync_context is not None else contextlib.nullcontext():
-            with autocast(device, precision):
-                loss = compute_loss(model, to_device(batch, device), loss_fn, step_fn)
+        with parts.sync_context(last) if parts.sync_context is not None else contextlib.nullcontext():
+            with autocast(parts.device, parts.precision):
+                loss = compute_loss(parts.model, to_device(batch, parts.device), parts.loss_fn, parts.step_fn)
             # each micro-batch's share of the window's items: the weighted sum is the large batch's mean
             scaled = loss if single else loss * weights[j]
-            scaled = scaled if precision == "fp32" else scaled.float()  # the sum in full precision
-            (scaled if scaler is None else scaler.scale(scaled)).backward()  # type: ignore[no-untyped-call]
+            scaled = scaled if parts.precision == "fp32" else scaled.float()  # the sum in full precision
+            (scaled if parts.scaler is None else parts.scaler.scale(scaled)).backward()  # type: ignore[no-untyped-call]
         total = scaled.detach() if total is None else total + scaled.detach()
     if total is None:
         raise GradpilotError("an accumulation window holds no batch")
     return total
 
 
-def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: list[Any], loss_fn: LossFn | None,
-                   step_fn: StepFn | None, device: torch.device, count: NumItems, *,
-                   max_grad_norm: float | None = None, world_size: int = 1,
-                   sync_context: SyncContext | None = None, precision: Precision = "fp32",
-                   scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
-    """gradpilot's one optimizer step — ``fit``, the range test, the batch trials and every short run take it:
-    clear the gradients, accumulate the window's micro-batches (the forward under autocast to ``precision``,
-    the backward scaled by ``scaler`` for fp16), clip the gradient norm at ``max_grad_norm`` (of the unscaled
-    gradients), step (the scaler skips a step whose gradients overflowed), and let the gradients go. Returns
-    the window's mean loss, detached, still on the device."""
+@dataclass(frozen=True)
+class StepParts:
+    """What gradpilot's one optimizer step needs, assembled once per run (``assemble``): the model the forward runs
+    through (DDP-wrapped under data parallel), the optimizer, how a batch becomes a loss and how its items are
+    counted, where batches go, clipping, precision and its loss scaler, and the processes the items are summed
+    over."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn | None
+    step_fn: StepFn | None
+    device: torch.device
+    count: NumItems
+    max_grad_norm: float | None = None
+    precision: Precision = "fp32"
+    scaler: torch.amp.GradScaler | None = None
+    world_size: int = 1
+    sync_context: SyncContext | None = None
+
+    @staticmethod
+    def assemble(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: LossFn | None = None,
+                 step_fn: StepFn | None = None, device: torch.device | None = None, num_items: NumItems | None = None,
+                 max_grad_norm: float | None = None, precision: Precision = "fp32", world_size: int = 1) -> StepParts:
+        """The parts for ``model`` (on ``device``, by default its own) and ``optimizer``."""
+        where = device if device is not None else model_device(model)
+        return StepParts(model, optimizer, loss_fn, step_fn, where, item_counter(loss_fn, num_items), max_grad_norm,
+                         precision, scaler_for(where, precision), world_size, sync_contexts(model))
+
+
+def optimizer_step(parts: StepParts, window: list[Any]) -> torch.Tensor:
+    """gradpilot's one optimizer step — ``fit``, tune's runs, the probe's branches, the range test and the batch
+    trials take it: clear the gradients, accumulate the window's micro-batches (the forward under autocast to the
+    parts' precision, the backward scaled for fp16), clip the gradient norm (of the unscaled gradients), step (the
+    scaler skips a step whose gradients overflowed), and let the gradients go. Returns the window's mean loss,
+    detached, still on the device (no host sync)."""
+    optimizer, scaler = parts.optimizer, parts.scaler
     optimizer.zero_grad(set_to_none=True)
-    loss = accumulate(model, window, loss_fn, step_fn, device, count, world_size=world_size,
-                      sync_context=sync_context, precision=precision, scaler=scaler)
+    loss = accumulate(parts, window)
     if scaler is not None:
         scaler.unscale_(optimizer)
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    if parts.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.max_grad_norm)
     if scaler is None:
         optimizer.step()
     else:

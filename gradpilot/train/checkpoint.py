@@ -20,22 +20,21 @@ from gradpilot._files import remove_temporaries, write_atomic
 from gradpilot.errors import GradpilotError, describe
 
 NAME = "last.pt"
-FORMAT = 2  # bumped whenever what a key of LAYOUT holds changes
-# Every key of a fit checkpoint (``_loop._snapshot`` writes them). ``save`` refuses another set of keys and
-# ``load`` a file whose keys differ, so a change to what the loop saves fails its first test until it is
-# written here too, and a checkpoint of the old layout is refused in one line, never half read.
-LAYOUT = frozenset({
-    "fingerprint", "epoch", "windows_done", "step", "losses", "lrs", "val", "val_losses", "epoch_steps",
-    "best_state", "stop_reason", "model", "optimizer", "scheduler", "epoch_rng", "rng", "epoch_losses",
-})
+FORMAT = 3  # bumped whenever what a key of LAYOUT holds changes
+# Every key of gradpilot's one checkpoint format: a run of its engine saved (``run.LocalRun.save``), by ``fit``
+# or by tune; ``extra`` holds what the driver keeps beside the run (``fit``: its validations, best weights, stop
+# reason and settings). ``save`` refuses another set of keys and ``load`` a file whose keys differ, so a change to
+# what a run saves fails its first test until it is written here too, and a checkpoint of an old layout is
+# refused in one line, never half read.
+LAYOUT = frozenset({"record", "model", "optimizer", "scheduler", "rng", "data", "extra"})
 _AFRESH = "move it away to start the run afresh"
 
 
 def save(state: dict[str, Any], directory: Path) -> Path:
     """Write ``state`` to ``directory/last.pt`` atomically, readable by its owner only."""
     if set(state) != LAYOUT:
-        raise AssertionError(f"a fit checkpoint's keys changed ({sorted(set(state) ^ LAYOUT)}): update "
-                             "_checkpoint.LAYOUT and bump FORMAT")
+        raise AssertionError(f"a checkpoint's keys changed ({sorted(set(state) ^ LAYOUT)}): update "
+                             "checkpoint.LAYOUT and bump FORMAT")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     return save_file(directory / NAME, {"format": FORMAT, **state})
 
@@ -68,7 +67,7 @@ def load(directory: Path) -> dict[str, Any] | None:
         return None
     state = load_file(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT or set(state) - {"format"} != LAYOUT:
-        raise GradpilotError(f"checkpoint {path} was not written by this version of gradpilot's fit: {_AFRESH}")
+        raise GradpilotError(f"checkpoint {path} was not written by this version of gradpilot: {_AFRESH}")
     return state
 
 

@@ -1,277 +1,249 @@
-"""The seam every run gradpilot makes for you goes through — tune's short runs, its trunk and the branches it
-decays, the probe's branches, a Ray trial. A ``Run`` trains from given weights (and optimizer state) at a
-``Setting``, goes on to a step, branches off a cooldown that is validated and (unless kept) thrown away, saves
-and resumes, and says what it cost in items and seconds. A ``Runner`` makes runs: ``LocalRun`` trains in this
-process with gradpilot's one optimizer step (``accumulation.optimizer_step``) and its one LR function
-(``lr_factor``); a task made from a Hugging Face or Lightning trainer brings a runner that drives that trainer.
+"""gradpilot's one engine: ``LocalRun`` trains in this process — for ``fit`` (the driver over it), tune's short
+runs, its trunk and branches, and the probe. It takes the one optimizer step (``accumulation.optimizer_step``),
+moves the LR with a torch scheduler (gradpilot's own schedules are a ``LambdaLR`` over the one LR function,
+``schedules.factor``), reads its micro-batches in the one data order (``data``), and saves in the one checkpoint
+format (``checkpoint``). ``start`` makes a run of a task by the task's own runner (its trainer's) where it
+brings one, else by ``local_run``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch import nn
 
-from gradpilot._direction import worst
+from gradpilot.errors import GradpilotError
+from gradpilot.schedules.builders import Schedule, following
 from gradpilot.schedules.factor import DecayType, Wsd
-from gradpilot.train import checkpoint as _checkpoint
-from gradpilot.train import precision
-from gradpilot.train.accumulation import item_counter, optimizer_step
-from gradpilot.train.batches import model_device
-from gradpilot.train.evaluation import evaluate_both
-from gradpilot.train.state import model_state, preserved
+from gradpilot.train import checkpoint, precision
+from gradpilot.train.accumulation import NumItems, StepParts, optimizer_step, windows
+from gradpilot.train.batches import LossFn, StepFn
+from gradpilot.train.data import Batches, Shuffled
+from gradpilot.train.distributed import comm_device
+from gradpilot.train.evaluation import Metric, evaluate_both
+from gradpilot.train.seam import Branch, Ledger, Run, RunRecord, Score, Setting, steps_for
+from gradpilot.train.state import load_keeping_lrs, model_state, preserved
+from gradpilot.train.task import Runner, Task
 
-if TYPE_CHECKING:
-    from gradpilot.train.task import Task
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What a run trains at: an LR (the optimizer's first param group; the others keep their ratio to it) at a
-    micro-batch and accumulation (their product: the batch), on a schedule (by default: constant after its
-    warmup, which a branch later decays)."""
-
-    lr: float
-    micro_batch: int
-    accumulation: int = 1
-    schedule: Wsd = field(default_factory=Wsd)
-
-    @property
-    def batch(self) -> int:
-        return self.micro_batch * self.accumulation
-
-
-@dataclass
-class Cost:
-    """What a run has cost: items trained (its branches included) and seconds, by what they went on."""
-
-    samples: int = 0
-    training: float = 0.0
-    evaluation: float = 0.0
-    io: float = 0.0
-    evals: int = 0  # validation passes
-
-    @property
-    def seconds(self) -> float:
-        return self.training + self.evaluation + self.io
-
-    def since(self, before: Cost) -> Cost:
-        """What was spent after ``before`` (a copy taken earlier)."""
-        return Cost(self.samples - before.samples, self.training - before.training,
-                    self.evaluation - before.evaluation, self.io - before.io, self.evals - before.evals)
-
-    def copy(self) -> Cost:
-        return Cost(self.samples, self.training, self.evaluation, self.io, self.evals)
+__all__ = ["LocalRun", "Validation", "local_run", "start", "steps_for"]
 
 
 @dataclass(frozen=True)
-class Score:
-    """A validation pass: the task's metric (its loss where it has none; NaN where it is NaN, which never wins
-    a comparison; an infinite loss is the worst there is) and the validation loss."""
+class Validation:
+    """How a run is validated: batches made afresh for each pass, its loss and metric (None: the loss scores)."""
 
-    value: float
-    loss: float
-
-
-@dataclass(frozen=True)
-class Branch:
-    """A cooldown branch: from trunk step ``start``, the LR decayed over ``decay`` steps, then validated.
-    ``schedule`` is the whole schedule its weights were trained on (warmup, the trunk's stable phase, this
-    decay); ``lrs`` the first param group's LR at each of its decay steps; ``weights`` its final weights,
-    where asked for."""
-
-    start: int
-    decay: int
-    score: Score
-    schedule: Wsd
-    lrs: tuple[float, ...]
-    losses: tuple[float, ...] = ()  # the training loss of each decay step
-    weights: dict[str, torch.Tensor] | None = None
-
-    @property
-    def steps(self) -> int:
-        return self.start + self.decay
+    loader: Callable[[], Iterable[Any]]
+    loss_fn: LossFn | None
+    metric: Metric | None = None
+    step_fn: StepFn | None = None
+    num_items: NumItems | None = None
 
 
-class Run(Protocol):
-    """One run, wherever it trains."""
+class LocalRun(Ledger):
+    """A run trained in this process: ``parts`` make its steps, ``data`` gives its micro-batches epoch by epoch
+    (``setting.accumulation`` of them a step), ``schedule`` moves the LR, ``validation`` scores it.
 
-    setting: Setting
-    steps: int  # optimizer steps the run itself has taken (its branches not included)
-    cost: Cost
-    lrs: list[float]  # the first param group's LR at each of those steps
+    ``advance`` trains to a step; ``branch`` decays the LR from here (``Wsd.decayed_from``) on the very data the
+    run would train on next, validates, and — unless kept — puts the run back exactly as it was; ``save`` and
+    ``load`` a checkpoint folder that continues bit for bit. ``on_step`` (the driver's) is called after every
+    step. Training losses stay on the device until read (``losses``: one host sync, summed over the processes
+    under data parallel)."""
+
+    def __init__(self, parts: StepParts, data: Batches, *, setting: Setting, schedule: Schedule | None,
+                 validation: Validation | None, model: nn.Module, higher_is_better: bool = False) -> None:
+        super().__init__(setting, higher_is_better)
+        self.parts, self.data, self.schedule, self.validation, self.model = parts, data, schedule, validation, model
+        self.steps_per_epoch = max(1, math.ceil(data.per_epoch / setting.accumulation))
+        self.on_step: Callable[[], None] | None = None
+        self.last_loss = math.nan  # the validation loss at the last evaluation
+        self._windows: Iterator[list[Any]] | None = None
+        self._pending: list[torch.Tensor] = []  # training losses still on the device
+        self._losses: list[float] = []  # those read already
 
     @property
-    def losses(self) -> Sequence[float | None]: ...  # the training loss of each of those steps (None: not logged)
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.parts.optimizer
 
-    def advance(self, to_step: int) -> None: ...
+    @property
+    def epoch(self) -> int:
+        """Epochs completed (a run at an epoch's last step has completed it)."""
+        return self.steps // self.steps_per_epoch
+
+    @property
+    def losses(self) -> list[float]:
+        """The training loss of every step the run took, read from the device here."""
+        if self._pending:
+            stacked = torch.stack([loss.double().reshape(()) for loss in self._pending])
+            if self.parts.world_size > 1:  # each process's mean: their average is the global mean
+                stacked = stacked.to(comm_device())
+                dist.all_reduce(stacked)
+                stacked = stacked / self.parts.world_size
+            self._losses += stacked.tolist()
+            self._pending = []
+        return list(self._losses)
+
+    @property
+    def last_step_loss(self) -> torch.Tensor | float:
+        """The last step's training loss, as it stands (a tensor on the device, until read)."""
+        return self._pending[-1] if self._pending else self._losses[-1] if self._losses else math.nan
+
+    def advance(self, to_step: int) -> None:
+        """Train until ``to_step`` optimizer steps have been taken."""
+        self.model.train()
+        while self.steps < to_step:
+            with self.spending("training", items=self._window_items()):
+                lr = float(self.optimizer.param_groups[0]["lr"])
+                loss = optimizer_step(self.parts, self._next_window())  # DDP: one all-reduce a window
+                if self.schedule is not None and self.schedule.interval == "step":
+                    self.schedule.step()
+            self.lrs.append(lr)
+            self._pending.append(loss)
+            self.steps += 1
+            if self.steps % self.steps_per_epoch == 0:
+                self._end_epoch()
+            if self.on_step is not None:
+                self.on_step()
+
+    def _next_window(self) -> list[Any]:
+        if self._windows is None:
+            epoch, done = divmod(self.steps, self.steps_per_epoch)
+            self._windows = windows(self.data.epoch(epoch, done * self.setting.accumulation), self.setting.accumulation)
+        window = next(self._windows, None)
+        if window is None:
+            raise GradpilotError(f"the training data gave fewer batches than its length says ({self.data.per_epoch} "
+                                 "an epoch): give a loader whose len() is what it yields")
+        return window
+
+    def _end_epoch(self) -> None:
+        """The epoch's batches are over: read its iterator to its end (a loader's sampler draws from its generator
+        once more as it ends, as a plain ``for`` over it does), and open the next epoch at the next step."""
+        if self._windows is not None:
+            for _ in self._windows:
+                raise GradpilotError(f"the training data gave more batches than its length says "
+                                     f"({self.data.per_epoch} an epoch): give a loader whose len() is what it yields")
+        self._windows = None
+
+    def _window_items(self) -> int:
+        k, first = self.setting.accumulation, (self.steps % self.steps_per_epoch) * self.setting.accumulation
+        return self.data.items(first, min(k, self.data.per_epoch - first))
 
     def branch(self, decay: int, decay_type: DecayType = "linear", *, keep: bool = False,
-               weights: bool = False) -> Branch: ...
+               weights: bool = False) -> Branch:
+        """Decay the LR from here over ``decay`` steps (the run's schedule held until now, then decayed) and
+        validate. Unless ``keep``, the run is then put back exactly as it was (weights, optimizer, RNGs, its
+        place in the data), though the branch's items and seconds count in its cost."""
+        schedule = self.setting.schedule.decayed_from(self.steps, decay, decay_type)
+        if keep:
+            return self._branch(schedule, decay, weights, keep=True)
+        with preserved(self.model, self.optimizer):
+            return self._branch(schedule, decay, weights, keep=False)
 
-    def evaluate(self) -> Score: ...
+    def _branch(self, schedule: Wsd, decay: int, weights: bool, *, keep: bool) -> Branch:
+        start, trunk = self.steps, (self.schedule, self._windows, len(self.lrs), self.losses)
+        self.schedule, self._windows = following(self.optimizer, schedule, start), None
+        self.advance(start + decay)
+        lrs, losses = tuple(self.lrs[trunk[2]:]), tuple(self.losses[len(trunk[3]):])
+        made = Branch(start, decay, self.evaluate(), schedule, lrs, losses, self.weights() if weights else None)
+        if keep:
+            self.setting = dataclasses.replace(self.setting, schedule=schedule)
+        else:  # the trunk goes on from before the branch
+            self.steps, self.schedule, self._windows = start, trunk[0], trunk[1]
+            del self.lrs[trunk[2]:]
+            self._losses = trunk[3]
+        return made
 
-    def save(self, path: Path) -> None: ...
+    def evaluate(self) -> Score:
+        """The validation score as it stands; the loss of the same pass is kept in ``last_loss``."""
+        if self.validation is None:
+            raise GradpilotError("scoring a run needs validation data")
+        v = self.validation
+        with self.spending("validation", validations=1):
+            loss, metric = evaluate_both(self.model, v.loader(), v.loss_fn, v.metric, step_fn=v.step_fn,
+                                         num_items=v.num_items, device=self.parts.device)
+        self.last_loss = loss
+        return self.score(loss if metric is None else metric, loss)
 
-    def load(self, path: Path) -> None: ...
+    def weights(self) -> dict[str, torch.Tensor]:
+        return model_state(self.model)
 
-    def weights(self) -> dict[str, torch.Tensor]: ...
+    def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        """The run as it stands in the folder ``path`` (gradpilot's checkpoint format: weights, optimizer,
+        scheduler, RNGs, its place in the data, its record, and ``extra`` for the driver)."""
+        state = {"record": self.record(self.losses).to_json(), "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(),
+                 "scheduler": None if self.schedule is None else self.schedule.scheduler.state_dict(),
+                 "rng": checkpoint.rng_state(), "data": self.data.state(), "extra": extra or {}}
+        with self.spending("io"):
+            checkpoint.save(state, path)
+
+    def load(self, path: Path) -> None:
+        """Continue the run saved in the folder ``path``."""
+        with self.spending("io"):
+            state = checkpoint.load(path)
+            if state is None:
+                raise GradpilotError(f"{path} holds no {checkpoint.NAME}: delete it to run this again")
+            self.resume(state)
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Put back a checkpoint already read (``checkpoint.load``): a checkpoint of another run is one line."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.schedule is not None and state["scheduler"] is not None:
+                self.schedule.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise GradpilotError(f"the checkpoint does not fit this run ({exc}): start it afresh elsewhere") from None
+        record = RunRecord.from_json(state["record"])
+        self.restore(record)
+        self._losses, self._pending, self._windows = [float(v) for v in record.losses if v is not None], [], None
+        checkpoint.set_rng_state(state["rng"])
+        self.data.restore(state["data"])
 
 
-class Runner(Protocol):
-    """What makes runs of a task: its own trainer's, or gradpilot's (``LocalRun``)."""
+def local_run(task: Task, setting: Setting, *, seed: int, weights: dict[str, torch.Tensor],
+              optimizer_state: dict[str, Any] | None = None, folder: Path | None = None) -> LocalRun:
+    """A run of ``task`` in this process from ``weights`` (and ``optimizer_state``, to go on from a checkpoint:
+    a copy is loaded, each group keeping the setting's LR), its data in the seed's order; torch's RNG seeded by
+    ``seed``, so that the same seed trains the same run wherever it is made."""
+    del folder  # a local run keeps nothing on disk unless saved
+    torch.manual_seed(seed)
+    task.model.load_state_dict(weights)
+    optimizer = task.make_optimizer(setting.lr)
+    if optimizer_state is not None:
+        load_keeping_lrs(optimizer, copy.deepcopy(optimizer_state))
+    for group in optimizer.param_groups:  # the setting's LRs are what the schedule multiplies
+        group["initial_lr"] = group["lr"]
+    parts = StepParts.assemble(task.model, optimizer, loss_fn=task.loss_fn, step_fn=task.step_fn,
+                               max_grad_norm=task.max_grad_norm,
+                               precision=precision.check(task.precision, "Task.precision"))
+    dataset, collate = task.dataset()
+    validation = Validation(_val_loader(task), task.loss_fn, task.metric, task.step_fn)
+    return LocalRun(parts, Shuffled(dataset, collate, setting.micro_batch, seed), setting=setting,
+                    schedule=following(optimizer, setting.schedule), validation=validation, model=task.model,
+                    higher_is_better=task.higher_is_better)
 
-    def __call__(self, task: Task, setting: Setting, *, seed: int, weights: dict[str, torch.Tensor],
-                 optimizer_state: dict[str, Any] | None = None, folder: Path | None = None) -> Run: ...
+
+def _val_loader(task: Task) -> Callable[[], Iterable[Any]]:
+    def loader() -> Iterable[Any]:
+        made = task.val_loader()
+        if made is None:
+            raise GradpilotError("scoring a run needs the task's validation data: give the task val_data")
+        return made
+
+    return loader
 
 
 def start(task: Task, setting: Setting, *, seed: int, weights: dict[str, torch.Tensor],
           optimizer_state: dict[str, Any] | None = None, folder: Path | None = None) -> Run:
-    """A run of ``task`` by the task's own runner (its trainer's) where it has one, else ``LocalRun``.
+    """A run of ``task`` by the task's own runner (its trainer's) where it has one, else ``local_run``.
     ``folder`` is where a trainer may keep its own files for this run."""
-    make: Runner = task.runner if task.runner is not None else LocalRun
+    make: Runner = task.runner if task.runner is not None else local_run
     return make(task, setting, seed=seed, weights=weights, optimizer_state=optimizer_state, folder=folder)
-
-
-def steps_for(samples: int, batch: int) -> int:
-    """Optimizer steps to see ``samples`` items at ``batch`` (a started step counts whole)."""
-    return max(0, math.ceil(samples / batch))
-
-
-class LocalRun:
-    """A run trained in this process on the task's model, from ``weights`` (and ``optimizer_state``, to go on
-    from a checkpoint); ``seed`` fixes the order of its data."""
-
-    def __init__(self, task: Task, setting: Setting, *, seed: int, weights: dict[str, torch.Tensor],
-                 optimizer_state: dict[str, Any] | None = None, folder: Path | None = None) -> None:
-        del folder  # a local run keeps nothing on disk unless saved
-        self.task, self.setting, self.seed = task, setting, seed
-        task.model.load_state_dict(weights)
-        self.optimizer = task.make_optimizer(setting.lr)
-        self.peaks = [float(g["lr"]) for g in self.optimizer.param_groups]  # each group's LR at this setting
-        if optimizer_state is not None:  # a copy: torch's loading keeps the given tensors, and steps update them
-            self.optimizer.load_state_dict(copy.deepcopy(optimizer_state))
-        self.device = model_device(task.model)
-        self.count = item_counter(task.loss_fn, None)
-        self.precision = precision.check(task.precision, "Task.precision")
-        self.scaler = precision.scaler_for(self.device, self.precision)
-        self.batches = _stream(task, setting.micro_batch, seed, 0)
-        self.steps = 0
-        self.cost = Cost()
-        self.lrs: list[float] = []
-        self._losses: list[torch.Tensor] = []  # on the device until read: no host sync per step
-        self.last_loss = math.nan  # the validation loss at the last evaluation
-
-    @property
-    def losses(self) -> list[float]:
-        """The training loss of every step the run took (read from the device once, here)."""
-        return torch.stack(self._losses).double().tolist() if self._losses else []
-
-    @property
-    def samples(self) -> int:
-        return self.steps * self.setting.batch
-
-    def advance(self, to_step: int) -> None:
-        """Train on the setting's schedule until ``to_step`` optimizer steps have been taken."""
-        begin = time.perf_counter()
-        while self.steps < to_step:
-            lr, loss = self._step(self.setting.schedule.factor(self.steps), self.batches)
-            self.lrs.append(lr)
-            self._losses.append(loss)
-            self.steps += 1
-        self.cost.training += time.perf_counter() - begin
-
-    def branch(self, decay: int, decay_type: DecayType = "linear", *, keep: bool = False,
-               weights: bool = False) -> Branch:
-        """Decay the LR from here over ``decay`` steps (``Wsd.decayed_from``: the trunk's schedule, held until now,
-        then decayed), on data of the branch's own, and validate. Unless ``keep``, the run is then put back
-        exactly as it was (weights, optimizer, RNG), though the branch's items and seconds count in its cost."""
-        schedule = self.setting.schedule.decayed_from(self.steps, decay, decay_type)
-        stream = _stream(self.task, self.setting.micro_batch, self.seed + 7919 * (1 + self.steps), 0)
-        if keep:
-            return self._branch(schedule, decay, stream, weights)
-        with preserved(self.task.model, self.optimizer):
-            return self._branch(schedule, decay, stream, weights)
-
-    def _branch(self, schedule: Wsd, decay: int, stream: Iterator[Any], weights: bool) -> Branch:
-        begin = time.perf_counter()
-        taken = [self._step(schedule.factor(self.steps + i), stream) for i in range(decay)]
-        losses = tuple(torch.stack([loss for _, loss in taken]).double().tolist()) if taken else ()
-        self.cost.training += time.perf_counter() - begin
-        score = self.evaluate()
-        return Branch(self.steps, decay, score, schedule, tuple(lr for lr, _ in taken), losses,
-                      self.weights() if weights else None)
-
-    def evaluate(self) -> Score:
-        """The task's validation score as it stands; the loss of the same pass is kept in ``last_loss``."""
-        task, begin = self.task, time.perf_counter()
-        loader = task.val_loader()
-        if loader is None:
-            raise ValueError("scoring a run needs the task's validation data")
-        loss, metric = evaluate_both(task.model, loader, task.loss_fn, task.metric, step_fn=task.step_fn,
-                                     device=self.device)
-        self.cost.evaluation += time.perf_counter() - begin
-        self.cost.evals += 1
-        self.last_loss = loss
-        value = loss if metric is None else metric
-        return Score(worst(task.higher_is_better) if math.isinf(value) else value, loss)
-
-    def weights(self) -> dict[str, torch.Tensor]:
-        return model_state(self.task.model)
-
-    def save(self, path: Path) -> None:
-        """The run as it stands (weights, optimizer, counters, the LRs it took), in gradpilot's checkpoint format."""
-        begin = time.perf_counter()
-        state = {"model": self.task.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "counters": torch.tensor([self.steps, self.cost.samples, self.cost.evals]),
-                 "lrs": torch.tensor(self.lrs, dtype=torch.float64),
-                 "losses": torch.tensor(self.losses, dtype=torch.float64)}
-        _checkpoint.save_file(path, state)
-        self.cost.io += time.perf_counter() - begin
-
-    def load(self, path: Path) -> None:
-        """Continue a saved run: its weights, optimizer, counters, LRs and its place in the data."""
-        begin = time.perf_counter()
-        state = _checkpoint.load_file(path, "delete it to run this again")
-        self.task.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.steps, self.cost.samples, self.cost.evals = (int(x) for x in state["counters"])
-        self.lrs = [float(x) for x in state["lrs"]]
-        self._losses = list(state["losses"].to(self.device))
-        self.batches = _stream(self.task, self.setting.micro_batch, self.seed,
-                               self.steps * self.setting.accumulation)
-        self.cost.io += time.perf_counter() - begin
-
-    def _step(self, factor: float, batches: Iterator[Any]) -> tuple[float, torch.Tensor]:
-        """One optimizer step at the setting's LR × ``factor``: the first param group's LR it took, and its loss
-        (left on the device)."""
-        for group, peak in zip(self.optimizer.param_groups, self.peaks, strict=True):
-            group["lr"] = peak * factor
-        self.task.model.train()
-        window = [next(batches) for _ in range(self.setting.accumulation)]
-        loss = optimizer_step(self.task.model, self.optimizer, window, self.task.loss_fn, self.task.step_fn,
-                              self.device, self.count, max_grad_norm=self.task.max_grad_norm,
-                              precision=self.precision, scaler=self.scaler)
-        self.cost.samples += self.setting.batch
-        return self.peaks[0] * factor, loss.detach()
-
-
-def _stream(task: Task, micro_batch: int, seed: int, skip: int) -> Iterator[Any]:
-    """Full micro-batches of the task's training set, reshuffled every epoch (epoch ``e`` by ``seed`` and ``e``),
-    for ever; the first ``skip`` micro-batches are passed over without reading them (a resumed run)."""
-    dataset, collate = task.dataset()
-    n = len(dataset)  # type: ignore[arg-type]
-    per_epoch = n // micro_batch if n >= micro_batch else 1
-    epoch, offset = divmod(skip, per_epoch)
-    while True:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-        batches = [order[i * micro_batch:(i + 1) * micro_batch] for i in range(offset, per_epoch)]
-        yield from DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
-        epoch, offset = epoch + 1, 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -14,10 +15,10 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from gradpilot import _validate
 from gradpilot.errors import GradpilotError, describe
 from gradpilot.train.batches import check_trains
+from gradpilot.train.data import SeededBatches
+from gradpilot.train.distributed import world
 from gradpilot.train.precision import check as check_precision
-
-if TYPE_CHECKING:
-    from gradpilot.train.run import Runner
+from gradpilot.train.seam import Run, Setting
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
 
@@ -57,7 +58,7 @@ class Task:
     collate_fn: Callable[[list[Any]], Any] | None = None  # how items become a batch (default: torch's)
     max_grad_norm: float | None = None  # clip the gradient norm at every step of every run (None: no clipping)
     precision: str = "fp32"  # "bf16" or "fp16": every run's forward under autocast (fp16 with a loss scaler)
-    runner: Runner | None = None  # what trains tune's runs: the user's own trainer (None: gradpilot's LocalRun)
+    runner: Runner | None = None  # what trains tune's runs: the user's own trainer (None: gradpilot's engine)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -97,12 +98,13 @@ class Task:
         return build_optimizer(self.optimizer, params, lr, **self.optimizer_kwargs)
 
     def train_loader(self, seed: int = 0) -> DataLoader[Any]:
-        """Training batches, shuffled reproducibly by ``seed`` when the task holds a dataset."""
+        """Training batches in gradpilot's one data order (``data.epoch_order``: each pass is the next epoch,
+        shuffled by ``seed``) when the task holds a dataset; a ready DataLoader as it is."""
         if isinstance(self.train_data, DataLoader):
             return self.train_data
-        gen = torch.Generator().manual_seed(seed)
-        return DataLoader(self.train_data, batch_size=self.batch_size, shuffle=True, generator=gen,
-                          collate_fn=self.collate_fn or default_collate)
+        sampler = SeededBatches(_length(self.train_data), self.batch_size, seed, *world())
+        return DataLoader(self.train_data, batch_sampler=sampler, collate_fn=self.collate_fn or default_collate,
+                          generator=torch.Generator().manual_seed(seed))
 
     def val_loader(self) -> DataLoader[Any] | None:
         """Validation batches in a fixed order, or None when the task has no validation data."""
@@ -123,6 +125,23 @@ class Task:
         if isinstance(self.optimizer, str):
             return self.optimizer.lower()
         return type(self.make_optimizer()).__name__.lower()
+
+
+class Runner(Protocol):
+    """What makes runs of a task: the user's own trainer's (``gradpilot.integrations``), or gradpilot's engine
+    (``run.local_run``). A run starts from ``weights`` (and ``optimizer_state``, to go on from a checkpoint) at
+    ``setting``; ``seed`` fixes its data order; ``folder`` is where a trainer may keep its own files."""
+
+    def __call__(self, task: Task, setting: Setting, *, seed: int, weights: dict[str, torch.Tensor],
+                 optimizer_state: dict[str, Any] | None = None, folder: Path | None = None) -> Run: ...
+
+
+def _length(data: Any) -> int:
+    try:
+        return len(data)
+    except TypeError:
+        raise GradpilotError("Task.train_data has no length (an iterable dataset): give a map-style Dataset, or "
+                             "a DataLoader") from None
 
 
 def build_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, **kwargs: Any) -> torch.optim.Optimizer:

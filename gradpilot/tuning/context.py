@@ -1,5 +1,5 @@
 """A tune in progress: the task, where its work is kept, the budget, what the stages decided (typed,
-``state.Decided``) and what they spent (``state.Spent``, summed from their records: charged once)."""
+``state.Decided``) and what they spent (a ``Cost``, summed from their records: charged once)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from optuna.storages import BaseStorage
 
+from gradpilot.train.seam import Cost
 from gradpilot.train.task import Task
 from gradpilot.tuning.budget import MARGIN, Purse, fixed_clock
-from gradpilot.tuning.state import Clock, Decided, Spent
+from gradpilot.tuning.state import Clock, Decided
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Context:
     on_ray: bool = False  # the search's short runs as Ray Tune trials
     ray_address: str | None = None
     decided: Decided = field(default_factory=Decided)
-    spent: Spent = field(default_factory=Spent)
+    spent: Cost = field(default_factory=Cost)
     settings: dict[str, Any] = field(default_factory=dict)  # what a resume must match, as JSON
     task_weights: str = ""  # a digest of the weights the task's model came with, before tune touched them
 
@@ -78,11 +79,11 @@ class Context:
         machine everywhere, and two tunes of a task plan alike)."""
         if fixed_clock() is None or self.decided.clock is None:
             return self.spent.work
-        return self.clock.seconds(self.spent.samples, self.spent.evals)
+        return self.clock.seconds(self.spent.items, self.spent.validations)
 
     @property
     def left_items(self) -> float:
-        return self.budget_items - self.spent.samples
+        return self.budget_items - self.spent.items
 
     def purse(self) -> Purse:
         """What the rest of the work may plan on: what is left of the budget in seconds of work (less a margin for
@@ -95,8 +96,8 @@ class Context:
         """What is spent, in runs: the runs' measured seconds over one run's (or items, where more), or items before
         the clock ran."""
         if self.decided.clock is None:
-            return self.spent.samples / self.run_items
-        return max(self.charged / self.clock.run_seconds, self.spent.samples / self.run_items)
+            return self.spent.items / self.run_items
+        return max(self.charged / self.clock.run_seconds, self.spent.items / self.run_items)
 
     def say(self, message: str) -> None:
         if self.progress is not None:

@@ -28,11 +28,12 @@ from gradpilot import _validate
 from gradpilot._files import write_json
 from gradpilot.errors import GradpilotError
 from gradpilot.train import fingerprint as _fingerprint
+from gradpilot.train.seam import Cost
 from gradpilot.train.task import Task
 from gradpilot.tuning import queue, record, search, stages, trunk
 from gradpilot.tuning.context import Context
 from gradpilot.tuning.plan import FIXABLE, parse_fixed
-from gradpilot.tuning.state import Spent, Stage
+from gradpilot.tuning.state import Stage
 
 __all__ = ["FIXABLE", "Stage", "TuneResult", "parse_duration", "tune"]
 
@@ -184,7 +185,7 @@ def _drive(ctx: Context, *, outputs: bool = True) -> TuneResult:
         ctx.decided.take(stage)
         done.append(stage)
         kept["stages"][name] = saved
-        ctx.spent = functools.reduce(Spent.plus, (s.spent for s in done), Spent())
+        ctx.spent = sum((s.spent for s in done), Cost())
         if outputs:
             write_json(ctx.out / "tune.json", {**kept, **_spent(ctx, done)})
     stages_done = tuple(done)
@@ -206,10 +207,10 @@ def _run(stage: Callable[[Context], Stage], ctx: Context, start: float) -> dict[
 
 def _spent(ctx: Context, done: list[Stage]) -> dict[str, Any]:
     """What tune.json says of the budget: runs spent in wall time and in items, seconds by stage and by kind."""
-    seconds = dataclasses.asdict(ctx.spent)
-    return {"spent_runs": ctx.spent_runs, "spent_item_runs": ctx.spent.samples / ctx.run_items,
-            "budget_runs": ctx.budget_runs, "seconds": {k: round(float(v), 3) for k, v in seconds.items()
-                                                          if k != "samples"},
+    seconds = ctx.spent.to_json()
+    return {"spent_runs": ctx.spent_runs, "spent_item_runs": ctx.spent.items / ctx.run_items,
+            "budget_runs": ctx.budget_runs, "seconds": {k: v for k, v in seconds.items() if k in
+                                                        ("training", "validation", "io", "other")},
             "run_seconds": ctx.decided.clock.run_seconds if ctx.decided.clock else None,
             "peak_disk_bytes": _peak_disk(done)}
 
@@ -221,7 +222,7 @@ def _peak_disk(done: list[Stage]) -> int:
 
 def _result(ctx: Context, done: tuple[Stage, ...], plan: dict[str, Any], metric: float, began: float) -> TuneResult:
     return TuneResult(plan, done, ctx.budget_runs, ctx.spent_runs, metric, ctx.task.model, ctx.out, ctx.run_items,
-                      ctx.clock.run_seconds, time.perf_counter() - began, ctx.spent.samples / ctx.run_items)
+                      ctx.clock.run_seconds, time.perf_counter() - began, ctx.spent.items / ctx.run_items)
 
 
 def _context(task: Task, runs: float | None, seconds: float | None, out: Path, fixed: dict[str, Any],

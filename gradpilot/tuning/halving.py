@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from gradpilot._direction import sort_key
 from gradpilot.schedules.factor import Wsd
 from gradpilot.train import run as runner
-from gradpilot.train.run import Cost, Setting
+from gradpilot.train.seam import Cost, Setting
 from gradpilot.train.task import Task
 from gradpilot.tuning import _optuna, budget
 from gradpilot.tuning.budget import cooldown_steps
@@ -113,13 +113,13 @@ def train_job(task: Task, plan: Plan, index: int, k: int, *, seed: int, initial:
     run = runner.start(task, plan.candidates[index].setting(), seed=seed, weights=initial, folder=folder)
     if load is not None:
         run.load(load)
-    before = run.cost.copy()
+    before = run.cost
     to, cool = plan.steps(index, k)
     run.advance(to)
     value = run.branch(cool).score.value
     if save is not None and (worth_saving is None or worth_saving(value)):
         run.save(save)
-    return value, run.cost.since(before)
+    return value, run.cost - before
 
 
 Progress = Callable[[str], None]
@@ -191,7 +191,7 @@ class Halving:
             return {"stopped": "budget"}
         cand = plan.candidates[index]
         if self.progress is not None:
-            self.progress(f"lr {cand.lr:.3g}, batch {cand.batch}: {plan.rungs[k]:,} samples")
+            self.progress(f"lr {cand.lr:.3g}, batch {cand.batch}: {plan.rungs[k]:,} items")
         path, work = self.path(trial.number), self.folder / f"work-{trial.number}"
         here = k > 0 and path.exists()  # a run trained on another machine is trained again here, and paid for
         value, cost = train_job(self.task, plan, index, k, seed=self.seed, initial=self.initial,
@@ -214,7 +214,7 @@ class Halving:
         return False
 
     def path(self, number: int) -> Path:
-        return self.folder / f"trial-{number}.pt"
+        return self.folder / f"trial-{number}"
 
     def _room_for(self, study: optuna.Study, plan: Plan, k: int, number: int, value: float) -> bool:
         """Whether trial ``number``, scored ``value`` at rung ``k``, is among the runs that may go on past it; the
@@ -234,9 +234,9 @@ class Halving:
         that can no longer go on are deleted."""
         trial = self.trial(study, plan, index)
         handle = _optuna.live(study, trial)
-        handle.set_user_attr("samples", int(trial.user_attrs.get("samples", 0)) + cost.samples)
+        handle.set_user_attr("items", int(trial.user_attrs.get("items", 0)) + cost.items)
         handle.set_user_attr("seconds", float(trial.user_attrs.get("seconds", 0.0)) + cost.seconds)
-        for part in ("training", "evaluation", "io", "evals"):
+        for part in ("training", "validation", "io", "validations"):
             handle.set_user_attr(part, trial.user_attrs.get(part, 0) + getattr(cost, part))
         handle.report(value, plan.rungs[k])
         if saved is not None:
@@ -320,23 +320,24 @@ def best(study: optuna.Study, higher_is_better: bool) -> tuple[optuna.trial.Froz
 
 
 def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
-    """Every trial, for tune.json: its setting, state, score per rung, samples trained and seconds."""
+    """Every trial, for tune.json: its setting, state, score per rung, items trained and seconds."""
     return [{"lr": t.params.get("lr"), "batch": t.params.get("micro_batch", 0) * t.params.get("accumulation", 1),
              "state": t.state.name.lower(), "scores": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-             "samples": t.user_attrs.get("samples", 0), "seconds": round(float(t.user_attrs.get("seconds", 0.0)), 3),
+             "items": t.user_attrs.get("items", 0), "seconds": round(float(t.user_attrs.get("seconds", 0.0)), 3),
              "trial": t.number, **({"stopped": "budget"} if "stopped" in t.user_attrs else {})}
             for t in study.trials]
 
 
 def spent_in(study: optuna.Study) -> int:
     """Samples trained by every trial so far, those a kill cut short included."""
-    return sum(int(t.user_attrs.get("samples", 0)) for t in study.get_trials(deepcopy=False))
+    return sum(int(t.user_attrs.get("items", 0)) for t in study.get_trials(deepcopy=False))
 
 
 def seconds_in(study: optuna.Study) -> dict[str, float]:
-    """Seconds every trial spent, by what they went on, and their validation passes (``evals``)."""
+    """Seconds every trial spent, by what they went on, and their validation passes (``validations``)."""
     trials = study.get_trials(deepcopy=False)
-    return {part: sum(t.user_attrs.get(part, 0) for t in trials) for part in ("training", "evaluation", "io", "evals")}
+    parts = ("training", "validation", "io", "validations")
+    return {part: sum(t.user_attrs.get(part, 0) for t in trials) for part in parts}
 
 
 def remove(path: Path) -> None:

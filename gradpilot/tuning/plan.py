@@ -12,6 +12,7 @@ import yaml
 
 from gradpilot._files import write_atomic
 from gradpilot.errors import GradpilotError
+from gradpilot.train.plan import optimizer_arguments
 from gradpilot.train.task import Task
 from gradpilot.tuning.state import Chosen, Decided, Stage, Trained
 
@@ -22,12 +23,6 @@ ALIASES = {"lr": "learning_rate", "batch_size": "per_device_train_batch_size",
            "epochs": "num_train_epochs", "scheduler": "lr_scheduler_type"}
 SCHEDULER_NAMES = ("constant", "constant_with_warmup", "linear", "cosine_with_min_lr",
                    "warmup_stable_decay")  # transformers' names
-_TORCH_DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
-                   "alpha": 0.99, "centered": False, "lr_decay": 0.0}
-_OPTIM_ARGS = {"sgd": ("momentum", "dampening", "nesterov"), "rmsprop": ("momentum", "alpha", "eps", "centered"),
-               "adagrad": ("lr_decay", "eps")}
-
-
 def parse_fixed(fixed: dict[str, Any]) -> dict[str, Any]:
     """Fixed values under their plan names, checked: a name that is not a plan field, or a bad value, is refused."""
     out: dict[str, Any] = {}
@@ -86,30 +81,6 @@ def plan(decided: Decided, task: Task, stages: Sequence[Stage]) -> tuple[dict[st
     out.update(optim)
     reasons.update({"optim": optim_reason, "weight_decay": optim_reason})
     return out, reasons
-
-
-def optimizer_arguments(task: Task) -> tuple[dict[str, Any], str]:
-    """``optim``, ``weight_decay`` and the optimizer's other settings as the task had them, in HF's names."""
-    opt = task.make_optimizer()
-    group, kind = opt.param_groups[0], type(opt).__name__.lower()
-    decay = float(group.get("weight_decay", 0.0))
-    if kind == "adam" and decay == 0.0:
-        kind = "adamw"  # Adam without weight decay is AdamW without it
-    out: dict[str, Any] = {"weight_decay": decay}
-    if kind == "adamw":
-        out["optim"] = "adamw_torch"
-        beta1, beta2 = group["betas"]
-        out.update(adam_beta1=float(beta1), adam_beta2=float(beta2), adam_epsilon=float(group["eps"]))
-    elif kind in _OPTIM_ARGS:
-        out["optim"] = kind
-        extra = [f"{k}={group[k]}" for k in _OPTIM_ARGS[kind] if k in group and group[k] != _TORCH_DEFAULTS[k]]
-        if extra:
-            out["optim_args"] = ",".join(extra)
-    else:
-        return {"weight_decay": decay}, (f"the task's optimizer ({type(opt).__name__}) has no TrainingArguments name: "
-                                         "give it to the Trainer yourself (Trainer(optimizers=...))")
-    note = " (HF decays all but biases and LayerNorm weights)" if decay else ""
-    return out, f"as the task had it{note}"
 
 
 def write_yaml(plan: dict[str, Any], reasons: dict[str, str], path: Path, *, header: str) -> None:

@@ -14,10 +14,11 @@ import math
 from typing import Any
 
 from gradpilot import scaling
+from gradpilot.train.seam import Cost
 from gradpilot.tuning import budget
 from gradpilot.tuning.context import Context
 from gradpilot.tuning.halving import Candidate, Halving, Plan, best, seconds_in, spent_in, trial_records
-from gradpilot.tuning.state import Batches, Chosen, RangeTest, Spent, Splits, Stage
+from gradpilot.tuning.state import Batches, Chosen, RangeTest, Splits, Stage
 
 CONSTANT = ("constant", "constant_with_warmup")
 FRESH = ("linear", "cosine_with_min_lr")  # fixed schedules that decay from the start: the trunk cannot go on
@@ -65,12 +66,12 @@ def lr_search(ctx: Context) -> Stage:
     goes_on = "; the trunk goes on from its run" if keeps else ""
     return Stage("lr_search", _chosen(cand, trial.number if keeps else None, trunk),
                  f"{len(trials)} short runs; lr {cand.lr:.3g} at batch {cand.batch} scored best ({score:.4g}) after "
-                 f"{rung:,} samples and a cooldown{goes_on}", alternatives=trials,
+                 f"{rung:,} items and a cooldown{goes_on}", alternatives=trials,
                  evidence={"rungs": list(plan.rungs), "cooldown": plan.cooldown, "score": score,
                            "peak_disk_bytes": int(study.user_attrs.get("peak_disk", 0)),
                            "run_seconds": round(sum(float(t["seconds"]) for t in trials), 3)},
-                 spent=Spent(spent_in(study), parts["training"], parts["evaluation"], parts["io"], 0.0,
-                             int(parts["evals"])))
+                 spent=Cost(spent_in(study), parts["training"], parts["validation"], parts["io"], 0.0,
+                            int(parts["validations"])))
 
 
 def _chosen(cand: Candidate, trial: int | None, trunk: tuple[int, ...]) -> Chosen:

@@ -18,11 +18,11 @@ from gradpilot.batch.finder import BatchSizeResult, estimate_noise_scale, find_b
 from gradpilot.errors import GradpilotError
 from gradpilot.lr.range_test import find_lr
 from gradpilot.train import run as runner
-from gradpilot.train.run import Run, Setting
+from gradpilot.train.seam import Cost, Run, Setting
 from gradpilot.train.task import Task
 from gradpilot.tuning import budget, halving
 from gradpilot.tuning.context import Context
-from gradpilot.tuning.state import Batches, Clock, RangeTest, Spent, Splits, Stage
+from gradpilot.tuning.state import Batches, Clock, RangeTest, Splits, Stage
 
 
 def check_budget(ctx: Context) -> None:
@@ -70,7 +70,7 @@ def clock(ctx: Context) -> Stage:
     one = _timed(run, 2)
     more, steps = _longer_call(ctx, run, one)
     step = max(1e-9, (more - one) / max(1, steps - 1))
-    item, evaluation = budget.fixed_clock() or (step / batch, run.cost.evaluation)
+    item, evaluation = budget.fixed_clock() or (step / batch, run.cost.validation)
     call = 0.0 if budget.fixed_clock() else max(0.0, one - step)
     task.model.load_state_dict(ctx.initial)
     halving.remove(ctx.out / "runs" / "clock")
@@ -86,7 +86,7 @@ def clock(ctx: Context) -> Stage:
            f"({_duration(ctx.budget_seconds)})")
     return Stage("clock", measured, why, evidence={"run_seconds": measured.run_seconds,
                                                    "budget_seconds": ctx.budget_seconds,
-                                                   "budget_runs": ctx.budget_runs}, spent=Spent.of(run.cost))
+                                                   "budget_runs": ctx.budget_runs}, spent=run.cost)
 
 
 def _longer_call(ctx: Context, run: Run, one: float) -> tuple[float, int]:
@@ -142,7 +142,7 @@ def lr_range(ctx: Context) -> Stage:
                  evidence={"lrs": list(result.lrs), "losses": list(result.losses),
                            "smoothed_losses": list(result.smoothed_losses), "confidence": result.confidence,
                            "stop": result.stop_reason},
-                 spent=Spent(len(result.lrs) * task.batch_size, seconds))
+                 spent=Cost(len(result.lrs) * task.batch_size, seconds))
 
 
 def batch(ctx: Context) -> Stage:
@@ -170,7 +170,7 @@ def batch(ctx: Context) -> Stage:
                     trials=[dataclasses.asdict(t) for t in found.trials])
     return Stage("batch", Batches(tuple(batches), found.batch_size, rule), _batch_why(b, batches, evidence, rule),
                  alternatives=[{"batch": x} for x in batches], evidence=evidence,
-                 spent=Spent(spent, time.perf_counter() - begin))
+                 spent=Cost(spent, time.perf_counter() - begin))
 
 
 def _largest_micro(task: Task, batches: list[int]) -> BatchSizeResult:

@@ -13,6 +13,7 @@ from typing import Any
 from gradpilot._files import json_safe
 from gradpilot.scaling import LRRule
 from gradpilot.schedules.factor import Wsd
+from gradpilot.train.seam import Cost
 
 
 @dataclass(frozen=True)
@@ -109,37 +110,6 @@ _KINDS: dict[str, type[Any]] = {k.__name__: k for k in (Clock, RangeTest, Batche
 
 
 @dataclass(frozen=True)
-class Spent:
-    """What a stage cost: items trained, and its wall seconds split into training, validation, checkpoint I/O
-    and the rest (start-up, bookkeeping)."""
-
-    samples: int = 0
-    training: float = 0.0
-    evaluation: float = 0.0
-    io: float = 0.0
-    other: float = 0.0
-    evals: int = 0  # validation passes
-
-    @staticmethod
-    def of(cost: Any) -> Spent:
-        """What a run's ``runner.Cost`` says it spent."""
-        return Spent(cost.samples, cost.training, cost.evaluation, cost.io, 0.0, cost.evals)
-
-    @property
-    def seconds(self) -> float:
-        return self.training + self.evaluation + self.io + self.other
-
-    @property
-    def work(self) -> float:
-        """The seconds the runs took (training, validation, checkpoints): what the budget counts. Bookkeeping is
-        measured too (``other``) but not charged: it is the same few seconds whatever the task."""
-        return self.training + self.evaluation + self.io
-
-    def plus(self, other: Spent) -> Spent:
-        return Spent(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)))
-
-
-@dataclass(frozen=True)
 class Stage:
     """One stage's outcome: its typed decision (None where it did not run and decided nothing), why (one line),
     what it weighed, its numbers, what it cost, and, when it did not run, why not (a fixed value, the budget)."""
@@ -149,12 +119,12 @@ class Stage:
     why: str
     alternatives: list[Any] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
-    spent: Spent = field(default_factory=Spent)
+    spent: Cost = field(default_factory=Cost)
     skipped: str = ""
 
     @property
-    def samples(self) -> int:
-        return self.spent.samples
+    def items(self) -> int:
+        return self.spent.items
 
     @property
     def seconds(self) -> float:
@@ -164,8 +134,8 @@ class Stage:
         out: dict[str, Any] = json_safe({
             "name": self.name, "kind": type(self.decision).__name__ if self.decision is not None else None,
             "decision": _plain(self.decision), "why": self.why, "alternatives": self.alternatives,
-            "evidence": self.evidence, "samples": self.spent.samples, "seconds": round(self.spent.seconds, 3),
-            "spent": {k: round(v, 3) if isinstance(v, float) else v for k, v in dataclasses.asdict(self.spent).items()},
+            "evidence": self.evidence, "items": self.spent.items, "seconds": round(self.spent.seconds, 3),
+            "spent": self.spent.to_json(),
             "skipped": self.skipped})
         return out
 
@@ -174,7 +144,7 @@ class Stage:
         kind, plain = saved.get("kind"), saved.get("decision")
         decision = _typed(_KINDS[kind], plain) if kind is not None and plain is not None else None
         return Stage(saved["name"], decision, saved["why"], list(saved.get("alternatives", [])),
-                     dict(saved.get("evidence", {})), Spent(**saved.get("spent", {})), saved.get("skipped", ""))
+                     dict(saved.get("evidence", {})), Cost.from_json(saved.get("spent", {})), saved.get("skipped", ""))
 
 
 def _plain(decision: Decision | None) -> dict[str, Any] | None:

@@ -28,13 +28,13 @@ from gradpilot.schedules.factor import DecayType, Wsd
 from gradpilot.train import checkpoint as _checkpoint
 from gradpilot.train import run as runner
 from gradpilot.train.metrics_log import MetricsLog, metric_column
-from gradpilot.train.run import Branch, Run, Setting
+from gradpilot.train.seam import Branch, Cost, Run, Setting
 from gradpilot.tuning import budget
 from gradpilot.tuning.context import Context
 from gradpilot.tuning.halving import disk_bytes, remove
 from gradpilot.tuning.queue import worker_id
 from gradpilot.tuning.search import CONSTANT, FRESH
-from gradpilot.tuning.state import Chosen, Spent, Stage, Trained
+from gradpilot.tuning.state import Chosen, Stage, Trained
 
 DECAY_TYPE: DecayType = "linear"  # how a branch decays (transformers' decay_type)
 MIN_LR_RATE = 0.01  # a fixed cosine_with_min_lr ends at 1% of the peak
@@ -65,12 +65,12 @@ class Trunk:
                                      folder=self.runs / "trunk-work")
         self.peak_disk = disk_bytes(self.runs)
         self.done: list[dict[str, Any]] = self._resume()
-        self.before = self.run.cost.copy()  # a run loaded from a save brings what it cost before: not the trunk's
+        self.before = self.run.cost  # a run loaded from a save brings what it cost before: not the trunk's
         self.plan = budget.TrunkPlan(chosen.branches, per_epoch, share).reachable(self._from)
 
     def _resume(self) -> list[dict[str, Any]]:
         """Go on from the trunk's own save, else from the search winner's run; the branches already done."""
-        saved, notes = self.runs / "trunk.pt", self.runs / "trunk.json"
+        saved, notes = self.runs / "trunk", self.runs / "trunk.json"
         self._from, self.path = 0, {}
         if notes.exists():
             record = json.loads(notes.read_text())
@@ -85,7 +85,7 @@ class Trunk:
         return []
 
     def _search_run(self) -> Path:
-        return self.runs / "search" / f"trial-{self.chosen.trial}.pt"
+        return self.runs / "search" / f"trial-{self.chosen.trial}"
 
     def go(self) -> None:
         """Every branch not yet done, in order: the trunk advanced to its start, the branch taken and noted; at
@@ -105,14 +105,14 @@ class Trunk:
         self.path = {"lrs": self.run.lrs[:start] + list(chosen["lrs"]),
                      "losses": list(self.run.losses[:start]) + list(chosen["losses"]), "trunk_lrs": self.run.lrs}
         self._write()
-        for done in (self.runs / "trunk.pt", self.runs / "trunk-work"):
+        for done in (self.runs / "trunk", self.runs / "trunk-work"):
             remove(done)
         if self.chosen.trial is not None:
             remove(self._search_run())
 
     def _save(self) -> None:
         """The trunk before a branch it will go on from: a kill during the branch redoes only the branch."""
-        self.run.save(self.runs / "trunk.pt")
+        self.run.save(self.runs / "trunk")
         self._write()
         if self.chosen.trial is not None:
             remove(self._search_run())  # the trunk's own save replaces it
@@ -122,7 +122,7 @@ class Trunk:
         higher = self.ctx.task.higher_is_better
         wins = all(not better(_score(b), branch.score.value, higher_is_better=higher) for b in self.done)
         if wins and branch.weights is not None:
-            self.run.cost.io += _save_weights(self.runs / BEST, branch.weights)
+            self.run.cost += Cost(io=_save_weights(self.runs / BEST, branch.weights))
         self.done.append({"epochs": self.plan.epochs[k], "start": branch.start, "decay": branch.decay,
                           "steps": branch.steps, "score": branch.score.value, "loss": branch.score.loss,
                           "schedule": _schedule(branch.schedule), "lrs": list(branch.lrs),
@@ -138,7 +138,7 @@ class Trunk:
         winner = _winner(self.done, self.ctx.task.higher_is_better)
         chosen = self.done[winner]
         epochs = int(chosen["epochs"])
-        cost = self.run.cost.since(self.before)
+        cost = self.run.cost - self.before
         lrs = [float(x) for x in self.path["lrs"]]
         losses = [None if x is None else float(x) for x in self.path["losses"]]
         _log(self.ctx, lrs, losses, chosen)
@@ -150,7 +150,7 @@ class Trunk:
                                "winner": winner, "from_step": self._from, "lrs": _thin(lrs),
                                "trunk_lrs": _thin(self.path["trunk_lrs"]), "max_epochs": self.ctx.task.epochs,
                                "peak_disk_bytes": self.peak_disk},
-                     spent=Spent.of(cost))
+                     spent=cost)
 
 
 def _log(ctx: Context, lrs: list[float], losses: list[float | None], chosen: dict[str, Any]) -> None:
@@ -219,7 +219,7 @@ def _fresh(ctx: Context, chosen: Chosen) -> Stage:
                        seed=ctx.seed, weights=ctx.initial, folder=ctx.out / "runs" / "trunk-work")
     run.advance(total)
     score = run.evaluate()
-    run.cost.io += _save_weights(ctx.out / "runs" / BEST, run.weights())
+    run.cost += Cost(io=_save_weights(ctx.out / "runs" / BEST, run.weights()))
     kwargs = {"min_lr": MIN_LR_RATE * chosen.learning_rate} if cosine else {}
     trained = Trained(n, schedule, score.value, BEST, worker_id(), name, kwargs)
     branch = {"epochs": n, "start": warm, "decay": total - warm, "steps": total, "score": score.value,
@@ -228,7 +228,7 @@ def _fresh(ctx: Context, chosen: Chosen) -> Stage:
     cost = run.cost
     return Stage("epochs", trained, f"{name} is fixed: one run of {n} epochs under it validates at {score.value:.4g}",
                  evidence={"branches": [branch], "winner": 0, "lrs": _thin(run.lrs), "max_epochs": ctx.task.epochs},
-                 spent=Spent.of(cost), skipped="fixed")
+                 spent=cost, skipped="fixed")
 
 
 def schedule(ctx: Context) -> Stage:

@@ -59,7 +59,7 @@ def summary(result: TuneResult, console: Console) -> None:
         stages.add_column(col, justify="left" if col in ("stage", "decision") else "right", overflow="fold")
     for s in result.stages:
         why = s.why if not s.skipped or s.skipped == "budget" else f"skipped ({s.why})"
-        split = " / ".join(f"{v:.1f}" for v in (s.spent.training, s.spent.evaluation, s.spent.io, s.spent.other))
+        split = " / ".join(f"{v:.1f}" for v in (s.spent.training, s.spent.validation, s.spent.io, s.spent.other))
         stages.add_row(s.name, why, f"{s.seconds / max(result.run_seconds, 1e-9):.2f}", f"{s.seconds:.1f}", split)
     console.print(stages)
     plan = Table(title="plan (transformers TrainingArguments)")
