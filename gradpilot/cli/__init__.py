@@ -1,11 +1,11 @@
 """The ``gradpilot`` command: the console belongs here, the analysis to the library.
 
 One module per command group, each command a thin shell over a library function: ``find-lr`` (``lr``), ``plan`` and
-``find-batch-size`` (``batch``), ``schedule``, ``diagnose``, ``probe``, ``tune`` and ``report`` (``tune``); what
-they share is in ``common``. torch is imported inside the commands that train (never at start-up), so ``gradpilot
-diagnose`` and every ``--help`` start in a fraction of a second. Bad input ends in one line and exit code 2; an
-unexpected error in one line and exit code 3 (``GRADPILOT_DEBUG=1`` shows its traceback); work already done is
-printed before anything that may still fail (a plot) is attempted.
+``find-batch-size`` (``batch``), ``schedule``, ``diagnose``, ``probe``, ``train``, ``tune`` and ``report``
+(``tune``); what they share is in ``common``. torch is imported inside the commands that train (never at start-up),
+so ``gradpilot diagnose`` and every ``--help`` start in a fraction of a second. Bad input ends in one line and exit
+code 2; an unexpected error in one line and exit code 3 (``GRADPILOT_DEBUG=1`` shows its traceback); work already
+done is printed before anything that may still fail (a plot) is attempted.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import typer
 
 # each command group adds its commands to the app when imported
-from gradpilot.cli import batch, diagnose, lr, probe, schedule, tune  # noqa: F401
+from gradpilot.cli import batch, diagnose, lr, probe, schedule, train, tune  # noqa: F401
 from gradpilot.cli.common import _escape, app, err_console
 
 __all__ = ["app", "main"]

@@ -41,7 +41,7 @@ def run_rung(halving: Halving, plan: Plan, k: int, alive: list[int],
     _init(ray, address)
     study = halving.study()
     numbers = {i: halving.trial(study, plan, i).number for i in alive}
-    saved = {i: halving.path(numbers[i]).read_bytes() for i in alive if k and halving.path(numbers[i]).exists()}
+    saved = {i: _pack(halving.path(numbers[i])) for i in alive if k and halving.path(numbers[i]).exists()}
     trainable = tune.with_parameters(_short_run, task=halving.task, initial=halving.initial, plan=plan, k=k,
                                      seed=halving.seed, saved=saved)
     tuner = tune.Tuner(
@@ -58,9 +58,21 @@ def run_rung(halving: Halving, plan: Plan, k: int, alive: list[int],
         index = int(result.metrics["index"])
         target = halving.path(numbers[index])
         with result.checkpoint.as_directory() as folder:
-            shutil.copyfile(Path(folder) / "run.pt", target)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(Path(folder) / "run", target)
         cost = Cost.from_json(result.metrics)
         yield index, float(result.metrics["score"]), cost, target
+
+
+def _pack(folder: Path) -> dict[str, bytes]:
+    """A saved run (a folder) as its files' bytes, to travel to a Ray worker with the trainable."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _unpack(files: dict[str, bytes], folder: Path) -> None:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
 
 
 def _import_ray() -> tuple[Any, Any]:
@@ -89,7 +101,7 @@ def _init(ray: Any, address: str | None) -> None:
 
 
 def _short_run(config: dict[str, Any], *, task: Any, initial: dict[str, torch.Tensor], plan: Plan, k: int,
-               seed: int, saved: dict[int, bytes]) -> None:
+               seed: int, saved: dict[int, dict[str, bytes]]) -> None:
     """One candidate in a Ray worker: the search's own job, from the run it had at the last rung."""
     from ray import tune
 
@@ -98,11 +110,11 @@ def _short_run(config: dict[str, Any], *, task: Any, initial: dict[str, torch.Te
     torch.set_num_threads(1)
     index = int(config["index"])
     with tempfile.TemporaryDirectory() as folder:
-        start, out = Path(folder) / "start.pt", Path(folder) / "out"
+        start, out = Path(folder) / "start", Path(folder) / "out"
         if index in saved:
-            start.write_bytes(saved[index])
+            _unpack(saved[index], start)
         out.mkdir()
         value, cost = train_job(task, plan, index, k, seed=seed, initial=initial,
-                                load=start if index in saved else None, save=out / "run.pt")
+                                load=start if index in saved else None, save=out / "run")
         tune.report({"score": value, "index": index, **cost.to_json()},
                     checkpoint=tune.Checkpoint.from_directory(out))

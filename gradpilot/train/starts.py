@@ -1,6 +1,8 @@
-"""Where a run stands, read from the checkpoints people have: gradpilot's ``last.pt`` (or its folder), a Hugging
-Face Trainer ``checkpoint-N`` folder, a Lightning ``.ckpt``. Every file is read with
-``torch.load(weights_only=True)`` (or safetensors): reading a checkpoint runs no code from it.
+"""Where a run stands, read from the checkpoints people have: everything gradpilot writes — a checkpoint folder
+(``fit``'s, ``gradpilot train``'s, a saved run: ``last.pt``), a tune folder, ``model.pt`` — a Hugging Face Trainer
+``checkpoint-N`` folder, a Lightning ``.ckpt``, and a plain ``torch.save`` of ``{"model": ..., "optimizer": ...}``
+or of a state_dict. Every file is read with ``torch.load(weights_only=True)`` (or safetensors): reading a
+checkpoint runs no code from it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from torch import nn
 from gradpilot.diagnosis.history import History
 from gradpilot.diagnosis.logs import read_log
 from gradpilot.errors import GradpilotError, describe
-from gradpilot.train import checkpoint as _checkpoint
+from gradpilot.train import checkpoint
+
+KINDS = ("a gradpilot checkpoint folder or last.pt, a tune folder, model.pt, a Hugging Face checkpoint-N folder, a "
+         "Lightning .ckpt, or a torch.save of a state_dict or of {'model': ..., 'optimizer': ...}")
+FRESH = "the checkpoint holds no optimizer state: the branches start from a fresh one"
 
 
 @dataclass(frozen=True)
@@ -32,29 +38,44 @@ class Start:
     history: History | None = None  # the run's log up to the checkpoint, where it is kept beside it
 
 
+@dataclass(frozen=True)
+class _Read:
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+    lr: float | None
+    log: Path | None
+    notes: tuple[str, ...] = ()
+
+
 def read_start(path: Path, model: nn.Module) -> Start:
     """The state saved at ``path``, fitted to ``model``; a checkpoint of another model is refused in one line."""
     if not path.exists():
-        raise GradpilotError(f"{path} does not exist: give a gradpilot last.pt, a Hugging Face checkpoint-N "
-                             "folder or a Lightning .ckpt")
-    if path.is_dir() and (path / "trainer_state.json").exists():
-        weights, optimizer, lr = _hugging_face(path)
-        log = path / "trainer_state.json"
-    elif path.is_dir() or path.name == _checkpoint.NAME:
-        weights, optimizer, lr = _gradpilot(path if path.is_dir() else path.parent)
-        log = (path if path.is_dir() else path.parent) / "metrics.csv"
-    elif path.suffix == ".ckpt":
-        weights, optimizer, lr = _lightning(path)
-        log = path.parent.parent / "metrics.csv"  # lightning_logs/version_N/{checkpoints/x.ckpt, metrics.csv}
-    else:
-        raise GradpilotError(f"{path}: not a checkpoint gradpilot reads (a gradpilot last.pt, a Hugging Face "
-                             "checkpoint-N folder or a Lightning .ckpt)")
-    return Start(fitted(weights, model, path), optimizer, lr, history=_history(log))
+        raise GradpilotError(f"{path} does not exist: give {KINDS}")
+    read = _read(path)
+    notes = read.notes + ((FRESH,) if read.optimizer is None else ())
+    return Start(fitted(read.weights, model, path), read.optimizer, read.lr, notes, _history(read.log))
 
 
-def _history(log: Path) -> History | None:
+def _read(path: Path) -> _Read:
+    """The checkpoint at ``path``, whichever kind it is."""
+    if path.is_dir():
+        if (path / "trainer_state.json").exists():
+            return _hugging_face(path)
+        if (path / checkpoint.NAME).exists():
+            return _gradpilot(path)
+        if (path / "tune.json").exists() or (path / "model.pt").exists():
+            return _tune_folder(path)
+        raise GradpilotError(f"{path} holds no checkpoint gradpilot reads: give {KINDS}")
+    if path.name == checkpoint.NAME:
+        return _gradpilot(path.parent)
+    if path.suffix == ".ckpt":
+        return _lightning(path)
+    return _plain(path)
+
+
+def _history(log: Path | None) -> History | None:
     """The run's log beside its checkpoint, where there is one gradpilot reads (else None: the probe measures)."""
-    if not log.is_file():
+    if log is None or not log.is_file():
         return None
     try:
         return read_log(log)
@@ -62,16 +83,71 @@ def _history(log: Path) -> History | None:
         return None
 
 
-def _gradpilot(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, float | None]:
-    state = _checkpoint.load(folder)
+def _gradpilot(folder: Path) -> _Read:
+    """gradpilot's one checkpoint format: a folder with ``last.pt`` (``fit``, ``gradpilot train``, a saved run)."""
+    state = checkpoint.load(folder)
     if state is None:
-        raise GradpilotError(f"{folder} holds no {_checkpoint.NAME}")
-    lrs = state.get("lrs") or []
+        raise GradpilotError(f"{folder} holds no {checkpoint.NAME}")
+    lrs = state["record"].get("lrs") or []
     lr = float(lrs[-1]) if lrs else _group_lr(state.get("optimizer"))
-    return state["model"], state.get("optimizer"), lr
+    return _Read(state["model"], state.get("optimizer"), lr, folder / "metrics.csv")
 
 
-def _hugging_face(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, float | None]:
+def _tune_folder(folder: Path) -> _Read:
+    """A tune's folder: the model it trained (``model.pt``) at the plan's learning rate, its final run's log."""
+    model = folder / "model.pt"
+    if not model.exists():
+        raise GradpilotError(f"{folder} holds no model.pt: finish the tune first (run the same `gradpilot tune` "
+                             "again)")
+    weights = _weights(_safe_load(model), model)
+    lr = _plan_lr(folder / "plan.yaml")
+    note = (f"a tune folder: its model.pt probed at the plan's learning rate ({lr:.3g})" if lr else
+            "a tune folder without plan.yaml: give the LR with --lr")
+    return _Read(weights, None, lr, folder / "runs" / "final" / "metrics.csv", (note,))
+
+
+def _plan_lr(plan: Path) -> float | None:
+    try:
+        import yaml
+
+        return float(yaml.safe_load(plan.read_text())["learning_rate"])
+    except (OSError, ValueError, TypeError, KeyError, ImportError, AttributeError):
+        return None
+
+
+def _plain(path: Path) -> _Read:
+    """A ``torch.save`` of a state_dict (gradpilot's ``model.pt`` among them), or of a dict holding the weights
+    under ``model`` (or ``state_dict``, ``model_state_dict``) and the optimizer's state under ``optimizer``."""
+    saved = _safe_load(path)
+    if not isinstance(saved, dict):
+        raise GradpilotError(f"{path} holds a {type(saved).__name__}, not a checkpoint: give {KINDS}")
+    key = next((k for k in ("model", "state_dict", "model_state_dict") if isinstance(saved.get(k), dict)), None)
+    weights = _weights(saved[key] if key else saved, path)
+    raw = saved.get("optimizer", saved.get("optimizer_state_dict")) if key else None
+    optimizer = raw if isinstance(raw, dict) and "state" in raw and "param_groups" in raw else None
+    lr = _group_lr(optimizer) or (_plan_lr(path.parent / "plan.yaml") if path.name == "model.pt" else None)
+    notes = (f"{path.name} of a tune: probed at the plan's learning rate ({lr:.3g})",) if optimizer is None and lr \
+        else ()
+    return _Read(weights, optimizer, lr, _beside(path), notes)
+
+
+def _weights(saved: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    weights = {k: v for k, v in saved.items() if isinstance(v, torch.Tensor)}
+    if not weights:
+        raise GradpilotError(f"{path} holds no weights (no tensors under model, state_dict or at its top): give "
+                             f"{KINDS}")
+    return weights
+
+
+def _beside(path: Path) -> Path | None:
+    """The run's log beside a weights file: a tune's final run, else a metrics.csv in the same folder."""
+    for log in (path.parent / "runs" / "final" / "metrics.csv", path.parent / "metrics.csv"):
+        if log.is_file():
+            return log
+    return None
+
+
+def _hugging_face(folder: Path) -> _Read:
     weights = _hf_weights(folder)
     optimizer = _safe_load(folder / "optimizer.pt") if (folder / "optimizer.pt").exists() else None
     try:
@@ -80,7 +156,7 @@ def _hugging_face(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise GradpilotError(f"{folder}/trainer_state.json cannot be read ({describe(exc, 120)})") from None
     logged = [r["learning_rate"] for r in history if isinstance(r, dict) and "learning_rate" in r]
     lr = float(logged[-1]) if logged else _group_lr(optimizer)
-    return weights, optimizer if isinstance(optimizer, dict) else None, lr
+    return _Read(weights, optimizer if isinstance(optimizer, dict) else None, lr, folder / "trainer_state.json")
 
 
 def _hf_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -97,13 +173,14 @@ def _hf_weights(folder: Path) -> dict[str, torch.Tensor]:
                          "save_only_model? the weights are needed)")
 
 
-def _lightning(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, float | None]:
+def _lightning(path: Path) -> _Read:
     state = _safe_load(path)
     if not isinstance(state, dict) or "state_dict" not in state:
         raise GradpilotError(f"{path} is not a Lightning checkpoint (no state_dict)")
     optimizers = state.get("optimizer_states") or []
     optimizer = optimizers[0] if optimizers and isinstance(optimizers[0], dict) else None
-    return dict(state["state_dict"]), optimizer, _group_lr(optimizer)
+    # lightning_logs/version_N/{checkpoints/x.ckpt, metrics.csv}
+    return _Read(dict(state["state_dict"]), optimizer, _group_lr(optimizer), path.parent.parent / "metrics.csv")
 
 
 def _safe_load(path: Path) -> Any:
