@@ -85,13 +85,13 @@ def test_a_plan_file_and_its_optimizer_settings(tmp_path):
     apply_optimizer(optimizer, Plan.read(path).optimizer, task)
     group = optimizer.param_groups[0]
     assert group["weight_decay"] == 0.2 and group["betas"] == (0.8, 0.999)
-    with pytest.raises(GradpilotError, match="plan .*does not exist"):
+    with pytest.raises(GradpilotError, match=r"plan .*does not exist"):
         fit(task, plan=tmp_path / "none.yaml")
 
 
 def test_lr_and_plan_need_a_task():
     model = torch.nn.Linear(2, 1)
-    with pytest.raises(GradpilotError, match="need a gradpilot.Task"):
+    with pytest.raises(GradpilotError, match=r"need a gradpilot\.Task"):
         fit(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.MSELoss(), [], epochs=1, lr=0.1)
 
 

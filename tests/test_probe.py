@@ -56,7 +56,7 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
     with pytest.raises(GradpilotError, match="does not match the task's model") as err:
         probe(other, tmp_path / "run")
     assert "\n" not in str(err.value)
-    with pytest.raises(GradpilotError, match="not a checkpoint gradpilot reads"):
+    with pytest.raises(GradpilotError, match="cannot be read safely"):
         read_start(tmp_path / "run" / "metrics.csv", other.model)
 
 
@@ -198,3 +198,22 @@ def test_a_lower_branch_winning_says_too_high_only_with_a_sign_of_it_and_a_highe
     assert _verdict(1.0, [(1.0, math.nan), (3.0, math.inf), (1 / 3, 0.8)], hinted=False)[:2] == ("too high", 1 / 3)
     assert _verdict(1.0, [(1.0, 0.9), (3.0, 0.7), (1 / 3, 0.95)], hinted=False)[:2] == ("too low", 3.0)  # 0.3 vs 0.1
     assert _verdict(1.0, [(1.0, 0.9), (3.0, 0.87), (1 / 3, 0.95)], hinted=False)[:2] == ("about right", 1.0)  # 0.13
+
+
+def test_a_plain_torch_save_is_read_with_its_optimizer_state_or_at_the_lr_given(tmp_path):
+    task = small_task(0)
+    optimizer = task.make_optimizer(3e-3)
+    fit(task, optimizer, epochs=1)
+    torch.save({"model": task.model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "both.pt")
+    start = read_start(tmp_path / "both.pt", task.model)
+    assert start.lr == pytest.approx(3e-3) and start.optimizer is not None and start.notes == ()
+    torch.save(task.model.state_dict(), tmp_path / "weights.pt")
+    alone = read_start(tmp_path / "weights.pt", task.model)
+    assert alone.lr is None and alone.optimizer is None and "fresh one" in alone.notes[0]
+    with pytest.raises(GradpilotError, match="does not say its learning rate; pass --lr"):
+        probe(task, tmp_path / "weights.pt")
+    found = probe(task, tmp_path / "weights.pt", learning_rate=3e-3, share=0.05)
+    assert found.learning_rate == 3e-3 and any("fresh one" in n for n in found.notes)
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(GradpilotError, match="holds a list, not a checkpoint"):
+        read_start(tmp_path / "list.pt", task.model)

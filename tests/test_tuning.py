@@ -540,3 +540,34 @@ def test_a_tune_killed_in_the_trunk_redoes_no_branch(tmp_path):
     assert sum(m.startswith("trunk") for m in again) == 2  # the second branch and the last: the first is not redone
     whole = tune(small_task(), out_dir=tmp_path / "whole")
     assert resumed.plan == whole.plan and resumed.metric == whole.metric  # as if never stopped
+
+
+def test_the_plan_retrained_from_the_task_follows_the_trajectory_tune_trained(tuned, tmp_path):
+    """Every output is an input: ``gradpilot train --plan`` replays tune's plan from the task's initial weights on
+    the same engine — the same data order, warmup, stable phase and decay — step for step, so its final metric is
+    tune.json's; its checkpoint is what ``probe`` reads and its log what ``diagnose`` reads."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from gradpilot import diagnose, probe, read_log
+    from gradpilot.cli import app
+
+    result, out, _ = tuned
+    file = tmp_path / "small.py"  # the tuned task in a task file, as a user would have it
+    file.write_text("from tests.conftest import small_task\n\ndef task(seed=0):\n    return small_task(seed)\n")
+    run = CliRunner().invoke(app, ["train", str(file), "--plan", str(out / "plan.yaml"), "--out", str(tmp_path / "run"),
+                                   "--json"])
+    assert run.exit_code == 0, run.output
+    got = json.loads(run.stdout)
+    assert got["metric"] == json.loads((out / "tune.json").read_text())["metric"] == result.metric
+    assert got["epochs"] == result.plan["num_train_epochs"]
+
+    def path(log):
+        rows = list(csv.DictReader(log.read_text().splitlines()))
+        return [(float(r["lr"]), float(r["train_loss"])) for r in rows if r["train_loss"]]
+
+    assert path(tmp_path / "run" / "metrics.csv") == path(out / "runs" / "final" / "metrics.csv")
+    assert probe(small_task(), tmp_path / "run", share=0.05).verdict in ("too high", "too low", "about right")
+    assert probe(small_task(), out, share=0.05).learning_rate == pytest.approx(result.plan["learning_rate"])
+    assert diagnose(read_log(tmp_path / "run")).lr_verdict and diagnose(read_log(out)).lr_verdict
