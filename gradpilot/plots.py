@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from gradpilot._files import write_atomic
 
 if TYPE_CHECKING:
-    from gradpilot.diagnosis.detectors import Diagnosis
+    from gradpilot.diagnosis.findings import Diagnosis
     from gradpilot.diagnosis.history import History
-    from gradpilot.lr.range_test import LRFinderResult
+
+
+class RangeCurve(Protocol):
+    """What a range-test curve is drawn from (``lr.LRFinderResult`` has it): the sweep, every rule's pick, the
+    chosen rule, the interval and its confidence, and the suggestion."""
+
+    @property
+    def lrs(self) -> Sequence[float]: ...
+    @property
+    def losses(self) -> Sequence[float]: ...
+    @property
+    def smoothed_losses(self) -> Sequence[float]: ...
+    @property
+    def alternatives(self) -> Mapping[str, float]: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def interval(self) -> tuple[float, float]: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def suggestion(self) -> float: ...
 
 
 _DRAWABLE = 1e100  # values beyond are drawn at this bound
@@ -41,7 +63,7 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_lr_curve(result: LRFinderResult, path: Path) -> Path:
+def plot_lr_curve(result: RangeCurve, path: Path) -> Path:
     """Save the range-test curve (raw and smoothed loss over log-LR) with each rule's pick marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -7,7 +7,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gradpilot.diagnosis.detectors import Diagnosis, Finding
+    from gradpilot.diagnosis.findings import Diagnosis, Finding
 
 # plan name -> (Lightning's name for it, how to say "set it to {value}")
 LIGHTNING: dict[str, tuple[str, str]] = {

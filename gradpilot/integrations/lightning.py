@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 
 from gradpilot.errors import GradpilotError
+from gradpilot.integrations.lightning_runner import LightningRunner, first_optimizer, training_loss
 from gradpilot.lr import range_test as lr_finder
 from gradpilot.train.monitor import Monitor, log_finding, steer
 from gradpilot.train.state import Snapshot
@@ -42,10 +43,10 @@ def find_lr(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Ligh
         datamodule.setup("fit")
     source = datamodule if datamodule is not None else module
     loader = source.train_dataloader()
-    optimizer = _first_optimizer(module.configure_optimizers())
+    optimizer = first_optimizer(module.configure_optimizers())
 
     def step(_model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        return _training_loss(module, batch)
+        return training_loss(module, batch)
 
     kwargs.setdefault("accumulation_steps", int(trainer.accumulate_grad_batches))
     with warnings.catch_warnings():  # self.log() outside a fit has nowhere to go: Lightning says so per step
@@ -68,15 +69,15 @@ def task_from_trainer(made: Any, name: str = "lightning",
         datamodule.setup("fit")
     source = datamodule if datamodule is not None else module
     train, val = source.train_dataloader(), source.val_dataloader()
-    first = _first_optimizer(module.configure_optimizers())
+    first = first_optimizer(module.configure_optimizers())
 
     def step(_model: torch.nn.Module, batch: Any) -> torch.Tensor:
         with warnings.catch_warnings():  # self.log() outside a fit has nowhere to go
             warnings.filterwarnings("ignore", message=".*self.log.*")
-            return _training_loss(module, batch)
+            return training_loss(module, batch)
 
     def make(_params: Any, lr: float) -> torch.optim.Optimizer:
-        opt = _first_optimizer(module.configure_optimizers())
+        opt = first_optimizer(module.configure_optimizers())
         for group in opt.param_groups:
             group["lr"] = lr
         return opt
@@ -92,11 +93,7 @@ def task_from_trainer(made: Any, name: str = "lightning",
 
 def _runner(make_trainer: Callable[[dict[str, Any]], Any] | None) -> Any:
     """Runs through the trainers ``make_trainer`` builds, where there is one."""
-    if make_trainer is None:
-        return None
-    from gradpilot.integrations.lightning_runner import LightningRunner
-
-    return LightningRunner(make_trainer)
+    return None if make_trainer is None else LightningRunner(make_trainer)
 
 
 def _precision(trainer: pl.Trainer) -> str:
@@ -109,25 +106,6 @@ def _check_made(made: Any) -> None:
     if not isinstance(made, tuple) or len(made) not in (2, 3) or not isinstance(made[0], pl.Trainer) \
             or not isinstance(made[1], pl.LightningModule):
         raise GradpilotError("make_trainer() must return (lightning.Trainer, LightningModule[, LightningDataModule])")
-
-
-def _training_loss(module: pl.LightningModule, batch: Any) -> torch.Tensor:
-    out = module.training_step(batch, 0)
-    loss = out["loss"] if isinstance(out, dict) else out
-    if not isinstance(loss, torch.Tensor):
-        raise GradpilotError("training_step returned no loss: return the loss tensor (or {'loss': ...})")
-    return loss
-
-
-def _first_optimizer(configured: Any) -> torch.optim.Optimizer:
-    """The optimizer out of any shape ``configure_optimizers`` may return."""
-    if isinstance(configured, torch.optim.Optimizer):
-        return configured
-    if isinstance(configured, dict):
-        return _first_optimizer(configured["optimizer"])
-    if isinstance(configured, (list, tuple)) and configured:
-        return _first_optimizer(configured[0])
-    raise GradpilotError(f"configure_optimizers returned {type(configured).__name__}: gradpilot needs an optimizer")
 
 
 class GradpilotCallback(pl.Callback):
@@ -188,7 +166,7 @@ class GradpilotCallback(pl.Callback):
         steps = trainer.estimated_stepping_batches  # inf for a run with no end: take what has been trained twice
         steps = int(steps) if math.isfinite(steps) else 2 * max(1, step)
         items = max(1, steps) * int(getattr(train, "batch_size", None) or 1) * int(trainer.accumulate_grad_batches)
-        task = live_task(module, optimizer, train, evaluation, lambda _m, batch: _training_loss(module, batch),
+        task = live_task(module, optimizer, train, evaluation, lambda _m, batch: training_loss(module, batch),
                          items=items, max_grad_norm=float(trainer.gradient_clip_val) if trainer.gradient_clip_val
                          else None)
         with warnings.catch_warnings():  # self.log() inside a probe's branches has nowhere to go

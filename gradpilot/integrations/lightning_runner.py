@@ -213,9 +213,7 @@ def _schedule(module: pl.LightningModule, lr: float, schedule: Wsd) -> None:
     own = type(module).configure_optimizers
 
     def configure_optimizers() -> dict[str, Any]:
-        from gradpilot.integrations.lightning import _first_optimizer
-
-        optimizer = _first_optimizer(own(module))
+        optimizer = first_optimizer(own(module))
         first = float(optimizer.param_groups[0]["lr"]) or 1.0
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] = lr * float(group["lr"]) / first
@@ -223,3 +221,22 @@ def _schedule(module: pl.LightningModule, lr: float, schedule: Wsd) -> None:
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     module.configure_optimizers = configure_optimizers  # type: ignore[method-assign,assignment]
+
+
+def training_loss(module: pl.LightningModule, batch: Any) -> torch.Tensor:
+    out = module.training_step(batch, 0)
+    loss = out["loss"] if isinstance(out, dict) else out
+    if not isinstance(loss, torch.Tensor):
+        raise GradpilotError("training_step returned no loss: return the loss tensor (or {'loss': ...})")
+    return loss
+
+
+def first_optimizer(configured: Any) -> torch.optim.Optimizer:
+    """The optimizer out of any shape ``configure_optimizers`` may return."""
+    if isinstance(configured, torch.optim.Optimizer):
+        return configured
+    if isinstance(configured, dict):
+        return first_optimizer(configured["optimizer"])
+    if isinstance(configured, (list, tuple)) and configured:
+        return first_optimizer(configured[0])
+    raise GradpilotError(f"configure_optimizers returned {type(configured).__name__}: gradpilot needs an optimizer")
