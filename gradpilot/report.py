@@ -16,14 +16,30 @@ import math
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gradpilot import plots
 from gradpilot._files import write_atomic
+from gradpilot._records import plain
 from gradpilot.diagnosis.detectors import Diagnosis, diagnose
 from gradpilot.diagnosis.history import History
 from gradpilot.diagnosis.logs import read_log
 from gradpilot.errors import GradpilotError
+from gradpilot.tuning.folder import TuneFolder
+from gradpilot.tuning.state import (
+    Batches,
+    BatchSeen,
+    Chosen,
+    CurveSeen,
+    RangeTest,
+    SearchSeen,
+    Splits,
+    Stage,
+    TrunkSeen,
+    TuneRecord,
+)
+
+T = TypeVar("T")
 
 SECTIONS = (("range-test", "1. Learning rate: the range test"), ("batch", "2. Batch size and scaling"),
             ("search", "3. The LR search: successive halving"),
@@ -37,16 +53,17 @@ vertical-align:top}th{background:#f3f3f3}.why{color:#444}.skipped{color:#a60}cod
 
 def write_tune_report(out_dir: str | Path) -> Path:
     """Write ``out_dir/report.html`` from ``out_dir/tune.json`` (what ``gradpilot report DIR`` does)."""
-    out = Path(out_dir)
-    record = _read_record(out / "tune.json")
-    stages = record["stages"]
+    folder = TuneFolder(Path(out_dir))
+    record = TuneRecord.read(folder.record)
+    if not record.finished:
+        raise GradpilotError(f"{folder.record} holds no finished tune: finish it first (run the same `gradpilot tune` "
+                             "again)")
     with tempfile.TemporaryDirectory() as tmp:
         figures = _Figures(Path(tmp))
-        batch = int(record["settings"]["batch_size"])
-        body = [_header(record), _range_section(stages, batch, figures), _batch_section(record, figures),
-                _search_section(stages, figures), _epochs_section(stages, figures),
-                _schedule_section(stages, figures), _final_section(out, figures), _plan_section(record)]
-    return _write_page(out / "report.html", f"gradpilot tune — {record['settings'].get('task', '')}", body)
+        body = [_header(record), _range_section(record, figures), _batch_section(record, figures),
+                _search_section(record, figures), _epochs_section(record, figures),
+                _schedule_section(record, figures), _final_section(folder, figures), _plan_section(record)]
+    return _write_page(folder.report, f"gradpilot tune — {record.settings.get('task', '')}", body)
 
 
 def write_diagnosis_report(history: History, diagnosis: Diagnosis, path: str | Path) -> Path:
@@ -56,18 +73,6 @@ def write_diagnosis_report(history: History, diagnosis: Diagnosis, path: str | P
         body = [f"<p>Read from <code>{_e(history.source)}</code>.</p>",
                 _section("final-run", "The run, diagnosed", _diagnosis_html(history, diagnosis, figures))]
     return _write_page(Path(path), f"gradpilot diagnosis — {history.source}", body)
-
-
-def _read_record(path: Path) -> dict[str, Any]:
-    try:
-        record: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GradpilotError(f"{path} does not exist: give the folder a `gradpilot tune` wrote") from None
-    except (OSError, ValueError) as exc:
-        raise GradpilotError(f"{path} cannot be read ({exc}): run `gradpilot tune` again") from None
-    if not isinstance(record, dict) or "plan" not in record or "stages" not in record:
-        raise GradpilotError(f"{path} holds no finished tune: finish it first (run the same `gradpilot tune` again)")
-    return record
 
 
 class _Figures:
@@ -103,49 +108,44 @@ def _section(anchor: str, title: str, *parts: str) -> str:
     return f'<section id="{anchor}"><h2>{_e(title)}</h2>{"".join(parts)}</section>'
 
 
-def _why(stage: dict[str, Any] | None) -> str:
+def _why(stage: Stage | None) -> str:
     if stage is None:
         return '<p class="skipped">This stage did not run.</p>'
-    kind = "skipped" if stage.get("skipped") else "why"
-    return f'<p class="{kind}"><b>Decision.</b> {_e(stage["why"])}</p>'
+    kind = "skipped" if stage.skipped else "why"
+    return f'<p class="{kind}"><b>Decision.</b> {_e(stage.why)}</p>'
 
 
 def _title(anchor: str) -> str:
     return dict(SECTIONS)[anchor]
 
 
-def _header(record: dict[str, Any]) -> str:
+def _header(record: TuneRecord) -> str:
     """What a reader needs first: the plan, the model's score under the metric's name, and why the LR is what
     it is; then each stage's decision and cost."""
-    s = record["settings"]
-    run = float(record.get("run_seconds") or 0.0)
-    rows = [[name, st.get("skipped") or "ran", st["why"], _runs(st, run), round(float(st.get("seconds", 0.0)), 1),
-             _split(st)] for name, st in record["stages"].items()]
-    work = record.get("seconds", {})
-    runs = sum(float(work.get(k, 0.0)) for k in ("training", "validation", "io"))
-    spent = (f"spent {record['spent_runs']:.2f} ({runs:.1f} s of training, validation and checkpoints; "
-             f"{float(work.get('other', 0.0)):.1f} s of bookkeeping besides)")
+    s, run = record.settings, record.run_seconds
+    rows = [[st.name, st.skipped or "ran", st.why, _runs(st, run), round(st.seconds, 1), _split(st)]
+            for st in record.stages]
+    spent = (f"spent {record.spent_runs:.2f} ({record.spent.work:.1f} s of training, validation and checkpoints; "
+             f"{record.spent.other:.1f} s of bookkeeping besides)")
     return (f"<h1>gradpilot tune: {_e(s.get('task', ''))}</h1>" + _summary(record)
-            + f"<p>Budget {record['budget_runs']:.3g} runs, {spent}. One run is {s['epochs']} epochs over "
+            + f"<p>Budget {record.budget_runs:.3g} runs, {spent}. One run is {s['epochs']} epochs over "
             f"{s['train_items']:,} items at batch {s['batch_size']}, measured at {run:.3g} s. Peak disk "
-            f"{_mib(record.get('peak_disk_bytes'))} MiB.</p>"
+            f"{_mib(record.peak_disk_bytes)} MiB.</p>"
             + _table(["stage", "ran", "decision", "cost (runs)", "seconds", "training / validation / i/o / other"],
                      rows))
 
 
-def _runs(stage: dict[str, Any], run_seconds: float) -> float:
-    spent = stage.get("spent", {})
-    work = sum(float(spent.get(k, 0.0)) for k in ("training", "validation", "io"))
-    return round(work / run_seconds, 3) if run_seconds > 0 else 0.0
+def _runs(stage: Stage, run_seconds: float) -> float:
+    return round(stage.spent.work / run_seconds, 3) if run_seconds > 0 else 0.0
 
 
-def _split(stage: dict[str, Any]) -> str:
-    spent = stage.get("spent", {})
-    return " / ".join(f"{float(spent.get(k, 0.0)):.1f}" for k in ("training", "validation", "io", "other"))
+def _split(stage: Stage) -> str:
+    c = stage.spent
+    return " / ".join(f"{v:.1f}" for v in (c.training, c.validation, c.io, c.other))
 
 
-def _summary(record: dict[str, Any]) -> str:
-    plan, s = record["plan"], record["settings"]
+def _summary(record: TuneRecord) -> str:
+    plan, s = record.plan, record.settings
     metric = s.get("metric") or "loss"
     direction = "higher" if s.get("higher_is_better") else "lower"
     schedule = plan["lr_scheduler_type"] + (f", {plan['warmup_steps']} warmup steps" if plan.get("warmup_steps")
@@ -153,75 +153,74 @@ def _summary(record: dict[str, Any]) -> str:
     return (f'<p id="summary"><b>Plan:</b> <code>learning_rate</code> {_lr(plan["learning_rate"])}, batch '
             f'{plan["per_device_train_batch_size"]} × {plan["gradient_accumulation_steps"]} accumulation, '
             f'{plan["num_train_epochs"]} epochs, {_e(schedule)} (<code>plan.yaml</code>). Validation '
-            f'<b>{_e(metric)}</b> of the trained model: <b>{_num(record["metric"])}</b> ({direction} is better).'
-            f"</p><p>{_e(lr_story(record['stages']))}</p>")
+            f'<b>{_e(metric)}</b> of the trained model: <b>{_num(record.metric)}</b> ({direction} is better).'
+            f"</p><p>{_e(lr_story(record))}</p>")
 
 
 def _lr(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _decided(stages: dict[str, Any], name: str) -> dict[str, Any]:
-    """A stage's decision as tune.json holds it ({} where the stage did not run or decided nothing)."""
-    decision: dict[str, Any] = (stages.get(name) or {}).get("decision") or {}
-    return decision
+def _decision(record: TuneRecord, name: str, kind: type[T]) -> T | None:
+    """A stage's typed decision (None where the stage did not run or decided nothing)."""
+    stage = record.stage(name)
+    return stage.decision if stage is not None and isinstance(stage.decision, kind) else None
 
 
-def lr_story(stages: dict[str, Any]) -> str:
+def _evidence(record: TuneRecord, name: str, kind: type[T]) -> T | None:
+    """A stage's typed evidence (None where it saw none of that kind)."""
+    stage = record.stage(name)
+    return stage.evidence if stage is not None and isinstance(stage.evidence, kind) else None
+
+
+def lr_story(record: TuneRecord) -> str:
     """One sentence from the range test's suggestion to the LR the plan holds, and why they differ."""
-    found = _decided(stages, "lr_range").get("lr_found")
-    search = stages.get("lr_search") or {}
-    chosen = _decided(stages, "lr_search").get("learning_rate")
+    found, chosen = _decision(record, "lr_range", RangeTest), _decision(record, "lr_search", Chosen)
+    search = record.stage("lr_search")
+    why = search.why if search is not None else "the search kept it"
     if chosen is None:
         return "The learning rate was fixed."
     if found is None:
-        return f"The learning rate {_lr(chosen)} was fixed; {search.get('why', '')}."
-    ratio = chosen / found
+        return f"The learning rate {_lr(chosen.learning_rate)} was fixed; {why}."
+    ratio = chosen.learning_rate / found.suggestion
     how = "the same as" if abs(math.log10(ratio)) < 0.05 else (
         f"{ratio:.2g}× higher than" if ratio > 1 else f"{1 / ratio:.2g}× lower than")
-    return (f"The range test suggested {_lr(found)}; the plan's {_lr(chosen)} is {how} that, because "
-            f"{search.get('why', 'the search kept it')}.")
+    return (f"The range test suggested {_lr(found.suggestion)}; the plan's {_lr(chosen.learning_rate)} is {how} "
+            f"that, because {why}.")
 
 
-def _run(record: dict[str, Any]) -> int:
-    return max(1, int(record["settings"]["train_items"]) * int(record["settings"]["epochs"]))
-
-
-def _searched(search: dict[str, Any], batch: int) -> float | None:
+def _searched(record: TuneRecord) -> float | None:
     """The LR the search chose, where it chose it at the range test's own batch (else it is not on that curve)."""
-    d = search.get("decision") or {}
-    if "learning_rate" not in d or int(d.get("micro_batch", 0)) * int(d.get("accumulation", 1)) != batch:
+    chosen = _decision(record, "lr_search", Chosen)
+    if chosen is None or chosen.batch != int(record.settings["batch_size"]):
         return None
-    return float(d["learning_rate"])
+    return chosen.learning_rate
 
 
-def _range_section(stages: dict[str, Any], batch: int, figures: _Figures) -> str:
-    st = stages.get("lr_range")
-    if st is None or st.get("skipped"):
+def _range_section(record: TuneRecord, figures: _Figures) -> str:
+    st, found, curve = record.stage("lr_range"), _decision(record, "lr_range", RangeTest), \
+        _evidence(record, "lr_range", CurveSeen)
+    if st is None or st.skipped or found is None or curve is None:
         return _section("range-test", _title("range-test"), _why(st))
-    d = st["decision"]
-    picks = {a["rule"]: a["lr"] for a in st["alternatives"]}
-    search = stages.get("lr_search") or {}
-    candidates = [t["lr"] for t in search.get("alternatives", [])]
-    interval = (float(d.get("lr_low", d["lr_found"])), float(d["lr_edge"]))
-    figure = figures.img(lambda p: plots.plot_range_test(st["evidence"], picks, d["lr_found"], interval,
-                                                         candidates, p, searched=_searched(search, batch)),
+    search = _evidence(record, "lr_search", SearchSeen)
+    candidates = [t.lr for t in search.trials] if search is not None else []
+    interval, searched = (found.low, found.high), _searched(record)
+    figure = figures.img(lambda p: plots.plot_range_test(plain(curve), curve.picks, found.suggestion, interval,
+                                                         candidates, p, searched=searched),
                          "range test with the chosen LR marked")
-    rows = [[rule, lr] for rule, lr in sorted(picks.items())] + \
+    rows = [[rule, lr] for rule, lr in sorted(curve.picks.items())] + \
         [["interval: low", interval[0]], ["interval: high", interval[1]]]
-    searched = _searched(search, batch)
     caption = ("" if searched is None else
                f'<p id="range-chosen">The black line marks the LR the search chose, {_lr(searched)}; the red one '
-               f"the range test's suggestion, {_lr(d['lr_found'])}.</p>")
+               f"the range test's suggestion, {_lr(found.suggestion)}.</p>")
     return _section("range-test", _title("range-test"), _why(st), figure, caption,
                     _table(["rule", "learning rate"], rows))
 
 
-def _batch_section(record: dict[str, Any], figures: _Figures) -> str:
-    stages = record["stages"]
-    st, acc = stages.get("batch"), stages.get("accumulation")
-    parts = [_why(st), _why(acc)]
-    trials = (st or {}).get("evidence", {}).get("trials", [])
+def _batch_section(record: TuneRecord, figures: _Figures) -> str:
+    parts = [_why(record.stage("batch")), _why(record.stage("accumulation"))]
+    seen = _evidence(record, "batch", BatchSeen)
+    trials = [plain(t) for t in seen.trials] if seen is not None else []
     if trials:
         measured = memory_measured(trials)
         shown = trials if measured else [{**t, "peak_memory": None} for t in trials]
@@ -229,7 +228,7 @@ def _batch_section(record: dict[str, Any], figures: _Figures) -> str:
         if not measured:
             parts.append("<p>Peak memory is not shown: it did not grow measurably with the batch on this device "
                          "(on a CPU the process's memory moves by more than a small model's batches add).</p>")
-        parts.append(_table(["micro-batch", "fits", "samples/s", *(["peak memory (MiB)"] if measured else []),
+        parts.append(_table(["micro-batch", "fits", "items/s", *(["peak memory (MiB)"] if measured else []),
                              "error"],
                             [[t["batch_size"], "yes" if t["fits"] else "no",
                               "" if t["samples_per_second"] is None else f"{t['samples_per_second']:,.0f}",
@@ -254,69 +253,68 @@ def _mib(value: int | None) -> str:
     return "" if value is None else f"{value / 2**20:,.2f}"
 
 
-def _scaling_table(record: dict[str, Any]) -> str:
+def _scaling_table(record: TuneRecord) -> str:
     """The arithmetic that set each batch's LR: the range test's LR at the task's batch, rescaled by the rule."""
-    stages, base = record["stages"], int(record["settings"]["batch_size"])
-    found = _decided(stages, "lr_range").get("lr_found")
-    rule = _decided(stages, "batch").get("rule", "none")
-    splits = _decided(stages, "accumulation").get("splits", [])
-    if found is None or not splits:
+    base = int(record.settings["batch_size"])
+    found, batches = _decision(record, "lr_range", RangeTest), _decision(record, "batch", Batches)
+    splits = _decision(record, "accumulation", Splits)
+    if found is None or splits is None:
         return ""
+    rule = batches.rule if batches is not None else "none"
     power = {"linear": 1.0, "sqrt": 0.5}.get(rule, 0.0)
-    rows = [[f"{micro} × {k}", micro * k, f"{found:.3g} × ({micro * k}/{base})^{power:g}",
-             found * (micro * k / base) ** power] for micro, k in splits]
+    rows = [[f"{micro} × {k}", micro * k, f"{found.suggestion:.3g} × ({micro * k}/{base})^{power:g}",
+             found.suggestion * (micro * k / base) ** power] for micro, k in splits.splits]
     return (f"<p>LR rule for this optimizer: <b>{_e(rule)}</b>.</p>"
             + _table(["micro-batch × accumulation", "batch", "arithmetic", "centre of the LR search"], rows))
 
 
-def _search_section(stages: dict[str, Any], figures: _Figures) -> str:
-    st = stages.get("lr_search")
-    if st is None or st.get("skipped"):
+def _search_section(record: TuneRecord, figures: _Figures) -> str:
+    st, chosen, seen = record.stage("lr_search"), _decision(record, "lr_search", Chosen), \
+        _evidence(record, "lr_search", SearchSeen)
+    if st is None or st.skipped or chosen is None or seen is None:
         return _section("search", _title("search"), _why(st))
-    d, trials = st["decision"], st["alternatives"]
-    winner = (d["learning_rate"], d["micro_batch"] * d["accumulation"])
+    trials = [plain(t) for t in seen.trials]
+    winner = (chosen.learning_rate, chosen.batch)
     figure = figures.img(lambda p: plots.plot_ladder(trials, winner, p), "successive halving ladder")
-    rungs = [str(r) for r in st["evidence"]["rungs"]]
-    rows = [[_lr(t["lr"]), t["batch"], t["state"], *(t["scores"].get(r, "") for r in rungs), f"{t['items']:,}"]
-            for t in sorted(trials, key=lambda t: t["lr"])]
+    rungs = [str(r) for r in seen.rungs]
+    rows = [[_lr(t.lr), t.batch, t.state, *(t.scores.get(r, "") for r in rungs), f"{t.items:,}"]
+            for t in sorted(seen.trials, key=lambda t: t.lr)]
     note = (f"<p>Rungs at {', '.join(f'{int(r):,}' for r in rungs)} items; each score is taken after a cooldown "
-            f"of {st['evidence']['cooldown']:.0%} of the rung, on a branch that is then thrown away.</p>")
+            f"of {seen.cooldown:.0%} of the rung, on a branch that is then thrown away.</p>")
     return _section("search", _title("search"), _why(st), note, figure,
                     _table(["lr", "batch", "state", *(f"score at {int(r):,}" for r in rungs),
                             "items trained (cooldowns included)"], rows))
 
 
-def _epochs_section(stages: dict[str, Any], figures: _Figures) -> str:
-    st = stages.get("epochs")
-    if st is None or not st.get("evidence", {}).get("branches"):
+def _epochs_section(record: TuneRecord, figures: _Figures) -> str:
+    st, seen = record.stage("epochs"), _evidence(record, "epochs", TrunkSeen)
+    if st is None or seen is None or not seen.branches:
         return _section("epochs", _title("epochs"), _why(st))
-    ev = st["evidence"]
-    branches, winner = ev["branches"], int(ev["winner"])
-    rows = [[b["epochs"], b["steps"], b.get("decay", ""), b["score"], "chosen" if i == winner else ""]
-            for i, b in enumerate(branches)]
+    rows = [[b.epochs, b.steps, b.decay, b.score, "chosen" if i == seen.winner else ""]
+            for i, b in enumerate(seen.branches)]
     table = _table(["epochs", "optimizer steps", "decay steps", "validation metric", ""], rows)
-    if "trunk_lrs" not in ev:  # a fixed schedule, trained as one run: no trunk
+    if seen.trunk_lrs is None:  # a fixed schedule, trained as one run: no trunk
         return _section("epochs", _title("epochs"), _why(st), table)
-    trunk = ev["trunk_lrs"]
-    figure = figures.img(lambda p: plots.plot_trunk(trunk, branches, winner, p), "the trunk and its branches")
-    note = (f"<p>The search's winner went on from step {ev.get('from_step', 0):,} at its constant LR (the trunk). "
+    trunk, branches = list(seen.trunk_lrs), [plain(b) for b in seen.branches]
+    figure = figures.img(lambda p: plots.plot_trunk(trunk, branches, seen.winner, p), "the trunk and its branches")
+    note = (f"<p>The search's winner went on from step {seen.from_step:,} at its constant LR (the trunk). "
             "Each branch decays the LR from the trunk and is validated; the trunk goes on from before the branch. "
             f"The branch that validated best — marked — is the model; its length is the plan's epochs.</p>")
     return _section("epochs", _title("epochs"), _why(st), note, figure, table)
 
 
-def _schedule_section(stages: dict[str, Any], figures: _Figures) -> str:
-    st, ep = stages.get("schedule"), stages.get("epochs") or {}
-    lrs = ep.get("evidence", {}).get("lrs", [])
-    parts = [_why(st)]
+def _schedule_section(record: TuneRecord, figures: _Figures) -> str:
+    seen = _evidence(record, "epochs", TrunkSeen)
+    lrs = list(seen.lrs) if seen is not None else []
+    parts = [_why(record.stage("schedule"))]
     if lrs:
         parts.append(figures.img(lambda p: plots.plot_schedule(lrs, p, "the LR the model was trained at, step by step"),
                                  "the plan's schedule"))
     return _section("schedule", _title("schedule"), *parts)
 
 
-def _final_section(out: Path, figures: _Figures) -> str:
-    found = out / "runs" / "final" / "metrics.csv"
+def _final_section(folder: TuneFolder, figures: _Figures) -> str:
+    found = folder.final / "metrics.csv"
     if not found.exists():
         return _section("final-run", _title("final-run"), "<p>The final run's log is not in this folder.</p>")
     history = read_log(found)
@@ -336,10 +334,9 @@ def _diagnosis_html(history: History, diagnosis: Diagnosis, figures: _Figures) -
             + f"<p><b>Learning rate {_e(diagnosis.lr_verdict)}.</b> {_e(diagnosis.lr_reason)}</p>")
 
 
-def _plan_section(record: dict[str, Any]) -> str:
-    reasons = record.get("reasons", {})
-    rows = [[name, f"{value:.4g}" if isinstance(value, float) else json.dumps(value), reasons.get(name, "")]
-            for name, value in record["plan"].items()]
+def _plan_section(record: TuneRecord) -> str:
+    rows = [[name, f"{value:.4g}" if isinstance(value, float) else json.dumps(value), record.reasons.get(name, "")]
+            for name, value in record.plan.items()]
     return _section("plan", _title("plan"), "<p>In <code>transformers.TrainingArguments</code> names, as in "
                     "<code>plan.yaml</code>.</p>", _table(["argument", "value", "why"], rows))
 

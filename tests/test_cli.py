@@ -296,7 +296,7 @@ def test_tune_on_a_task_file_writes_the_plan_model_and_record(tmp_path):
     (["--fix", "batch_size"], "--fix takes NAME=VALUE"),
     (["--fix", "momentum=0.9"], "not a plan field"),
     (["--budget", "-1"], "--budget must be a positive"),
-    (["--backend", "dask"], "backend must be 'optuna' or 'ray'"),
+    (["--backend", "dask"], "unknown --backend 'dask'; choose one of"),
     (["--n-jobs", "2", "--storage", "sqlite:///x.db"], "n_jobs runs workers on this machine"),
     (["--backend", "ray", "--ray-address", "auto", "--n-jobs", "2"], "leave n_jobs at 1"),
 ])

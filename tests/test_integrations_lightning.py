@@ -16,6 +16,7 @@ pl = pytest.importorskip("lightning.pytorch", reason="lightning is in the test e
 from gradpilot.errors import GradpilotError  # noqa: E402
 from gradpilot.examples import spirals  # noqa: E402
 from gradpilot.integrations.lightning import DIAGNOSIS_FILE, GradpilotCallback, find_lr  # noqa: E402
+from gradpilot.tuning.state import TuneRecord  # noqa: E402
 
 
 class Spirals(pl.LightningModule):
@@ -160,6 +161,7 @@ MAKE_TRAINER = """
 import lightning.pytorch as pl
 import torch
 from tests.test_integrations_lightning import Data, Spirals
+from gradpilot.tuning.state import TuneRecord
 
 SEEN = {"fits": [], "validations": 0, "dtypes": set()}
 
@@ -202,14 +204,14 @@ def test_every_run_of_a_make_trainer_tune_goes_through_the_user_s_lightning_trai
     assert task.precision == "bf16" and task.runner is not None
     result = tune(task, out_dir=tmp_path / "tune", budget=2)
     by = {s.name: s for s in result.stages}
-    trials = [t for t in by["lr_search"].alternatives if t["scores"]]
-    branches = by["epochs"].evidence["branches"]
-    assert len(seen["fits"]) >= 2 * sum(len(t["scores"]) for t in trials) + 2 * len(branches)  # every stretch a fit()
-    scores = sum(len(t["scores"]) for t in trials)  # a finalist is scored at each of the two rungs
+    trials = [t for t in by["lr_search"].evidence.trials if t.scores]
+    branches = by["epochs"].evidence.branches
+    assert len(seen["fits"]) >= 2 * sum(len(t.scores) for t in trials) + 2 * len(branches)  # every stretch a fit()
+    scores = sum(len(t.scores) for t in trials)  # a finalist is scored at each of the two rungs
     assert seen["validations"] == scores + len(branches) + 1  # every score its validate(), and the clock's
     assert seen["dtypes"] == {torch.bfloat16}
     assert result.plan["lr_scheduler_type"] == "warmup_stable_decay" and result.model_path.exists()
-    lrs = by["epochs"].evidence["lrs"]  # the LRs the module's optimizer really took, step by step
+    lrs = by["epochs"].evidence.lrs  # the LRs the module's optimizer really took, step by step
     decay = result.plan["lr_scheduler_kwargs"]["num_decay_steps"]
     assert lrs[-decay - 1] == pytest.approx(result.plan["learning_rate"])
     assert lrs[-1] == pytest.approx(result.plan["learning_rate"] / decay)
@@ -228,8 +230,8 @@ def test_tune_on_a_make_trainer_file_returning_a_lightning_trainer(tmp_path):
     plan = json.loads(result.stdout)["plan"]
     assert plan["learning_rate"] > 0 and plan["num_train_epochs"] >= 1
     assert json.loads(result.stdout)["spent_item_runs"] <= 2
-    stages = json.loads((tmp_path / "tune" / "tune.json").read_text())["stages"]
-    assert stages["lr_search"]["alternatives"] and stages["lr_range"]["decision"]["lr_found"] > 0
+    record = TuneRecord.read(tmp_path / "tune" / "tune.json")
+    assert record.stage("lr_search").evidence.trials and record.stage("lr_range").decision.suggestion > 0
     bad = tmp_path / "bad.py"
     bad.write_text("def make_trainer(plan):\n    return 42\n")
     refused = CliRunner().invoke(app, ["tune", str(bad), "--out", str(tmp_path / "x")])

@@ -21,6 +21,7 @@ from transformers import (  # noqa: E402
 
 from gradpilot.errors import GradpilotError  # noqa: E402
 from gradpilot.integrations.transformers import DIAGNOSIS_FILE, GradpilotCallback, find_lr  # noqa: E402
+from gradpilot.tuning.state import TuneRecord  # noqa: E402
 
 
 class Toy(Dataset):
@@ -128,6 +129,7 @@ import torch
 from transformers import (BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments,
                           default_data_collator)
 from tests.test_integrations_transformers import Toy
+from gradpilot.tuning.state import TuneRecord
 
 SEEN = {"trains": [], "evaluations": 0, "dtypes": set()}
 
@@ -191,8 +193,8 @@ def test_tune_on_a_make_trainer_file_writes_the_plan_the_trainer_takes_back(tmp_
     assert again.args.learning_rate == plan["learning_rate"]
     assert again.args.num_train_epochs == plan["num_train_epochs"]
     assert again.args.lr_scheduler_kwargs == plan["lr_scheduler_kwargs"]
-    stages = json.loads((tmp_path / "tune" / "tune.json").read_text())["stages"]
-    assert stages["lr_range"]["decision"]["lr_found"] > 0 and stages["lr_search"]["alternatives"]
+    record = TuneRecord.read(tmp_path / "tune" / "tune.json")
+    assert record.stage("lr_range").decision.suggestion > 0 and record.stage("lr_search").evidence.trials
     from gradpilot.task_file import load_task
 
     task = load_task(source)  # the trainer's pieces
@@ -214,13 +216,13 @@ def test_every_run_of_a_make_trainer_tune_goes_through_the_user_s_trainer_in_its
     assert task.precision == "bf16"
     result = tune(task, out_dir=tmp_path / "tune", budget=2)
     by = {s.name: s for s in result.stages}
-    trials = [t for t in by["lr_search"].alternatives if t["scores"]]
-    branches = by["epochs"].evidence["branches"]
+    trials = [t for t in by["lr_search"].evidence.trials if t.scores]
+    branches = by["epochs"].evidence.branches
     # each short run: a call to train to each rung and one for its cooldown (after the clock's few timed calls)
-    scores = sum(len(t["scores"]) for t in trials)
+    scores = sum(len(t.scores) for t in trials)
     assert len(seen["trains"]) >= 2 * scores + 2 * len(branches) + 3
     # the trunk: a call up to each branch's start, then one through its decay, in that order, to the last step
-    assert seen["trains"][-2 * len(branches):] == [x for b in branches for x in (b["start"], b["steps"])]
+    assert seen["trains"][-2 * len(branches):] == [x for b in branches for x in (b.start, b.steps)]
     assert seen["evaluations"] == scores + len(branches) + 1  # every score is the trainer's evaluate()
     assert seen["dtypes"] == {torch.bfloat16}  # the trainer's own bf16, inside every run
     assert result.model_path.exists() and math.isfinite(result.metric)

@@ -23,6 +23,7 @@ from gradpilot.examples import accuracy, spirals
 from gradpilot.report import SECTIONS, write_tune_report
 from gradpilot.train.task import Task
 from gradpilot.tuning import tune
+from gradpilot.tuning.state import TuneRecord
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 CHECK = """<script>window.addEventListener('load', () => {
@@ -78,17 +79,16 @@ def test_tune_writes_a_self_contained_page_under_the_size_limit(tuned):
 
 
 def test_the_page_shows_the_trunk_its_branches_and_which_won(tuned):
-    record = json.loads((tuned / "tune.json").read_text())
+    record = TuneRecord.read(tuned / "tune.json")
     page = (tuned / "report.html").read_text()
     section = re.search(r'<section id="epochs">(.*?)</section>', page, re.S).group(1)
     assert 'alt="the trunk and its branches"' in section
-    branches = record["stages"]["epochs"]["evidence"]["branches"]
-    winner = record["stages"]["epochs"]["evidence"]["winner"]
+    seen = record.stage("epochs").evidence
     rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", section)]
     rows = [cells for cells in rows if cells]  # the header row has no <td>
-    assert [int(cells[0]) for cells in rows] == [b["epochs"] for b in branches] and len(branches) >= 2
+    assert [int(cells[0]) for cells in rows] == [b.epochs for b in seen.branches] and len(seen.branches) >= 2
     chosen = [cells[0] for cells in rows if cells[-1] == "chosen"]
-    assert chosen == [str(branches[winner]["epochs"])] == [str(record["plan"]["num_train_epochs"])]
+    assert chosen == [str(seen.branches[seen.winner].epochs)] == [str(record.plan["num_train_epochs"])]
 
 
 def test_the_page_renders_in_a_real_browser_with_every_image_loaded(tuned, tmp_path):
@@ -98,16 +98,16 @@ def test_the_page_renders_in_a_real_browser_with_every_image_loaded(tuned, tmp_p
     found = re.search(r'<pre id="gp-check">(.*?)</pre>', done.stdout)
     assert found, done.stderr[-2000:]
     check = json.loads(html.unescape(found.group(1)))
-    record = json.loads((tuned / "tune.json").read_text())
+    record = TuneRecord.read(tuned / "tune.json")
     plan, story = check["summary"]
     assert plan["bottom"] <= check["height"] and story["bottom"] <= check["height"]  # both in the first screen
-    assert f"learning_rate {record['plan']['learning_rate']:.3g}" in plan["text"] and "accuracy" in plan["text"]
-    found_lr = record["stages"]["lr_range"]["decision"]["lr_found"]
+    assert f"learning_rate {record.plan['learning_rate']:.3g}" in plan["text"] and "accuracy" in plan["text"]
+    found_lr = record.stage("lr_range").decision.suggestion
     assert story["text"].startswith(f"The range test suggested {found_lr:.3g}; the plan's ")
     page = (tuned / "report.html").read_text()
-    search = record["stages"]["lr_search"]["decision"]
-    if search["micro_batch"] * search["accumulation"] == record["settings"]["batch_size"]:  # on the curve's batch
-        assert f"The black line marks the LR the search chose, {search['learning_rate']:.3g}" in page
+    search = record.stage("lr_search").decision
+    if search.batch == record.settings["batch_size"]:  # on the curve's batch
+        assert f"The black line marks the LR the search chose, {search.learning_rate:.3g}" in page
     assert check["images"] == page_images(tuned) >= 5 and check["loaded"] == check["images"]
     assert check["sections"] == [anchor for anchor, _ in SECTIONS] and check["tables"] >= 7
     shot = tmp_path / "report.png"
@@ -187,11 +187,13 @@ def test_a_page_that_cannot_be_drawn_costs_the_page_not_the_plan(tmp_path, monke
 ])
 def test_the_lr_story_says_how_far_the_search_moved_from_the_range_test(found, chosen, words):
     from gradpilot.report import lr_story
+    from gradpilot.tuning.state import Chosen, RangeTest, Stage
 
-    stages = {"lr_range": {"decision": {"lr_found": found}},
-              "lr_search": {"decision": {"learning_rate": chosen}, "why": "5 short runs; it scored best"}}
-    assert words in lr_story(stages)
-    assert lr_story({"lr_range": {"skipped": "fixed", "decision": {}}}) == "The learning rate was fixed."
+    stages = (Stage("lr_range", RangeTest(found, found / 10, found * 10, 0.9), "why"),
+              Stage("lr_search", Chosen(chosen, 32, 1, 0), "5 short runs; it scored best"))
+    assert words in lr_story(TuneRecord({}, "", stages))
+    assert lr_story(TuneRecord({}, "", (Stage("lr_range", None, "fixed", skipped="fixed"),))) == \
+        "The learning rate was fixed."
 
 
 @pytest.mark.parametrize(("peaks", "measured"), [
@@ -211,7 +213,9 @@ def test_the_batch_panel_shows_memory_exactly_when_it_was_measured(tuned):
     from gradpilot.report import memory_measured
 
     page = (tuned / "report.html").read_text()
-    trials = json.loads((tuned / "tune.json").read_text())["stages"]["batch"]["evidence"]["trials"]
+    from gradpilot._records import plain
+
+    trials = [plain(t) for t in TuneRecord.read(tuned / "tune.json").stage("batch").evidence.trials]
     assert ("peak memory (MiB)" in page) is memory_measured(trials)
     assert ("Peak memory is not shown" in page) is not memory_measured(trials)
     section = re.sub(r"<img[^>]*>", "", page.split('id="batch"')[1].split("</section>")[0])

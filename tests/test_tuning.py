@@ -59,25 +59,25 @@ def test_every_stage_runs_in_order_and_records_its_evidence(tuned):
                                                 "schedule"]
     by = {s.name: s for s in result.stages}
     clock = by["clock"].decision
-    assert clock.item_seconds > 0 and clock.eval_seconds > 0 and clock.run_items == 2048 and clock.evals == 4
+    assert clock.item_seconds > 0 and clock.validation_seconds > 0 and clock.run_items == 2048 and clock.validations == 4
     found = by["lr_range"].decision
-    assert found.lr_found > 0 and len(by["lr_range"].evidence["lrs"]) >= 10
-    assert found.lr_low <= found.lr_found <= found.lr_edge and 0 <= found.lr_confidence <= 1
+    assert found.suggestion > 0 and len(by["lr_range"].evidence.lrs) >= 10
+    assert found.low <= found.suggestion <= found.high and 0 <= found.confidence <= 1
     assert "supports" in by["lr_range"].why
     assert 32 in by["batch"].decision.batches and by["batch"].decision.max_micro >= 32
     assert by["accumulation"].decision.splits[0] == (32, 1)
-    trials = by["lr_search"].alternatives
-    assert len(trials) >= 3 and sum(t["state"] == "complete" for t in trials) <= 1
-    at_32 = [t["lr"] for t in trials if t.get("batch", 32) == 32]
-    assert at_32 and all(lr <= found.lr_edge * 1.0001 for lr in at_32)  # the candidates stay within the edge
+    trials = by["lr_search"].evidence.trials
+    assert len(trials) >= 3 and sum(t.state == "complete" for t in trials) <= 1
+    at_32 = [t.lr for t in trials if t.batch == 32]
+    assert at_32 and all(lr <= found.high * 1.0001 for lr in at_32)  # the candidates stay within the edge
     chosen = by["lr_search"].decision
     assert result.plan["learning_rate"] == chosen.learning_rate and chosen.trial is not None
     trained = by["epochs"].decision
-    branches = by["epochs"].evidence["branches"]
-    assert [b["epochs"] for b in branches] == list(chosen.branches) and trained.num_train_epochs in chosen.branches
-    scores = [b["score"] for b in branches]
+    branches = by["epochs"].evidence.branches
+    assert [b.epochs for b in branches] == list(chosen.branches) and trained.num_train_epochs in chosen.branches
+    scores = [b.score for b in branches]
     assert trained.metric == max(scores) == result.metric  # the branch that validated best is the model
-    assert result.plan["num_train_epochs"] == branches[by["epochs"].evidence["winner"]]["epochs"]
+    assert result.plan["num_train_epochs"] == branches[by["epochs"].evidence.winner].epochs
     assert result.plan["lr_scheduler_type"] == "warmup_stable_decay"
     assert result.metric > 0.5  # three spiral arms: chance is 1/3
     assert seen and any("range test" in m for m, _ in seen) and any("trunk" in m for m, _ in seen)
@@ -89,13 +89,13 @@ def test_every_stage_runs_in_order_and_records_its_evidence(tuned):
 def test_the_winner_is_continued_not_restarted(tuned):
     result, _, _ = tuned
     by = {s.name: s for s in result.stages}
-    winner = next(t for t in by["lr_search"].alternatives if t["trial"] == by["lr_search"].decision.trial)
-    rung = max(int(k) for k in winner["scores"])
+    winner = next(t for t in by["lr_search"].evidence.trials if t.trial == by["lr_search"].decision.trial)
+    rung = max(int(k) for k in winner.scores)
     ev = by["epochs"].evidence
-    assert ev["from_step"] == rung // 32 > 0  # the trunk went on from the search's run of the winner
-    assert ev["trunk_lrs"][:ev["from_step"]] == [pytest.approx(by["lr_search"].decision.learning_rate)] * (rung // 32)
+    assert ev.from_step == rung // 32 > 0  # the trunk went on from the search's run of the winner
+    assert list(ev.trunk_lrs[:ev.from_step]) == [pytest.approx(by["lr_search"].decision.learning_rate)] * (rung // 32)
     # trained once: the search's items plus the trunk's, not a run from scratch after the search
-    assert by["epochs"].items < 2048 + sum(32 * b["decay"] for b in ev["branches"])
+    assert by["epochs"].items < 2048 + sum(32 * b.decay for b in ev.branches)
 
 
 def test_the_search_and_the_trunk_keep_only_what_a_decision_needs_on_disk(tuned, tmp_path):
@@ -110,13 +110,13 @@ def test_the_search_and_the_trunk_keep_only_what_a_decision_needs_on_disk(tuned,
     one.save(tmp_path / "one")  # one candidate's saved run: weights and optimizer state
     size = sum(p.stat().st_size for p in (tmp_path / "one").iterdir())
     search = next(s for s in result.stages if s.name == "lr_search")
-    assert len(search.alternatives) >= 3
+    assert len(search.evidence.trials) >= 3
     record = json.loads((out / "tune.json").read_text())
     assert 0 < record["peak_disk_bytes"] <= 3 * size  # not one run per candidate
     assert not list((out / "runs" / "search").glob("trial-*"))  # the winner's run became the trunk's
     assert set(record["stages"]) == {s.name for s in result.stages}
     assert all(s.seconds >= 0 for s in result.stages) and search.seconds > 0
-    assert all(t["seconds"] > 0 for t in search.alternatives if t["scores"])
+    assert all(t.seconds > 0 for t in search.evidence.trials if t.scores)
     work = record["seconds"]  # split by kind, what the budget counts apart from the bookkeeping
     assert work["training"] > 0 and work["validation"] > 0 and work["other"] >= 0
 
@@ -153,7 +153,7 @@ def test_the_plan_means_what_transformers_means_by_it(tuned):
         hf.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    ours = next(s for s in result.stages if s.name == "epochs").evidence["lrs"]
+    ours = list(next(s for s in result.stages if s.name == "epochs").evidence.lrs)
     assert len(ours) == total and ours == pytest.approx(hf, rel=1e-9, abs=1e-15)
     decay = kwargs["num_decay_steps"]  # by hand: the peak until the decay, then down linearly to 1/decay of it
     assert hf[total - decay - 1] == pytest.approx(plan["learning_rate"])
@@ -212,19 +212,19 @@ def test_a_fixed_batch_skips_its_stage_and_rescales_the_lr(tmp_path):
     assert by["batch"].skipped == "fixed" and by["lr_search"].decision.branches == (2,)
     assert result.plan["per_device_train_batch_size"] == 64 and result.plan["num_train_epochs"] == 2
     decided = by["lr_range"].decision
-    center = scaling.scale_lr(decided.lr_found, 32, 64, "sqrt")
-    assert center == pytest.approx(decided.lr_found * math.sqrt(2))
-    if decided.lr_confidence < 0.5:  # an unsure range test centres the runs between its pick and its edge
-        center = math.sqrt(center * decided.lr_edge * math.sqrt(2))
-    assert any(t["lr"] == pytest.approx(center) for t in by["lr_search"].alternatives)
-    assert all(t["lr"] <= decided.lr_edge * math.sqrt(2) * 1.0001 for t in by["lr_search"].alternatives)
+    center = scaling.scale_lr(decided.suggestion, 32, 64, "sqrt")
+    assert center == pytest.approx(decided.suggestion * math.sqrt(2))
+    if decided.confidence < 0.5:  # an unsure range test centres the runs between its pick and its edge
+        center = math.sqrt(center * decided.high * math.sqrt(2))
+    assert any(t.lr == pytest.approx(center) for t in by["lr_search"].evidence.trials)
+    assert all(t.lr <= decided.high * math.sqrt(2) * 1.0001 for t in by["lr_search"].evidence.trials)
 
 
 def test_a_small_budget_trains_the_task_s_epochs_with_one_branch(tmp_path):
     result = tune(small_task(), out_dir=tmp_path, budget=1.3)  # three branches and a search cannot both fit
     by = {s.name: s for s in result.stages}
-    branches = by["epochs"].evidence["branches"]
-    assert [b["epochs"] for b in branches] == [4] and result.plan["num_train_epochs"] == 4
+    branches = by["epochs"].evidence.branches
+    assert [b.epochs for b in branches] == [4] and result.plan["num_train_epochs"] == 4
     assert result.spent_items <= 1.3
 
 
@@ -236,25 +236,25 @@ def test_fixed_lr_and_schedule_skip_their_stages(tmp_path):
     assert by["epochs"].skipped == "fixed" and by["epochs"].decision.scheduler == "linear"
     assert result.plan["learning_rate"] == 0.02 and result.plan["lr_scheduler_type"] == "linear"
     assert result.plan["gradient_accumulation_steps"] == 2 and result.plan["per_device_train_batch_size"] == 16
-    lrs = by["epochs"].evidence["lrs"]  # a linear decay from the peak over the run: 16 steps (of 16 × 2) an epoch
+    lrs = by["epochs"].evidence.lrs  # a linear decay from the peak over the run: 16 steps (of 16 × 2) an epoch
     assert lrs[0] == pytest.approx(0.02) and lrs[-1] == pytest.approx(0.02 / 64) and len(lrs) == 64
 
 
 def test_a_plan_fixed_to_a_constant_lr_is_searched_at_its_constant_lr(tmp_path):
     result = tune(small_task(), out_dir=tmp_path, budget=2, fixed={"scheduler": "constant"})
     by = {s.name: s for s in result.stages}
-    assert by["lr_search"].evidence["cooldown"] == 0.0 and by["schedule"].skipped == "fixed"
+    assert by["lr_search"].evidence.cooldown == 0.0 and by["schedule"].skipped == "fixed"
     assert result.plan["lr_scheduler_type"] == "constant"
-    assert all(b["decay"] == 0 for b in by["epochs"].evidence["branches"])  # validations on the trunk, no decay
+    assert all(b.decay == 0 for b in by["epochs"].evidence.branches)  # validations on the trunk, no decay
 
 
 def test_no_cooldown_and_an_own_storage(tmp_path):
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     result = tune(small_task(), out_dir=tmp_path / "out", cooldown=0.0, storage=url, seed=3, budget=2)
     study = optuna.load_study(study_name="gradpilot:lr_search", storage=url)
-    assert len(study.trials) == len(next(s for s in result.stages if s.name == "lr_search").alternatives)
+    assert len(study.trials) == len(next(s for s in result.stages if s.name == "lr_search").evidence.trials)
     assert not (tmp_path / "out" / "trials.journal").exists()
-    assert next(s for s in result.stages if s.name == "lr_search").evidence["cooldown"] == 0.0
+    assert next(s for s in result.stages if s.name == "lr_search").evidence.cooldown == 0.0
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -378,7 +378,7 @@ def test_a_noise_scale_that_cannot_be_measured_costs_a_warning_and_keeps_the_tas
     with pytest.warns(UserWarning, match="noise scale could not be measured.*keeps the task's batch 32"):
         result = tune(converged_regression(), out_dir=tmp_path, budget=20)  # a budget the batch trials fit in
     batch = {s.name: s for s in result.stages}["batch"]
-    assert batch.decision.batches == (32,) and batch.evidence["noise_scale"] is None
+    assert batch.decision.batches == (32,) and batch.evidence.noise_scale is None
     assert batch.why.startswith("the task's batch 32 is kept: the gradient noise scale could not be measured")
     assert result.plan["per_device_train_batch_size"] == 32 and result.spent_items <= 20
 
@@ -433,7 +433,7 @@ def test_a_budget_far_beyond_what_tune_can_use_is_not_spent(tmp_path):
     result = tune(small_task(n=256, epochs=2), out_dir=tmp_path, budget=1e6)
     search = {s.name: s for s in result.stages}["lr_search"]
     # no candidate trains more than half a run, but for the least rung worth racing (4 steps) on one so short
-    assert search.evidence["rungs"] == [128, 384] and max(search.evidence["rungs"]) <= max(256 * 2 / 2, 3 * 4 * 32)
+    assert search.evidence.rungs == (128, 384) and max(search.evidence.rungs) <= max(256 * 2 / 2, 3 * 4 * 32)
     assert result.spent_items < 10  # the batch trials' fixed cost is 3 runs of so small a task
 
 
@@ -506,20 +506,25 @@ def test_with_a_constant_lr_the_branches_are_validations_and_the_best_sets_the_e
     task = small_task(n=512, epochs=3)
     result = tune(task, out_dir=tmp_path, fixed={"lr": 3e-3, "batch_size": 32, "lr_scheduler_type": "constant"})
     epochs = {s.name: s for s in result.stages}["epochs"]
-    branches = epochs.evidence["branches"]
-    assert [b["epochs"] for b in branches] == [1, 2, 3] and all(b["decay"] == 0 for b in branches)
-    best = max(branches, key=lambda b: (b["score"], b["epochs"]))
-    assert result.plan["num_train_epochs"] == best["epochs"] and result.metric == best["score"]
+    branches = epochs.evidence.branches
+    assert [b.epochs for b in branches] == [1, 2, 3] and all(b.decay == 0 for b in branches)
+    best = max(branches, key=lambda b: (b.score, b.epochs))
+    assert result.plan["num_train_epochs"] == best.epochs and result.metric == best.score
     assert result.plan["lr_scheduler_type"] == "constant" and result.plan["lr_scheduler_kwargs"] == {}
 
 
 def test_the_best_branch_wins_and_of_equal_ones_the_longest():
-    from gradpilot.tuning.trunk import _winner
+    from gradpilot.schedules.factor import Wsd
+    from gradpilot.tuning.state import BranchRecord
+    from gradpilot.tuning.trunk import BranchDone, _winner
 
-    assert _winner([{"score": 0.5}, {"score": 0.7}, {"score": 0.6}], higher=True) == 1
-    assert _winner([{"score": 0.5}, {"score": 0.7}, {"score": 0.6}], higher=False) == 0
-    assert _winner([{"score": 0.7}, {"score": 0.7}, {"score": 0.6}], higher=True) == 1  # equal: the longer one
-    assert _winner([{"score": None}, {"score": 0.2}], higher=True) == 1  # a NaN never wins
+    def done(*scores):
+        return tuple(BranchDone(BranchRecord(i + 1, 0, 1, 2, s, 0.0, Wsd()), (), ()) for i, s in enumerate(scores))
+
+    assert _winner(done(0.5, 0.7, 0.6), higher=True) == 1
+    assert _winner(done(0.5, 0.7, 0.6), higher=False) == 0
+    assert _winner(done(0.7, 0.7, 0.6), higher=True) == 1  # equal: the longer one
+    assert _winner(done(math.nan, 0.2), higher=True) == 1  # a NaN never wins
 
 
 def test_a_tune_killed_in_the_trunk_redoes_no_branch(tmp_path):

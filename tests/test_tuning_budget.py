@@ -10,13 +10,13 @@ from gradpilot.tuning.budget import Purse, TrunkPlan
 from gradpilot.tuning.state import Clock
 
 # one run: 4 epochs of 512 items (2048 items, 64 steps of 32), 1 ms per item and 0.1 s per validation: 2.448 s
-CLOCK = Clock(item_seconds=1e-3, eval_seconds=0.1, run_items=2048, evals=4, start_metric=0.3)
+CLOCK = Clock(item_seconds=1e-3, validation_seconds=0.1, run_items=2048, validations=4, start_metric=0.3)
 
 
 def test_a_run_costs_its_items_its_validations_and_its_calls():
     assert CLOCK.run_seconds == pytest.approx(2.048 + 0.4)
     assert CLOCK.seconds(1000, 2) == pytest.approx(1.2)
-    trainer = Clock(item_seconds=1e-3, eval_seconds=0.1, run_items=2048, evals=4, start_metric=0.3, call_seconds=0.5)
+    trainer = Clock(item_seconds=1e-3, validation_seconds=0.1, run_items=2048, validations=4, start_metric=0.3, call_seconds=0.5)
     assert trainer.run_seconds == pytest.approx(2.448 + 0.5)  # a run is one call into the trainer
     assert trainer.seconds(1000, 2, 3) == pytest.approx(2.7)
     # the search's short runs and the trunk's stretches each cost a call to train and one to decay

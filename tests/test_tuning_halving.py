@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from gradpilot.tuning import halving
+from gradpilot.tuning.folder import TuneFolder
 from gradpilot.tuning.halving import Candidate, Halving, Plan
 from tests.conftest import small_task
 
@@ -26,22 +27,23 @@ def scored_study(direction: str, scores: dict[int, dict[int, float]]) -> optuna.
 def searcher(folder: Path, higher: bool) -> Halving:
     task = small_task()
     object.__setattr__(task, "higher_is_better", higher)
-    return Halving(optuna.storages.InMemoryStorage(), "p", task, {}, seed=0, folder=folder)
+    return Halving(optuna.storages.InMemoryStorage(), "p", task, {}, seed=0, folder=TuneFolder(folder))
 
 
 @pytest.mark.parametrize("higher", [True, False])
 def test_halve_promotes_the_best_third_and_deletes_the_pruned_runs(tmp_path, higher):
     scores = {0: 0.5, 1: 0.9, 2: 0.7, 3: 0.2, 4: 0.8, 5: 0.4}
     study = scored_study("maximize" if higher else "minimize", {i: {100: v} for i, v in scores.items()})
+    search = TuneFolder(tmp_path).search
     for t in study.trials:
-        (tmp_path / f"trial-{t.number}").mkdir()
+        (search / f"trial-{t.number}").mkdir(parents=True)
     plan = Plan(tuple(Candidate(10.0**-i, 32) for i in scores), (100, 300), 0.2, 10**6)
     promoted = searcher(tmp_path, higher).halve(study, plan, 0)
     assert promoted == ([1, 4] if higher else [3, 5])  # 6 candidates: the best 2 go on, best first
     assert searcher(tmp_path, higher).halve(study, plan, 0) == promoted  # done again after a kill: the same
     pruned = [t.number for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert sorted(pruned) == sorted(set(scores) - set(promoted))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"trial-{i}" for i in sorted(promoted)]
+    assert sorted(p.name for p in search.iterdir()) == [f"trial-{i}" for i in sorted(promoted)]
 
 
 @pytest.mark.parametrize(("scores", "higher", "going"), [

@@ -186,10 +186,12 @@ def test_backend_ray_runs_the_short_runs_of_a_task_file_as_ray_tune_trials(tmp_p
 
 
 def test_backend_is_checked(tmp_path):
-    with pytest.raises(GradpilotError, match="backend must be 'optuna' or 'ray'"):
-        tune(small_task(), out_dir=tmp_path, backend="dask")
+    from gradpilot.integrations.ray_tune import RayBackend
+
+    with pytest.raises(GradpilotError, match="backend must run a rung's short runs"):
+        tune(small_task(), out_dir=tmp_path, backend="ray")
     with pytest.raises(GradpilotError, match="leave n_jobs at 1"):
-        tune(small_task(), out_dir=tmp_path, backend="ray", n_jobs=2)
+        tune(small_task(), out_dir=tmp_path, backend=RayBackend(), n_jobs=2)
 
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from gradpilot import _validate, scaling
+from gradpilot.batch.results import BatchSizeResult, BatchTrial, NoiseScaleResult
 from gradpilot.errors import GradpilotError, first_line
 from gradpilot.train.accumulation import StepParts, optimizer_step
 from gradpilot.train.batches import LossFn, StepFn, compute_loss, model_device, to_device
@@ -99,32 +100,6 @@ def peak_memory_growth(device: torch.device) -> Iterator[list[int]]:
         stop.set()
         sampler.join()
         out[0] = max(peak[0], _rss()) - base
-
-
-@dataclass(frozen=True)
-class BatchTrial:
-    """One size tried: whether it fit, its throughput and the peak memory it added."""
-
-    batch_size: int
-    fits: bool
-    samples_per_second: float | None
-    peak_memory: int | None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class BatchSizeResult:
-    """The largest micro-batch that fits, with every trial in the order tried."""
-
-    batch_size: int
-    trials: tuple[BatchTrial, ...]
-    limit: str = ""  # what bounded the search besides memory (the dataset's size, max_batch_size, a default budget)
-
-    @property
-    def fastest(self) -> BatchTrial | None:
-        """The fitting trial with the highest samples per second."""
-        ok = [t for t in self.trials if t.fits and t.samples_per_second]
-        return max(ok, key=lambda t: t.samples_per_second or 0.0) if ok else None
 
 
 def _sample_batch(dataset: Dataset[Any], size: int, collate_fn: Callable[[list[Any]], Any]) -> Any:
@@ -290,23 +265,6 @@ def _trial(parts: StepParts, dataset: Dataset[Any], size: int, steps: int, colla
         over = f"peak memory grew {grown[0] / 2**20:.0f} MiB, over the {max_memory / 2**20:.0f} MiB budget"
         return BatchTrial(size, False, None, grown[0], over)
     return BatchTrial(size, True, size * steps / elapsed if elapsed > 0 else math.inf, grown[0])
-
-
-@dataclass(frozen=True)
-class NoiseScaleResult:
-    """The gradient noise scale measured on a model, and the effective batch it recommends."""
-
-    b_simple: float
-    grad_sq: float
-    trace_cov: float
-    small_batch: int
-    big_batch: int
-    batches: int
-
-    @property
-    def recommended_batch_size(self) -> int:
-        """The critical batch: beyond about B_simple, doubling the batch no longer halves the steps."""
-        return max(1, round(self.b_simple))
 
 
 def estimate_noise_scale(

@@ -24,7 +24,7 @@ from gradpilot.errors import GradpilotError
 if TYPE_CHECKING:
     from rich.status import Status
 
-    from gradpilot.batch.finder import BatchSizeResult, NoiseScaleResult
+    from gradpilot.batch.results import BatchSizeResult, NoiseScaleResult
     from gradpilot.scaling import BatchPlan, LRRule
     from gradpilot.train.task import Task
 

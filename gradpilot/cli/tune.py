@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,9 @@ from gradpilot.cli.common import (
     err_console,
 )
 from gradpilot.errors import GradpilotError
+
+if TYPE_CHECKING:
+    from gradpilot.tuning.halving import RungBackend
 
 
 @app.command("tune")
@@ -58,24 +61,27 @@ def tune_command(
 ) -> None:
     """Tune LR, batch, accumulation, epochs and schedule within a budget; write the plan, the model and a record."""
     fixed = dict(_key_value(item) for item in fix or [])
-    from gradpilot.tuning.plan import parse_fixed
+    from gradpilot.tuning.fixed import Fixed
 
-    parse_fixed(fixed)  # a wrong name fails before the task is even loaded
+    Fixed.parse(fixed)  # a wrong name fails before torch and the task load
     if budget is not None and time_budget is not None:
         raise GradpilotError("give --budget (runs) or --time-budget (a duration), not both")
     if budget is not None:
         _validate.positive_float("--budget", budget)
+    _validate.choice("--backend", backend, ("optuna", "ray"))
+    if ray_address is not None and backend != "ray":
+        raise GradpilotError("--ray-address needs --backend ray")
     from gradpilot.tuning import parse_duration, tune
     from gradpilot.tuning.driver import DEFAULT_BUDGET
     from gradpilot.tuning.view import budget_bar, summary
 
     seconds = parse_duration(time_budget) if time_budget is not None else None
     task = _load(task_file, seed)
+    runner = _backend(backend, ray_address)
     runs = None if seconds is not None else budget if budget is not None else DEFAULT_BUDGET
     with budget_bar(err_console, runs, disable=as_json) as progress:
         result = tune(task, budget=budget, time_budget=seconds, out_dir=out, fixed=fixed, storage=storage,
-                      study=study, n_jobs=n_jobs, backend=backend, ray_address=ray_address, seed=seed,
-                      cooldown=cooldown, progress=progress)
+                      study=study, n_jobs=n_jobs, backend=runner, seed=seed, cooldown=cooldown, progress=progress)
     if as_json:
         _print_json({"plan": result.plan, "spent_runs": result.spent, "budget_runs": result.budget,
                      "spent_item_runs": result.spent_items, "seconds": result.seconds,
@@ -84,6 +90,15 @@ def tune_command(
                      "report_path": str(result.report_path)})
     else:
         summary(result, console)
+
+
+def _backend(name: str, address: str | None) -> RungBackend | None:
+    """What runs the search's short runs: these processes (None), or Ray Tune."""
+    if name != "ray":
+        return None
+    from gradpilot.integrations.ray_tune import RayBackend
+
+    return RayBackend(address)
 
 
 def _key_value(item: str) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""The LR search's short runs on Ray (``tune(backend="ray")``, ``gradpilot tune --backend ray``).
+"""The LR search's short runs on Ray: ``tune(task, backend=RayBackend())``, ``gradpilot tune --backend ray``.
 
 A backend only runs a rung's jobs: each rung of the successive halving is one Ray Tune experiment with a
 trial per candidate still in the running. Each trial is a Ray task on whatever cluster ``ray.init`` joins and
@@ -28,11 +28,22 @@ from gradpilot.errors import GradpilotError, first_line
 from gradpilot.train.seam import Cost
 
 if TYPE_CHECKING:
-    from gradpilot.tuning.halving import Halving, Plan
+    from gradpilot.tuning.halving import Halving, Plan, Result
+
+
+class RayBackend:
+    """Runs each rung of tune's LR search as a Ray Tune experiment (``halving.RungBackend``), on a local Ray or
+    the cluster at ``address`` (``auto``: the one this machine belongs to)."""
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address
+
+    def run_rung(self, halving: Halving, plan: Plan, k: int, alive: list[int]) -> Iterator[Result]:
+        return run_rung(halving, plan, k, alive, self.address)
 
 
 def run_rung(halving: Halving, plan: Plan, k: int, alive: list[int],
-             address: str | None) -> Iterator[tuple[int, float, Cost, Path]]:
+             address: str | None) -> Iterator[Result]:
     """Candidates ``alive`` trained on to rung ``k`` as Ray Tune trials: (index, score, cost, saved run) each,
     the saved run copied to where the search keeps it."""
     if not alive:

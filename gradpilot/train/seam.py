@@ -16,14 +16,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from gradpilot._direction import worst
 from gradpilot._files import write_json
 from gradpilot.errors import GradpilotError
 from gradpilot.schedules.factor import DecayType, Wsd
+
+if TYPE_CHECKING:
+    import torch
 
 RECORD = "run.json"  # what a saved run says of itself (``RunRecord``), beside what its trainer saved
 

@@ -1,11 +1,20 @@
-"""``tune``, by concept: ``driver`` (the function and its loop over the stages), ``state`` (each stage's typed
-decision), ``budget`` (the budget policy, in plain numbers), ``stages`` (clock, range test, batch,
-accumulation), ``search`` and ``halving`` (the LR search and its successive halving), ``trunk`` (the winner
-continued, its cooldown branches, the schedule), ``plan`` (the plan in ``TrainingArguments`` names), ``record``
-(the folder and its outputs), ``queue`` and ``local_workers`` (work shared through an Optuna storage), ``view``
-(how the command line shows it)."""
+"""``tune``, by concept: ``driver`` (the function and its loop over the stages), ``context`` (what a tune works on,
+and where it stands after each stage), ``state`` (each stage's typed decision and evidence), ``fixed`` (the plan
+values kept as given), ``folder`` (where its files live), ``budget`` (the budget policy, in plain numbers),
+``stages`` (clock, range test, batch, accumulation), ``search`` and ``halving`` (the LR search and its
+successive halving), ``trunk`` (the winner continued, its cooldown branches, the schedule), ``plan`` (the plan
+in ``TrainingArguments`` names), ``record`` (``tune.json``, typed, and the folder's checks and outputs),
+``queue`` and ``local_workers`` (work shared through an Optuna storage), ``view`` (how the command line shows
+it). The records (``state``, ``fixed``, ``folder``) import no torch; ``tune`` loads it when used."""
 
-from gradpilot.tuning.driver import FIXABLE, TuneResult, parse_duration, tune
+from typing import TYPE_CHECKING
+
+from gradpilot import _lazy
+from gradpilot.tuning.fixed import FIXABLE, Fixed
 from gradpilot.tuning.state import Stage
 
-__all__ = ["FIXABLE", "Stage", "TuneResult", "parse_duration", "tune"]
+if TYPE_CHECKING:
+    from gradpilot.tuning.driver import TuneResult, parse_duration, tune
+
+__all__ = ["FIXABLE", "Fixed", "Stage", "TuneResult", "parse_duration", "tune"]
+__getattr__ = _lazy.exports(__name__, {"TuneResult": "driver", "parse_duration": "driver", "tune": "driver"})

@@ -1,52 +1,79 @@
-"""A tune in progress: the task, where its work is kept, the budget, what the stages decided (typed,
-``state.Decided``) and what they spent (a ``Cost``, summed from their records: charged once)."""
+"""A tune in progress: ``Context``, what stays the same while it runs (the task, its folder, the budget, the
+storage its work is shared through), and ``SoFar``, where it stands after each stage — what the stages decided
+(``state.Decided``) and what they spent (a ``Cost``, summed from their records: charged once). Both frozen: a
+stage reads them and returns a ``Stage``; the driver makes the next ``SoFar``."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import torch
-from optuna.storages import BaseStorage
+from typing import TYPE_CHECKING, Any
 
 from gradpilot.train.seam import Cost
-from gradpilot.train.task import Task
 from gradpilot.tuning.budget import MARGIN, Purse, fixed_clock
-from gradpilot.tuning.state import Clock, Decided
+from gradpilot.tuning.fixed import Fixed
+from gradpilot.tuning.folder import TuneFolder
+from gradpilot.tuning.state import Clock, Decided, Stage
+
+if TYPE_CHECKING:
+    import torch
+    from optuna.storages import BaseStorage
+
+    from gradpilot.train.task import Task
+    from gradpilot.tuning.halving import RungBackend
 
 
-@dataclass
+@dataclass(frozen=True)
+class Budget:
+    """What a tune may spend: ``runs`` of the task (in wall time as measured, and in items), or ``seconds``."""
+
+    runs: float | None
+    seconds: float | None
+
+
+@dataclass(frozen=True)
 class Context:
-    """A tune in progress. The budget is ``budget`` runs of the task, or ``time_budget`` seconds where given;
-    both are counted in items and in measured seconds once the clock has run."""
+    """What a tune works on and with, the same from its first stage to its last and in every worker."""
 
     task: Task
-    out: Path
+    folder: TuneFolder
     seed: int
-    fixed: dict[str, Any]
+    fixed: Fixed
     cooldown: float
+    budget: Budget
     train_items: int
-    budget: float | None  # runs (None: the time budget rules)
-    time_budget: float | None  # seconds
     initial: dict[str, torch.Tensor]
     storage: BaseStorage
     prefix: str  # the study names' prefix: workers given the same storage and prefix share the work
-    progress: Callable[[str, float], None] | None
-    wait: Callable[[], None] | None = None  # called while a worker waits on others (the n_jobs parent watches them)
-    on_ray: bool = False  # the search's short runs as Ray Tune trials
-    ray_address: str | None = None
-    decided: Decided = field(default_factory=Decided)
-    spent: Cost = field(default_factory=Cost)
     settings: dict[str, Any] = field(default_factory=dict)  # what a resume must match, as JSON
     task_weights: str = ""  # a digest of the weights the task's model came with, before tune touched them
+    progress: Callable[[str, float], None] | None = None
+    wait: Callable[[], None] | None = None  # called while a worker waits on others (the n_jobs parent watches them)
+    backend: RungBackend | None = None  # what runs the search's rungs (None: these workers, on the queue)
 
     @property
     def run_items(self) -> int:
         """Items one run of the task trains on: the unit of the budget."""
         return self.train_items * self.task.epochs
+
+
+@dataclass(frozen=True)
+class SoFar:
+    """Where a tune stands: its context, what the stages have decided and what they have spent."""
+
+    ctx: Context
+    decided: Decided = field(default_factory=Decided)
+    spent: Cost = field(default_factory=Cost)
+
+    def after(self, stage: Stage) -> SoFar:
+        """Where the tune stands once ``stage`` is done."""
+        return SoFar(self.ctx, self.decided.taking(stage), self.spent + stage.spent)
+
+    def with_clock(self, clock: Clock) -> SoFar:
+        """As if the clock had decided ``clock`` (the clock stage checks a time budget with its own figures)."""
+        return dataclasses.replace(self, decided=dataclasses.replace(self.decided, clock=clock))
 
     @property
     def clock(self) -> Clock:
@@ -56,21 +83,22 @@ class Context:
     @property
     def budget_runs(self) -> float:
         """The budget in runs: as given, or the time budget over one run's measured seconds."""
-        if self.budget is not None:
-            return self.budget
-        if self.decided.clock is None or self.time_budget is None:
+        budget = self.ctx.budget
+        if budget.runs is not None:
+            return budget.runs
+        if self.decided.clock is None or budget.seconds is None:
             return math.nan
-        return self.time_budget / max(self.decided.clock.run_seconds, 1e-9)
+        return budget.seconds / max(self.decided.clock.run_seconds, 1e-9)
 
     @property
     def budget_seconds(self) -> float:
-        if self.time_budget is not None:
-            return self.time_budget
+        if self.ctx.budget.seconds is not None:
+            return self.ctx.budget.seconds
         return self.budget_runs * self.clock.run_seconds
 
     @property
     def budget_items(self) -> float:
-        return self.budget_runs * self.run_items
+        return self.budget_runs * self.ctx.run_items
 
     @property
     def charged(self) -> float:
@@ -88,18 +116,16 @@ class Context:
     def purse(self) -> Purse:
         """What the rest of the work may plan on: what is left of the budget in seconds of work (less a margin for
         what plans round) and in items."""
-        seconds = MARGIN * self.budget_seconds - self.charged
-        return Purse(seconds, self.left_items, self.clock)
+        return Purse(MARGIN * self.budget_seconds - self.charged, self.left_items, self.clock)
 
     @property
     def spent_runs(self) -> float:
         """What is spent, in runs: the runs' measured seconds over one run's (or items, where more), or items before
         the clock ran."""
         if self.decided.clock is None:
-            return self.spent.items / self.run_items
-        return max(self.charged / self.clock.run_seconds, self.spent.items / self.run_items)
+            return self.spent.items / self.ctx.run_items
+        return max(self.charged / self.clock.run_seconds, self.spent.items / self.ctx.run_items)
 
     def say(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress(message, self.spent_runs)
-
+        if self.ctx.progress is not None:
+            self.ctx.progress(message, self.spent_runs)

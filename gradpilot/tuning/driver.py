@@ -3,9 +3,9 @@ real runs, epochs, schedule — as one call within a budget, ending in a plan, t
 
 One unit of budget is one run of the task as written: its epochs over its training set, with a validation
 each epoch, in the wall time it takes (measured first, by the clock) and in items; ``time_budget`` gives the
-seconds directly. Each stage is a function of one shape (``Context -> Stage``); this module drives them, runs
-each in whichever worker takes it first, records them in ``DIR/tune.json`` as they finish (what a resume
-reads back) and writes the outputs.
+seconds directly. Each stage is a function of one shape (``SoFar -> Stage``); this module drives them, runs
+each in whichever worker takes it first, records them in ``tune.json`` as they finish (what a resume reads
+back) and writes the outputs.
 """
 
 from __future__ import annotations
@@ -25,27 +25,39 @@ from optuna.storages import BaseStorage
 from torch import nn
 
 from gradpilot import _validate
-from gradpilot._files import write_json
 from gradpilot.errors import GradpilotError
-from gradpilot.train import fingerprint as _fingerprint
-from gradpilot.train.seam import Cost
+from gradpilot.train import fingerprint
 from gradpilot.train.task import Task
 from gradpilot.tuning import queue, record, search, stages, trunk
-from gradpilot.tuning.context import Context
-from gradpilot.tuning.plan import FIXABLE, parse_fixed
-from gradpilot.tuning.state import Stage
+from gradpilot.tuning.context import Budget, Context, SoFar
+from gradpilot.tuning.fixed import FIXABLE, Fixed
+from gradpilot.tuning.folder import TuneFolder
+from gradpilot.tuning.halving import RungBackend
+from gradpilot.tuning.state import Stage, TuneRecord
 
 __all__ = ["FIXABLE", "Stage", "TuneResult", "parse_duration", "tune"]
 
 DEFAULT_BUDGET = 2.0
-STAGES: tuple[tuple[str, Callable[[Context], Stage]], ...] = (
-    ("clock", stages.clock),
-    ("lr_range", stages.lr_range),
-    ("batch", stages.batch),
-    ("accumulation", stages.accumulation),
-    ("lr_search", search.lr_search),
-    ("epochs", trunk.epochs),
-    ("schedule", trunk.schedule),
+
+
+@dataclass(frozen=True)
+class Step:
+    """A stage of the workflow: its name, the decision one worker takes (``decide``), and the work every worker
+    takes part in before it (``share``: the search's races)."""
+
+    name: str
+    decide: Callable[[SoFar], Stage]
+    share: Callable[[SoFar], None] | None = None
+
+
+STEPS = (
+    Step("clock", stages.clock),
+    Step("lr_range", stages.lr_range),
+    Step("batch", stages.batch),
+    Step("accumulation", stages.accumulation),
+    Step("lr_search", search.decide, search.race),
+    Step("epochs", trunk.epochs),
+    Step("schedule", trunk.schedule),
 )
 
 
@@ -62,26 +74,30 @@ class TuneResult:
     metric: float
     model: nn.Module
     out_dir: Path
-    run_samples: int  # the items one run of the task trains on
+    run_items: int  # the items one run of the task trains on
     run_seconds: float  # one run's wall time, as measured
     seconds: float  # tune's work, in seconds
     spent_items: float  # runs of items trained
 
     @property
+    def folder(self) -> TuneFolder:
+        return TuneFolder(self.out_dir)
+
+    @property
     def plan_path(self) -> Path:
-        return self.out_dir / "plan.yaml"
+        return self.folder.plan
 
     @property
     def model_path(self) -> Path:
-        return self.out_dir / "model.pt"
+        return self.folder.model
 
     @property
     def record_path(self) -> Path:
-        return self.out_dir / "tune.json"
+        return self.folder.record
 
     @property
     def report_path(self) -> Path:
-        return self.out_dir / "report.html"
+        return self.folder.report
 
 
 def tune(
@@ -94,8 +110,7 @@ def tune(
     storage: str | BaseStorage | None = None,
     study: str = "gradpilot",
     n_jobs: int = 1,
-    backend: str = "optuna",
-    ray_address: str | None = None,
+    backend: RungBackend | None = None,
     seed: int = 0,
     cooldown: float = 0.2,
     progress: Callable[[str, float], None] | None = None,
@@ -114,25 +129,25 @@ def tune(
     processes on this machine, sharing Optuna's journal file in ``out_dir``. ``storage`` (an Optuna storage or
     any URL Optuna accepts, e.g. ``postgresql://user@host/db``) with a ``study`` name shares the work between
     every ``tune`` process started with the same two, on any machine: each stage and each short run runs once,
-    and all end with the same plan. ``backend="ray"`` runs the search's short runs as Ray Tune trials instead,
-    on a local Ray or the cluster at ``ray_address``.
+    and all end with the same plan. ``backend`` runs the search's short runs elsewhere
+    (``gradpilot.integrations.ray_tune.RayBackend()``: as Ray Tune trials, on a local Ray or a cluster).
     """
-    if backend not in ("optuna", "ray"):
-        raise GradpilotError(f"backend must be 'optuna' or 'ray', got {backend!r}")
-    if backend == "ray" and n_jobs > 1:
-        raise GradpilotError("with backend='ray', Ray places the work: leave n_jobs at 1")
+    if backend is not None and not hasattr(backend, "run_rung"):
+        raise GradpilotError(f"backend must run a rung's short runs (e.g. gradpilot.integrations.ray_tune."
+                             f"RayBackend()), got {backend!r}")
+    if backend is not None and n_jobs > 1:
+        raise GradpilotError("with a backend, it places the work: leave n_jobs at 1")
     runs, seconds = _budgets(budget, time_budget)
-    ctx = _context(task, runs, seconds, Path(out_dir), fixed or {}, storage, study, n_jobs, seed, cooldown, progress)
+    ctx = _context(task, Budget(runs, seconds), TuneFolder(Path(out_dir)), Fixed.parse(fixed or {}), storage, study,
+                   n_jobs, seed, cooldown, progress, backend)
     n_jobs = _at_most_the_cores(n_jobs)
-    ctx.on_ray, ctx.ray_address = backend == "ray", ray_address
     try:
         if n_jobs == 1:
             return _drive(ctx)
         from gradpilot.tuning.local_workers import LocalWorkers
 
         with LocalWorkers(ctx, n_jobs, lambda c: _drive(c, outputs=False)) as helpers:
-            ctx.wait = helpers.watch
-            return _drive(ctx)
+            return _drive(dataclasses.replace(ctx, wait=helpers.watch))
     except BaseException:  # stopped half-way (an error, Ctrl-C): the task's model is left as tune found it
         task.model.load_state_dict(ctx.initial)
         raise
@@ -173,61 +188,57 @@ def _drive(ctx: Context, *, outputs: bool = True) -> TuneResult:
     """One worker's way through the stages: a stage runs in whichever worker takes it first, and every worker
     reads its record back; the LR search's short runs are shared out between all of them."""
     began = time.perf_counter()
-    kept: dict[str, Any] = {"settings": ctx.settings, "task_weights": ctx.task_weights, "stages": {}}
-    done = []
-    for name, run_stage in STAGES:
+    now, done = SoFar(ctx), list[Stage]()
+    for step in STEPS:
         start = time.perf_counter()
-        if name == "lr_search":
-            search.search(ctx)  # every worker's share of the short runs; the stage then reads their scores
-        saved = queue.once(ctx.storage, f"{ctx.prefix}:stage:{name}",
-                           functools.partial(_run, run_stage, ctx, start), ctx.wait)
+        if step.share is not None:
+            step.share(now)  # every worker's part in the work (the search's rungs); the decision then reads it
+        saved = queue.once(ctx.storage, f"{ctx.prefix}:stage:{step.name}",
+                           functools.partial(_decided, step.decide, now, start), ctx.wait)
         stage = Stage.from_json(saved)
-        ctx.decided.take(stage)
-        done.append(stage)
-        kept["stages"][name] = saved
-        ctx.spent = sum((s.spent for s in done), Cost())
+        now, done = now.after(stage), [*done, stage]
         if outputs:
-            write_json(ctx.out / "tune.json", {**kept, **_spent(ctx, done)})
-    stages_done = tuple(done)
+            _record(now, tuple(done)).write(ctx.folder)
     if not outputs:
-        return _result(ctx, stages_done, {}, float("nan"), began)
-    plan, metric = record.write_outputs(ctx, stages_done, {**kept, **_spent(ctx, done)})
-    _report(ctx.out)
-    return _result(ctx, stages_done, plan, metric, began)
+        return _result(now, tuple(done), TuneRecord(ctx.settings, ctx.task_weights), began)
+    finished = record.write_outputs(now, _record(now, tuple(done)))
+    _report(ctx.folder)
+    return _result(now, tuple(done), finished, began)
 
 
-def _run(stage: Callable[[Context], Stage], ctx: Context, start: float) -> dict[str, Any]:
+def _decided(decide: Callable[[SoFar], Stage], now: SoFar, start: float) -> dict[str, Any]:
     """The stage's record, its wall seconds since ``start`` in the worker that ran it: what its runs did not
     account for (bookkeeping, start-up) is its ``other``."""
-    done = stage(ctx)
+    made = decide(now)
     wall = time.perf_counter() - start
-    other = max(0.0, wall - done.spent.seconds)
-    return dataclasses.replace(done, spent=dataclasses.replace(done.spent, other=done.spent.other + other)).to_json()
+    other = max(0.0, wall - made.spent.seconds)
+    return dataclasses.replace(made, spent=dataclasses.replace(made.spent, other=made.spent.other + other)).to_json()
 
 
-def _spent(ctx: Context, done: list[Stage]) -> dict[str, Any]:
-    """What tune.json says of the budget: runs spent in wall time and in items, seconds by stage and by kind."""
-    seconds = ctx.spent.to_json()
-    return {"spent_runs": ctx.spent_runs, "spent_item_runs": ctx.spent.items / ctx.run_items,
-            "budget_runs": ctx.budget_runs, "seconds": {k: v for k, v in seconds.items() if k in
-                                                        ("training", "validation", "io", "other")},
-            "run_seconds": ctx.decided.clock.run_seconds if ctx.decided.clock else None,
-            "peak_disk_bytes": _peak_disk(done)}
+def _record(now: SoFar, done: tuple[Stage, ...]) -> TuneRecord:
+    """tune.json as it stands: the stages done and what the budget says of them."""
+    ctx = now.ctx
+    run_seconds = now.decided.clock.run_seconds if now.decided.clock else float("nan")
+    return TuneRecord(ctx.settings, ctx.task_weights, done, now.spent, now.spent_runs,
+                      now.spent.items / ctx.run_items, now.budget_runs,
+                      now.budget_seconds if now.decided.clock else float("nan"), run_seconds, _peak_disk(done))
 
 
-def _peak_disk(done: list[Stage]) -> int:
+def _peak_disk(done: tuple[Stage, ...]) -> int:
     """The most bytes tune's saved runs held at once (``runs/``): the search's peak or the trunk's."""
-    return max((int(s.evidence.get("peak_disk_bytes", 0)) for s in done), default=0)
+    return max((int(getattr(s.evidence, "peak_disk_bytes", 0)) for s in done), default=0)
 
 
-def _result(ctx: Context, done: tuple[Stage, ...], plan: dict[str, Any], metric: float, began: float) -> TuneResult:
-    return TuneResult(plan, done, ctx.budget_runs, ctx.spent_runs, metric, ctx.task.model, ctx.out, ctx.run_items,
-                      ctx.clock.run_seconds, time.perf_counter() - began, ctx.spent.items / ctx.run_items)
+def _result(now: SoFar, done: tuple[Stage, ...], finished: TuneRecord, began: float) -> TuneResult:
+    ctx = now.ctx
+    return TuneResult(finished.plan, done, now.budget_runs, now.spent_runs, finished.metric, ctx.task.model,
+                      ctx.folder.root, ctx.run_items, now.clock.run_seconds, time.perf_counter() - began,
+                      now.spent.items / ctx.run_items)
 
 
-def _context(task: Task, runs: float | None, seconds: float | None, out: Path, fixed: dict[str, Any],
-             storage: str | BaseStorage | None, study: str, n_jobs: int, seed: int, cooldown: float,
-             progress: Callable[[str, float], None] | None) -> Context:
+def _context(task: Task, budget: Budget, folder: TuneFolder, fixed: Fixed, storage: str | BaseStorage | None,
+             study: str, n_jobs: int, seed: int, cooldown: float, progress: Callable[[str, float], None] | None,
+             backend: RungBackend | None) -> Context:
     if not isinstance(task, Task):
         raise GradpilotError(f"tune needs a gradpilot.Task, got {type(task).__name__}")
     _validate.positive_int("n_jobs", n_jobs)
@@ -240,19 +251,18 @@ def _context(task: Task, runs: float | None, seconds: float | None, out: Path, f
     if n_jobs > 1 and storage is not None:
         raise GradpilotError("n_jobs runs workers on this machine's journal file: for a shared storage, start one "
                              "tune per worker with the same storage and study instead")
-    _validate.writable_folder(out, "out_dir")
-    record.check_outputs(out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    _validate.writable_folder(folder.root, "out_dir")
+    record.check_outputs(folder)
+    folder.runs.mkdir(parents=True, exist_ok=True)
     n = record.train_length(task)
-    own = _fingerprint.weights_digest(task.model.state_dict())  # before runs/initial.pt is read over them
-    initial = record.initial_weights(task, out / "runs" / "initial.pt")
-    store = queue.open_storage(storage, out)
-    ctx = Context(task=task, out=out, seed=seed, fixed=parse_fixed(fixed), cooldown=cooldown, train_items=n,
-                  budget=runs, time_budget=seconds, initial=initial, storage=store, prefix=study, progress=progress,
-                  task_weights=own)
+    own = fingerprint.weights_digest(task.model.state_dict())  # before runs/initial.pt is read over them
+    initial = record.initial_weights(task, folder.initial)
+    store = queue.open_storage(storage, folder.trials)
+    ctx = Context(task=task, folder=folder, seed=seed, fixed=fixed, cooldown=cooldown, budget=budget, train_items=n,
+                  initial=initial, storage=store, prefix=study, task_weights=own, progress=progress, backend=backend)
     stages.check_budget(ctx)
     fresh = not queue.has_queue(store, f"{study}:settings")
-    ctx.settings = record.settings(ctx)
+    ctx = dataclasses.replace(ctx, settings=record.settings(ctx))
     record.check_folder(ctx, fresh_storage=fresh)  # first: a folder's own tune is the user's to continue or start anew
     if storage is None:  # the storage is this command's own: nothing else can be working on it
         queue.sweep(store, study, keep=(f"{study}:lr_search",))
@@ -260,14 +270,12 @@ def _context(task: Task, runs: float | None, seconds: float | None, out: Path, f
     return ctx
 
 
-def _report(out: Path) -> None:
+def _report(folder: TuneFolder) -> None:
     """report.html; a figure that cannot be drawn costs the page, never the plan or the model."""
     from gradpilot.report import write_tune_report
 
     try:
-        write_tune_report(out)
+        write_tune_report(folder.root)
     except Exception as exc:  # the page is a view: what tune decided is already on disk
         warnings.warn(f"report.html was not written ({type(exc).__name__}: {exc}); "
-                      f"`gradpilot report {out}` tries again", stacklevel=3)
-
-
+                      f"`gradpilot report {folder.root}` tries again", stacklevel=3)

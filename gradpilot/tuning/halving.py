@@ -5,9 +5,9 @@ the ``{prefix}:lr_search`` study hold each candidate's scores and cost; its runs
 ``folder`` and deleted as soon as they can no longer go on, so disk holds the live candidates only. The last
 rung keeps its winner's run: the trunk goes on from it.
 
-Every short run trains through ``runner.start`` (the task's own trainer where it brings one). A backend only
-runs a rung's jobs: here, the workers on the queue; with Ray, Ray Tune trials (``integrations.ray_tune``),
-whose results are recorded here the same way.
+Every short run trains through ``run.start`` (the task's own trainer where it brings one). A backend only
+runs a rung's jobs: by default the workers on the queue; one passed in (``RungBackend``: Ray Tune trials,
+``integrations.ray_tune``) returns their results, recorded here the same way.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import math
 import os
 import shutil
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import optuna
 import torch
@@ -30,11 +30,13 @@ from optuna.trial import TrialState
 from gradpilot._direction import sort_key
 from gradpilot.schedules.factor import Wsd
 from gradpilot.train import run as runner
-from gradpilot.train.seam import Cost, Setting
+from gradpilot.train.seam import Cost, Setting, steps_for
 from gradpilot.train.task import Task
 from gradpilot.tuning import _optuna, budget
 from gradpilot.tuning.budget import cooldown_steps
+from gradpilot.tuning.folder import TuneFolder
 from gradpilot.tuning.queue import Queue
+from gradpilot.tuning.state import TrialRecord
 
 # Tests only: a process given this variable SIGKILLs itself after that many short runs, right after the last
 # one reported its score and before its job ended (the hardest moment to resume from), so a kill test kills
@@ -83,7 +85,7 @@ class Plan:
 
     def steps(self, index: int, k: int) -> tuple[int, int]:
         """Candidate ``index``'s optimizer steps at rung ``k``, and the cooldown it is scored after."""
-        to = runner.steps_for(self.rungs[k], self.candidates[index].batch)
+        to = steps_for(self.rungs[k], self.candidates[index].batch)
         return to, cooldown_steps(to, self.cooldown)
 
     def keep(self, k: int) -> int:
@@ -123,18 +125,27 @@ def train_job(task: Task, plan: Plan, index: int, k: int, *, seed: int, initial:
 
 
 Progress = Callable[[str], None]
+Result = tuple[int, float, Cost, Path]  # a candidate's index, its score at the rung, what it cost, its saved run
+
+
+class RungBackend(Protocol):
+    """What runs a rung's jobs somewhere other than the workers on the queue (Ray Tune:
+    ``integrations.ray_tune.RayBackend``): candidates ``alive`` of ``plan`` trained on to rung ``k`` by
+    ``train_job``, each result with its saved run where ``halving.path`` says. The search records them."""
+
+    def run_rung(self, halving: Halving, plan: Plan, k: int, alive: list[int]) -> Iterator[Result]: ...
 
 
 class Halving:
     """Successive halving, rung by rung, shared by every worker on the storage (see the module's text)."""
 
     def __init__(self, storage: BaseStorage, prefix: str, task: Task, initial: dict[str, torch.Tensor], *, seed: int,
-                 folder: Path, progress: Progress | None = None, wait: Callable[[], None] | None = None,
-                 ray_address: str | None = None, on_ray: bool = False) -> None:
+                 folder: TuneFolder, progress: Progress | None = None, wait: Callable[[], None] | None = None,
+                 backend: RungBackend | None = None) -> None:
         self.storage, self.prefix, self.task, self.initial, self.seed = storage, prefix, task, initial, seed
-        self.folder, self.progress, self.wait = folder, progress, wait
-        self.on_ray, self.ray_address = on_ray, ray_address
-        folder.mkdir(parents=True, exist_ok=True)
+        self.tune_folder, self.folder, self.progress, self.wait = folder, folder.search, progress, wait
+        self.backend = backend
+        self.folder.mkdir(parents=True, exist_ok=True)
 
     def study(self) -> optuna.Study:
         """The study of the candidates' scores (made by the first caller)."""
@@ -142,43 +153,34 @@ class Halving:
         return optuna.create_study(storage=self.storage, study_name=f"{self.prefix}:lr_search", direction=direction,
                                    load_if_exists=True)
 
-    def run(self, make_plan: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Take part in every rung; ``make_plan`` is called by the one worker that starts the search. Returns
-        the plan's note (``{"skipped": why}`` when there is no search)."""
-        first = Queue(self.storage, f"{self.prefix}:lr_search:rung-0")
-        if first.claim_filling():
-            note = make_plan()
-            first.fill([] if "skipped" in note or self.on_ray else
-                       [{"index": i} for i in range(len(note["candidates"]))], note)
-        note = first.note(self.wait)
-        if "skipped" in note:
-            return note
-        plan, study = Plan.read(note), self.study()
+    def race(self, plan: Plan) -> None:
+        """Take part in every rung of ``plan``: on the queue with the other workers, or (with a backend) as the one
+        driver that runs each rung there and records every result itself."""
+        study = self.study()
         for k in range(len(plan.rungs)):
-            if self.on_ray:  # one driver: it runs each rung on Ray and records every result itself
-                self._on_ray(study, plan, k, list(range(len(plan.candidates))) if k == 0 else
-                             self.halve(study, plan, k - 1))
+            if self.backend is not None:
+                alive = list(range(len(plan.candidates))) if k == 0 else self.halve(study, plan, k - 1)
+                self._elsewhere(self.backend, study, plan, k, alive)
             else:
-                self._rung(first, study, plan, k)
-        return note
+                self._rung(study, plan, k)
 
-    def _rung(self, first: Queue, study: optuna.Study, plan: Plan, k: int) -> None:
-        """This worker's part in rung ``k``: fill its queue if first there (with the rung before's promoted), then
-        take its jobs until none is left."""
-        queue = first if k == 0 else Queue(self.storage, f"{self.prefix}:lr_search:rung-{k}")
-        if k and queue.claim_filling():
-            queue.fill([{"index": i} for i in self.halve(study, plan, k - 1)])
+    def _rung(self, study: optuna.Study, plan: Plan, k: int) -> None:
+        """This worker's part in rung ``k``: fill its queue if first there (with every candidate, or the rung
+        before's promoted), then take its jobs until none is left."""
+        queue = Queue(self.storage, f"{self.prefix}:lr_search:rung-{k}")
+        if queue.claim_filling():
+            alive = range(len(plan.candidates)) if k == 0 else self.halve(study, plan, k - 1)
+            queue.fill([{"index": i} for i in alive])
         queue.work(functools.partial(self._rung_job, study, plan, k), self.wait)
 
-    def _on_ray(self, study: optuna.Study, plan: Plan, k: int, alive: list[int]) -> None:
-        from gradpilot.integrations.ray_tune import run_rung
-
+    def _elsewhere(self, backend: RungBackend, study: optuna.Study, plan: Plan, k: int, alive: list[int]) -> None:
         done = [i for i in alive if plan.rungs[k] in self.trial(study, plan, i).intermediate_values]
         going = [i for i in alive if i not in done and self._affordable(study, plan, i, k)]
+        name = type(backend).__name__
         if going and self.progress is not None:
-            self.progress(f"{len(going)} short runs on Ray, rung {k + 1}")
-        for index, value, cost, saved in run_rung(self, plan, k, going, self.ray_address):
-            _optuna.live(study, self.trial(study, plan, index)).set_user_attr("backend", "ray")
+            self.progress(f"{len(going)} short runs on {name}, rung {k + 1}")
+        for index, value, cost, saved in backend.run_rung(self, plan, k, going):
+            _optuna.live(study, self.trial(study, plan, index)).set_user_attr("backend", name)
             self.record(study, plan, index, k, value, cost, saved)
 
     def _rung_job(self, study: optuna.Study, plan: Plan, k: int, job: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +194,7 @@ class Halving:
         cand = plan.candidates[index]
         if self.progress is not None:
             self.progress(f"lr {cand.lr:.3g}, batch {cand.batch}: {plan.rungs[k]:,} items")
-        path, work = self.path(trial.number), self.folder / f"work-{trial.number}"
+        path, work = self.path(trial.number), self.tune_folder.scratch(trial.number)
         here = k > 0 and path.exists()  # a run trained on another machine is trained again here, and paid for
         value, cost = train_job(self.task, plan, index, k, seed=self.seed, initial=self.initial,
                                 load=path if here else None, save=path, folder=work,
@@ -214,7 +216,7 @@ class Halving:
         return False
 
     def path(self, number: int) -> Path:
-        return self.folder / f"trial-{number}"
+        return self.tune_folder.trial(number)
 
     def _room_for(self, study: optuna.Study, plan: Plan, k: int, number: int, value: float) -> bool:
         """Whether trial ``number``, scored ``value`` at rung ``k``, is among the runs that may go on past it; the
@@ -245,7 +247,7 @@ class Halving:
 
     def _note_disk(self, study: optuna.Study) -> None:
         """The most bytes tune's saved runs (``runs/``: the initial weights, the search's runs) have held at once."""
-        held = disk_bytes(self.folder.parent)
+        held = disk_bytes(self.tune_folder.runs)
         if held > int(study.user_attrs.get("peak_disk", 0)):
             study.set_user_attr("peak_disk", held)
 
@@ -319,13 +321,13 @@ def best(study: optuna.Study, higher_is_better: bool) -> tuple[optuna.trial.Froz
     return winner, winner.intermediate_values[top], top
 
 
-def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
+def trial_records(study: optuna.Study) -> list[TrialRecord]:
     """Every trial, for tune.json: its setting, state, score per rung, items trained and seconds."""
-    return [{"lr": t.params.get("lr"), "batch": t.params.get("micro_batch", 0) * t.params.get("accumulation", 1),
-             "state": t.state.name.lower(), "scores": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-             "items": t.user_attrs.get("items", 0), "seconds": round(float(t.user_attrs.get("seconds", 0.0)), 3),
-             "trial": t.number, **({"stopped": "budget"} if "stopped" in t.user_attrs else {})}
-            for t in study.trials]
+    return [TrialRecord(t.number, float(t.params.get("lr", math.nan)),
+                        int(t.params.get("micro_batch", 0)) * int(t.params.get("accumulation", 1)),
+                        t.state.name.lower(), {str(k): v for k, v in sorted(t.intermediate_values.items())},
+                        int(t.user_attrs.get("items", 0)), round(float(t.user_attrs.get("seconds", 0.0)), 3),
+                        str(t.user_attrs.get("stopped", ""))) for t in study.trials]
 
 
 def spent_in(study: optuna.Study) -> int:

@@ -20,10 +20,8 @@ from typing import Any
 import torch
 
 from gradpilot.errors import describe
-from gradpilot.train.seam import Cost
 from gradpilot.tuning import queue
 from gradpilot.tuning.context import Context
-from gradpilot.tuning.state import Decided
 
 
 class LocalWorkers:
@@ -63,8 +61,8 @@ class LocalWorkers:
 
 def _work_in_child(ctx: Context, work: Callable[[Context], Any], threads: int) -> None:
     torch.set_num_threads(threads)
-    storage = queue.open_storage(None, ctx.out)
-    mine = dataclasses.replace(ctx, storage=storage, progress=None, wait=None, decided=Decided(), spent=Cost())
+    storage = queue.open_storage(None, ctx.folder.trials)
+    mine = dataclasses.replace(ctx, storage=storage, progress=None, wait=None)
     try:
         work(mine)
     except KeyboardInterrupt:

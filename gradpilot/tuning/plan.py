@@ -3,7 +3,6 @@ written to, a comment above each value saying why it was chosen."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,48 +10,13 @@ from typing import Any
 import yaml
 
 from gradpilot._files import write_atomic
-from gradpilot.errors import GradpilotError
 from gradpilot.train.plan import optimizer_arguments
 from gradpilot.train.task import Task
-from gradpilot.tuning.state import Chosen, Decided, Stage, Trained
-
-FIXABLE = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-           "lr_scheduler_type")
-ALIASES = {"lr": "learning_rate", "batch_size": "per_device_train_batch_size",
-           "accumulation": "gradient_accumulation_steps", "accumulation_steps": "gradient_accumulation_steps",
-           "epochs": "num_train_epochs", "scheduler": "lr_scheduler_type"}
-SCHEDULER_NAMES = ("constant", "constant_with_warmup", "linear", "cosine_with_min_lr",
-                   "warmup_stable_decay")  # transformers' names
-def parse_fixed(fixed: dict[str, Any]) -> dict[str, Any]:
-    """Fixed values under their plan names, checked: a name that is not a plan field, or a bad value, is refused."""
-    out: dict[str, Any] = {}
-    for name, value in fixed.items():
-        key = ALIASES.get(name, name)
-        if key not in FIXABLE:
-            raise GradpilotError(f"cannot fix {name!r}: it is not a plan field; fix one of {', '.join(FIXABLE)} "
-                                 f"(or {', '.join(ALIASES)})")
-        out[key] = _checked(key, value)
-    return out
+from gradpilot.tuning.state import Assumed, Chosen, Decided, Stage, Trained
 
 
-def _checked(key: str, value: Any) -> Any:
-    if key == "lr_scheduler_type":
-        if value not in SCHEDULER_NAMES:
-            raise GradpilotError(f"lr_scheduler_type must be one of {', '.join(SCHEDULER_NAMES)}, got {value!r}")
-        return value
-    try:
-        number = float(value) if key == "learning_rate" else int(value)
-    except (TypeError, ValueError):
-        raise GradpilotError(f"{key} must be a {'number' if key == 'learning_rate' else 'whole number'}, "
-                             f"got {value!r}") from None
-    if key != "learning_rate" and float(value) != number:
-        raise GradpilotError(f"{key} must be a whole number, got {value!r}")
-    if not 0 < number < math.inf:
-        raise GradpilotError(f"{key} must be a positive finite number, got {value!r}")
-    return number
-
-
-def plan(decided: Decided, task: Task, stages: Sequence[Stage]) -> tuple[dict[str, Any], dict[str, str]]:
+def plan(decided: Decided, task: Task, stages: Sequence[Stage],
+         assumed: Assumed) -> tuple[dict[str, Any], dict[str, str]]:
     """The plan as ``TrainingArguments`` keyword arguments, and why each value (from the stage that set it)."""
     why = {s.name: s.why for s in stages}
     chosen: Chosen = decided.need("lr_search")
@@ -71,15 +35,19 @@ def plan(decided: Decided, task: Task, stages: Sequence[Stage]) -> tuple[dict[st
         "gradient_accumulation_steps": why["accumulation"],
         "num_train_epochs": why["epochs"],
         "lr_scheduler_type": why["schedule"],
-        "lr_scheduler_kwargs": ("the decay the winning branch trained: the stable and decay phases in steps"
-                                if "num_decay_steps" in kwargs else "the schedule's floor" if kwargs
-                                else "the schedule takes none"),
+        "lr_scheduler_kwargs": (f"the decay the winning branch trained; {assumed.words()}: on a run of another "
+                                "length the decay is still its last num_decay_steps (transformers derives the "
+                                "stable phase from the run's length)" if "num_decay_steps" in kwargs
+                                else "the schedule's floor" if kwargs else "the schedule takes none"),
         "warmup_steps": "linear warmup from 0, because the batch (and so the LR) grew" if out["warmup_steps"]
         else "no warmup: the LR was found stable at this batch",
     }
     optim, optim_reason = optimizer_arguments(task)
     out.update(optim)
-    reasons.update({"optim": optim_reason, "weight_decay": optim_reason})
+    out["max_grad_norm"] = float(task.max_grad_norm or 0.0)
+    reasons.update({"optim": optim_reason, "weight_decay": optim_reason,
+                    "max_grad_norm": "as the task clips" if task.max_grad_norm else
+                    "0: no clipping, as the task trained (the Trainer's default would clip at 1.0)"})
     return out, reasons
 
 

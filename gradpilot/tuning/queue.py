@@ -34,14 +34,14 @@ POLL_S = 0.2
 _JOB = "job"  # the user attribute a queued trial carries its parameters in (JSON)
 
 
-def open_storage(url: str | BaseStorage | None, out: Path) -> BaseStorage:
+def open_storage(url: str | BaseStorage | None, journal: Path) -> BaseStorage:
     """The storage the trials live in: a given one (an RDB URL gets a heartbeat, so a dead worker's job goes back
-    to the queue); else Optuna's journal file in ``out``, which this machine's worker processes share and which
-    opens in milliseconds where a new SQLite file takes a second."""
+    to the queue); else Optuna's journal file at ``journal``, which this machine's worker processes share and
+    which opens in milliseconds where a new SQLite file takes a second."""
     if isinstance(url, BaseStorage):
         return url
     if url is None:
-        return _journal(out / "trials.journal")
+        return _journal(journal)
     for attempt in range(4):
         try:
             return _rdb(url)

@@ -1,4 +1,4 @@
-"""``tune``'s first stages, in the order they run; each is ``(ctx) -> Stage`` and builds on a gradpilot tool:
+"""``tune``'s first stages, in the order they run; each is ``(now: SoFar) -> Stage`` and builds on a gradpilot tool:
 the clock (one run's cost, measured), ``find_lr``, ``estimate_noise_scale`` + ``find_batch_size``,
 ``scaling.plan``. The search is in ``gradpilot.tuning.search``, the trunk in ``gradpilot.tuning.trunk``."""
 
@@ -8,42 +8,42 @@ import dataclasses
 import math
 import time
 import warnings
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from gradpilot import scaling
-from gradpilot.batch.finder import BatchSizeResult, estimate_noise_scale, find_batch_size
+from gradpilot.batch.finder import estimate_noise_scale, find_batch_size
+from gradpilot.batch.results import BatchSizeResult
 from gradpilot.errors import GradpilotError
 from gradpilot.lr.range_test import find_lr
 from gradpilot.train import run as runner
 from gradpilot.train.seam import Cost, Run, Setting
 from gradpilot.train.task import Task
-from gradpilot.tuning import budget, halving
-from gradpilot.tuning.context import Context
-from gradpilot.tuning.state import Batches, Clock, RangeTest, Splits, Stage
+from gradpilot.tuning import budget
+from gradpilot.tuning.context import Context, SoFar
+from gradpilot.tuning.halving import remove
+from gradpilot.tuning.state import Batches, BatchSeen, Clock, ClockSeen, CurveSeen, RangeTest, Splits, SplitsSeen, Stage
 
 
 def check_budget(ctx: Context) -> None:
     """Refuse, before any work, a budget that cannot pay for the range test and one epoch (or for fixed
     epochs), and a training set too small to tune on at all. A time budget is checked once the clock ran."""
-    fixed_batch = int(ctx.fixed.get("per_device_train_batch_size", 0)) * int(
-        ctx.fixed.get("gradient_accumulation_steps", 1))
+    fixed_batch = (ctx.fixed.batch_size or 0) * (ctx.fixed.accumulation or 1)
     if fixed_batch > ctx.train_items:
         raise GradpilotError(f"the fixed batch ({fixed_batch}) is larger than the training set ({ctx.train_items} "
                              "items): one step would see every item; fix a batch of at most the training set")
     if ctx.train_items < ctx.task.batch_size:
         raise GradpilotError(f"the training set has {ctx.train_items} items, fewer than one batch of "
                              f"{ctx.task.batch_size}: give more data, or a smaller Task.batch_size")
-    if ctx.budget is not None:
-        _check_runs(ctx, ctx.budget, "")
+    if ctx.budget.runs is not None:
+        _check_runs(ctx, ctx.budget.runs, "")
 
 
 def _least_runs(ctx: Context) -> float:
     """The fewest runs a tune can be done in: one epoch (or the fixed epochs) and the shortest range test."""
-    need = ctx.train_items * int(ctx.fixed.get("num_train_epochs", 1))
-    if "learning_rate" not in ctx.fixed:
+    need = ctx.train_items * (ctx.fixed.epochs or 1)
+    if ctx.fixed.learning_rate is None:
         need += budget.MIN_RANGE_STEPS * ctx.task.batch_size
     return need / ctx.run_items
 
@@ -51,42 +51,42 @@ def _least_runs(ctx: Context) -> float:
 def _check_runs(ctx: Context, runs: float, unit: str) -> None:
     least = _least_runs(ctx)
     if runs < least:
-        given = f"budget {runs:g} runs" if not unit else f"time budget {ctx.time_budget:g} s ({runs:.2f} runs {unit})"
+        given = f"budget {runs:g} runs" if not unit else \
+            f"time budget {ctx.budget.seconds:g} s ({runs:.2f} runs {unit})"
         raise GradpilotError(f"{given} is too small: the range test and the epochs it must train cost {least:.2f} "
                              f"runs; give a budget of at least {math.ceil(100 * least) / 100:g} runs")
 
 
-def clock(ctx: Context) -> Stage:
+def clock(now: SoFar) -> Stage:
     """What one run of the task costs, measured through the runner that trains its runs (the user's trainer, or
     gradpilot's loop): a validation pass of the initial weights, one step to warm up, one step in a call of its
     own and a few more in another — the difference between the two calls is the steps' cost, what is left of
     the first the call's own."""
+    ctx = now.ctx
     task, batch = ctx.task, ctx.task.batch_size
-    ctx.say("timing one validation pass and a few steps")
-    run = runner.start(task, Setting(task.lr, batch), seed=ctx.seed, weights=ctx.initial, folder=ctx.out / "runs" /
-                       "clock")
+    now.say("timing one validation pass and a few steps")
+    run = runner.start(task, Setting(task.lr, batch), seed=ctx.seed, weights=ctx.initial, folder=ctx.folder.clock)
     start = run.evaluate()
     run.advance(1)
     one = _timed(run, 2)
     more, steps = _longer_call(ctx, run, one)
     step = max(1e-9, (more - one) / max(1, steps - 1))
-    item, evaluation = budget.fixed_clock() or (step / batch, run.cost.validation)
+    item, validation = budget.fixed_clock() or (step / batch, run.cost.validation)
     call = 0.0 if budget.fixed_clock() else max(0.0, one - step)
     task.model.load_state_dict(ctx.initial)
-    halving.remove(ctx.out / "runs" / "clock")
-    measured = Clock(item_seconds=item, eval_seconds=evaluation, run_items=ctx.run_items, evals=task.epochs,
-                     start_metric=start.value, call_seconds=call)
-    ctx.decided.clock = measured
-    if ctx.budget is None:
-        _check_runs(ctx, ctx.budget_runs, "of this task")
+    remove(ctx.folder.clock)
+    measured = Clock(item_seconds=item, validation_seconds=validation, run_items=ctx.run_items,
+                     validations=task.epochs, start_metric=start.value, call_seconds=call)
+    timed = now.with_clock(measured)
+    if ctx.budget.runs is None:
+        _check_runs(ctx, timed.budget_runs, "of this task")
     calls = f", {measured.call_seconds:.2g} s per call into the trainer" if measured.call_seconds > 1e-3 else ""
     why = (f"one run of the task ({task.epochs} epochs over {ctx.train_items:,} items, a validation each epoch) "
            f"takes about {_duration(measured.run_seconds)}: {1e3 * measured.item_seconds:.3g} ms per item trained, "
-           f"{_duration(measured.eval_seconds)} per validation{calls}; the budget is {ctx.budget_runs:.3g} runs "
-           f"({_duration(ctx.budget_seconds)})")
-    return Stage("clock", measured, why, evidence={"run_seconds": measured.run_seconds,
-                                                   "budget_seconds": ctx.budget_seconds,
-                                                   "budget_runs": ctx.budget_runs}, spent=run.cost)
+           f"{_duration(measured.validation_seconds)} per validation{calls}; the budget is {timed.budget_runs:.3g} "
+           f"runs ({_duration(timed.budget_seconds)})")
+    seen = ClockSeen(measured.run_seconds, timed.budget_seconds, timed.budget_runs)
+    return Stage("clock", measured, why, seen, spent=run.cost)
 
 
 def _longer_call(ctx: Context, run: Run, one: float) -> tuple[float, int]:
@@ -118,16 +118,17 @@ def _duration(seconds: float) -> str:
 UNSURE = 0.5  # a range test less confident than this leaves the search centred between its pick and its edge
 
 
-def lr_range(ctx: Context) -> Stage:
+def lr_range(now: SoFar) -> Stage:
     """An LR range test at the task's batch: a suggestion, and the edge past which the loss climbs."""
-    if "learning_rate" in ctx.fixed:
+    ctx = now.ctx
+    if ctx.fixed.learning_rate is not None:
         return Stage("lr_range", None, "learning_rate is fixed", skipped="fixed")
     task = ctx.task
     run = budget.TrunkPlan((task.epochs,), budget.steps_per_epoch(ctx.train_items, task.batch_size, 1))
-    room = ctx.purse().less(*budget.trunk_cost(run, 0, task.batch_size)).seconds  # one full run set aside
-    steps = budget.range_steps(ctx.run_items, task.batch_size, ctx.budget_seconds,
-                               ctx.clock.seconds(task.batch_size), room)
-    ctx.say(f"range test, {steps} steps")
+    room = now.purse().less(*budget.trunk_cost(run, 0, task.batch_size)).seconds  # one full run set aside
+    steps = budget.range_steps(ctx.run_items, task.batch_size, now.budget_seconds,
+                               now.clock.seconds(task.batch_size), room)
+    now.say(f"range test, {steps} steps")
     task.model.load_state_dict(ctx.initial)
     torch.manual_seed(ctx.seed)
     begin = time.perf_counter()
@@ -135,41 +136,38 @@ def lr_range(ctx: Context) -> Stage:
     seconds = time.perf_counter() - begin
     low, high = result.interval
     why = f"; {result.caveat}" if result.caveat else ""
+    seen = CurveSeen(tuple(result.lrs), tuple(result.losses), tuple(result.smoothed_losses), result.confidence,
+                     result.stop_reason, dict(result.alternatives))
     return Stage("lr_range", RangeTest(result.suggestion, low, high, result.confidence),
                  f"range test over {len(result.lrs)} steps suggests {result.suggestion:.3g} ({result.rule}); the curve "
-                 f"supports {low:.3g} to {high:.3g}, confidence {result.confidence:.2f}{why}",
-                 alternatives=[{"rule": k, "lr": v} for k, v in result.alternatives.items()],
-                 evidence={"lrs": list(result.lrs), "losses": list(result.losses),
-                           "smoothed_losses": list(result.smoothed_losses), "confidence": result.confidence,
-                           "stop": result.stop_reason},
+                 f"supports {low:.3g} to {high:.3g}, confidence {result.confidence:.2f}{why}", seen,
                  spent=Cost(len(result.lrs) * task.batch_size, seconds))
 
 
-def batch(ctx: Context) -> Stage:
+def batch(now: SoFar) -> Stage:
     """The batches worth trying: the task's, and the critical batch the gradient noise scale points to; the
     largest micro-batch that fits memory; the rule that rescales the LR between them. Run only where the
     trials cost a small share of what the search could spend: they cost the same items whatever the run."""
+    ctx = now.ctx
     task, b = ctx.task, ctx.task.batch_size
     rule = _rule(task)
-    if "per_device_train_batch_size" in ctx.fixed:
-        fixed = int(ctx.fixed["per_device_train_batch_size"])
+    if ctx.fixed.batch_size is not None:
+        fixed = ctx.fixed.batch_size
         return Stage("batch", Batches((fixed,), fixed, rule), "batch size is fixed", skipped="fixed")
     kept = Batches((b,), b, rule)
     if isinstance(task.train_data, DataLoader):
         return Stage("batch", kept, "the task gives a ready DataLoader, whose batch size tune keeps",
                      skipped="data loader")
-    if not _batch_pays(ctx):
+    if not _batch_pays(now):
         return Stage("batch", kept, f"measuring the batch would cost more than {budget.BATCH_SHARE:.0%} of what the "
                      f"LR search can spend: the task's batch {b} is kept", skipped="budget")
-    ctx.say("gradient noise scale and memory")
+    now.say("gradient noise scale and memory")
     begin = time.perf_counter()
-    spent, batches, evidence = _noise_candidates(ctx)
+    spent, batches, noise = _noise_candidates(now)
     found = _largest_micro(task, batches)
     spent += sum(t.batch_size for t in found.trials) + min(batches)
-    evidence.update(max_micro=found.batch_size, memory_limit=found.limit,
-                    trials=[dataclasses.asdict(t) for t in found.trials])
-    return Stage("batch", Batches(tuple(batches), found.batch_size, rule), _batch_why(b, batches, evidence, rule),
-                 alternatives=[{"batch": x} for x in batches], evidence=evidence,
+    seen = dataclasses.replace(noise, max_micro=found.batch_size, memory_limit=found.limit, trials=found.trials)
+    return Stage("batch", Batches(tuple(batches), found.batch_size, rule), _batch_why(b, batches, seen, rule), seen,
                  spent=Cost(spent, time.perf_counter() - begin))
 
 
@@ -182,14 +180,15 @@ def _largest_micro(task: Task, batches: list[int]) -> BatchSizeResult:
         return find_batch_size(task, max_batch_size=max(batches), steps_per_trial=1)
 
 
-def _batch_pays(ctx: Context) -> bool:
+def _batch_pays(now: SoFar) -> bool:
     """Whether the batch trials cost at most BATCH_SHARE of what is left once the trunk is paid for."""
-    purse, b = ctx.purse(), ctx.task.batch_size
+    ctx = now.ctx
+    purse, b = now.purse(), ctx.task.batch_size
     trunk = budget.TrunkPlan(budget.branch_epochs(ctx.task.epochs), budget.steps_per_epoch(ctx.train_items, b, 1))
     free = purse.less(*budget.trunk_cost(trunk, 0, b))
     cost = _batch_cost(ctx)
     return free.items > 0 and cost <= budget.BATCH_SHARE * free.items and \
-        budget.BATCH_SLOWNESS * ctx.clock.seconds(cost) <= budget.BATCH_SHARE * free.seconds
+        budget.BATCH_SLOWNESS * now.clock.seconds(cost) <= budget.BATCH_SHARE * free.seconds
 
 
 def _noise_batches(ctx: Context) -> tuple[int, int, int]:
@@ -205,38 +204,39 @@ def _batch_cost(ctx: Context) -> int:
     return reps * (small + big) + 17 * ctx.task.batch_size
 
 
-def _batch_why(b: int, batches: list[int], evidence: dict[str, Any], rule: str) -> str:
-    if "noise_error" in evidence:
-        return f"the task's batch {b} is kept: {evidence['noise_error']}"
+def _batch_why(b: int, batches: list[int], seen: BatchSeen, rule: str) -> str:
+    if seen.noise_error:
+        return f"the task's batch {b} is kept: {seen.noise_error}"
     if len(batches) > 1:
-        return (f"the noise scale puts the critical batch near {evidence['noise_scale']:.0f}: trying "
+        return (f"the noise scale puts the critical batch near {seen.noise_scale:.0f}: trying "
                 f"{' and '.join(map(str, batches))}, LR rescaled by the {rule} rule")
-    return f"the task's batch {b} is kept: the noise scale ({evidence['noise_scale']:.0f}) gives no reason to change it"
+    return f"the task's batch {b} is kept: the noise scale ({seen.noise_scale:.0f}) gives no reason to change it"
 
 
-def _noise_candidates(ctx: Context) -> tuple[int, list[int], dict[str, Any]]:
+def _noise_candidates(now: SoFar) -> tuple[int, list[int], BatchSeen]:
     """The items the noise-scale estimate cost, the batches worth trying, and the evidence. An estimate that
     cannot be made (gradient norms too noisy to tell |G|² from the noise) costs a warning and keeps the task's
     batch; it never stops the tune."""
+    ctx = now.ctx
     b, n = ctx.task.batch_size, ctx.train_items
     small, big, reps = _noise_batches(ctx)
     if big <= small:
-        return 0, [b], {"noise_scale": float(b)}
+        return 0, [b], BatchSeen(noise_scale=float(b))
     ctx.task.model.load_state_dict(ctx.initial)
     try:
         noise = estimate_noise_scale(ctx.task, small_batch=small, big_batch=big, batches=reps, seed=ctx.seed)
     except GradpilotError as exc:
         why = f"the gradient noise scale could not be measured ({exc})"
         warnings.warn(f"{why}; tune keeps the task's batch {b}", stacklevel=2)
-        ctx.say(f"{why}: batch {b} kept")
-        return reps * (small + big), [b], {"noise_scale": None, "noise_error": why}
+        now.say(f"{why}: batch {b} kept")
+        return reps * (small + big), [b], BatchSeen(noise_error=why)
     batches = [b]
     if math.isfinite(noise.b_simple) and noise.b_simple > 0:
         shift = max(-2, min(3, round(math.log2(noise.b_simple / b))))
         other = b * 2**shift if shift >= 0 else max(1, b >> -shift)
         if other != b and n // other >= 8:  # at least 8 steps an epoch
             batches.append(other)
-    return reps * (small + big), batches, {"noise_scale": noise.b_simple}
+    return reps * (small + big), batches, BatchSeen(noise_scale=noise.b_simple)
 
 
 def _rule(task: Task) -> scaling.LRRule:
@@ -246,12 +246,13 @@ def _rule(task: Task) -> scaling.LRRule:
         return "none"  # an optimizer gradpilot cannot place: the search measures instead
 
 
-def accumulation(ctx: Context) -> Stage:
+def accumulation(now: SoFar) -> Stage:
     """Each batch to try as micro-batch × accumulation steps: accumulate where the batch exceeds memory."""
-    chosen: Batches = ctx.decided.need("batch")
-    if "gradient_accumulation_steps" in ctx.fixed:
-        k = int(ctx.fixed["gradient_accumulation_steps"])
-        micro = int(ctx.fixed.get("per_device_train_batch_size", 0)) or max(1, chosen.batches[0] // k)
+    chosen: Batches = now.decided.need("batch")
+    fixed = now.ctx.fixed
+    if fixed.accumulation is not None:
+        k = fixed.accumulation
+        micro = fixed.batch_size or max(1, chosen.batches[0] // k)
         return Stage("accumulation", Splits(((micro, k),)), "accumulation is fixed", skipped="fixed")
     splits, notes = [], []
     for target in chosen.batches:
@@ -261,4 +262,4 @@ def accumulation(ctx: Context) -> Stage:
     needed = any(k > 1 for _, k in splits)
     why = "; ".join(notes) if needed else \
         f"every batch tried fits in memory (up to {chosen.max_micro}): no accumulation"
-    return Stage("accumulation", Splits(tuple(splits)), why, alternatives=notes)
+    return Stage("accumulation", Splits(tuple(splits)), why, SplitsSeen(tuple(notes)))
