@@ -38,9 +38,9 @@ _JSON_OUT: list[Any] = []  # the stdout a --json command writes its JSON to, whi
 
 def _version(value: bool) -> None:
     if value:
-        from gradpilot import __version__
+        from importlib.metadata import version
 
-        typer.echo(f"gradpilot {__version__}")
+        typer.echo(f"gradpilot {version('gradpilot')}")
         raise typer.Exit()
 
 
