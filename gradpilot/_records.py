@@ -65,8 +65,6 @@ def _hints(kind: type[Any]) -> dict[str, Any]:
 
 def _value(hint: Any, data: Any) -> Any:
     origin = get_origin(hint)
-    if hint is Any:
-        return data
     if origin in (Union, types.UnionType):
         return _union(get_args(hint), data)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
@@ -76,7 +74,12 @@ def _value(hint: Any, data: Any) -> Any:
     if origin is dict:
         value_type = get_args(hint)[1]
         return {k: _value(value_type, v) for k, v in data.items()}
-    if origin is typing.Literal:
+    return _scalar(hint, origin, data)
+
+
+def _scalar(hint: Any, origin: Any, data: Any) -> Any:
+    """A value of no structure of its own: ``Any`` and a ``Literal`` as they are, a float (null: NaN)."""
+    if hint is Any or origin is typing.Literal:
         return data
     if hint is float:
         return math.nan if data is None else float(data)

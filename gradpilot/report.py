@@ -228,14 +228,17 @@ def _batch_section(record: TuneRecord, figures: _Figures) -> str:
         if not measured:
             parts.append("<p>Peak memory is not shown: it did not grow measurably with the batch on this device "
                          "(on a CPU the process's memory moves by more than a small model's batches add).</p>")
-        parts.append(_table(["micro-batch", "fits", "items/s", *(["peak memory (MiB)"] if measured else []),
-                             "error"],
-                            [[t["batch_size"], "yes" if t["fits"] else "no",
-                              "" if t["samples_per_second"] is None else f"{t['samples_per_second']:,.0f}",
-                              *([_mib(t["peak_memory"])] if measured else []), t.get("error") or ""]
-                             for t in trials]))
+        parts.append(_trials_table(trials, measured))
     parts.append(_scaling_table(record))
     return _section("batch", _title("batch"), *parts)
+
+
+def _trials_table(trials: list[dict[str, Any]], measured: bool) -> str:
+    memory = ["peak memory (MiB)"] if measured else []
+    rows = [[t["batch_size"], "yes" if t["fits"] else "no",
+             "" if t["samples_per_second"] is None else f"{t['samples_per_second']:,.0f}",
+             *([_mib(t["peak_memory"])] if measured else []), t.get("error") or ""] for t in trials]
+    return _table(["micro-batch", "fits", "items/s", *memory, "error"], rows)
 
 
 def memory_measured(trials: list[dict[str, Any]]) -> bool:

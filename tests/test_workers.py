@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from gradpilot.errors import GradpilotError
 from gradpilot.tuning import queue as _workers
 from gradpilot.tuning import tune
+from gradpilot.tuning.state import TuneRecord
 from tests.conftest import KILL_AFTER_RUNS, small_task, tune_task_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,14 +174,14 @@ def test_backend_ray_runs_the_short_runs_of_a_task_file_as_ray_tune_trials(tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     on_ray = json.loads(done.stdout)
     assert "learning_rate" in on_ray["plan"] and on_ray["spent_item_runs"] <= 2
-    trials = json.loads((tmp_path / "ray" / "tune.json").read_text())["stages"]["lr_search"]["alternatives"]
+    trials = TuneRecord.read(tmp_path / "ray" / "tune.json").stage("lr_search").evidence.trials
     here = tune(load_task(task_file), out_dir=tmp_path / "here")
-    mine = {s.name: s for s in here.stages}["lr_search"].alternatives
-    assert sorted(t["lr"] for t in trials) == sorted(t["lr"] for t in mine)  # the same plan, run elsewhere
-    assert all(t["scores"] for t in trials) and any(t["state"] == "pruned" for t in trials)
+    mine = {s.name: s for s in here.stages}["lr_search"].evidence.trials
+    assert sorted(t.lr for t in trials) == sorted(t.lr for t in mine)  # the same plan, run elsewhere
+    assert all(t.scores for t in trials) and any(t.state == "pruned" for t in trials)
     study = optuna.load_study(study_name="gradpilot:lr_search", storage=JournalStorage(JournalFileBackend(
         str(tmp_path / "ray" / "trials.journal"))))
-    assert all(t.user_attrs.get("backend") == "ray" for t in study.trials if t.intermediate_values)
+    assert all(t.user_attrs.get("backend") == "RayBackend" for t in study.trials if t.intermediate_values)
     assert list((tmp_path / "ray" / "runs" / "search" / "ray").glob("lr_search-rung-*"))  # Ray Tune's own record
     assert (tmp_path / "ray" / "plan.yaml").exists() and (tmp_path / "ray" / "model.pt").exists()
 

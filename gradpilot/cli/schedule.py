@@ -34,15 +34,8 @@ def schedule_command(
 ) -> None:
     """Print and plot the LR curve of a named schedule, or of a plan's (--plan plan.yaml)."""
     _validate.writable_file(plot, "--plot")
-    if plan is not None:
-        name, options, lr, steps = _from_plan(plan, name, option, lr, steps)
-    else:
-        if name is None:
-            raise GradpilotError(f"give a schedule's name ({', '.join(NAMES)}) or --plan PLAN.yaml")
-        _validate.choice("scheduler", name, NAMES)
-        options = dict(_parse_option(o) for o in option or [])
-    if steps is None:
-        raise GradpilotError("give the run's optimizer steps: --steps N")
+    name, options, lr, steps = _from_plan(plan, name, option, lr, steps) if plan is not None else \
+        _named(name, option, lr, steps)
     values = _parse_metrics(metrics)
     from gradpilot import plots
     from gradpilot.schedules import builders as schedules
@@ -62,8 +55,18 @@ def schedule_command(
     console.print(f"Curve written to {plot}")
 
 
+def _named(name: str | None, option: list[str] | None, lr: float | None,
+           steps: int | None) -> tuple[str, dict[str, Any], float | None, int]:
+    if name is None:
+        raise GradpilotError(f"give a schedule's name ({', '.join(NAMES)}) or --plan PLAN.yaml")
+    _validate.choice("scheduler", name, NAMES)
+    if steps is None:
+        raise GradpilotError("give the run's optimizer steps: --steps N")
+    return name, dict(_parse_option(o) for o in option or []), lr, steps
+
+
 def _from_plan(path: Path, name: str | None, option: list[str] | None, lr: float | None,
-               steps: int | None) -> tuple[str, dict[str, Any], float, int | None]:
+               steps: int | None) -> tuple[str, dict[str, Any], float, int]:
     """The plan's schedule, its options and its LR; the steps by default those of the tune that wrote it."""
     if name is not None or option:
         raise GradpilotError("--plan draws the plan's own schedule: leave out the name and --option")
@@ -71,7 +74,11 @@ def _from_plan(path: Path, name: str | None, option: list[str] | None, lr: float
 
     read = Plan.read(path)
     scheduler, options = read.schedule()
-    return scheduler, options, lr or read.learning_rate, steps if steps is not None else _tuned_steps(path)
+    total = steps if steps is not None else _tuned_steps(path)
+    if total is None:
+        raise GradpilotError(f"give the run's optimizer steps: --steps N ({path.parent / 'tune.json'} does not say "
+                             "them)")
+    return scheduler, options, lr or read.learning_rate, total
 
 
 def _tuned_steps(plan: Path) -> int | None:

@@ -225,17 +225,22 @@ def apply_optimizer(optimizer: torch.optim.Optimizer, settings: dict[str, Any], 
         raise GradpilotError(f"the plan's optim is {optim!r}, the task's optimizer is {type(optimizer).__name__}: "
                              "gradpilot trains the task's optimizer; change the task, or the plan's optim")
     groups = optimizer.param_groups
-    if "weight_decay" in settings:
-        for group in groups:
-            if float(group.get("weight_decay", 0.0)) or len(groups) == 1:
-                group["weight_decay"] = float(settings["weight_decay"])
     for group in groups:
-        if "betas" in group and ("adam_beta1" in settings or "adam_beta2" in settings):
-            group["betas"] = (float(settings.get("adam_beta1", group["betas"][0])),
-                              float(settings.get("adam_beta2", group["betas"][1])))
-        if "adam_epsilon" in settings and "eps" in group:
-            group["eps"] = float(settings["adam_epsilon"])
-        group.update(_optim_args(settings.get("optim_args"), group))
+        decays = float(group.get("weight_decay", 0.0)) or len(groups) == 1
+        group.update(_group_settings(settings, group, decays=bool(decays)))
+
+
+def _group_settings(settings: dict[str, Any], group: dict[str, Any], *, decays: bool) -> dict[str, Any]:
+    """What the plan's settings change in one param group."""
+    out: dict[str, Any] = {}
+    if "weight_decay" in settings and decays:
+        out["weight_decay"] = float(settings["weight_decay"])
+    if "betas" in group and ("adam_beta1" in settings or "adam_beta2" in settings):
+        out["betas"] = (float(settings.get("adam_beta1", group["betas"][0])),
+                        float(settings.get("adam_beta2", group["betas"][1])))
+    if "adam_epsilon" in settings and "eps" in group:
+        out["eps"] = float(settings["adam_epsilon"])
+    return {**out, **_optim_args(settings.get("optim_args"), group)}
 
 
 def _optim_args(text: Any, group: dict[str, Any]) -> dict[str, Any]:

@@ -123,12 +123,18 @@ def _plain(path: Path) -> _Read:
         raise GradpilotError(f"{path} holds a {type(saved).__name__}, not a checkpoint: give {KINDS}")
     key = next((k for k in ("model", "state_dict", "model_state_dict") if isinstance(saved.get(k), dict)), None)
     weights = _weights(saved[key] if key else saved, path)
-    raw = saved.get("optimizer", saved.get("optimizer_state_dict")) if key else None
-    optimizer = raw if isinstance(raw, dict) and "state" in raw and "param_groups" in raw else None
-    lr = _group_lr(optimizer) or (_plan_lr(path.parent / "plan.yaml") if path.name == "model.pt" else None)
-    notes = (f"{path.name} of a tune: probed at the plan's learning rate ({lr:.3g})",) if optimizer is None and lr \
-        else ()
-    return _Read(weights, optimizer, lr, _beside(path), notes)
+    optimizer = _optimizer_in(saved) if key else None
+    if optimizer is not None:
+        return _Read(weights, optimizer, _group_lr(optimizer), _beside(path))
+    lr = _plan_lr(path.parent / "plan.yaml") if path.name == "model.pt" else None
+    notes = (f"{path.name} of a tune: probed at the plan's learning rate ({lr:.3g})",) if lr else ()
+    return _Read(weights, None, lr, _beside(path), notes)
+
+
+def _optimizer_in(saved: dict[str, Any]) -> dict[str, Any] | None:
+    """An optimizer's state_dict under ``optimizer`` (or ``optimizer_state_dict``), where there is one."""
+    raw = saved.get("optimizer", saved.get("optimizer_state_dict"))
+    return raw if isinstance(raw, dict) and "state" in raw and "param_groups" in raw else None
 
 
 def _weights(saved: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
