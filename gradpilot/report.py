@@ -129,7 +129,7 @@ def _header(record: TuneRecord) -> str:
              f"{record.spent.other:.1f} s of bookkeeping besides)")
     return (f"<h1>gradpilot tune: {_e(s.get('task', ''))}</h1>" + _summary(record)
             + f"<p>Budget {record.budget_runs:.3g} runs, {spent}. One run is {s['epochs']} epochs over "
-            f"{s['train_items']:,} items at batch {s['batch_size']}, measured at {run:.3g} s. Peak disk "
+            f"{s['train_items']:,} items at batch {_batch(record)}, measured at {run:.3g} s. Peak disk "
             f"{_mib(record.peak_disk_bytes)} MiB.</p>"
             + _table(["stage", "ran", "decision", "cost (runs)", "seconds", "training / validation / i/o / other"],
                      rows))
@@ -189,10 +189,15 @@ def lr_story(record: TuneRecord) -> str:
             f"that, because {why}.")
 
 
+def _batch(record: TuneRecord) -> int:
+    """The task's batch: its micro-batch × its accumulation steps."""
+    return int(record.settings["batch_size"]) * int(record.settings.get("accumulation", 1))
+
+
 def _searched(record: TuneRecord) -> float | None:
     """The LR the search chose, where it chose it at the range test's own batch (else it is not on that curve)."""
     chosen = _decision(record, "lr_search", Chosen)
-    if chosen is None or chosen.batch != int(record.settings["batch_size"]):
+    if chosen is None or chosen.batch != _batch(record):
         return None
     return chosen.learning_rate
 
@@ -258,7 +263,7 @@ def _mib(value: int | None) -> str:
 
 def _scaling_table(record: TuneRecord) -> str:
     """The arithmetic that set each batch's LR: the range test's LR at the task's batch, rescaled by the rule."""
-    base = int(record.settings["batch_size"])
+    base = _batch(record)
     found, batches = _decision(record, "lr_range", RangeTest), _decision(record, "batch", Batches)
     splits = _decision(record, "accumulation", Splits)
     if found is None or splits is None:

@@ -161,7 +161,6 @@ MAKE_TRAINER = """
 import lightning.pytorch as pl
 import torch
 from tests.test_integrations_lightning import Data, Spirals
-from gradpilot.tuning.state import TuneRecord
 
 SEEN = {"fits": [], "validations": 0, "dtypes": set()}
 
@@ -258,3 +257,63 @@ def test_a_live_probe_measures_the_run_as_it_stands_and_puts_everything_back(tmp
     assert found.learning_rate == pytest.approx(0.05) and found.cost_runs > 0
     after = probed_module.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in plain_module.state_dict().items())  # training went on untouched
+
+
+ONE_CYCLE = """
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from tests.test_integrations_lightning import Data
+
+
+class OneCycle(pl.LightningModule):  # Lightning's own recipe: the schedule sized by the trainer's steps
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def training_step(self, batch, _i):
+        return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+    def validation_step(self, batch, _i):
+        logits = self.net(batch[0])
+        self.log("val_loss", nn.functional.cross_entropy(logits, batch[1]))
+        self.log("val_acc", (logits.argmax(-1) == batch[1]).float().mean())
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=3e-3, betas=(0.9, 0.999))
+        cycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3,
+                                                    total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
+
+
+def make_trainer(plan: dict):
+    torch.manual_seed(0)
+    trainer = pl.Trainer(max_epochs=plan.get("num_train_epochs", 3), accelerator="cpu", default_root_dir=ROOT,
+                         enable_progress_bar=False, enable_model_summary=False, accumulate_grad_batches=2,
+                         callbacks=[pl.callbacks.EarlyStopping("val_loss"),
+                                    pl.callbacks.ModelCheckpoint(monitor="val_acc", mode="max")])
+    return trainer, OneCycle(), Data()
+"""
+
+
+def test_lightning_s_own_recipes_tune_as_the_user_set_them(tmp_path):
+    """OneCycleLR sized by ``estimated_stepping_batches``, a default EarlyStopping("val_loss"), a ModelCheckpoint on
+    val_acc and accumulate_grad_batches=2: the task reads the settings as the user built them (before OneCycleLR
+    moved them), tune honours the accumulation, scores by val_acc (higher is better), sets EarlyStopping aside
+    and says so, and keeps its runs' files in its own folder."""
+    from gradpilot.task_file import load_task
+    from gradpilot.tuning import tune
+
+    root = tmp_path / "user"
+    source = tmp_path / "cycle_task.py"
+    source.write_text(ONE_CYCLE.replace("ROOT", repr(str(root))))
+    task = load_task(source)
+    assert task.lr == 3e-3 and task.make_optimizer(1e-3).param_groups[0]["betas"] == (0.9, 0.999)
+    assert task.accumulation == 2 and task.higher_is_better and task.metric_name == "val_acc"
+    with pytest.warns(UserWarning, match=r"sets the trainer's EarlyStopping\(monitor='val_loss'\) aside"):
+        result = tune(task, out_dir=tmp_path / "tune", budget=2)
+    assert result.plan["gradient_accumulation_steps"] == 2 and result.plan["per_device_train_batch_size"] == 32
+    assert result.plan["adam_beta1"] == 0.9 and 0 <= result.metric <= 1  # an accuracy, scored as the user scores
+    record = TuneRecord.read(tmp_path / "tune" / "tune.json")
+    assert record.settings["metric"] == "val_acc" and record.settings["higher_is_better"]
+    assert not root.exists() or not list(root.rglob("*.ckpt"))  # no tune run wrote into the user's folders

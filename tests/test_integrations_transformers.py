@@ -129,7 +129,6 @@ import torch
 from transformers import (BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments,
                           default_data_collator)
 from tests.test_integrations_transformers import Toy
-from gradpilot.tuning.state import TuneRecord
 
 SEEN = {"trains": [], "evaluations": 0, "dtypes": set()}
 
@@ -318,3 +317,23 @@ def test_a_killed_make_trainer_tune_continues_and_reruns_nothing_finished(tmp_pa
         for rung, value in scored.get(t.number, {}).items():
             assert t.intermediate_values[rung] == value  # a score reported before the kill is kept
     assert json.loads(resumed.stdout)["plan"] == json.loads(whole.stdout)["plan"]  # as if never killed
+
+
+def test_the_trainer_s_accumulation_and_cadence_are_honoured(tmp_path):
+    """per_device_train_batch_size=8 with gradient_accumulation_steps=4: the task's batch is 32, tune's runs
+    accumulate as the trainer does, and the plan keeps 8 × 4 (the batch stage does not pay on so short a run) —
+    so the user's step-based eval and save come as often as they set them."""
+    from gradpilot.task_file import load_task
+    from gradpilot.tuning import tune
+
+    source = tmp_path / "hf_task.py"
+    source.write_text(MAKE_TRAINER.replace("OUT", repr(str(tmp_path / "trainer"))).replace("BF16", "False").replace(
+        '"per_device_train_batch_size": 16,', '"per_device_train_batch_size": 8, "gradient_accumulation_steps": 4, '
+        '"eval_strategy": "steps", "eval_steps": 6, "save_steps": 12,'))
+    task = load_task(source)
+    assert task.batch_size == 8 and task.accumulation == 4 and task.batch == 32
+    assert task.cadence.steps == {"eval_steps": 6, "save_steps": 12, "logging_steps": 4}
+    assert task.cadence.validations == 32 // 6 and task.cadence.saves == 32 // 12  # 2 epochs of 16 steps
+    result = tune(task, out_dir=tmp_path / "tune", budget=2)
+    assert result.plan["per_device_train_batch_size"] == 8 and result.plan["gradient_accumulation_steps"] == 4
+    assert "eval_steps" not in result.plan  # the same batch: the user's cadence means what it meant

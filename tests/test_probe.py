@@ -217,3 +217,30 @@ def test_a_plain_torch_save_is_read_with_its_optimizer_state_or_at_the_lr_given(
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(GradpilotError, match="holds a list, not a checkpoint"):
         read_start(tmp_path / "list.pt", task.model)
+
+
+def test_a_live_probe_rebuilds_the_run_s_optimizer_from_its_class_and_state_whatever_torch_adds():
+    """torch 2.13's AdamW keeps settings its constructor does not take back (``decoupled_weight_decay``): the
+    probe's optimizers are its class over the same parameters with its state_dict loaded, every setting as the
+    run has it, each group's LR at its ratio to the first."""
+    from gradpilot.probing.measure import mirror
+
+    model = nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 3))
+    run = torch.optim.AdamW([{"params": model[0].parameters(), "lr": 1e-4}, {"params": model[1].parameters()}],
+                            lr=1e-3, betas=(0.8, 0.99), weight_decay=0.05)
+    made = mirror(run)(model.parameters(), 3e-3)
+    assert type(made) is torch.optim.AdamW
+    assert [g["lr"] for g in made.param_groups] == pytest.approx([3e-3, 3e-2])  # the first group at the LR asked
+    for mine, theirs in zip(made.param_groups, run.param_groups):
+        assert {k: v for k, v in mine.items() if k not in ("params", "lr")} == \
+            {k: v for k, v in theirs.items() if k not in ("params", "lr")}
+
+
+def test_a_live_probe_at_an_lr_of_zero_says_so_in_one_line():
+    from gradpilot.probing.measure import probe_live
+
+    task = small_task(0)
+    optimizer = task.make_optimizer(0.0)
+    with pytest.raises(GradpilotError, match="the run's LR is 0") as err:
+        probe_live(task, optimizer)
+    assert "\n" not in str(err.value)

@@ -576,3 +576,17 @@ def test_the_plan_retrained_from_the_task_follows_the_trajectory_tune_trained(tu
     assert probe(small_task(), tmp_path / "run", share=0.05).verdict in ("too high", "too low", "about right")
     assert probe(small_task(), out, share=0.05).learning_rate == pytest.approx(result.plan["learning_rate"])
     assert diagnose(read_log(tmp_path / "run")).lr_verdict and diagnose(read_log(out)).lr_verdict
+
+
+def test_a_plan_at_another_batch_rescales_the_trainer_s_step_counts():
+    """A trainer that evaluates every 6 optimizer steps at 16 steps an epoch: a plan at twice the batch has 8
+    steps an epoch, so it evaluates every 3 — the same place in an epoch; at the same batch nothing is added."""
+    import dataclasses
+
+    from gradpilot.train.task import Cadence
+    from gradpilot.tuning.plan import _cadence
+    from gradpilot.tuning.state import Assumed
+
+    task = dataclasses.replace(small_task(n=512), cadence=Cadence(steps={"eval_steps": 6, "save_steps": 12}))
+    assert _cadence(task, Assumed(512, 1, 8, 4)) == {"eval_steps": 3, "save_steps": 6}
+    assert _cadence(task, Assumed(512, 1, 16, 4)) == {}

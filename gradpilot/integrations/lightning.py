@@ -21,7 +21,13 @@ import lightning.pytorch as pl
 import torch
 
 from gradpilot.errors import GradpilotError
-from gradpilot.integrations.lightning_runner import LightningRunner, first_optimizer, training_loss
+from gradpilot.integrations.lightning_runner import (
+    LightningRunner,
+    WindowLoss,
+    configured_optimizer,
+    monitored,
+    training_loss,
+)
 from gradpilot.lr import range_test as lr_finder
 from gradpilot.train.monitor import Monitor, log_finding, steer
 from gradpilot.train.state import Snapshot
@@ -43,7 +49,7 @@ def find_lr(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Ligh
         datamodule.setup("fit")
     source = datamodule if datamodule is not None else module
     loader = source.train_dataloader()
-    optimizer = first_optimizer(module.configure_optimizers())
+    optimizer = configured_optimizer(trainer, module, loader)
 
     def step(_model: torch.nn.Module, batch: Any) -> torch.Tensor:
         return training_loss(module, batch)
@@ -69,7 +75,8 @@ def task_from_trainer(made: Any, name: str = "lightning",
         datamodule.setup("fit")
     source = datamodule if datamodule is not None else module
     train, val = source.train_dataloader(), source.val_dataloader()
-    first = first_optimizer(module.configure_optimizers())
+    first = configured_optimizer(trainer, module, train)
+    ratios = [float(g["lr"]) / float(first.param_groups[0]["lr"]) for g in first.param_groups]
 
     def step(_model: torch.nn.Module, batch: Any) -> torch.Tensor:
         with warnings.catch_warnings():  # self.log() outside a fit has nowhere to go
@@ -77,23 +84,20 @@ def task_from_trainer(made: Any, name: str = "lightning",
             return training_loss(module, batch)
 
     def make(_params: Any, lr: float) -> torch.optim.Optimizer:
-        opt = first_optimizer(module.configure_optimizers())
-        for group in opt.param_groups:
-            group["lr"] = lr
+        opt = configured_optimizer(trainer, module, train)
+        for group, ratio in zip(opt.param_groups, ratios, strict=True):
+            group["lr"] = lr * ratio
         return opt
 
-    runner = _runner(make_trainer)
+    key, higher = monitored(trainer)
+    runner = None if make_trainer is None else LightningRunner(make_trainer, key)
     return Task(model=module, train_data=train if runner is not None else train.dataset, loss_fn=None,
-                val_data=val.dataset, higher_is_better=False, optimizer=make,
+                val_data=val.dataset, higher_is_better=higher, optimizer=make,
                 lr=float(first.param_groups[0]["lr"]), batch_size=int(train.batch_size or 1),
-                epochs=max(1, int(trainer.max_epochs or 1)), name=name, step_fn=step, collate_fn=train.collate_fn,
+                accumulation=int(trainer.accumulate_grad_batches), epochs=max(1, int(trainer.max_epochs or 1)),
+                name=name, step_fn=step, collate_fn=train.collate_fn,
                 max_grad_norm=float(trainer.gradient_clip_val) if trainer.gradient_clip_val else None,
-                precision=_precision(trainer), runner=runner)
-
-
-def _runner(make_trainer: Callable[[dict[str, Any]], Any] | None) -> Any:
-    """Runs through the trainers ``make_trainer`` builds, where there is one."""
-    return None if make_trainer is None else LightningRunner(make_trainer)
+                precision=_precision(trainer), runner=runner, metric_name=None if key == "val_loss" else key)
 
 
 def _precision(trainer: pl.Trainer) -> str:
@@ -134,17 +138,19 @@ class GradpilotCallback(pl.Callback):
         self.output: Path | None = None
         self.probe, self.probe_share = probe, probe_share
         self.probes: list[Any] = []  # (step, ProbeResult) of every probe taken
-        self._last_step = -1
+        self._window = WindowLoss()
+
+    def on_train_start(self, trainer: pl.Trainer, _module: pl.LightningModule) -> None:
+        self._window.start(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, _batch: Any,
                            _batch_idx: int) -> None:
+        loss = self._window.add(trainer, outputs)  # the whole window's loss, once the optimizer has stepped
+        if loss is None:
+            return
         step = int(trainer.global_step)
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if step == self._last_step or not isinstance(loss, torch.Tensor):
-            return  # an accumulation step: the optimizer has not stepped
-        self._last_step = step
         optimizer = trainer.optimizers[0]
-        new = self.monitor.update(step, loss.detach(), float(optimizer.param_groups[0]["lr"]))
+        new = self.monitor.update(step, loss, float(optimizer.param_groups[0]["lr"]))
         configs = trainer.lr_scheduler_configs
         scheduler = configs[0].scheduler if configs else None
         if self.monitor.autopilot:
@@ -168,10 +174,14 @@ class GradpilotCallback(pl.Callback):
         items = max(1, steps) * int(getattr(train, "batch_size", None) or 1) * int(trainer.accumulate_grad_batches)
         task = live_task(module, optimizer, train, evaluation, lambda _m, batch: training_loss(module, batch),
                          items=items, max_grad_norm=float(trainer.gradient_clip_val) if trainer.gradient_clip_val
-                         else None)
+                         else None, accumulation=int(trainer.accumulate_grad_batches))
         with warnings.catch_warnings():  # self.log() inside a probe's branches has nowhere to go
             warnings.filterwarnings("ignore", message=".*self.log.*")
-            found = probe_live(task, optimizer, share=self.probe_share, history=self.monitor.history())
+            try:
+                found = probe_live(task, optimizer, share=self.probe_share, history=self.monitor.history())
+            except GradpilotError as exc:  # a probe that cannot measure never stops the user's training
+                log.warning("gradpilot probe at step %d skipped: %s", step, exc)
+                return
         self.probes.append((step, found))
         log.warning("gradpilot probe at step %d: the learning rate %.3g is %s (use %.3g), measured on %.1f%% of a run",
                     step, found.learning_rate, found.verdict, found.suggested_learning_rate, 100 * found.cost_runs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,13 @@ class LightningRunner:
 
     def __init__(self, make: MakeTrainer, val_key: str = "val_loss") -> None:
         self.make, self.val_key = make, val_key
+        self._said: set[str] = set()
+
+    def say_once(self, message: str) -> None:
+        """A warning the first time it arises in this runner's runs."""
+        if message not in self._said:
+            self._said.add(message)
+            warnings.warn(message, stacklevel=4)
 
     def __call__(self, task: Task, setting: Setting, *, seed: int, weights: dict[str, torch.Tensor],
                  optimizer_state: dict[str, Any] | None = None, folder: Path | None = None) -> LightningRun:
@@ -55,13 +63,42 @@ class _StartFrom(pl.Callback):
         load_keeping_lrs(trainer.optimizers[0], self.state)
 
 
+class WindowLoss:
+    """The training loss of each optimizer step from what ``on_train_batch_end`` hands over: Lightning divides
+    each micro-batch's loss by the accumulation steps, so a window's loss is their sum; a step is done when the
+    trainer's ``global_step`` has moved (left on the device: no host sync)."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+        self.window: torch.Tensor | None = None
+
+    def add(self, trainer: pl.Trainer, outputs: Any) -> torch.Tensor | None:
+        """The step's loss once its window is complete, else None."""
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return None
+        self.window = loss.detach() if self.window is None else self.window + loss.detach()
+        step = int(trainer.global_step)
+        if self.last is not None and step == self.last:
+            return None  # an accumulation step: the optimizer has not stepped
+        done, self.window, self.last = self.window, None, step
+        return done
+
+    def start(self, trainer: pl.Trainer) -> None:
+        self.last, self.window = int(trainer.global_step), None
+
+
 class _Steps(pl.Callback):
     """Notes the LR each optimizer step takes (before it steps) and its loss (left on the device until read)."""
 
     def __init__(self) -> None:
         self.lrs: list[float] = []
         self.losses: list[torch.Tensor] = []
-        self._last = -1
+        self.window = WindowLoss()
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        del module
+        self.window.start(trainer)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
@@ -71,12 +108,9 @@ class _Steps(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         del module, batch, batch_idx
-        step = int(trainer.global_step)
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if step == self._last or not isinstance(loss, torch.Tensor):
-            return  # an accumulation step: the optimizer has not stepped
-        self._last = step
-        self.losses.append(loss.detach())
+        done = self.window.add(trainer, outputs)
+        if done is not None:
+            self.losses.append(done)
 
 
 class LightningRun(Ledger):
@@ -172,9 +206,27 @@ class LightningRun(Ledger):
                                  "[, LightningDataModule])")
         trainer, module, data = made[0], made[1], made[2] if len(made) == 3 else None
         bound(trainer, max_steps, s.accumulation)
+        self._keep_to_its_folder(trainer)
         _schedule(module, s.lr, schedule)
         self.made = (trainer, module, data)
         return self.made
+
+    def _keep_to_its_folder(self, trainer: pl.Trainer) -> None:
+        """The run's files in tune's folder, not the user's: its logger's and its checkpoints'. The user's
+        ``EarlyStopping`` is set aside in the run (its validation is the run's own, where a decision needs it;
+        the trunk's branches choose the epochs) — and said, once."""
+        if trainer.loggers:
+            from lightning.pytorch.loggers import CSVLogger
+
+            trainer.loggers = [CSVLogger(save_dir=str(self.folder), name="logs")]
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, pl.callbacks.ModelCheckpoint):
+                callback.dirpath = str(self.folder / "checkpoints")
+        stopping = [c for c in trainer.callbacks if isinstance(c, pl.callbacks.EarlyStopping)]  # type: ignore[attr-defined]
+        if stopping:
+            trainer.callbacks[:] = [c for c in trainer.callbacks if c not in stopping]  # type: ignore[attr-defined]
+            self.owner.say_once(f"tune sets the trainer's EarlyStopping(monitor={stopping[0].monitor!r}) aside in its "
+                                "runs: their validation is tune's own, and the trunk's branches choose the epochs")
 
     def _fit(self, schedule: Wsd, max_steps: int) -> tuple[list[float], list[float]]:
         """One ``fit()`` call to ``max_steps``, resuming from the run's checkpoint (or from its start weights)."""
@@ -213,7 +265,7 @@ def _schedule(module: pl.LightningModule, lr: float, schedule: Wsd) -> None:
     own = type(module).configure_optimizers
 
     def configure_optimizers() -> dict[str, Any]:
-        optimizer = first_optimizer(own(module))
+        optimizer = as_constructed(first_optimizer(own(module)))
         first = float(optimizer.param_groups[0]["lr"]) or 1.0
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] = lr * float(group["lr"]) / first
@@ -229,6 +281,56 @@ def training_loss(module: pl.LightningModule, batch: Any) -> torch.Tensor:
     if not isinstance(loss, torch.Tensor):
         raise GradpilotError("training_step returned no loss: return the loss tensor (or {'loss': ...})")
     return loss
+
+
+def configured_optimizer(trainer: pl.Trainer, module: pl.LightningModule, train: Any) -> torch.optim.Optimizer:
+    """The module's optimizer as ``configure_optimizers`` makes it outside a fit, with the settings the user gave
+    it (``as_constructed``). A ``configure_optimizers`` that reads ``self.trainer`` — Lightning's own OneCycleLR
+    recipe reads ``estimated_stepping_batches`` — sees the user's trainer, with the steps of its run."""
+    steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else \
+        math.ceil(len(train) / max(1, int(trainer.accumulate_grad_batches))) * max(1, int(trainer.max_epochs or 1))
+    module.trainer = _Attached(trainer, steps)  # type: ignore[assignment]
+    try:
+        return as_constructed(first_optimizer(module.configure_optimizers()))
+    finally:
+        module.trainer = None
+
+
+class _Attached:
+    """The user's trainer as ``configure_optimizers`` reads it before any fit: every attribute the trainer's own,
+    and ``estimated_stepping_batches`` the optimizer steps its run will take."""
+
+    def __init__(self, trainer: pl.Trainer, steps: int) -> None:
+        self._trainer, self.estimated_stepping_batches = trainer, steps
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trainer, name)
+
+
+def as_constructed(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer with the settings the user built it with, as they were before a scheduler's constructor
+    changed them: a scheduler keeps each group's LR as ``initial_lr`` (OneCycleLR its peak as ``max_lr``), and a
+    scheduler that cycles momentum (OneCycleLR, CyclicLR) overwrote it, which ``defaults`` still holds."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("max_lr", group.get("initial_lr", group["lr"]))
+        if "max_momentum" in group:
+            if "betas" in group and "betas" in optimizer.defaults:
+                group["betas"] = (optimizer.defaults["betas"][0], *group["betas"][1:])
+            elif "momentum" in group and "momentum" in optimizer.defaults:
+                group["momentum"] = optimizer.defaults["momentum"]
+        for key in ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum"):  # the scheduler's
+            group.pop(key, None)
+    return optimizer
+
+
+def monitored(trainer: pl.Trainer) -> tuple[str, bool]:
+    """The metric the user's trainer judges its runs by — its ``ModelCheckpoint``'s monitor, else its
+    ``EarlyStopping``'s — and whether higher is better; ``val_loss`` (lower) where neither names one."""
+    for callback in (trainer.checkpoint_callback, trainer.early_stopping_callback):
+        monitor = getattr(callback, "monitor", None)
+        if monitor:
+            return str(monitor), getattr(callback, "mode", "min") == "max"
+    return "val_loss", False
 
 
 def first_optimizer(configured: Any) -> torch.optim.Optimizer:

@@ -25,7 +25,7 @@ from gradpilot.lr import range_test as lr_finder
 from gradpilot.probing.measure import live_task
 from gradpilot.train.monitor import Monitor, log_finding, steer
 from gradpilot.train.state import Snapshot
-from gradpilot.train.task import Task
+from gradpilot.train.task import Cadence, Task
 
 log = logging.getLogger(__name__)
 DIAGNOSIS_FILE = "gradpilot-diagnosis.json"
@@ -76,11 +76,41 @@ def task_from_trainer(trainer: Trainer, name: str = "trainer",
     return Task(model=model, train_data=train, loss_fn=None, val_data=evaluation,
                 higher_is_better=bool(args.greater_is_better) if metric else False,
                 optimizer=_optimizer_factory(trainer), lr=args.learning_rate,
-                batch_size=args.per_device_train_batch_size, epochs=max(1, math.ceil(args.num_train_epochs)),
-                name=name, step_fn=step, collate_fn=trainer.data_collator,
+                batch_size=args.per_device_train_batch_size, accumulation=args.gradient_accumulation_steps,
+                epochs=max(1, math.ceil(args.num_train_epochs)), name=name, step_fn=step,
+                collate_fn=trainer.data_collator,
                 max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None,
                 precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-                runner=_runner(make_trainer, metric))
+                runner=_runner(make_trainer, metric), metric_name=_eval_name(metric),
+                cadence=cadence(args, len(train)))
+
+
+def _eval_name(metric: str | None) -> str | None:
+    """The name the trainer's evaluate() reports the metric under (``eval_accuracy``)."""
+    if metric is None:
+        return None
+    return metric if metric.startswith("eval_") else f"eval_{metric}"
+
+
+def cadence(args: TrainingArguments, items: int) -> Cadence:
+    """How one run of the trainer as set up validates and saves: evaluations and saves in a run (by its
+    strategies, ``eval_steps`` / ``save_steps`` over the run's optimizer steps), and its settings counted in
+    steps, which a plan at another batch rescales."""
+    per_epoch = math.ceil(math.ceil(items / args.per_device_train_batch_size) / args.gradient_accumulation_steps)
+    steps = max(1, math.ceil(args.num_train_epochs * per_epoch)) if args.max_steps <= 0 else args.max_steps
+    epochs = math.ceil(steps / per_epoch)
+
+    def count(strategy: Any, every: float | None) -> int:
+        name = str(getattr(strategy, "value", strategy))
+        if name == "steps":
+            interval = int(every) if every and every >= 1 else max(1, math.ceil(steps * (every or 1)))
+            return steps // interval
+        return epochs if name == "epoch" else 0
+
+    counted = {name: int(value) for name in ("eval_steps", "save_steps", "logging_steps")
+               if (value := getattr(args, name, None)) and value >= 1}
+    eval_every = args.eval_steps or args.logging_steps  # transformers evaluates every logging_steps by default
+    return Cadence(count(args.eval_strategy, eval_every), count(args.save_strategy, args.save_steps), counted)
 
 
 def _pieces(trainer: Any) -> tuple[torch.nn.Module, Any, Any]:
@@ -184,8 +214,12 @@ class GradpilotCallback(TrainerCallback):
         if model is None or optimizer is None or train is None or evaluation is None:
             return False
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-        found = probe_live(_live_task(model, inner, train, evaluation, args, state), inner, share=self.probe_share,
-                           history=self.monitor.history())
+        try:
+            found = probe_live(_live_task(model, inner, train, evaluation, args, state), inner,
+                               share=self.probe_share, history=self.monitor.history())
+        except GradpilotError as exc:  # a probe that cannot measure never stops the user's training
+            log.warning("gradpilot probe at step %d skipped: %s", step, exc)
+            return True
         self.probes.append((step, found))
         log.warning("gradpilot probe at step %d: the learning rate %.3g is %s (use %.3g), measured on %.1f%% of a run",
                     step, found.learning_rate, found.verdict, found.suggested_learning_rate, 100 * found.cost_runs)
@@ -210,7 +244,7 @@ def _live_task(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: 
     items = max(1, state.max_steps) * args.per_device_train_batch_size * args.gradient_accumulation_steps
     return live_task(model, optimizer, train, evaluation, _own_loss, items=items,
                      max_grad_norm=args.max_grad_norm if args.max_grad_norm else None,
-                     batch_size=args.per_device_train_batch_size)
+                     batch_size=args.per_device_train_batch_size, accumulation=args.gradient_accumulation_steps)
 
 
 def _own_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:

@@ -96,6 +96,9 @@ def probe_live(task: Task, optimizer: torch.optim.Optimizer, *, share: float = S
     weights, gradients, modes, the optimizer and torch's RNGs — so training goes on as if nothing had happened
     (a callback's probe)."""
     lr = float(optimizer.param_groups[0]["lr"])
+    if lr <= 0:
+        raise GradpilotError("the run's LR is 0 (the end of its decay, or a warmup's start): there is no LR to probe "
+                             "until it moves")
     _check(task, share, lr)
     start = Start(model_state(task.model), copy.deepcopy(optimizer.state_dict()), lr, history=history)
     with preserved(task.model, optimizer):
@@ -104,22 +107,37 @@ def probe_live(task: Task, optimizer: torch.optim.Optimizer, *, share: float = S
 
 def live_task(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: Any, evaluation: Any,
               loss: Callable[[torch.nn.Module, Any], torch.Tensor], *, items: int,
-              max_grad_norm: float | None = None, batch_size: int | None = None) -> Task:
-    """A run in progress as a ``Task`` for ``probe_live``: its model, its loss from a batch, its dataloaders, and
-    optimizers made like its own (class, settings, param groups, each group's ratio to the first kept); one run
-    is ``items`` items of its training."""
-    first = float(optimizer.param_groups[0]["lr"]) or 1.0
+              max_grad_norm: float | None = None, batch_size: int | None = None, accumulation: int = 1) -> Task:
+    """A run in progress as a ``Task`` for ``probe_live``: its model, its loss from a batch, its dataloaders and
+    accumulation, and optimizers made like its own (``mirror``); one run is ``items`` items of its training."""
+    batch = batch_size or int(getattr(train, "batch_size", None) or 1)
+    return Task(model=model, train_data=train, val_data=evaluation, loss_fn=None, step_fn=loss,
+                optimizer=mirror(optimizer), lr=float(optimizer.param_groups[0]["lr"]) or 1.0, batch_size=batch,
+                accumulation=accumulation, epochs=max(1, math.ceil(items / len(train.dataset))), name="trainer run",
+                max_grad_norm=max_grad_norm)
 
-    def mirror(_params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(g["params"]),
-                   "lr": lr * float(g["lr"]) / first} for g in optimizer.param_groups]
-        made: torch.optim.Optimizer = type(optimizer)(groups, **{**optimizer.defaults, "lr": lr})
+
+def mirror(optimizer: torch.optim.Optimizer) -> Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer]:
+    """Optimizers made like ``optimizer``, whatever its class and torch's version: its class over its param
+    groups, then its own ``state_dict`` loaded (every setting it holds, as it holds it), each group's LR set to
+    the new LR times its ratio to the first group's."""
+    first = float(optimizer.param_groups[0]["lr"]) or 1.0
+    ratios = [float(g["lr"]) / first if first else 1.0 for g in optimizer.param_groups]
+
+    def make(_params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        groups = [{"params": list(g["params"])} for g in optimizer.param_groups]
+        cls: Any = type(optimizer)
+        try:
+            made: torch.optim.Optimizer = cls(groups, lr=lr)
+        except TypeError:
+            made = cls(groups)
+        made.load_state_dict(optimizer.state_dict())  # every setting (betas, decay, ...) as the run's optimizer has it
+        for group, ratio in zip(made.param_groups, ratios, strict=True):
+            group["lr"] = lr * ratio
+            group.pop("initial_lr", None)
         return made
 
-    batch = batch_size or int(getattr(train, "batch_size", None) or 1)
-    return Task(model=model, train_data=train, val_data=evaluation, loss_fn=None, step_fn=loss, optimizer=mirror,
-                lr=first, batch_size=batch, epochs=max(1, math.ceil(items / len(train.dataset))), name="trainer run",
-                max_grad_norm=max_grad_norm)
+    return make
 
 
 def _check(task: Task, share: float, learning_rate: float | None) -> None:
@@ -196,7 +214,7 @@ class _Walk:
     def _run(self, factor: float, name: str) -> Run:
         """A run of the task's runner from the checkpoint (its optimizer state too, where it fits) at the LR ×
         ``factor``."""
-        setting, folder = Setting(self.lr * factor, self.task.batch_size), self.folder / name
+        setting, folder = Setting(self.lr * factor, self.task.batch_size, self.task.accumulation), self.folder / name
         try:
             return start_run(self.task, setting, seed=self.seed, weights=self.start.weights,
                              optimizer_state=self.start.optimizer, folder=folder)
@@ -222,7 +240,7 @@ class _Walk:
                       f"{share:.0%} asked",)
         order = sorted(range(len(self.losses)), key=lambda i: self.losses[i][0])
         return ProbeResult(verdict, self.lr, self.lr * best, tuple(self.scores[i] for i in order),
-                           tuple(self.losses[i] for i in order), _metric_name(self.task), self.task.higher_is_better,
+                           tuple(self.losses[i] for i in order), self.task.metric_label, self.task.higher_is_better,
                            self.samples, cost, self.seconds, self.start.notes + notes, self.at_start)
 
 
@@ -264,7 +282,7 @@ def _run_items(task: Task) -> int:
 def _branch_batches(task: Task, share: float) -> tuple[int, int, int]:
     """Batches per branch at the constant LR and in its cooldown, and how many branches the share pays for: the
     share of one run in whole batches, split between up to ``MAX_BRANCHES`` (each at least three batches)."""
-    total = int(share * _run_items(task) / task.batch_size)
+    total = int(share * _run_items(task) / task.batch)
     per = max(3, total // MAX_BRANCHES)
     most = max(len(FACTORS), min(MAX_BRANCHES, total // per))
     cooldown = max(1, round(COOLDOWN * per))
@@ -290,10 +308,3 @@ def _verdict(at_start: float, losses: list[tuple[float, float]], hinted: bool) -
     return "about right", 1.0, (f"a lower LR won the short branches (×{best_factor:.3g}), as it does from almost any "
                                 "checkpoint — a cooldown's quick gain; with no sign of a too-high LR in the run's "
                                 "log that is not called too high")
-
-
-def _metric_name(task: Task) -> str:
-    if task.metric is None:
-        return "validation loss"
-    return str(getattr(task.metric, "__name__", "metric"))
-

@@ -142,7 +142,7 @@ def _task_options(task: Task, options: dict[str, Any], *, lr: float | None, plan
         "optimizer": lambda: task.make_optimizer(lr), "loss_fn": lambda: task.loss_fn,
         "train_loader": lambda: task.train_loader(seed), "val_loader": task.val_loader,
         "epochs": lambda: task.epochs, "step_fn": lambda: task.step_fn, "max_grad_norm": lambda: task.max_grad_norm,
-        "precision": lambda: task.precision}
+        "precision": lambda: task.precision, "accumulation_steps": lambda: task.accumulation}
     out = {**options, **{k: make() for k, make in own.items() if options[k] is None}}
     if options["metric"] is None:
         out["metric"], out["higher_is_better"] = task.metric, task.higher_is_better

@@ -35,11 +35,25 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 
 
 @dataclass(frozen=True)
+class Cadence:
+    """How one run of the user's own trainer spends its time besides training: its validation passes and its
+    checkpoint saves in one run (``validations`` None: one an epoch), and its settings counted in optimizer steps
+    (``TrainingArguments``' ``eval_steps``, ``save_steps``, ``logging_steps``), which a plan at another batch
+    rescales so that they keep their meaning."""
+
+    validations: int | None = None
+    saves: int = 0
+    steps: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Task:
     """A training problem: model, data, loss, metric, optimizer and budget.
 
     ``train_data``/``val_data`` are datasets (batched with ``batch_size``) or ready data loaders.
-    ``metric(outputs, targets) -> float`` is averaged over validation batches; None means the loss.
+    ``accumulation`` micro-batches of ``batch_size`` make one optimizer step (the batch is their product).
+    ``metric(outputs, targets) -> float`` is averaged over validation batches; None means the loss;
+    ``metric_name`` names it where the task's own trainer computes it (``eval_accuracy``, ``val_acc``).
     """
 
     model: nn.Module
@@ -52,6 +66,7 @@ class Task:
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
     lr: float = 1e-3
     batch_size: int = 32
+    accumulation: int = 1
     epochs: int = 1
     name: str = "task"
     step_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None  # (model, batch) -> loss, instead of loss_fn
@@ -59,6 +74,8 @@ class Task:
     max_grad_norm: float | None = None  # clip the gradient norm at every step of every run (None: no clipping)
     precision: str = "fp32"  # "bf16" or "fp16": every run's forward under autocast (fp16 with a loss scaler)
     runner: Runner | None = None  # what trains tune's runs: the user's own trainer (None: gradpilot's engine)
+    metric_name: str | None = None  # the metric's name where it has no function here (the trainer's own)
+    cadence: Cadence = field(default_factory=Cadence)  # a trainer's validations and saves a run
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -78,6 +95,7 @@ class Task:
         check_precision(self.precision, "Task.precision")
         _validate.positive_float("Task.lr", self.lr)
         _validate.positive_int("Task.batch_size", self.batch_size)
+        _validate.positive_int("Task.accumulation", self.accumulation)
         _validate.positive_int("Task.epochs", self.epochs)
         _check_optimizer(self.optimizer, self.optimizer_kwargs)
         for field_name in ("train_data", "val_data"):
@@ -118,6 +136,19 @@ class Task:
         if isinstance(self.train_data, DataLoader):
             return self.train_data.dataset, self.train_data.collate_fn
         return self.train_data, self.collate_fn or default_collate
+
+    @property
+    def batch(self) -> int:
+        """Items per optimizer step: the micro-batch × the accumulation steps."""
+        return self.batch_size * self.accumulation
+
+    @property
+    def metric_label(self) -> str:
+        """What the validation score is called: the metric's name, or the validation loss."""
+        if self.metric_name:
+            return self.metric_name
+        name = getattr(self.metric, "__name__", None)
+        return "validation loss" if self.metric is None else str(name or "metric")
 
     @property
     def optimizer_name(self) -> str:

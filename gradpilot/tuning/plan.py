@@ -42,6 +42,9 @@ def plan(decided: Decided, task: Task, stages: Sequence[Stage],
         "warmup_steps": "linear warmup from 0, because the batch (and so the LR) grew" if out["warmup_steps"]
         else "no warmup: the LR was found stable at this batch",
     }
+    out.update(_cadence(task, assumed))
+    reasons.update({name: f"the task's {name} in optimizer steps, rescaled to the plan's batch so it comes as often "
+                    "in an epoch" for name in task.cadence.steps})
     optim, optim_reason = optimizer_arguments(task)
     out.update(optim)
     out["max_grad_norm"] = float(task.max_grad_norm or 0.0)
@@ -49,6 +52,17 @@ def plan(decided: Decided, task: Task, stages: Sequence[Stage],
                     "max_grad_norm": "as the task clips" if task.max_grad_norm else
                     "0: no clipping, as the task trained (the Trainer's default would clip at 1.0)"})
     return out, reasons
+
+
+def _cadence(task: Task, assumed: Assumed) -> dict[str, int]:
+    """The trainer's settings counted in optimizer steps (eval_steps, save_steps, logging_steps), rescaled where the
+    plan's batch makes an epoch of another number of steps than the task's: each keeps its place in an epoch."""
+    from gradpilot.tuning.budget import steps_per_epoch
+
+    own = steps_per_epoch(assumed.train_items, task.batch_size, task.accumulation)
+    if not task.cadence.steps or own == assumed.steps_per_epoch:
+        return {}
+    return {name: max(1, round(value * assumed.steps_per_epoch / own)) for name, value in task.cadence.steps.items()}
 
 
 def write_yaml(plan: dict[str, Any], reasons: dict[str, str], path: Path, *, header: str) -> None:

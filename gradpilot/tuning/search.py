@@ -98,7 +98,7 @@ def _no_search(now: SoFar, reason: str, trunk: tuple[int, ...]) -> Stage:
     where = "its suggestion" if sure else "between its suggestion and its edge, as the search would centre its runs"
     why = "learning_rate is fixed" if fixed else (f"the budget left cannot pay for short runs: the range test's LR "
                                                   f"is kept, {where} ({lr:.3g} at batch {micro * k})")
-    warm = _warmup_steps(now, lr, micro, k) if not fixed and micro * k > now.ctx.task.batch_size else 0
+    warm = _warmup_steps(now, lr, micro, k) if not fixed and micro * k > now.ctx.task.batch else 0
     return Stage("lr_search", _chosen(Candidate(lr, micro, k, warm), None, trunk), why, skipped=reason)
 
 
@@ -114,7 +114,7 @@ def _range(now: SoFar) -> RangeTest:
 
 def _scaled(now: SoFar, target: int) -> float:
     batches: Batches = now.decided.need("batch")
-    return scaling.scale_lr(_range(now).suggestion, now.ctx.task.batch_size, target, batches.rule)
+    return scaling.scale_lr(_range(now).suggestion, now.ctx.task.batch, target, batches.rule)
 
 
 def _plan_note(now: SoFar) -> dict[str, Any]:
@@ -170,7 +170,7 @@ def _candidates(now: SoFar, count: int) -> list[Candidate]:
         scale = _scaled(now, micro * k) / found.suggestion  # the interval, rescaled to this batch like its pick
         points = min(count, 5) if i == 0 else 3
         grid = lr_grid(center, scale * found.high, points, scale * found.low)
-        grew = micro * k > now.ctx.task.batch_size
+        grew = micro * k > now.ctx.task.batch
         cands += [Candidate(lr, micro, k, _warmup_steps(now, lr, micro, k) if grew else 0) for lr in grid]
     order = sorted(range(len(cands)), key=lambda j: j % 5 if j < 5 else j - 4.5)  # interleave the batches
     return [cands[j] for j in order]

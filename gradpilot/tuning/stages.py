@@ -44,7 +44,7 @@ def _least_runs(ctx: Context) -> float:
     """The fewest runs a tune can be done in: one epoch (or the fixed epochs) and the shortest range test."""
     need = ctx.train_items * (ctx.fixed.epochs or 1)
     if ctx.fixed.learning_rate is None:
-        need += budget.MIN_RANGE_STEPS * ctx.task.batch_size
+        need += budget.MIN_RANGE_STEPS * ctx.task.batch
     return need / ctx.run_items
 
 
@@ -63,9 +63,10 @@ def clock(now: SoFar) -> Stage:
     own and a few more in another — the difference between the two calls is the steps' cost, what is left of
     the first the call's own."""
     ctx = now.ctx
-    task, batch = ctx.task, ctx.task.batch_size
+    task, batch = ctx.task, ctx.task.batch
     now.say("timing one validation pass and a few steps")
-    run = runner.start(task, Setting(task.lr, batch), seed=ctx.seed, weights=ctx.initial, folder=ctx.folder.clock)
+    run = runner.start(task, Setting(task.lr, task.batch_size, task.accumulation), seed=ctx.seed, weights=ctx.initial,
+                       folder=ctx.folder.clock)
     start = run.evaluate()
     run.advance(1)
     one = _timed(run, 2)
@@ -73,10 +74,13 @@ def clock(now: SoFar) -> Stage:
     step = max(1e-9, (more - one) / max(1, steps - 1))
     item, validation = budget.fixed_clock() or (step / batch, run.cost.validation)
     call = 0.0 if budget.fixed_clock() else max(0.0, one - step)
+    saving = _save_seconds(run, ctx) if task.cadence.saves else 0.0
     task.model.load_state_dict(ctx.initial)
     remove(ctx.folder.clock)
+    validations = task.cadence.validations if task.cadence.validations is not None else task.epochs
     measured = Clock(item_seconds=item, validation_seconds=validation, run_items=ctx.run_items,
-                     validations=task.epochs, start_metric=start.value, call_seconds=call)
+                     validations=validations, start_metric=start.value, call_seconds=call, saves=task.cadence.saves,
+                     save_seconds=saving)
     timed = now.with_clock(measured)
     if ctx.budget.runs is None:
         _check_runs(ctx, timed.budget_runs, "of this task")
@@ -93,13 +97,20 @@ def _longer_call(ctx: Context, run: Run, one: float) -> tuple[float, int]:
     """A call of more steps than the first, timed: at least TIMING_STEPS, and four times as many again while its
     steps do not stand out of a call's own cost (they take less than the one-step call did), up to TIMING_SHARE
     of a run (or TIMING_S of steps where a step is quick). Its seconds and its steps."""
-    most = max(budget.TIMING_STEPS, math.ceil(budget.TIMING_SHARE * ctx.run_items / ctx.task.batch_size))
+    most = max(budget.TIMING_STEPS, math.ceil(budget.TIMING_SHARE * ctx.run_items / ctx.task.batch))
     steps = min(most, max(budget.TIMING_STEPS, math.ceil(budget.TIMING_S / max(one, 1e-9))))
     while True:
         more = _timed(run, run.steps + steps)
         if more - one >= one or steps >= most:
             return more, steps
         steps = min(most, 4 * steps)
+
+
+def _save_seconds(run: Run, ctx: Context) -> float:
+    """One checkpoint save of the run, timed: the user's trainer saves this often in one of its runs."""
+    before = run.cost.io
+    run.save(ctx.folder.clock / "save")
+    return run.cost.io - before
 
 
 def _timed(run: Run, to_step: int) -> float:
@@ -124,15 +135,15 @@ def lr_range(now: SoFar) -> Stage:
     if ctx.fixed.learning_rate is not None:
         return Stage("lr_range", None, "learning_rate is fixed", skipped="fixed")
     task = ctx.task
-    run = budget.TrunkPlan((task.epochs,), budget.steps_per_epoch(ctx.train_items, task.batch_size, 1))
-    room = now.purse().less(*budget.trunk_cost(run, 0, task.batch_size)).seconds  # one full run set aside
-    steps = budget.range_steps(ctx.run_items, task.batch_size, now.budget_seconds,
-                               now.clock.seconds(task.batch_size), room)
+    run = budget.TrunkPlan((task.epochs,), budget.steps_per_epoch(ctx.train_items, task.batch_size, task.accumulation))
+    room = now.purse().less(*budget.trunk_cost(run, 0, task.batch)).seconds  # one full run set aside
+    steps = budget.range_steps(ctx.run_items, task.batch, now.budget_seconds, now.clock.seconds(task.batch), room)
     now.say(f"range test, {steps} steps")
     task.model.load_state_dict(ctx.initial)
     torch.manual_seed(ctx.seed)
     begin = time.perf_counter()
-    result = find_lr(task, train_loader=task.train_loader(ctx.seed), num_steps=steps)
+    result = find_lr(task, train_loader=task.train_loader(ctx.seed), num_steps=steps,
+                     accumulation_steps=task.accumulation)
     seconds = time.perf_counter() - begin
     low, high = result.interval
     why = f"; {result.caveat}" if result.caveat else ""
@@ -141,7 +152,7 @@ def lr_range(now: SoFar) -> Stage:
     return Stage("lr_range", RangeTest(result.suggestion, low, high, result.confidence),
                  f"range test over {len(result.lrs)} steps suggests {result.suggestion:.3g} ({result.rule}); the curve "
                  f"supports {low:.3g} to {high:.3g}, confidence {result.confidence:.2f}{why}", seen,
-                 spent=Cost(len(result.lrs) * task.batch_size, seconds))
+                 spent=Cost(len(result.lrs) * task.batch, seconds))
 
 
 def batch(now: SoFar) -> Stage:
@@ -149,12 +160,13 @@ def batch(now: SoFar) -> Stage:
     largest micro-batch that fits memory; the rule that rescales the LR between them. Run only where the
     trials cost a small share of what the search could spend: they cost the same items whatever the run."""
     ctx = now.ctx
-    task, b = ctx.task, ctx.task.batch_size
+    task, b = ctx.task, ctx.task.batch
     rule = _rule(task)
     if ctx.fixed.batch_size is not None:
         fixed = ctx.fixed.batch_size
-        return Stage("batch", Batches((fixed,), fixed, rule), "batch size is fixed", skipped="fixed")
-    kept = Batches((b,), b, rule)
+        steps = ctx.fixed.accumulation or task.accumulation
+        return Stage("batch", Batches((fixed * steps,), fixed, rule), "batch size is fixed", skipped="fixed")
+    kept = Batches((b,), task.batch_size, rule)
     if isinstance(task.train_data, DataLoader):
         return Stage("batch", kept, "the task gives a ready DataLoader, whose batch size tune keeps",
                      skipped="data loader")
@@ -172,10 +184,11 @@ def batch(now: SoFar) -> Stage:
 
 
 def _largest_micro(task: Task, batches: list[int]) -> BatchSizeResult:
-    """The largest micro-batch up to the largest batch to try, searched from the smallest (the task's batch, which
-    should fit; from 1 where it does not)."""
+    """The largest micro-batch up to the largest batch to try, searched from the task's micro-batch (which should
+    fit; from 1 where it does not)."""
     try:
-        return find_batch_size(task, start=min(batches), max_batch_size=max(batches), steps_per_trial=1)
+        start = min(task.batch_size, max(batches))
+        return find_batch_size(task, start=start, max_batch_size=max(batches), steps_per_trial=1)
     except GradpilotError:
         return find_batch_size(task, max_batch_size=max(batches), steps_per_trial=1)
 
@@ -183,8 +196,9 @@ def _largest_micro(task: Task, batches: list[int]) -> BatchSizeResult:
 def _batch_pays(now: SoFar) -> bool:
     """Whether the batch trials cost at most BATCH_SHARE of what is left once the trunk is paid for."""
     ctx = now.ctx
-    purse, b = now.purse(), ctx.task.batch_size
-    trunk = budget.TrunkPlan(budget.branch_epochs(ctx.task.epochs), budget.steps_per_epoch(ctx.train_items, b, 1))
+    purse, b = now.purse(), ctx.task.batch
+    per_epoch = budget.steps_per_epoch(ctx.train_items, ctx.task.batch_size, ctx.task.accumulation)
+    trunk = budget.TrunkPlan(budget.branch_epochs(ctx.task.epochs), per_epoch)
     free = purse.less(*budget.trunk_cost(trunk, 0, b))
     cost = _batch_cost(ctx)
     return free.items > 0 and cost <= budget.BATCH_SHARE * free.items and \
@@ -193,7 +207,7 @@ def _batch_pays(now: SoFar) -> bool:
 
 def _noise_batches(ctx: Context) -> tuple[int, int, int]:
     """The noise-scale estimate's small and big batch and how many of each it averages."""
-    b = ctx.task.batch_size
+    b = ctx.task.batch
     return max(1, min(8, b // 4)), min(ctx.train_items, max(4 * b, 32)), 8
 
 
@@ -218,7 +232,7 @@ def _noise_candidates(now: SoFar) -> tuple[int, list[int], BatchSeen]:
     cannot be made (gradient norms too noisy to tell |G|² from the noise) costs a warning and keeps the task's
     batch; it never stops the tune."""
     ctx = now.ctx
-    b, n = ctx.task.batch_size, ctx.train_items
+    b, n = ctx.task.batch, ctx.train_items
     small, big, reps = _noise_batches(ctx)
     if big <= small:
         return 0, [b], BatchSeen(noise_scale=float(b))
@@ -249,17 +263,21 @@ def _rule(task: Task) -> scaling.LRRule:
 def accumulation(now: SoFar) -> Stage:
     """Each batch to try as micro-batch × accumulation steps: accumulate where the batch exceeds memory."""
     chosen: Batches = now.decided.need("batch")
-    fixed = now.ctx.fixed
+    fixed, task = now.ctx.fixed, now.ctx.task
     if fixed.accumulation is not None:
         k = fixed.accumulation
-        micro = fixed.batch_size or max(1, chosen.batches[0] // k)
+        micro = fixed.batch_size or task.batch_size
         return Stage("accumulation", Splits(((micro, k),)), "accumulation is fixed", skipped="fixed")
     splits, notes = [], []
     for target in chosen.batches:
+        if target == task.batch and task.batch_size <= chosen.max_micro:  # the task's own split, as it was set
+            splits.append((task.batch_size, task.accumulation))
+            notes.append(f"the task's own {task.batch_size} × {task.accumulation}")
+            continue
         p = scaling.plan(target, chosen.max_micro)
         splits.append((p.micro_batch_size, p.accumulation_steps))
         notes.append(p.note)
     needed = any(k > 1 for _, k in splits)
-    why = "; ".join(notes) if needed else \
+    why = "; ".join(n for n in notes if n) if needed else \
         f"every batch tried fits in memory (up to {chosen.max_micro}): no accumulation"
     return Stage("accumulation", Splits(tuple(splits)), why, SplitsSeen(tuple(notes)))

@@ -33,7 +33,7 @@ class Clock:
     """What one run of the task costs, measured through the runner that trains it: training seconds per item at
     the task's batch, seconds per validation pass, seconds each call into the runner costs beyond its steps (a
     trainer built, resumed and checkpointed: 0 in gradpilot's own engine), and how many passes a run makes (one
-    per epoch)."""
+    per epoch, or as the user's trainer validates) and how many checkpoints it saves, at ``save_seconds`` each."""
 
     item_seconds: float
     validation_seconds: float
@@ -41,10 +41,12 @@ class Clock:
     validations: int
     start_metric: float  # the validation metric of the initial weights (the pass that was timed)
     call_seconds: float = 0.0
+    saves: int = 0
+    save_seconds: float = 0.0
 
     @property
     def run_seconds(self) -> float:
-        return self.seconds(self.run_items, self.validations, 1)
+        return self.seconds(self.run_items, self.validations, 1) + self.saves * self.save_seconds
 
     def seconds(self, items: float, validations: float = 0.0, calls: float = 0.0) -> float:
         """The seconds ``items`` of training, ``validations`` passes and ``calls`` runner calls take."""
