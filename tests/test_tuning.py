@@ -235,9 +235,10 @@ def test_fixed_lr_and_schedule_skip_their_stages(tmp_path):
     assert by["lr_range"].skipped == by["lr_search"].skipped == by["accumulation"].skipped == "fixed"
     assert by["epochs"].skipped == "fixed" and by["epochs"].decision.scheduler == "linear"
     assert result.plan["learning_rate"] == 0.02 and result.plan["lr_scheduler_type"] == "linear"
-    assert result.plan["gradient_accumulation_steps"] == 2 and result.plan["per_device_train_batch_size"] == 16
-    lrs = by["epochs"].evidence.lrs  # a linear decay from the peak over the run: 16 steps (of 16 × 2) an epoch
-    assert lrs[0] == pytest.approx(0.02) and lrs[-1] == pytest.approx(0.02 / 64) and len(lrs) == 64
+    # a fixed accumulation accumulates the task's own micro-batch: 32 × 2, as the user set the micro-batch
+    assert result.plan["gradient_accumulation_steps"] == 2 and result.plan["per_device_train_batch_size"] == 32
+    lrs = by["epochs"].evidence.lrs  # a linear decay from the peak over the run: 8 steps (of 32 × 2) an epoch
+    assert lrs[0] == pytest.approx(0.02) and lrs[-1] == pytest.approx(0.02 / 32) and len(lrs) == 32
 
 
 def test_a_plan_fixed_to_a_constant_lr_is_searched_at_its_constant_lr(tmp_path):
@@ -590,3 +591,26 @@ def test_a_plan_at_another_batch_rescales_the_trainer_s_step_counts():
     task = dataclasses.replace(small_task(n=512), cadence=Cadence(steps={"eval_steps": 6, "save_steps": 12}))
     assert _cadence(task, Assumed(512, 1, 8, 4)) == {"eval_steps": 3, "save_steps": 6}
     assert _cadence(task, Assumed(512, 1, 16, 4)) == {}
+
+
+def test_an_adapter_on_a_frozen_model_is_saved_alone(tmp_path):
+    """What trains is what tune keeps: with the body frozen (as a LoRA leaves a pretrained model), the initial
+    weights, the best branch and model.pt hold the head alone — and each reads back onto the model, and the probe
+    reads model.pt."""
+    from gradpilot import probe
+    from gradpilot.train.state import load_weights
+
+    task = small_task(n=512, epochs=2)
+    for p in task.model[0].parameters():
+        p.requires_grad_(False)
+    result = tune(task, out_dir=tmp_path, budget=2)
+    head = {"2.weight", "2.bias"}
+    for path in (tmp_path / "runs" / "initial.pt", tmp_path / "model.pt"):
+        assert set(torch.load(path, weights_only=True)) == head
+    body = task.model[0].weight.detach().clone()
+    again = small_task(n=512, epochs=2)
+    for p in again.model[0].parameters():
+        p.requires_grad_(False)
+    load_weights(again.model, torch.load(tmp_path / "model.pt", weights_only=True))
+    assert torch.equal(again.model[2].weight, result.model[2].weight) and torch.equal(again.model[0].weight, body)
+    assert probe(again, tmp_path / "model.pt", share=0.05).learning_rate == pytest.approx(result.plan["learning_rate"])

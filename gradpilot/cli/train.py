@@ -41,9 +41,9 @@ def train_command(
     result = fit(task, plan=plan, seed=seed, checkpoint_dir=out, on_step=_lines(quiet=as_json))
     if out is not None:
         from gradpilot.train.checkpoint import save_file
-        from gradpilot.train.state import model_state
+        from gradpilot.train.state import trainable_state
 
-        save_file(out / "model.pt", model_state(task.model))
+        save_file(out / "model.pt", trainable_state(task.model))
     summary = _summary(result, read.learning_rate, out)
     if as_json:
         _print_json(summary)

@@ -71,11 +71,13 @@ def tune_command(
     _validate.choice("--backend", backend, ("optuna", "ray"))
     if ray_address is not None and backend != "ray":
         raise GradpilotError("--ray-address needs --backend ray")
-    from gradpilot.tuning import parse_duration, tune
+    from gradpilot.tuning.budget import parse_duration
+
+    seconds = parse_duration(time_budget) if time_budget is not None else None  # before torch loads
+    from gradpilot.tuning import tune
     from gradpilot.tuning.driver import DEFAULT_BUDGET
     from gradpilot.tuning.view import budget_bar, summary
 
-    seconds = parse_duration(time_budget) if time_budget is not None else None
     task = _load(task_file, seed)
     runner = _backend(backend, ray_address)
     runs = None if seconds is not None else budget if budget is not None else DEFAULT_BUDGET

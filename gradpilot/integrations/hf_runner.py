@@ -27,7 +27,7 @@ from gradpilot.errors import GradpilotError
 from gradpilot.schedules.factor import DecayType, Wsd
 from gradpilot.train.seam import Branch, Ledger, RunRecord, Score, Setting
 from gradpilot.train.starts import read_start
-from gradpilot.train.state import load_keeping_lrs, model_state
+from gradpilot.train.state import load_keeping_lrs, load_weights, trainable_state
 from gradpilot.train.task import Task
 
 MakeTrainer = Callable[[dict[str, Any]], Any]
@@ -140,7 +140,7 @@ class TrainerRun(Ledger):
             trainer = self._trainer(self.setting.schedule, max(1, self.steps), self.folder / "eval")
             state = self.start_weights if self.checkpoint is None else read_start(self.checkpoint,
                                                                                   trainer.model).weights
-            trainer.model.load_state_dict(state)
+            load_weights(trainer.model, state)
         return self.trainer
 
     def evaluate(self) -> Score:
@@ -157,7 +157,7 @@ class TrainerRun(Ledger):
         return self.score(float(metrics[name]), float(metrics.get("eval_loss", math.nan)))
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return model_state(self._current().model)
+        return trainable_state(self._current().model)
 
     def save(self, path: Path) -> None:
         """The run's checkpoint (a trainer's checkpoint folder) moved to ``path``, a folder, with the run's record
@@ -207,7 +207,7 @@ class TrainerRun(Ledger):
         steps = _Steps(save_at_end=save)
         trainer.add_callback(steps)
         if self.checkpoint is None:
-            trainer.model.load_state_dict(self.start_weights)
+            load_weights(trainer.model, self.start_weights)
             if self.start_optimizer is not None:
                 trainer.add_callback(_StartFrom(self.start_optimizer))
         with self.spending("training", items=(max_steps - self.steps) * self.setting.batch):

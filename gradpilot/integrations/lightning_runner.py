@@ -25,7 +25,7 @@ from gradpilot.errors import GradpilotError
 from gradpilot.schedules.factor import DecayType, Wsd
 from gradpilot.train.seam import Branch, Ledger, RunRecord, Score, Setting
 from gradpilot.train.starts import read_start
-from gradpilot.train.state import load_keeping_lrs, model_state
+from gradpilot.train.state import load_keeping_lrs, load_weights, trainable_state
 from gradpilot.train.task import Task
 
 MakeTrainer = Callable[[dict[str, Any]], Any]
@@ -165,7 +165,7 @@ class LightningRun(Ledger):
         return self.score(logged[key], logged.get("val_loss", logged[key]))
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return model_state(self._current()[1])
+        return trainable_state(self._current()[1])
 
     def save(self, path: Path) -> None:
         """The run's checkpoint moved into the folder ``path`` (``run.ckpt``, with the run's record,
@@ -191,7 +191,7 @@ class LightningRun(Ledger):
         if self.made is None:
             made = self._make(self.setting.schedule, max(1, self.steps))
             state = self.start_weights if self.checkpoint is None else read_start(self.checkpoint, made[1]).weights
-            made[1].load_state_dict(state)
+            load_weights(made[1], state)
         assert self.made is not None
         return self.made
 
@@ -234,7 +234,7 @@ class LightningRun(Ledger):
         steps = _Steps()
         trainer.callbacks.append(steps)  # type: ignore[attr-defined]  # Lightning's list, typed only at runtime
         if self.checkpoint is None:
-            module.load_state_dict(self.start_weights)
+            load_weights(module, self.start_weights)
             if self.start_optimizer is not None:
                 trainer.callbacks.append(_StartFrom(self.start_optimizer))  # type: ignore[attr-defined]
         with self.spending("training", items=(max_steps - self.steps) * self.setting.batch):

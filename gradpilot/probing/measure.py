@@ -29,7 +29,7 @@ from gradpilot.errors import GradpilotError
 from gradpilot.train.run import start as start_run
 from gradpilot.train.seam import Run, Setting
 from gradpilot.train.starts import Start, read_start
-from gradpilot.train.state import model_state, preserved
+from gradpilot.train.state import load_weights, model_state, preserved
 from gradpilot.train.task import Task
 
 FACTORS = (1.0, 3.0, 1 / 3)
@@ -233,7 +233,7 @@ class _Walk:
         self.seconds += run.cost.seconds
 
     def result(self, verdict: str, best: float, share: float, notes: tuple[str, ...]) -> ProbeResult:
-        self.task.model.load_state_dict(self.start.weights)  # the task's model as the checkpoint left it
+        load_weights(self.task.model, self.start.weights)  # the task's model as the checkpoint left it
         cost = self.samples / _run_items(self.task)
         if cost > share * 1.0001:
             notes += (f"one run is so short that the smallest branches cost {cost:.0%} of it, over the "

@@ -30,7 +30,7 @@ from gradpilot.train.data import Batches, Shuffled
 from gradpilot.train.distributed import comm_device
 from gradpilot.train.evaluation import Metric, evaluate_both
 from gradpilot.train.seam import Branch, Ledger, Run, RunRecord, Score, Setting, steps_for
-from gradpilot.train.state import load_keeping_lrs, model_state, preserved
+from gradpilot.train.state import load_keeping_lrs, load_weights, preserved, trainable_state
 from gradpilot.train.task import Runner, Task
 
 __all__ = ["LocalRun", "Validation", "local_run", "start", "steps_for"]
@@ -172,12 +172,12 @@ class LocalRun(Ledger):
         return self.score(loss if metric is None else metric, loss)
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return model_state(self.model)
+        return trainable_state(self.model)
 
     def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
         """The run as it stands in the folder ``path`` (gradpilot's checkpoint format: weights, optimizer,
         scheduler, RNGs, its place in the data, its record, and ``extra`` for the driver)."""
-        state = {"record": self.record(self.losses).to_json(), "model": self.model.state_dict(),
+        state = {"record": self.record(self.losses).to_json(), "model": trainable_state(self.model),
                  "optimizer": self.optimizer.state_dict(),
                  "scheduler": None if self.schedule is None else self.schedule.scheduler.state_dict(),
                  "rng": checkpoint.rng_state(), "data": self.data.state(), "extra": extra or {}}
@@ -195,7 +195,7 @@ class LocalRun(Ledger):
     def resume(self, state: dict[str, Any]) -> None:
         """Put back a checkpoint already read (``checkpoint.load``): a checkpoint of another run is one line."""
         try:
-            self.model.load_state_dict(state["model"])
+            load_weights(self.model, state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             if self.schedule is not None and state["scheduler"] is not None:
                 self.schedule.scheduler.load_state_dict(state["scheduler"])
@@ -215,7 +215,7 @@ def local_run(task: Task, setting: Setting, *, seed: int, weights: dict[str, tor
     ``seed``, so that the same seed trains the same run wherever it is made."""
     del folder  # a local run keeps nothing on disk unless saved
     torch.manual_seed(seed)
-    task.model.load_state_dict(weights)
+    load_weights(task.model, weights)
     optimizer = task.make_optimizer(setting.lr)
     if optimizer_state is not None:
         load_keeping_lrs(optimizer, copy.deepcopy(optimizer_state))

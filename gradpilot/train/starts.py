@@ -206,18 +206,20 @@ def _group_lr(optimizer: Any) -> float | None:
 
 def fitted(weights: dict[str, torch.Tensor], model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     """``weights`` keyed as ``model`` names its state: a prefix the saving library added (a LightningModule's
-    attribute, ``model.``) is taken off. Refused in one line when the keys or shapes do not fit."""
+    attribute, ``model.``) is taken off; what training does not change (the frozen parameters an adapter's
+    checkpoint leaves out) may be missing. Refused in one line when the keys or shapes do not fit."""
     wanted = model.state_dict()
-    prefix = _prefix(weights, wanted)
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    prefix = _prefix(weights, {k: v for k, v in wanted.items() if k not in frozen})
     keyed = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-    missing = [k for k in wanted if k not in keyed]
+    missing = [k for k in wanted if k not in keyed and k not in frozen]
     shapes = [k for k in wanted if k in keyed and tuple(keyed[k].shape) != tuple(wanted[k].shape)]
     if missing or shapes:
         what = f"{len(missing)} of its tensors are missing (e.g. {missing[0]!r})" if missing else (
             f"{shapes[0]!r} has shape {tuple(keyed[shapes[0]].shape)}, not {tuple(wanted[shapes[0]].shape)}")
         raise GradpilotError(f"{path} does not match the task's model: {what}; give the task file the run was "
                              "trained with")
-    return {k: keyed[k] for k in wanted}
+    return {k: keyed[k] for k in wanted if k in keyed}
 
 
 def _prefix(weights: dict[str, torch.Tensor], wanted: dict[str, torch.Tensor]) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradpilot.errors import GradpilotError
+from gradpilot.errors import GradpilotError, describe
 
 
 @contextmanager
@@ -41,6 +41,26 @@ def preserved(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A copy, on the CPU, of the model's parameters and buffers (BatchNorm statistics too)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy, on the CPU, of what training changes: the parameters that require grad, and the buffers. For a
+    model whose every parameter trains it is the whole state; for an adapter (LoRA) on a frozen model, the
+    adapter alone — what a run's weights need to be saved as (``load_weights`` puts them back)."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """``weights`` into ``model``: its whole state, or what trains of it (``trainable_state``), the frozen
+    parameters left as they are. Weights of another model are refused in one line."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    missing = set(model.state_dict()) - set(weights)
+    try:
+        model.load_state_dict(weights, strict=not missing or not missing <= frozen)
+    except RuntimeError as exc:
+        raise GradpilotError(f"the weights do not fit the model ({describe(exc, 200)}): give the weights of this "
+                             "task's model") from None
 
 
 class Snapshot:

@@ -14,7 +14,8 @@ from gradpilot.tuning.fixed import FIXABLE, Fixed
 from gradpilot.tuning.state import Stage
 
 if TYPE_CHECKING:
-    from gradpilot.tuning.driver import TuneResult, parse_duration, tune
+    from gradpilot.tuning.budget import parse_duration
+    from gradpilot.tuning.driver import TuneResult, tune
 
 __all__ = ["FIXABLE", "Fixed", "Stage", "TuneResult", "parse_duration", "tune"]
-__getattr__ = _lazy.exports(__name__, {"TuneResult": "driver", "parse_duration": "driver", "tune": "driver"})
+__getattr__ = _lazy.exports(__name__, {"TuneResult": "driver", "parse_duration": "budget", "tune": "driver"})

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gradpilot import _validate
+from gradpilot.errors import GradpilotError
 from gradpilot.tuning.state import Clock
 
 RANGE_SHARE = 0.15  # of the budget's seconds, at most this goes to the range test
@@ -231,3 +234,16 @@ def search_candidates(counts: Sequence[int]) -> list[int]:
     first batch's only, then three of those."""
     options = [sum(counts), counts[0], min(3, counts[0])]
     return sorted(set(options), reverse=True)
+
+
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(value: float | str) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"1.5h"``; anything else is refused in one line."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _validate.positive_float("time_budget", float(value))
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", str(value))
+    if match is None:
+        raise GradpilotError(f"time_budget must be seconds or a duration such as 90s, 30m or 2h, got {value!r}")
+    return _validate.positive_float("time_budget", float(match.group(1)) * _UNITS[match.group(2) or "s"])

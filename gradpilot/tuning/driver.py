@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -27,8 +26,10 @@ from torch import nn
 from gradpilot import _validate
 from gradpilot.errors import GradpilotError
 from gradpilot.train import fingerprint
+from gradpilot.train.state import load_weights
 from gradpilot.train.task import Task
 from gradpilot.tuning import queue, record, search, stages, trunk
+from gradpilot.tuning.budget import parse_duration
 from gradpilot.tuning.context import Budget, Context, SoFar
 from gradpilot.tuning.fixed import FIXABLE, Fixed
 from gradpilot.tuning.folder import TuneFolder
@@ -149,7 +150,7 @@ def tune(
         with LocalWorkers(ctx, n_jobs, lambda c: _drive(c, outputs=False)) as helpers:
             return _drive(dataclasses.replace(ctx, wait=helpers.watch))
     except BaseException:  # stopped half-way (an error, Ctrl-C): the task's model is left as tune found it
-        task.model.load_state_dict(ctx.initial)
+        load_weights(task.model, ctx.initial)
         raise
 
 
@@ -160,19 +161,6 @@ def _budgets(runs: float | None, seconds: float | str | None) -> tuple[float | N
     if runs is not None:
         raise GradpilotError("give a budget in runs or a time_budget, not both")
     return None, parse_duration(seconds)
-
-
-_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
-
-
-def parse_duration(value: float | str) -> float:
-    """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"1.5h"``; anything else is refused in one line."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _validate.positive_float("time_budget", float(value))
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", str(value))
-    if match is None:
-        raise GradpilotError(f"time_budget must be seconds or a duration such as 90s, 30m or 2h, got {value!r}")
-    return _validate.positive_float("time_budget", float(match.group(1)) * _UNITS[match.group(2) or "s"])
 
 
 def _at_most_the_cores(n_jobs: int) -> int:

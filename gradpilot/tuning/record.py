@@ -14,6 +14,7 @@ import torch
 
 from gradpilot.errors import GradpilotError
 from gradpilot.train import checkpoint, fingerprint
+from gradpilot.train.state import load_weights, trainable_state
 from gradpilot.train.task import Task
 from gradpilot.tuning import plan as hf_plan
 from gradpilot.tuning import queue
@@ -117,11 +118,11 @@ def initial_weights(task: Task, path: Path) -> dict[str, torch.Tensor]:
     if path.exists():
         state: dict[str, torch.Tensor] = checkpoint.load_file(path, NEW_FOLDER)
         try:
-            task.model.load_state_dict(state)
-        except RuntimeError:
+            load_weights(task.model, state)
+        except GradpilotError:
             raise GradpilotError(f"{path} holds another model's weights: use a new out_dir for this task") from None
         return state
-    state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
+    state = trainable_state(task.model)  # an adapter on a frozen model: the adapter alone
     checkpoint.save_file(path, state)
     return state
 
@@ -146,7 +147,7 @@ def write_outputs(now: SoFar, record: TuneRecord) -> TuneRecord:
     trained: Trained = now.decided.need("schedule")
     if ctx.folder.best.exists():
         best: dict[str, torch.Tensor] = checkpoint.load_file(ctx.folder.best, NEW_FOLDER)
-        ctx.task.model.load_state_dict(best)
+        load_weights(ctx.task.model, best)
         checkpoint.save_file(ctx.folder.model, best)
     else:
         warnings.warn(f"the final run was trained by worker {trained.trained_by}: model.pt is in its out_dir, not "

@@ -19,6 +19,7 @@ from gradpilot.errors import GradpilotError
 from gradpilot.lr.range_test import find_lr
 from gradpilot.train import run as runner
 from gradpilot.train.seam import Cost, Run, Setting
+from gradpilot.train.state import load_weights
 from gradpilot.train.task import Task
 from gradpilot.tuning import budget
 from gradpilot.tuning.context import Context, SoFar
@@ -75,7 +76,7 @@ def clock(now: SoFar) -> Stage:
     item, validation = budget.fixed_clock() or (step / batch, run.cost.validation)
     call = 0.0 if budget.fixed_clock() else max(0.0, one - step)
     saving = _save_seconds(run, ctx) if task.cadence.saves else 0.0
-    task.model.load_state_dict(ctx.initial)
+    load_weights(task.model, ctx.initial)
     remove(ctx.folder.clock)
     validations = task.cadence.validations if task.cadence.validations is not None else task.epochs
     measured = Clock(item_seconds=item, validation_seconds=validation, run_items=ctx.run_items,
@@ -139,7 +140,7 @@ def lr_range(now: SoFar) -> Stage:
     room = now.purse().less(*budget.trunk_cost(run, 0, task.batch)).seconds  # one full run set aside
     steps = budget.range_steps(ctx.run_items, task.batch, now.budget_seconds, now.clock.seconds(task.batch), room)
     now.say(f"range test, {steps} steps")
-    task.model.load_state_dict(ctx.initial)
+    load_weights(task.model, ctx.initial)
     torch.manual_seed(ctx.seed)
     begin = time.perf_counter()
     result = find_lr(task, train_loader=task.train_loader(ctx.seed), num_steps=steps,
@@ -236,7 +237,7 @@ def _noise_candidates(now: SoFar) -> tuple[int, list[int], BatchSeen]:
     small, big, reps = _noise_batches(ctx)
     if big <= small:
         return 0, [b], BatchSeen(noise_scale=float(b))
-    ctx.task.model.load_state_dict(ctx.initial)
+    load_weights(ctx.task.model, ctx.initial)
     try:
         noise = estimate_noise_scale(ctx.task, small_batch=small, big_batch=big, batches=reps, seed=ctx.seed)
     except GradpilotError as exc:
