@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gradpilot import _lazy, scaling
-from gradpilot.diagnosis import Diagnosis, Finding, History, Series, diagnose, read_log
+from gradpilot import _lazy
 from gradpilot.errors import GradpilotError
 
-if TYPE_CHECKING:  # need torch: imported on first use, through __getattr__ below
+if TYPE_CHECKING:  # imported on first use, through __getattr__ below: torch only by what trains
+    from gradpilot import scaling
     from gradpilot.batch import BatchSizeResult, BatchTrial, NoiseScaleResult, estimate_noise_scale, find_batch_size
+    from gradpilot.diagnosis import Diagnosis, Finding, History, Series, diagnose, read_log
     from gradpilot.lr import LRFinderResult, find_lr
     from gradpilot.probing import ProbeResult, probe
     from gradpilot.scaling import BatchPlan
@@ -22,6 +23,8 @@ if TYPE_CHECKING:  # need torch: imported on first use, through __getattr__ belo
     from gradpilot.tuning import Stage, TuneResult, tune
 
 _WHERE = {
+    "Diagnosis": "diagnosis", "Finding": "diagnosis", "History": "diagnosis", "Series": "diagnosis",
+    "diagnose": "diagnosis", "read_log": "diagnosis",
     "BatchSizeResult": "batch", "BatchTrial": "batch", "NoiseScaleResult": "batch", "estimate_noise_scale": "batch",
     "find_batch_size": "batch", "LRFinderResult": "lr", "find_lr": "lr", "ProbeResult": "probing", "probe": "probing",
     "BatchPlan": "scaling", "load_task": "task_file", "Action": "train", "EarlyStopping": "train", "FitConfig": "train",
@@ -62,4 +65,4 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-__getattr__ = _lazy.exports(__name__, _WHERE)
+__getattr__ = _lazy.exports(__name__, _WHERE)  # a module named there (``gradpilot.scaling``) too

@@ -12,7 +12,13 @@ import re
 from collections.abc import Callable, Iterable
 
 # words that mark a metric as lower-is-better where they appear in its name (``val_wer``, ``eval/rmse``)
-LOWER_IS_BETTER = frozenset({"loss", "error", "err", "mse", "mae", "rmse", "perplexity", "ppl", "wer", "cer"})
+LOWER_IS_BETTER = frozenset({"loss", "error", "err", "mse", "mae", "rmse", "perplexity", "ppl", "wer", "cer", "nll",
+                             "mape", "smape", "rmsle", "msle", "distance", "regret", "fid"})
+# ... and as higher-is-better (``val_acc``, ``eval_f1``, ``rouge1``); a name with neither is not guessed
+HIGHER_IS_BETTER = frozenset({"higher", "acc", "accuracy", "f1", "auc", "auroc", "roc", "bleu", "sacrebleu", "rouge",
+                              "rouge1", "rouge2", "rougel", "rougelsum", "map", "iou", "miou", "dice", "precision",
+                              "recall", "r2", "ndcg", "mrr", "em", "exact", "top1", "top5", "correct", "chrf",
+                              "meteor", "spearman", "pearson", "kappa", "mcc", "psnr", "ssim", "hit", "hits", "fbeta"})
 
 
 def words(name: str) -> list[str]:
@@ -24,6 +30,14 @@ def lower_is_better(name: str | Iterable[str]) -> bool:
     """Whether a metric of this name (or these words of it) is better when lower."""
     found = words(name) if isinstance(name, str) else name
     return bool(set(found) & LOWER_IS_BETTER)
+
+
+def named_direction(name: str) -> bool | None:
+    """Whether a metric is better higher, where its name says so unambiguously (``val_acc``: True, ``eval_wer``:
+    False); None for a name that does not say (``val_metric``, ``score``) — that is never guessed."""
+    found = set(words(name))
+    lower, higher = bool(found & LOWER_IS_BETTER), bool(found & HIGHER_IS_BETTER)
+    return None if lower == higher else higher
 
 
 def better(a: float, b: float, *, higher_is_better: bool, margin: float = 0.0) -> bool:

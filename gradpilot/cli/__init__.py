@@ -10,40 +10,33 @@ done is printed before anything that may still fail (a plot) is attempted.
 
 from __future__ import annotations
 
-import typer
+import sys
+from typing import Any
 
-# each command group adds its commands to the app when imported
-from gradpilot.cli import batch, diagnose, lr, probe, schedule, train, tune  # noqa: F401
-from gradpilot.cli.common import _escape, app, err_console
+LOG_COMMANDS = ("diagnose", "watch")  # argparse commands that start in a fraction of a second (``logs``)
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """The console entry point: as ``app()``, with a usage mistake (an unknown option, a value of the wrong
-    type) told in one line like every other error."""
-    import sys
+    """The console entry point: the log commands straight to their own lean parser, the rest to the typer app
+    (a usage mistake told in one line like every other error)."""
+    argv = sys.argv[1:]
+    if argv and argv[0] in LOG_COMMANDS:
+        from gradpilot.cli.logs import run
 
-    try:
-        code = app(standalone_mode=False)
-    except typer.Abort:
-        code = 1
-    except Exception as exc:
-        if not any(c.__name__ == "UsageError" for c in type(exc).__mro__):  # the click error typer raises
-            raise
-        ctx = getattr(exc, "ctx", None)
-        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:  # plain `gradpilot`: the help
-            typer.echo(ctx.get_help())
-            sys.exit(0)
-        command = getattr(ctx, "command_path", "gradpilot")
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        err_console.print(
-            f"[bold red]error:[/] {_escape(' '.join(message.split()))} (see `{command} --help`)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        code = 2
-    sys.exit(code if isinstance(code, int) else 0)
+        sys.exit(run(argv))
+    from gradpilot.cli.commands import run_app
+
+    run_app()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # ``from gradpilot.cli import app``: the typer app, loaded when asked for
+        from gradpilot.cli.commands import app
+
+        return app
+    raise AttributeError(f"module 'gradpilot.cli' has no attribute {name!r}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gradpilot._direction import lower_is_better, words
+from gradpilot._direction import named_direction, words
 from gradpilot.diagnosis.history import History, Series
 from gradpilot.errors import GradpilotError
 
@@ -125,12 +125,15 @@ class Columns:
         metric_col = next((c for c in self.order.get("val_metric", []) if not set(words(c)) & IGNORED), None)
         lr_cols = sorted(self.order.get("lr", []),  # the first param group's LR: "lr-AdamW" or ".../pg1"
                          key=lambda c: (("pg" in c.lower()) and not c.lower().endswith("pg1"), c))
+        val_loss, val_metric = self._series(val_col, x), self._series(metric_col, x)
+        higher, basis = metric_direction(metric_col, val_metric, val_loss)
         return History(
             train_loss=train,
-            val_loss=self._series(val_col, x),
-            val_metric=self._series(metric_col, x),
+            val_loss=val_loss,
+            val_metric=val_metric,
             metric_name=metric_col,
-            higher_is_better=metric_col is not None and not lower_is_better(metric_col),
+            higher_is_better=higher,
+            metric_direction=basis,
             lr=self._series(lr_cols[0] if lr_cols else None, x),
             source=self.source,
             val_epochs=self._epochs_at(val_col, x),
@@ -212,6 +215,38 @@ class Columns:
         epochs = epochs[np.argsort(at, kind="stable")]
         done: np.ndarray = np.ceil(epochs) if np.any(epochs != np.round(epochs)) else epochs + (epochs.min() == 0)
         return done
+
+
+MOVES_WITH = 0.7  # a metric whose rank order follows the validation loss's this closely moves with it
+
+
+def metric_direction(name: str | None, metric: Series | None, loss: Series | None) -> tuple[bool, str]:
+    """Whether the logged metric is better higher, and how that is known: by an unambiguous name (``"name"``),
+    by moving with the validation loss (lower is better) or against it (higher is better) over the run
+    (``"loss"``), or not at all (``"unknown"``: never guessed from a generic name such as ``val_metric``)."""
+    if name is None or metric is None:
+        return True, ""
+    named = named_direction(name)
+    if named is not None:
+        return named, "name"
+    moves = _rank_correlation(metric, loss)
+    if moves is not None and abs(moves) >= MOVES_WITH:
+        return moves < 0, "loss"
+    return True, "unknown"
+
+
+def _rank_correlation(metric: Series, loss: Series | None) -> float | None:
+    """Spearman's correlation of the metric with the validation loss at the evaluations both logged (None with
+    fewer than four such evaluations, or a constant one)."""
+    if loss is None:
+        return None
+    _, mi, li = np.intersect1d(metric.steps, loss.steps, return_indices=True)
+    m, v = metric.values[mi], loss.values[li]
+    keep = np.isfinite(m) & np.isfinite(v)
+    if keep.sum() < 4 or np.ptp(m[keep]) == 0 or np.ptp(v[keep]) == 0:
+        return None
+    rank_m, rank_v = (np.argsort(np.argsort(a[keep])).astype(float) for a in (m, v))
+    return float(np.corrcoef(rank_m, rank_v)[0, 1])
 
 
 def from_records(records: Iterable[Mapping[str, Any]], source: str, warnings: Iterable[str] = ()) -> History:

@@ -95,8 +95,8 @@ def metric_later(history: History, at_step: float) -> tuple[int, int] | None:
     """Where the logged metric was best after ``at_step`` (the validation loss's low), when it kept improving
     clearly past its value there: (index of the metric at the low, index of its later best); else None."""
     m = history.val_metric
-    if m is None or len(m) < 3:
-        return None
+    if m is None or len(m) < 3 or not history.direction_known:
+        return None  # a metric whose direction is not known is never read as improving
     sign = 1.0 if history.higher_is_better else -1.0
     values = sign * m.values
     at = int(np.argmin(np.abs(m.steps - at_step)))
@@ -112,10 +112,11 @@ def metric_later(history: History, at_step: float) -> tuple[int, int] | None:
 def detect_overfitting(history: History, shape: RunShape, th: Thresholds) -> list[Finding]:
     """Validation loss rising clearly from a low while the training loss keeps falling — and the logged metric
     did not keep improving meanwhile (then the loss and the metric disagree: ``detect_metric_disagrees``),
-    unless the loss rose so far that it is overfitting whatever the metric says."""
+    unless the loss rose so far that it is overfitting whatever the metric says. A validation loss that ends far
+    above its low (``STRONG_RISE``) is overfitting whatever the training loss did (``validation_worsened``)."""
     found = validation_rise(history, shape)
     if found is None or history.val_loss is None:
-        return []
+        return validation_worsened(history, shape)
     v = history.val_loss
     step = float(v.steps[found.low])
     if metric_later(history, step) is not None and found.rise < STRONG_RISE:
@@ -127,6 +128,49 @@ def detect_overfitting(history: History, shape: RunShape, th: Thresholds) -> lis
     return [Finding("overfitting", step, float(v.steps[-1]), evidence, min(1.0, 0.5 + found.rise), remedy,
                     f"{stop}, where validation loss was lowest (or use early stopping, more data, or "
                     "regularisation)")]
+
+
+def validation_worsened(history: History, shape: RunShape) -> list[Finding]:
+    """A validation loss that ended ``STRONG_RISE`` or more above its low — from its very first evaluation, or
+    after one not in the last quarter — across at least ``MIN_EVALUATIONS`` evaluations, while the logged metric
+    did not keep improving: the model got worse on held-out data, whatever its training loss did. Never
+    "healthy"; stop at the low. Rising from the first evaluation while the LR still rose (a warmup) hints at a
+    too-high LR."""
+    v = history.val_loss
+    if v is None or shape.diverged:
+        return []
+    keep = np.isfinite(v.values)
+    y, steps = v.values[keep], v.steps[keep]
+    if len(y) < MIN_EVALUATIONS or (y <= 0).any():
+        return []
+    s = smooth3(y)
+    low = int(np.argmin(s))
+    rise = (s[-1] - s[low]) / s[low]
+    enough = OVERFIT_RISE if low == 0 else STRONG_RISE  # a validation never better than at its first is never healthy
+    if rise < enough or low > LATE_LOW * (len(y) - 1) or rising_share(y[low:]) < STEADY_RISE:
+        return []
+    if metric_later(history, float(steps[low])) is not None:
+        return []  # the metric kept improving: detect_metric_disagrees says so
+    i = int(np.flatnonzero(keep)[low])
+    where, remedy, stop = stop_at(history, shape, i)
+    warming = low == 0 and _lr_rose(history, float(steps[0]), float(steps[-1]))
+    why = "; it rose from the first evaluation on while the LR was still rising" if warming else ""
+    evidence = (f"validation loss was lowest ({y[low]:.4g}) at {where} and ended at {y[-1]:.4g}, {rise:.0%} above "
+                f"its low by its trend{why}")
+    return [Finding("overfitting", float(steps[low]), float(steps[-1]), evidence, 0.6, remedy,
+                    f"{stop}, where validation loss was lowest" + (
+                        "; the rise began as the LR warmed up, so a lower peak LR may keep it down" if warming else
+                        " (or use early stopping, more data, or regularisation)"),
+                    lr="lower" if warming else None, sure=False)]
+
+
+def _lr_rose(history: History, start: float, end: float) -> bool:
+    """Whether the logged LR rose between two steps (a warmup still under way)."""
+    lr = history.lr
+    if lr is None or len(lr) < 2:
+        return False
+    inside = lr.values[(lr.steps >= start) & (lr.steps <= end) & np.isfinite(lr.values)]
+    return len(inside) >= 2 and float(inside[-1]) > 1.5 * float(inside[0])
 
 
 def detect_metric_disagrees(history: History, shape: RunShape, th: Thresholds) -> list[Finding]:

@@ -33,6 +33,7 @@ from gradpilot.diagnosis._run_shape import (
 )
 from gradpilot.diagnosis.findings import KINDS, Diagnosis, Direction, Finding, fmt_lr, lr_remedy
 from gradpilot.diagnosis.history import History
+from gradpilot.errors import GradpilotError
 
 __all__ = ["DETECTORS", "KINDS", "THRESHOLDS", "Detector", "Diagnosis", "Finding", "RunShape", "Thresholds",
            "detect_metric_disagrees", "detect_overfitting", "detect_underfitting", "diagnose", "measure", "shape_of"]
@@ -50,7 +51,12 @@ def detect_nan(history: History, shape: RunShape, th: Thresholds) -> list[Findin
     i = len(y) - 1
     while i > 0 and not np.isfinite(y[i - 1]):
         i -= 1
-    before = f"; the last finite loss was {y[i - 1]:.4g} at step {x[i - 1]:g}" if i > 0 else ""
+    if i == 0 or not np.isfinite(y[:i]).any():  # no LR acted before the first step: not the LR's doing
+        return [Finding("nan", float(x[0]), float(x[-1]), f"the training loss is {y[0]} from its first logged step "
+                        f"({x[0]:g}), before any learning rate could act", 1.0, {},
+                        "check the data (NaN or infinite inputs and labels), the loss (a log of 0, a division by "
+                        "0) and the model's initialisation; the learning rate is not the cause")]
+    before = f"; the last finite loss was {y[i - 1]:.4g} at step {x[i - 1]:g}"
     remedy, advice = lr_remedy(shape, th.cut_broken)
     return [Finding("nan", float(x[i]), float(x[-1]), f"the training loss is {y[i]} from step {x[i]:g}{before}",
                     1.0, remedy, advice + "; clip gradients (max_grad_norm=1.0)", lr="lower")]
@@ -251,8 +257,27 @@ def diagnose(history: History, thresholds: Thresholds = THRESHOLDS) -> Diagnosis
     """Run every detector on ``history``; a run with nothing wrong gets one ``healthy`` finding, one too short
     to judge an ``insufficient_data`` finding. ``thresholds`` are the calibrated constants (the defaults are
     what benchmarks/diagnose.py fits)."""
+    if not isinstance(history, History):
+        raise GradpilotError(f"diagnose takes a run's History, got {type(history).__name__}: for a log file call "
+                             "gradpilot.diagnose(gradpilot.read_log(path))")
     with np.errstate(all="ignore"):  # losses near the float limits overflow in sums; the detectors cope
-        return speak(_diagnose(history, thresholds), history.tool)
+        found = speak(_diagnose(history, thresholds), history.tool)
+    return dataclasses.replace(found, assumed=assumed(history))
+
+
+def assumed(history: History) -> tuple[str, ...]:
+    """What the reading took for granted that the log does not say outright: which way its metric is better."""
+    name, basis = history.metric_name, history.metric_direction
+    if history.val_metric is None or not name:
+        return ()
+    way = "higher" if history.higher_is_better else "lower"
+    say = "say --higher-is-better or --lower-is-better if not"
+    return ({"name": f"{name}: {way} is better, by its name",
+             "given": f"{name}: {way} is better, as given",
+             "loss": f"{name}: {way} is better, as it moves {'against' if history.higher_is_better else 'with'} the "
+                     f"validation loss; {say}",
+             }.get(basis, f"{name}: which way is better is not known (its name does not say, nor does the loss), so "
+                          f"the advice leaves it aside; say --higher-is-better or --lower-is-better"),)
 
 
 def measure(history: History, thresholds: Thresholds = THRESHOLDS) -> RunShape:
@@ -281,17 +306,26 @@ def _diagnose(history: History, th: Thresholds) -> Diagnosis:
 
 
 def _one_direction(findings: list[Finding]) -> list[Finding]:
-    """Never opposite LR remedies in one report: where a sign says lower it, a finding that would raise it keeps
-    only its other advice (train longer)."""
-    if not any(f.lr == "lower" and f.sure for f in findings):
+    """Never opposite LR remedies in one report, hints included: where a sure sign says lower it, a finding that
+    would raise it keeps only its other advice (train longer); where the signs point both ways and none is sure,
+    none moves the LR — they say so, and ``gradpilot probe`` measures it."""
+    ways = {f.lr for f in findings if f.lr is not None}
+    if ways != {"lower", "raise"}:
         return findings
-    kept = []
-    for f in findings:
-        if f.lr == "raise":
-            rest = {k: v for k, v in f.remedy.items() if k != "learning_rate"}
-            f = dataclasses.replace(f, remedy=rest, lr=None, advice=f.advice.split(", or ")[-1])
-        kept.append(f)
-    return kept
+    if any(f.lr == "lower" and f.sure for f in findings):
+        return [_without_lr(f, f.advice.split(", or ")[-1]) if f.lr == "raise" else f for f in findings]
+    if any(f.lr == "raise" and f.sure for f in findings):
+        return [_without_lr(f, _BOTH_WAYS) if f.lr == "lower" else f for f in findings]
+    return [_without_lr(f, _BOTH_WAYS) if f.lr is not None else f for f in findings]
+
+
+_BOTH_WAYS = ("the signs in this log point the learning rate both ways, so it says neither: measure it from a "
+              "checkpoint (gradpilot probe)")
+
+
+def _without_lr(finding: Finding, advice: str) -> Finding:
+    rest = {k: v for k, v in finding.remedy.items() if k != "learning_rate"}
+    return dataclasses.replace(finding, remedy=rest, lr=None, advice=advice)
 
 
 def _insufficient(history: History, points: int) -> Diagnosis:

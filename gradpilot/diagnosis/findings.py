@@ -49,6 +49,7 @@ class Diagnosis:
     findings: tuple[Finding, ...]
     lr_verdict: str
     lr_reason: str
+    assumed: tuple[str, ...] = ()  # what the reading took for granted (a metric's direction), said first
 
     @property
     def kinds(self) -> set[str]:
@@ -57,7 +58,8 @@ class Diagnosis:
 
     def to_json(self) -> dict[str, Any]:
         """``{"findings": [...], "learning_rate": {"verdict", "reason"}}``."""
-        out: dict[str, Any] = json_safe({"findings": [f.to_json() for f in self.findings],
+        out: dict[str, Any] = json_safe({"assumed": list(self.assumed),
+                                         "findings": [f.to_json() for f in self.findings],
                                          "learning_rate": {"verdict": self.lr_verdict, "reason": self.lr_reason}})
         return out
 

@@ -37,6 +37,19 @@ class History:
     val_epochs: np.ndarray | None = None  # epochs completed at each validation point, when the log says
     warnings: tuple[str, ...] = ()  # what the reader skipped or could not trust (a cut last line, ...)
     tool: str = ""  # what wrote the log, where it can tell: "transformers", "lightning", "keras"
+    metric_direction: str = ""  # how higher_is_better is known: "name", "loss", "given", "unknown" ("": no metric)
+
+    @property
+    def direction_known(self) -> bool:
+        """Whether the metric's direction is known (by its name, by moving with the loss, or as given)."""
+        return self.val_metric is not None and self.metric_direction != "unknown"
+
+    def directed(self, higher_is_better: bool) -> History:
+        """This history with the metric's direction as the user gives it."""
+        import dataclasses
+
+        return dataclasses.replace(self, higher_is_better=higher_is_better,
+                                   metric_direction="given" if self.val_metric is not None else "")
 
     @classmethod
     def from_fit(cls, result: Any, *, metric_name: str | None = None, higher_is_better: bool = True) -> History:
@@ -50,6 +63,7 @@ class History:
             val_metric=Series(at, np.array(result.val_metrics, float)) if has_metric else None,
             metric_name=metric_name if has_metric else None,
             higher_is_better=higher_is_better,
+            metric_direction="given" if has_metric else "",
             lr=Series(steps, np.array(result.lrs, float)) if result.lrs else None,
             epoch_steps=tuple(result.epoch_steps),
             source="gradpilot.fit",

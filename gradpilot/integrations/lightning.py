@@ -131,7 +131,7 @@ class GradpilotCallback(pl.Callback):
     """
 
     def __init__(self, autopilot: bool = False, *, check_every: int = 10, val_key: str = "val_loss",
-                 probe: bool = False, probe_share: float = 0.05) -> None:
+                 probe: bool = False, probe_share: float = 0.05, stop_file: str | Path | None = None) -> None:
         self.monitor = Monitor(check_every=check_every, autopilot=autopilot, on_finding=log_finding)
         self.good = Snapshot()
         self.val_key = val_key
@@ -139,6 +139,7 @@ class GradpilotCallback(pl.Callback):
         self.probe, self.probe_share = probe, probe_share
         self.probes: list[Any] = []  # (step, ProbeResult) of every probe taken
         self._window = WindowLoss()
+        self.stop_file = None if stop_file is None else Path(stop_file)
 
     def on_train_start(self, trainer: pl.Trainer, _module: pl.LightningModule) -> None:
         self._window.start(trainer)
@@ -146,6 +147,9 @@ class GradpilotCallback(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, _batch: Any,
                            _batch_idx: int) -> None:
         loss = self._window.add(trainer, outputs)  # the whole window's loss, once the optimizer has stepped
+        if self.stop_file is not None and self.stop_file.exists():  # gradpilot watch --stop-file, from outside
+            trainer.should_stop = True
+            self.monitor.record(int(trainer.global_step), "stopped", f"stopped: {self.stop_file} appeared")
         if loss is None:
             return
         step = int(trainer.global_step)

@@ -163,6 +163,9 @@ class GradpilotCallback(TrainerCallback):
     (``control.should_training_stop``; the best checkpoint comes back with ``load_best_model_at_end=True``).
     The trainer's loss of 0.0 where its ``logging_nan_inf_filter`` hid a NaN is read as the NaN it was.
 
+    With ``stop_file=PATH``, training stops at the first step after that file appears: what
+    ``gradpilot watch --stop-file PATH`` creates at the first failing finding it reads in the run's log.
+
     With ``probe=True``, a finding that only hints at the LR (``Finding.sure`` False) is measured instead of
     guessed: ``gradpilot.probing.measure.probe_live`` trains short branches from the run as it stands (``probe_share``
     of the run, everything put back after) and logs the verdict in ``probes``; with ``autopilot=True`` as well,
@@ -170,13 +173,22 @@ class GradpilotCallback(TrainerCallback):
     """
 
     def __init__(self, autopilot: bool = False, *, check_every: int = 5, probe: bool = False,
-                 probe_share: float = 0.05) -> None:
+                 probe_share: float = 0.05, stop_file: str | Path | None = None) -> None:
         self.monitor = Monitor(check_every=check_every, autopilot=autopilot, on_finding=log_finding)
         self.good = Snapshot()
         self.output: Path | None = None
         self.probe, self.probe_share = probe, probe_share
         self.probes: list[Any] = []  # (step, ProbeResult) of every probe taken
         self._pending = False  # a hint came before the trainer had validated: probe at the next log
+        self.stop_file = None if stop_file is None else Path(stop_file)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        """Stop training when the stop file appears (``gradpilot watch --stop-file``, from outside the process)."""
+        del args, kwargs
+        if self.stop_file is not None and self.stop_file.exists():
+            control.should_training_stop = True
+            self.monitor.record(state.global_step, "stopped", f"stopped: {self.stop_file} appeared")
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, float] | None = None, **kwargs: Any) -> None:

@@ -13,17 +13,18 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from gradpilot._direction import lower_is_better
+from gradpilot._direction import named_direction
 
 NAME = "metrics.csv"
 
 
 def metric_column(name: str | None, higher_is_better: bool) -> str:
-    """``val_<metric name>``; a lower-is-better metric whose name does not say so gets ``_error`` added, so
-    that a reader of the log knows its direction."""
+    """``val_<metric name>``; a metric whose name does not say its direction gets a word that does (``_error``
+    for lower-is-better, ``_higher`` for higher-is-better), so that a reader of the log knows it without
+    guessing."""
     words = re.sub(r"[^a-z0-9]+", "_", (name or "metric").lower()).strip("_") or "metric"
-    if not higher_is_better and not lower_is_better(words):
-        words += "_error"
+    if named_direction(words) != higher_is_better:
+        words += "_higher" if higher_is_better else "_error"
     return f"val_{words}"
 
 
