@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from gradpilot.diagnosis._run_shape import MIN_EVALUATIONS, RunShape, Thresholds, point_noise
+from gradpilot.diagnosis._run_shape import MIN_EVALUATIONS, RunShape, Thresholds, point_noise, swing
 from gradpilot.diagnosis.findings import Finding, lr_remedy
 from gradpilot.diagnosis.history import History, Series
 
@@ -23,6 +23,7 @@ STEADY_RISE = 0.8  # ... or go up steadily: this share of the later evaluations'
 TRAINING_FELL = 0.9  # the training loss must have fallen since the low (a rise in both is no overfitting)
 METRIC_NOISE = 2.0  # a metric gain must exceed this many noise widths of the metric to outweigh the loss
 STRONG_RISE = 0.5  # ... unless the validation loss rose this share above its low: overfitting whatever the metric
+WORSENED_SWING = 0.3  # a worsening is a trend: a validation loss scattering this share of its movement swings
 WILD_SWING = 1.5  # a validation loss alone: a typical step between evaluations of this factor or more is no descent
 
 
@@ -120,14 +121,30 @@ def detect_overfitting(history: History, shape: RunShape, th: Thresholds) -> lis
     v = history.val_loss
     step = float(v.steps[found.low])
     if metric_later(history, step) is not None and found.rise < STRONG_RISE:
-        return []
+        return []  # the metric kept improving: detect_metric_disagrees says to choose the checkpoint by it
     where, remedy, stop = stop_at(history, shape, found.low)
     evidence = (f"validation loss was lowest ({v.values[found.low]:.4g}) at {where} and ended at "
                 f"{v.values[-1]:.4g} (its trend {found.rise:.0%} above the low), while the training loss's trend "
                 f"went from about {found.train_at_low:.4g} to {found.train_end:.4g}")
-    return [Finding("overfitting", step, float(v.steps[-1]), evidence, min(1.0, 0.5 + found.rise), remedy,
-                    f"{stop}, where validation loss was lowest (or use early stopping, more data, or "
-                    "regularisation)")]
+    warming = _warming(history, v.steps, found.low)
+    return [Finding("overfitting", step, float(v.steps[-1]), evidence + (WARMING if warming else ""),
+                    min(1.0, 0.5 + found.rise), remedy, f"{stop}, where validation loss was lowest" +
+                    (WARMING_ADVICE if warming else OVERFIT_ADVICE), lr="lower" if warming else None,
+                    sure=not warming)]
+
+
+WARMING = "; it rose from the first evaluation on while the LR was still rising"
+WARMING_ADVICE = "; the rise began as the LR warmed up, so a lower peak LR may keep it down"
+OVERFIT_ADVICE = " (or use early stopping, more data, or regularisation)"
+
+
+def _warming(history: History, steps: np.ndarray, low: int) -> bool:
+    """Whether the validation loss was lowest at its first finite evaluation and rose while the LR still rose (a
+    warmup to a peak too high is as likely a cause as overfitting: a hint, with a lower peak LR)."""
+    if history.val_loss is None:
+        return False
+    finite = np.flatnonzero(np.isfinite(history.val_loss.values))
+    return len(finite) > 0 and low == int(finite[0]) and _lr_rose(history, float(steps[low]), float(steps[-1]))
 
 
 def validation_worsened(history: History, shape: RunShape) -> list[Finding]:
@@ -141,8 +158,8 @@ def validation_worsened(history: History, shape: RunShape) -> list[Finding]:
         return []
     keep = np.isfinite(v.values)
     y, steps = v.values[keep], v.steps[keep]
-    if len(y) < MIN_EVALUATIONS or (y <= 0).any():
-        return []
+    if len(y) < MIN_EVALUATIONS or (y <= 0).any() or swing(y) >= WORSENED_SWING:
+        return []  # a validation loss that swings up and down is the oscillation detector's to name
     s = smooth3(y)
     low = int(np.argmin(s))
     rise = (s[-1] - s[low]) / s[low]
@@ -154,13 +171,10 @@ def validation_worsened(history: History, shape: RunShape) -> list[Finding]:
     i = int(np.flatnonzero(keep)[low])
     where, remedy, stop = stop_at(history, shape, i)
     warming = low == 0 and _lr_rose(history, float(steps[0]), float(steps[-1]))
-    why = "; it rose from the first evaluation on while the LR was still rising" if warming else ""
     evidence = (f"validation loss was lowest ({y[low]:.4g}) at {where} and ended at {y[-1]:.4g}, {rise:.0%} above "
-                f"its low by its trend{why}")
+                f"its low by its trend" + (WARMING if warming else ""))
     return [Finding("overfitting", float(steps[low]), float(steps[-1]), evidence, 0.6, remedy,
-                    f"{stop}, where validation loss was lowest" + (
-                        "; the rise began as the LR warmed up, so a lower peak LR may keep it down" if warming else
-                        " (or use early stopping, more data, or regularisation)"),
+                    f"{stop}, where validation loss was lowest" + (WARMING_ADVICE if warming else OVERFIT_ADVICE),
                     lr="lower" if warming else None, sure=False)]
 
 

@@ -37,7 +37,7 @@ class FailOn:
         words = {w.strip() for w in text.split(",") if w.strip()}
         if words in ({"sure"}, {"any"}):
             return FailOn(words.pop())
-        unknown = words - set(KINDS) - QUIET
+        unknown = words - (set(KINDS) - QUIET)  # healthy is no trouble to fail on
         if not words or unknown:
             raise GradpilotError(f"--fail-on takes 'sure', 'any' or finding kinds separated by commas "
                                  f"({', '.join(k for k in KINDS if k not in QUIET)}), got {text!r}")
