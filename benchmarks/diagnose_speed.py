@@ -28,9 +28,8 @@ WILD = HERE.parent.parent / "shared" / "wildlogs"
 
 def small_csv(folder: Path) -> Path:
     path = folder / "small.csv"
-    rows = ["step,loss,val_loss,lr"]
-    for s in range(300):
-        rows.append(f"{s},{2.0 * math.exp(-s / 40) + 0.2:.5f},{0.3 if s % 50 == 49 else ''},0.001")
+    rows = ["step,loss,val_loss,lr"] + [f"{s},{2.0 * math.exp(-s / 40) + 0.2:.5f},{0.3 if s % 50 == 49 else ''},0.001"
+                                         for s in range(300)]
     path.write_text("\n".join(rows) + "\n")
     return path
 

@@ -72,7 +72,7 @@ def test_a_loss_nan_from_its_first_row_is_the_data_or_the_loss_never_the_lr(tmp_
     assert cli(["diagnose", str(path)]) == 1  # a sure problem all the same
 
 
-def test_a_nan_after_finite_steps_is_still_the_lr_s(tmp_path):
+def test_a_nan_after_finite_steps_is_still_the_lr_s():
     loss = np.concatenate([np.linspace(2.0, 1.0, 30), np.full(10, np.nan)])
     d = diagnose(synthetic(loss))
     assert "nan" in d.kinds and d.lr_verdict == "too high"

@@ -149,7 +149,8 @@ def test_a_real_trainer_run_is_stopped_by_watch_through_its_stop_file(tmp_path):
     from tests.test_integrations_transformers import trainer
 
     class Paced(TrainerCallback):  # a real model's step time, so the watcher can see the run as it goes
-        def on_step_end(self, args, state, control, **kwargs):
+        def on_step_end(self, *args, **kwargs):
+            del args, kwargs
             time.sleep(0.03)
 
     stop_file = tmp_path / "STOP"
