@@ -130,9 +130,19 @@ def _header(record: TuneRecord) -> str:
     return (f"<h1>gradpilot tune: {_e(s.get('task', ''))}</h1>" + _summary(record)
             + f"<p>Budget {record.budget_runs:.3g} runs, {spent}. One run is {s['epochs']} epochs over "
             f"{s['train_items']:,} items at batch {_batch(record)}, measured at {run:.3g} s. Peak disk "
-            f"{_mib(record.peak_disk_bytes)} MiB.</p>"
+            f"{_mib(record.peak_disk_bytes)} MiB. {_paid(record)}</p>"
             + _table(["stage", "ran", "decision", "cost (runs)", "seconds", "training / validation / i/o / other"],
                      rows))
+
+
+def _paid(record: TuneRecord) -> str:
+    """The wall time paid up to this page: the whole command's (start-up and imports included) and tune's own."""
+    whole, run = record.process_seconds, record.run_seconds
+    if not math.isfinite(record.wall_seconds):
+        return ""
+    runs = f" ({whole / run:.2f} runs)" if math.isfinite(whole) and run > 0 else ""
+    command = f"the command had run {whole:.1f} s{runs}, " if math.isfinite(whole) else ""
+    return f"Wall time paid up to this page: {command}tune {record.wall_seconds:.1f} s."
 
 
 def _runs(stage: Stage, run_seconds: float) -> float:

@@ -614,3 +614,92 @@ def test_an_adapter_on_a_frozen_model_is_saved_alone(tmp_path):
     load_weights(again.model, torch.load(tmp_path / "model.pt", weights_only=True))
     assert torch.equal(again.model[2].weight, result.model[2].weight) and torch.equal(again.model[0].weight, body)
     assert probe(again, tmp_path / "model.pt", share=0.05).learning_rate == pytest.approx(result.plan["learning_rate"])
+
+
+def test_the_same_task_seed_and_budget_write_the_same_plan_under_any_load(tmp_path, monkeypatch):
+    """No fixed clock here: the real one times the runs, and a busy machine makes them 2-5× slower. A budget in
+    runs holds in items and validations, so both tunes decide alike, byte for byte."""
+    from gradpilot.tuning.budget import FIXED_CLOCK
+
+    monkeypatch.delenv(FIXED_CLOCK, raising=False)
+    quiet = tune(small_task(), budget=2, out_dir=tmp_path / "quiet")
+    burn = "import time\nend = time.time() + 120\nwhile time.time() < end: pass\n"
+    load = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(3)]
+    try:
+        busy = tune(small_task(), budget=2, out_dir=tmp_path / "busy")
+    finally:
+        for p in load:
+            p.kill()
+    assert (tmp_path / "quiet" / "plan.yaml").read_bytes() == (tmp_path / "busy" / "plan.yaml").read_bytes()
+    assert quiet.spent == busy.spent <= 2 and quiet.metric == busy.metric
+    assert quiet.stages[0].decision.run_seconds != busy.stages[0].decision.run_seconds  # the clocks did differ
+
+
+class Poisoned(Dataset):
+    """A training set one of whose items is NaN: every model trained on it breaks at its first epoch."""
+
+    def __init__(self, inner: Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        x, y = self.inner[i]
+        return (torch.full_like(x, float("nan")) if i == 3 else x), y
+
+
+def test_a_model_that_turns_nan_is_a_failure_not_a_plan(tmp_path):
+    from gradpilot.train.seam import Score
+
+    broken = Score.of(0.5, float("nan"), higher_is_better=True)  # NaN logits still score some accuracy
+    assert broken.broken and not Score.of(0.5, 0.7, higher_is_better=True).broken
+    assert not Score.of(0.5, float("nan"), higher_is_better=True, has_loss=False).broken  # no loss reported
+    task = small_task(train=Poisoned(spirals(512, seed=0)))
+    with pytest.raises(GradpilotError, match="broken: its validation loss or metric is NaN or inf"):
+        tune(task, budget=2, out_dir=tmp_path / "fixed", fixed={"learning_rate": 1e-3, "scheduler": "constant"})
+    assert not (tmp_path / "fixed" / "model.pt").exists() and not (tmp_path / "fixed" / "plan.yaml").exists()
+    with pytest.raises(GradpilotError, match="NaN or inf at the range test's first step, before any learning rate"):
+        tune(small_task(train=Poisoned(spirals(512, seed=0))), budget=2, out_dir=tmp_path / "searched")
+    assert not (tmp_path / "searched" / "model.pt").exists()
+
+
+def test_the_cost_paid_is_recorded_beside_the_budgeted_spend(tmp_path, monkeypatch):
+    """A one-epoch task at budget 2 spends at most 2 runs; tune.json holds the whole command's wall seconds,
+    within 15 % of a stopwatch around the command."""
+    import time
+
+    from gradpilot.tuning.budget import FIXED_CLOCK
+
+    monkeypatch.delenv(FIXED_CLOCK, raising=False)
+    one_epoch = small_task(epochs=1, n=2048)
+    result = tune(one_epoch, budget=2, out_dir=tmp_path / "api")
+    assert result.spent <= 2 and result.spent_items <= 2
+    assert 0 < result.wall_seconds <= result.process_seconds
+    task_file = tmp_path / "task.py"
+    task_file.write_text(tune_task_file(epochs=1))
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "gradpilot.cli", "tune", str(task_file), "--out",
+                           str(tmp_path / "cli"), "--budget", "2", "--json"], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != FIXED_CLOCK})
+    stopwatch = time.perf_counter() - began
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "cli" / "tune.json").read_text())
+    assert record["process_seconds"] == pytest.approx(stopwatch, rel=0.15)
+    assert record["wall_seconds"] < record["process_seconds"]  # start-up and the task file's loading besides
+    printed = json.loads(done.stdout)
+    assert printed["process_seconds"] == pytest.approx(record["process_seconds"])
+
+
+def test_an_overrun_is_said_in_one_line():
+    from gradpilot.train.seam import Cost
+    from gradpilot.tuning.record import overruns
+    from gradpilot.tuning.state import TuneRecord
+
+    held = TuneRecord({}, "", spent=Cost(training=19.0), spent_runs=1.9, budget_runs=2, run_seconds=10,
+                      wall_seconds=21, process_seconds=22)
+    assert overruns(held) == []
+    over = TuneRecord({}, "", spent=Cost(training=19.0), spent_runs=2.3, budget_runs=2, run_seconds=10,
+                      wall_seconds=40, process_seconds=45)
+    said = overruns(over)
+    assert len(said) == 2 and "2.30 runs of a 2-run budget" in said[0] and "45 s, 4.50 runs" in said[1]

@@ -87,6 +87,7 @@ def tune_command(
     if as_json:
         _print_json({"plan": result.plan, "spent_runs": result.spent, "budget_runs": result.budget,
                      "spent_item_runs": result.spent_items, "seconds": result.seconds,
+                     "wall_seconds": result.wall_seconds, "process_seconds": result.process_seconds,
                      "run_seconds": result.run_seconds, "metric": result.metric, "plan_path": str(result.plan_path),
                      "model_path": str(result.model_path), "record_path": str(result.record_path),
                      "report_path": str(result.report_path)})

@@ -154,7 +154,8 @@ class TrainerRun(Ledger):
             raise GradpilotError(f"the trainer's evaluate() gave no {name} (it gave {', '.join(sorted(metrics))}): "
                                  "give the model its labels (label_names) or compute_metrics, or set "
                                  "metric_for_best_model to a metric it reports")
-        return self.score(float(metrics[name]), float(metrics.get("eval_loss", math.nan)))
+        return self.score(float(metrics[name]), float(metrics.get("eval_loss", math.nan)),
+                          has_loss="eval_loss" in metrics)
 
     def weights(self) -> dict[str, torch.Tensor]:
         return trainable_state(self._current().model)

@@ -162,7 +162,7 @@ class LightningRun(Ledger):
         if key not in logged:
             raise GradpilotError(f"validation logged no {key!r} (it logged {', '.join(sorted(logged)) or 'nothing'}): "
                                  f"log it in validation_step (self.log({key!r}, ...))")
-        return self.score(logged[key], logged.get("val_loss", logged[key]))
+        return self.score(logged[key], logged.get("val_loss", logged[key]), has_loss="val_loss" in logged)
 
     def weights(self) -> dict[str, torch.Tensor]:
         return trainable_state(self._current()[1])

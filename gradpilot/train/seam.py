@@ -87,14 +87,22 @@ class Cost:
 @dataclass(frozen=True)
 class Score:
     """A validation pass: the task's metric (its loss where it has none) and the validation loss. A NaN value
-    never wins a comparison; an infinite one is the worst there is (``Score.of``)."""
+    never wins a comparison; an infinite one is the worst there is (``Score.of``). A model whose validation loss is
+    NaN or infinite is broken, whatever its metric says (an accuracy of NaN logits still counts some right): its
+    value is NaN."""
 
     value: float
     loss: float
 
     @staticmethod
-    def of(value: float, loss: float, *, higher_is_better: bool) -> Score:
+    def of(value: float, loss: float, *, higher_is_better: bool, has_loss: bool = True) -> Score:
+        if has_loss and not math.isfinite(loss):
+            return Score(math.nan, loss)
         return Score(worst(higher_is_better) if math.isinf(value) else value, loss)
+
+    @property
+    def broken(self) -> bool:
+        return math.isnan(self.value)
 
 
 @dataclass(frozen=True)
@@ -173,8 +181,9 @@ class Ledger:
             seconds = time.perf_counter() - begin
             self.cost = self.cost + Cost(items, validations=validations, **{on: seconds})
 
-    def score(self, value: float, loss: float) -> Score:
-        return Score.of(value, loss, higher_is_better=self.higher_is_better)
+    def score(self, value: float, loss: float, *, has_loss: bool = True) -> Score:
+        """The pass's score; ``has_loss`` False where the trainer reported no validation loss (``loss`` NaN)."""
+        return Score.of(value, loss, higher_is_better=self.higher_is_better, has_loss=has_loss)
 
     def record(self, losses: Sequence[float | None]) -> RunRecord:
         return RunRecord(self.steps, self.cost.items, self.cost.validations, tuple(self.lrs), tuple(losses))

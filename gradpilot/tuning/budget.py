@@ -40,6 +40,19 @@ TIMING_S = 0.1  # it times more, while they take less than this together
 TIMING_SHARE = 0.05  # and are under this share of a run
 
 
+VALIDATION_SHARE = 1 / 3  # a validated item costs this share of a trained one: the forward of forward + backward
+UNKNOWN_VALIDATION = 0.1  # a validation set of unknown size is counted as this share of the training set
+
+
+def counted_clock(measured: Clock, val_items: int, train_items: int) -> Clock:
+    """The clock a budget in runs decides by: counts, never seconds, so the same task, seed and budget plan alike
+    on any machine at any load. One unit is one item trained; a validation pass costs ``VALIDATION_SHARE`` of its
+    items; calls into the runner and checkpoints cost nothing here (what they really took is in the record)."""
+    items = val_items if val_items > 0 else UNKNOWN_VALIDATION * train_items
+    return Clock(item_seconds=1.0, validation_seconds=VALIDATION_SHARE * items, run_items=measured.run_items,
+                 validations=measured.validations, start_metric=measured.start_metric, saves=measured.saves)
+
+
 # Tests only: "ITEM_SECONDS,EVAL_SECONDS" recorded in place of the clock's measurement (which still runs) and
 # charged in place of each stage's measured seconds, so that two tunes of one task plan alike.
 FIXED_CLOCK = "GRADPILOT_TEST_CLOCK"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gradpilot.train.seam import Cost
-from gradpilot.tuning.budget import MARGIN, Purse, fixed_clock
+from gradpilot.tuning.budget import MARGIN, Purse, counted_clock, fixed_clock
 from gradpilot.tuning.fixed import Fixed
 from gradpilot.tuning.folder import TuneFolder
 from gradpilot.tuning.state import Clock, Decided, Stage
@@ -48,6 +48,8 @@ class Context:
     storage: BaseStorage
     prefix: str  # the study names' prefix: workers given the same storage and prefix share the work
     settings: dict[str, Any] = field(default_factory=dict)  # what a resume must match, as JSON
+    val_items: int = 0  # items in one validation pass (0: unknown)
+    called: float = 0.0  # time.perf_counter() when tune was called
     task_weights: str = ""  # a digest of the weights the task's model came with, before tune touched them
     progress: Callable[[str, float], None] | None = None
     wait: Callable[[], None] | None = None  # called while a worker waits on others (the n_jobs parent watches them)
@@ -76,9 +78,20 @@ class SoFar:
         return dataclasses.replace(self, decided=dataclasses.replace(self.decided, clock=clock))
 
     @property
+    def counted(self) -> bool:
+        """Whether the budget holds in counts — items trained and validation passes, never seconds — so that a
+        task, seed and budget make the same decisions on any machine at any load: a budget in runs. A time budget
+        is in seconds, and reads the clock's measurement."""
+        return self.ctx.budget.runs is not None or fixed_clock() is not None
+
+    @property
     def clock(self) -> Clock:
-        clock: Clock = self.decided.need("clock")
-        return clock
+        """The clock decisions read: the measured one under a time budget; under a budget in runs, the counted one
+        (``budget.counted_clock``: an item trained is one unit, a validation pass its items' forward share)."""
+        measured: Clock = self.decided.need("clock")
+        if fixed_clock() is not None or self.ctx.budget.runs is None:
+            return measured
+        return counted_clock(measured, self.ctx.val_items, self.ctx.train_items)
 
     @property
     def budget_runs(self) -> float:
@@ -92,6 +105,7 @@ class SoFar:
 
     @property
     def budget_seconds(self) -> float:
+        """The budget in the decisions' clock's units: seconds under a time budget, counted units under one in runs."""
         if self.ctx.budget.seconds is not None:
             return self.ctx.budget.seconds
         return self.budget_runs * self.clock.run_seconds
@@ -102,10 +116,10 @@ class SoFar:
 
     @property
     def charged(self) -> float:
-        """The seconds charged to the budget so far: the runs' measured work, or, where the clock is fixed
-        (``budget.FIXED_CLOCK``), what the clock says their items and validations cost (so that it stands for the
-        machine everywhere, and two tunes of a task plan alike)."""
-        if fixed_clock() is None or self.decided.clock is None:
+        """What is charged to the budget so far, in the decisions' clock's units: under a time budget the runs'
+        measured seconds of work; where the budget is counted, what the clock says their items and validations
+        cost (so that two tunes of a task plan alike, whatever the machine's load)."""
+        if not self.counted or self.decided.clock is None:
             return self.spent.work
         return self.clock.seconds(self.spent.items, self.spent.validations)
 

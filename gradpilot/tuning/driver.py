@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import time
 import warnings
@@ -79,6 +80,8 @@ class TuneResult:
     run_seconds: float  # one run's wall time, as measured
     seconds: float  # tune's work, in seconds
     spent_items: float  # runs of items trained
+    wall_seconds: float = math.nan  # the tune call's, start to end (the report included)
+    process_seconds: float = math.nan  # the whole command's: the process's age at the end (start-up included)
 
     @property
     def folder(self) -> TuneFolder:
@@ -138,9 +141,11 @@ def tune(
                              f"RayBackend()), got {backend!r}")
     if backend is not None and n_jobs > 1:
         raise GradpilotError("with a backend, it places the work: leave n_jobs at 1")
+    called = time.perf_counter()
     runs, seconds = _budgets(budget, time_budget)
     ctx = _context(task, Budget(runs, seconds), TuneFolder(Path(out_dir)), Fixed.parse(fixed or {}), storage, study,
                    n_jobs, seed, cooldown, progress, backend)
+    ctx = dataclasses.replace(ctx, called=called)
     n_jobs = _at_most_the_cores(n_jobs)
     try:
         if n_jobs == 1:
@@ -189,8 +194,9 @@ def _drive(ctx: Context, *, outputs: bool = True) -> TuneResult:
             _record(now, tuple(done)).write(ctx.folder)
     if not outputs:
         return _result(now, tuple(done), TuneRecord(ctx.settings, ctx.task_weights), began)
-    finished = record.write_outputs(now, _record(now, tuple(done)))
+    finished = record.stamp(record.write_outputs(now, _record(now, tuple(done))), ctx)
     _report(ctx.folder)
+    finished = record.stamp(finished, ctx, final=True)
     return _result(now, tuple(done), finished, began)
 
 
@@ -208,8 +214,8 @@ def _record(now: SoFar, done: tuple[Stage, ...]) -> TuneRecord:
     ctx = now.ctx
     run_seconds = now.decided.clock.run_seconds if now.decided.clock else float("nan")
     return TuneRecord(ctx.settings, ctx.task_weights, done, now.spent, now.spent_runs,
-                      now.spent.items / ctx.run_items, now.budget_runs,
-                      now.budget_seconds if now.decided.clock else float("nan"), run_seconds, _peak_disk(done))
+                      now.spent.items / ctx.run_items, now.budget_runs, now.budget_runs * run_seconds, run_seconds,
+                      _peak_disk(done))
 
 
 def _peak_disk(done: tuple[Stage, ...]) -> int:
@@ -220,8 +226,9 @@ def _peak_disk(done: tuple[Stage, ...]) -> int:
 def _result(now: SoFar, done: tuple[Stage, ...], finished: TuneRecord, began: float) -> TuneResult:
     ctx = now.ctx
     return TuneResult(finished.plan, done, now.budget_runs, now.spent_runs, finished.metric, ctx.task.model,
-                      ctx.folder.root, ctx.run_items, now.clock.run_seconds, time.perf_counter() - began,
-                      now.spent.items / ctx.run_items)
+                      ctx.folder.root, ctx.run_items, now.decided.need("clock").run_seconds,
+                      time.perf_counter() - began, now.spent.items / ctx.run_items, finished.wall_seconds,
+                      finished.process_seconds)
 
 
 def _context(task: Task, budget: Budget, folder: TuneFolder, fixed: Fixed, storage: str | BaseStorage | None,
@@ -247,7 +254,8 @@ def _context(task: Task, budget: Budget, folder: TuneFolder, fixed: Fixed, stora
     initial = record.initial_weights(task, folder.initial)
     store = queue.open_storage(storage, folder.trials)
     ctx = Context(task=task, folder=folder, seed=seed, fixed=fixed, cooldown=cooldown, budget=budget, train_items=n,
-                  initial=initial, storage=store, prefix=study, task_weights=own, progress=progress, backend=backend)
+                  val_items=record.val_length(task), initial=initial, storage=store, prefix=study, task_weights=own,
+                  progress=progress, backend=backend)
     stages.check_budget(ctx)
     fresh = not queue.has_queue(store, f"{study}:settings")
     ctx = dataclasses.replace(ctx, settings=record.settings(ctx))

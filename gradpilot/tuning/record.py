@@ -4,8 +4,11 @@ every run starts from, and the outputs (``plan.yaml``, ``model.pt``, the finishe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -113,6 +116,60 @@ def train_length(task: Task) -> int:
                              "in passes over it") from None
 
 
+OVERRUN = 0.3  # runs: a command whose wall time exceeds its budget by more than this says so
+OVERRUN_SECONDS = 5.0  # ... and by more than this many seconds (start-up alone is a few on a tiny task)
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux's /proc; NaN elsewhere): a command's whole wall time."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return math.nan
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def stamp(done: TuneRecord, ctx: Context, *, final: bool = False) -> TuneRecord:
+    """tune.json with the wall seconds paid so far: the tune call's and the whole command's. At the end, an
+    overrun is said in one warning: the budgeted spend over its budget, or the command's wall time more than
+    ``OVERRUN`` runs over it."""
+    stamped = dataclasses.replace(done, wall_seconds=round(time.perf_counter() - ctx.called, 3),
+                                  process_seconds=round(process_age(), 3))
+    stamped.write(ctx.folder)
+    if final:
+        for line in overruns(stamped):
+            warnings.warn(line, stacklevel=4)
+    return stamped
+
+
+def overruns(done: TuneRecord) -> list[str]:
+    """What a finished tune spent beyond its budget, in words (none where it held)."""
+    said, budget, run = [], done.budget_runs, done.run_seconds
+    if done.spent_runs > budget + 0.01:
+        said.append(f"tune spent {done.spent_runs:.2f} runs of a {budget:.3g}-run budget")
+    wall = done.process_seconds if math.isfinite(done.process_seconds) else done.wall_seconds
+    if run > 0 and wall > (budget + OVERRUN) * run and wall - budget * run > OVERRUN_SECONDS:
+        said.append(f"the whole command took {wall:.0f} s, {wall / run:.2f} runs of the task's wall time against a "
+                    f"budget of {budget:.3g} runs: start-up, loading and the runner's calls cost "
+                    f"{wall - done.spent.work:.0f} s beyond the runs' own work")
+    return said
+
+
+def val_length(task: Task) -> int:
+    """Items in one validation pass (a loader's dataset's, or its batches × its batch size); 0 where it cannot tell."""
+    data = task.val_data
+    dataset = getattr(data, "dataset", data)
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        size = getattr(data, "batch_size", None)
+        try:
+            return len(data) * int(size) if size else 0  # type: ignore[arg-type]
+        except TypeError:
+            return 0
+
+
 def initial_weights(task: Task, path: Path) -> dict[str, torch.Tensor]:
     """The weights every run starts from, kept in DIR so a resumed tune starts its runs from the same ones."""
     if path.exists():
@@ -141,10 +198,14 @@ def write_outputs(now: SoFar, record: TuneRecord) -> TuneRecord:
     """plan.yaml, model.pt and the finished tune.json; the task's model holds the best weights tune trained
     (where another machine's worker trained them, model.pt is on that machine: the record says where)."""
     ctx = now.ctx
+    trained: Trained = now.decided.need("schedule")
+    if not math.isfinite(trained.metric):
+        raise GradpilotError(f"the model tune trained is broken: its validation loss or metric is NaN or inf "
+                             f"({trained.metric}), so no plan or model is written; check the data, the loss and "
+                             f"Task.metric (gradpilot diagnose {ctx.folder.final}), or fix a lower learning_rate")
     written = assumed(now)
     plan, reasons = hf_plan.plan(now.decided, ctx.task, record.stages, written)
     hf_plan.write_yaml(plan, reasons, ctx.folder.plan, header=f"gradpilot tune plan for {ctx.task.name}")
-    trained: Trained = now.decided.need("schedule")
     if ctx.folder.best.exists():
         best: dict[str, torch.Tensor] = checkpoint.load_file(ctx.folder.best, NEW_FOLDER)
         load_weights(ctx.task.model, best)
@@ -152,9 +213,6 @@ def write_outputs(now: SoFar, record: TuneRecord) -> TuneRecord:
     else:
         warnings.warn(f"the final run was trained by worker {trained.trained_by}: model.pt is in its out_dir, not "
                       "here", stacklevel=4)
-    if not math.isfinite(trained.metric):
-        warnings.warn("the validation metric of the model tune trained is not finite (NaN): every choice tune made "
-                      "compared NaNs; check Task.metric on the validation data", stacklevel=4)
     done = TuneRecord(**{**vars(record), "plan": plan, "reasons": reasons, "assumed": written,
                          "metric": trained.metric})
     done.write(ctx.folder)

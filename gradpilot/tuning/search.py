@@ -18,11 +18,12 @@ import math
 from typing import Any
 
 from gradpilot import scaling
+from gradpilot.errors import GradpilotError
 from gradpilot.train.seam import Cost
 from gradpilot.tuning import budget, queue
 from gradpilot.tuning.context import SoFar
 from gradpilot.tuning.halving import Candidate, Halving, Plan, best, seconds_in, spent_in, trial_records
-from gradpilot.tuning.state import Batches, Chosen, RangeTest, SearchSeen, Splits, Stage
+from gradpilot.tuning.state import Batches, Chosen, RangeTest, SearchSeen, Splits, Stage, TrialRecord
 
 UNSURE = 0.5  # a range test less confident than this leaves the search centred between its pick and its edge
 
@@ -64,12 +65,15 @@ def decide(now: SoFar) -> Stage:
     study = halving.study()
     plan = Plan.read(note)
     trial, score, rung = best(study, now.ctx.task.higher_is_better)
+    trials = tuple(trial_records(study))
+    if math.isnan(score):
+        raise GradpilotError(_all_broke(trials))
     halving.close(study, trial.number)
     cand = plan.candidates[int(trial.user_attrs["index"])]
     keeps = not note.get("fresh")
-    trials = trial_records(study)
     parts = seconds_in(study)
     goes_on = "; the trunk goes on from its run" if keeps else ""
+    goes_on += _broke(trials)
     seen = SearchSeen(plan.rungs, plan.cooldown, score, int(study.user_attrs.get("peak_disk", 0)),
                       round(sum(t.seconds for t in trials), 3), tuple(trials))
     return Stage("lr_search", _chosen(cand, trial.number if keeps else None, trunk),
@@ -77,6 +81,26 @@ def decide(now: SoFar) -> Stage:
                  f"{rung:,} items and a cooldown{goes_on}", seen,
                  spent=Cost(spent_in(study), parts["training"], parts["validation"], parts["io"], 0.0,
                             int(parts["validations"])))
+
+
+def _broken(trials: tuple[TrialRecord, ...]) -> list[TrialRecord]:
+    return [t for t in trials if any(math.isnan(v) for v in t.scores.values())]
+
+
+def _broke(trials: tuple[TrialRecord, ...]) -> str:
+    """Words for the candidates whose model broke (NaN or inf on validation): dropped, never continued."""
+    broken = _broken(trials)
+    if not broken:
+        return ""
+    lrs = ", ".join(f"{t.lr:.3g}" for t in sorted(broken, key=lambda t: t.lr))
+    return f"; {len(broken)} broke (NaN or inf on validation) and were dropped: lr {lrs}"
+
+
+def _all_broke(trials: tuple[TrialRecord, ...]) -> str:
+    lrs = sorted(t.lr for t in trials)
+    return (f"every LR the search tried ({lrs[0]:.3g} to {lrs[-1]:.3g}) gave a model whose validation loss or "
+            "metric is NaN or inf, so there is nothing to plan: check the data and the loss, or fix a lower "
+            "learning_rate with --fix")
 
 
 def _halving(now: SoFar) -> Halving:

@@ -89,8 +89,9 @@ def clock(now: SoFar) -> Stage:
     why = (f"one run of the task ({task.epochs} epochs over {ctx.train_items:,} items, a validation each epoch) "
            f"takes about {_duration(measured.run_seconds)}: {1e3 * measured.item_seconds:.3g} ms per item trained, "
            f"{_duration(measured.validation_seconds)} per validation{calls}; the budget is {timed.budget_runs:.3g} "
-           f"runs ({_duration(timed.budget_seconds)})")
-    seen = ClockSeen(measured.run_seconds, timed.budget_seconds, timed.budget_runs)
+           f"runs ({_duration(timed.budget_runs * measured.run_seconds)}" +
+           (", held in items and validations: the same plan at any load)" if timed.counted else ")"))
+    seen = ClockSeen(measured.run_seconds, timed.budget_runs * measured.run_seconds, timed.budget_runs)
     return Stage("clock", measured, why, seen, spent=run.cost)
 
 

@@ -300,7 +300,8 @@ class Assumed:
 class TuneRecord:
     """``tune.json``: the settings the tune was started with, every stage done (typed: ``state.Stage``), what it
     spent against its budget, and — once finished — the plan, why each value, what its schedule assumed, and the
-    validation metric of the model it trained. ``wall_seconds`` is the whole command's, start-up included."""
+    validation metric of the model it trained. ``wall_seconds`` is the tune call's, ``process_seconds`` the whole
+    command's (start-up and imports included): the cost paid, beside the budgeted spend."""
 
     settings: dict[str, Any]
     task_weights: str
@@ -312,7 +313,8 @@ class TuneRecord:
     budget_seconds: float = math.nan
     run_seconds: float = math.nan
     peak_disk_bytes: int = 0
-    wall_seconds: float = math.nan
+    wall_seconds: float = math.nan  # from the tune call to its end, the report included
+    process_seconds: float = math.nan  # the process's age at the end: a command's whole time, start-up included
     plan: dict[str, Any] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     assumed: Assumed | None = None
