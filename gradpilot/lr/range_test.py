@@ -211,8 +211,8 @@ def _result(sweep: _Sweep, rule: suggest.RuleName, family: Literal["sgd", "adapt
     if finite == 0:
         raise GradpilotError(
             f"the loss was NaN or inf at the range test's first step, before any learning rate acted "
-            f"({sweep.stop_reason}): the data, the loss function or the model's initial weights give it — check for a NaN or inf in the "
-            "inputs or targets, or a log of 0 in the loss"
+            f"({sweep.stop_reason}): the data, the loss function or the model's initial weights give it — check "
+            "for a NaN or inf in the inputs or targets, or a log of 0 in the loss"
         )
     if finite < 5:
         raise GradpilotError(
