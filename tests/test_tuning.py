@@ -675,7 +675,7 @@ def test_the_cost_paid_is_recorded_beside_the_budgeted_spend(tmp_path, monkeypat
     one_epoch = small_task(epochs=1, n=2048)
     result = tune(one_epoch, budget=2, out_dir=tmp_path / "api")
     assert result.spent <= 2 and result.spent_items <= 2
-    assert 0 < result.wall_seconds <= result.process_seconds
+    assert result.wall_seconds > 0 and math.isnan(result.process_seconds)  # a script: the call is the cost
     task_file = tmp_path / "task.py"
     task_file.write_text(tune_task_file(epochs=1))
     began = time.perf_counter()
@@ -703,3 +703,33 @@ def test_an_overrun_is_said_in_one_line():
                       wall_seconds=40, process_seconds=45)
     said = overruns(over)
     assert len(said) == 2 and "2.30 runs of a 2-run budget" in said[0] and "45 s, 4.50 runs" in said[1]
+
+
+def test_a_metric_whose_body_changed_under_the_same_name_is_refused(tmp_path):
+    from gradpilot.examples import accuracy as first
+
+    tune(small_task(), budget=1.5, out_dir=tmp_path)
+    task = small_task()
+
+    def accuracy(logits, targets):  # the same name, another body: top-1 error, not accuracy
+        return 1.0 - first(logits, targets)
+
+    task = Task(**{**{f: getattr(task, f) for f in ("model", "train_data", "val_data", "loss_fn", "optimizer", "lr",
+                                                    "batch_size", "epochs", "name")},
+                   "metric": accuracy, "higher_is_better": True})
+    with pytest.raises(GradpilotError, match="metric_code"):
+        tune(task, budget=1.5, out_dir=tmp_path)
+
+
+def test_a_metric_declared_the_wrong_way_round_is_warned_of(tmp_path):
+    task = small_task()
+    task = Task(**{**{f: getattr(task, f) for f in ("model", "train_data", "val_data", "loss_fn", "optimizer", "lr",
+                                                    "batch_size", "epochs", "name", "metric")},
+                   "higher_is_better": False})  # an accuracy said to be better lower
+    with pytest.warns(UserWarning, match="is higher_is_better right"):
+        tune(task, budget=1.5, out_dir=tmp_path / "wrong")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        tune(small_task(), budget=1.5, out_dir=tmp_path / "right")  # the right way round: no word of it

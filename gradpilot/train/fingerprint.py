@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -92,6 +93,22 @@ def _text(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     return repr(value) if isinstance(value, (int, str, bool, tuple, list, type(None))) else type(value).__name__
+
+
+def code_digest(fn: Any) -> str | None:
+    """A digest of what a function computes — its source where Python can read it, else its bytecode and
+    constants — so that a metric or loss whose body changed under the same name is told apart. A module (a loss
+    such as ``nn.CrossEntropyLoss()``) by its class's ``forward``; None for None."""
+    if fn is None:
+        return None
+    target = fn if callable(fn) and hasattr(fn, "__code__") else getattr(type(fn), "forward", None) or type(fn)
+    target = getattr(target, "__func__", target)
+    try:
+        text = inspect.getsource(target)
+    except (OSError, TypeError):
+        code = getattr(target, "__code__", None)
+        text = repr((code.co_code, code.co_consts, code.co_names)) if code is not None else type(fn).__qualname__
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def weights_digest(state: Mapping[str, torch.Tensor]) -> str:

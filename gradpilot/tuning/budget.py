@@ -50,7 +50,8 @@ def counted_clock(measured: Clock, val_items: int, train_items: int) -> Clock:
     items; calls into the runner and checkpoints cost nothing here (what they really took is in the record)."""
     items = val_items if val_items > 0 else UNKNOWN_VALIDATION * train_items
     return Clock(item_seconds=1.0, validation_seconds=VALIDATION_SHARE * items, run_items=measured.run_items,
-                 validations=measured.validations, start_metric=measured.start_metric, saves=measured.saves)
+                 validations=measured.validations, start_metric=measured.start_metric, saves=measured.saves,
+                 start_loss=measured.start_loss)
 
 
 # Tests only: "ITEM_SECONDS,EVAL_SECONDS" recorded in place of the clock's measurement (which still runs) and

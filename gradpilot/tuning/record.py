@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +24,7 @@ from gradpilot.tuning import plan as hf_plan
 from gradpilot.tuning import queue
 from gradpilot.tuning.context import Context, SoFar
 from gradpilot.tuning.folder import TuneFolder
-from gradpilot.tuning.state import Assumed, Trained, TuneRecord
+from gradpilot.tuning.state import Assumed, Trained, TrunkSeen, TuneRecord
 
 NEW_FOLDER = "use a new out_dir (or delete this one) to tune afresh"
 
@@ -38,7 +39,8 @@ def settings(ctx: Context) -> dict[str, Any]:
            "accumulation": t.accumulation,
            "lr": t.lr, "higher_is_better": t.higher_is_better, "max_grad_norm": t.max_grad_norm,
            "precision": t.precision, "metric": _name(t.metric) or t.metric_name,
-           "loss": _name(t.loss_fn), "step_fn": _name(t.step_fn),
+           "loss": _name(t.loss_fn), "step_fn": _name(t.step_fn), "metric_code": fingerprint.code_digest(t.metric),
+           "loss_code": fingerprint.code_digest(t.loss_fn), "step_fn_code": fingerprint.code_digest(t.step_fn),
            "runner": _name(t.runner), "model": fingerprint.model_layout(t.model),
            "train_data": fingerprint.data_digest(t.dataset()[0]), "val_data": fingerprint.data_digest(t.val_data),
            "initial_weights": fingerprint.weights_digest(ctx.initial),
@@ -130,12 +132,20 @@ def process_age() -> float:
     return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
+def is_command() -> bool:
+    """Whether this process is a gradpilot command (``gradpilot tune``, ``python -m gradpilot.cli``), whose whole
+    wall time is the cost paid; in a user's script, the tune call's is."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return Path(sys.argv[0]).name == "gradpilot" or (spec is not None and spec.name.startswith("gradpilot.cli"))
+
+
 def stamp(done: TuneRecord, ctx: Context, *, final: bool = False) -> TuneRecord:
     """tune.json with the wall seconds paid so far: the tune call's and the whole command's. At the end, an
     overrun is said in one warning: the budgeted spend over its budget, or the command's wall time more than
     ``OVERRUN`` runs over it."""
+    whole = process_age() if is_command() else math.nan
     stamped = dataclasses.replace(done, wall_seconds=round(time.perf_counter() - ctx.called, 3),
-                                  process_seconds=round(process_age(), 3))
+                                  process_seconds=round(whole, 3))
     stamped.write(ctx.folder)
     if final:
         for line in overruns(stamped):
@@ -194,6 +204,30 @@ def assumed(now: SoFar) -> Assumed:
     return Assumed(now.ctx.train_items, 1, per_epoch, trained.num_train_epochs)
 
 
+LEARNT = 0.98  # the validation loss fell below this share of the initial weights': the model learnt something
+AGAINST = 0.02  # ... while the metric moved this share of its start or more the way the task calls worse
+
+
+def _check_direction(now: SoFar, record: TuneRecord, trained: Trained) -> None:
+    """A metric that got worse, as the task declares better, while the validation loss fell — the model learnt,
+    its metric says it unlearnt — is a ``higher_is_better`` the wrong way round, most likely: every choice tune
+    made followed it. Said in one warning."""
+    task, clock = now.ctx.task, now.decided.clock
+    epochs = record.stage("epochs")
+    seen = epochs.evidence if epochs is not None else None
+    if task.metric is None or clock is None or not isinstance(seen, TrunkSeen) or not seen.branches:
+        return
+    start, end, loss = clock.start_metric, trained.metric, seen.branches[seen.winner].loss
+    if not all(math.isfinite(v) for v in (start, end, loss, clock.start_loss)) or loss > LEARNT * clock.start_loss:
+        return
+    worse = (start - end) if task.higher_is_better else (end - start)
+    if worse > AGAINST * max(abs(start), 1e-12):
+        way = "higher" if task.higher_is_better else "lower"
+        warnings.warn(f"the metric got worse by the task's own direction ({start:.4g} → {end:.4g}, {way} is better) "
+                      f"while the validation loss fell ({clock.start_loss:.4g} → {loss:.4g}): is higher_is_better "
+                      f"right? Every choice tune made followed it", stacklevel=4)
+
+
 def write_outputs(now: SoFar, record: TuneRecord) -> TuneRecord:
     """plan.yaml, model.pt and the finished tune.json; the task's model holds the best weights tune trained
     (where another machine's worker trained them, model.pt is on that machine: the record says where)."""
@@ -203,6 +237,7 @@ def write_outputs(now: SoFar, record: TuneRecord) -> TuneRecord:
         raise GradpilotError(f"the model tune trained is broken: its validation loss or metric is NaN or inf "
                              f"({trained.metric}), so no plan or model is written; check the data, the loss and "
                              f"Task.metric (gradpilot diagnose {ctx.folder.final}), or fix a lower learning_rate")
+    _check_direction(now, record, trained)
     written = assumed(now)
     plan, reasons = hf_plan.plan(now.decided, ctx.task, record.stages, written)
     hf_plan.write_yaml(plan, reasons, ctx.folder.plan, header=f"gradpilot tune plan for {ctx.task.name}")

@@ -81,7 +81,7 @@ def clock(now: SoFar) -> Stage:
     validations = task.cadence.validations if task.cadence.validations is not None else task.epochs
     measured = Clock(item_seconds=item, validation_seconds=validation, run_items=ctx.run_items,
                      validations=validations, start_metric=start.value, call_seconds=call, saves=task.cadence.saves,
-                     save_seconds=saving)
+                     save_seconds=saving, start_loss=start.loss)
     timed = now.with_clock(measured)
     if ctx.budget.runs is None:
         _check_runs(ctx, timed.budget_runs, "of this task")

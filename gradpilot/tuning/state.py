@@ -43,6 +43,7 @@ class Clock:
     call_seconds: float = 0.0
     saves: int = 0
     save_seconds: float = 0.0
+    start_loss: float = math.nan  # the validation loss of the initial weights
 
     @property
     def run_seconds(self) -> float:
