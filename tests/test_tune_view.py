@@ -52,6 +52,11 @@ def test_the_summary_says_each_stage_s_cost_in_runs_and_seconds(tmp_path):
                         run_seconds=4.0, seconds=10.5, spent_items=2.5)
     summary(result, Console(file=out, width=160, force_terminal=False))
     text = out.getvalue()
-    assert "2.50 of 3 runs spent (10 s; one run ≈ 4 s; 2.50 runs of items)" in text
+    assert "2.50 of 3 runs spent (2.50 runs of items; one run ≈ 4 s; 10 s of work)" in text
     assert "8.5" in text and "2.12" in text  # 8.5 s of the search's, over a 4 s run
     assert "6.0 / 2.0 / 0.5 / 0.0" in text  # training / validation / i/o / other (train/val/io/other)
+    paid = TuneResult({"learning_rate": 0.01}, stages, 3.0, 2.5, 0.9, nn.Linear(1, 1), tmp_path, 1000, run_seconds=4.0,
+                      seconds=10.5, spent_items=2.5, wall_seconds=12.0, process_seconds=16.0)
+    out = io.StringIO()
+    summary(paid, Console(file=out, width=200, force_terminal=False))
+    assert "the command took 16.0 s = 4.00 runs of wall time" in " ".join(out.getvalue().split())  # start-up included

@@ -403,13 +403,14 @@ def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path, name):
     assert train.reads <= _fingerprint._SAMPLES  # nothing trained
 
 
-def test_a_metric_that_is_always_nan_ends_in_a_warning_not_a_traceback(tmp_path):
+def test_a_metric_that_is_always_nan_ends_in_one_line_and_no_model(tmp_path):
     task = small_task(n=256, epochs=2)
     nan_metric = Task(**{**task.__dict__, "metric": lambda _out, _y: float("nan")})
-    with pytest.warns(UserWarning, match="validation metric of the model tune trained is not finite"):
-        result = tune(nan_metric, out_dir=tmp_path)
-    assert math.isnan(result.metric) and result.model_path.exists()
-    assert json.loads(result.record_path.read_text())["metric"] is None  # strict JSON: NaN written as null
+    with pytest.raises(GradpilotError, match=r"NaN or inf.*Task\.metric"):
+        tune(nan_metric, out_dir=tmp_path)
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "plan.yaml").exists()
+    record = (tmp_path / "tune.json").read_text()
+    assert "NaN" not in record and json.loads(record)["stages"]["clock"]  # strict JSON: NaN written as null
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-1", "0"])

@@ -67,11 +67,12 @@ def test_tune_json_reads_back_into_the_record_written(tmp_path):
 
     stages = tuple(Stage(f"s{i}", d, "why", e) for i, (d, e) in enumerate(zip(DECISIONS, EVIDENCE, strict=False)))
     record = TuneRecord({"task": "t", "epochs": 4}, "abc", stages, Cost(10, 1.0), 1.2, 0.9, 2.0, 6.0, 3.0, 1234, 7.5,
-                        {"learning_rate": 0.01}, {"learning_rate": "why"}, Assumed(512, 1, 16, 4), math.nan)
+                        8.25, {"learning_rate": 0.01}, {"learning_rate": "why"}, Assumed(512, 1, 16, 4), math.nan)
     record.write(TuneFolder(tmp_path))
     again = TuneRecord.read(tmp_path / "tune.json")
     assert again.stages == record.stages and again.assumed == record.assumed and math.isnan(again.metric)
     assert again.plan == record.plan and again.spent == record.spent and again.wall_seconds == 7.5
+    assert again.process_seconds == 8.25
     assert json.loads((tmp_path / "tune.json").read_text())["assumed"]["total_steps"] == 64  # said for readers
 
 

@@ -21,13 +21,16 @@ from gradpilot.diagnosis.logs import read_log
 from gradpilot.errors import GradpilotError
 
 QUIET = frozenset({"healthy", "insufficient_data"})  # kinds that are no trouble
+# kinds that say how the run could do better, not that it went wrong: they fail only under ``any`` or by name
+ADVICE = frozenset({"underfitting", "slow_convergence", "metric_disagrees"})
 LOG_FILES = ("*.csv", "*.jsonl", "*.json", "events.out.tfevents*")
 
 
 @dataclass(frozen=True)
 class FailOn:
-    """Which findings are trouble enough to fail on (exit 1, stop the job): ``sure`` ones (the default: a hint
-    never fails a run), ``any`` one, or those of the kinds named (``nan,divergence``)."""
+    """Which findings are trouble enough to fail on (exit 1, stop the job): ``sure`` problems (the default: a
+    hint never fails a run, nor advice such as "train longer"), ``any`` finding, or those of the kinds named
+    (``nan,divergence``)."""
 
     level: str = "sure"
     kinds: frozenset[str] = frozenset()
@@ -48,7 +51,7 @@ class FailOn:
             return False
         if self.level == "kinds":
             return finding.kind in self.kinds
-        return self.level == "any" or finding.sure
+        return self.level == "any" or (finding.sure and finding.kind not in ADVICE)
 
     def code(self, diagnosis: Diagnosis) -> int:
         """The exit code a CI reads: 1 where a finding fails, else 0 (healthy, or hints only)."""

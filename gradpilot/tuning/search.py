@@ -99,8 +99,8 @@ def _broke(trials: tuple[TrialRecord, ...]) -> str:
 def _all_broke(trials: tuple[TrialRecord, ...]) -> str:
     lrs = sorted(t.lr for t in trials)
     return (f"every LR the search tried ({lrs[0]:.3g} to {lrs[-1]:.3g}) gave a model whose validation loss or "
-            "metric is NaN or inf, so there is nothing to plan: check the data and the loss, or fix a lower "
-            "learning_rate with --fix")
+            "metric is NaN or inf, so there is nothing to plan: check the data, the loss and Task.metric, or fix a "
+            "lower learning_rate with --fix")
 
 
 def _halving(now: SoFar) -> Halving:

@@ -54,15 +54,18 @@ def _log_lines(console: Console, budget: float | None) -> Callable[[str, float],
 def _paid(result: TuneResult) -> str:
     """The wall time paid: the whole command's where known (start-up included), else the tune call's."""
     whole = result.process_seconds if math.isfinite(result.process_seconds) else result.wall_seconds
+    if not math.isfinite(whole):
+        return f"{result.seconds:.0f} s of work"
     runs = f" = {whole / result.run_seconds:.2f} runs" if result.run_seconds > 0 else ""
-    return f"the command took {whole:.1f} s{runs} of wall time"
+    what = "the command" if math.isfinite(result.process_seconds) else "tune"
+    return f"{what} took {whole:.1f} s{runs} of wall time"
 
 
 def summary(result: TuneResult, console: Console) -> None:
     """Each stage's decision and cost (in runs of wall time, and its seconds split by kind), the plan, the model's
     validation metric, and where the files are."""
     stages = Table(title=f"tune: {result.spent:.2f} of {result.budget:.3g} runs spent ({result.spent_items:.2f} runs "
-                         f"of items; one run ≈ {result.run_seconds:.3g} s); {_paid(result)}")
+                         f"of items; one run ≈ {result.run_seconds:.3g} s; {_paid(result)})")
     for col in ("stage", "decision", "runs", "seconds", "train/val/io/other"):
         stages.add_column(col, justify="left" if col in ("stage", "decision") else "right", overflow="fold")
     for s in result.stages:
