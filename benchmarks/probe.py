@@ -152,6 +152,36 @@ def _table(rows: list[dict[str, Any]]) -> None:
                           f"(regret {float(r['regret']):.2f})")
     if any(not math.isfinite(float(r["cost"])) for r in rows):
         console.print("some costs are not finite")
+    _yardstick(rows)
+
+
+OFF, GOOD = 0.1, 0.05  # a run whose regret against the grid is at least OFF is off; under GOOD, inside the plateau
+
+
+def _yardstick(rows: list[dict[str, Any]]) -> None:
+    """The probe judged by what following it does, per family and in all: on off runs the share of the lost
+    performance its advice wins back (a "keep" wins none back); on good runs what its advice costs in regret; a
+    confident call ("too high" / "too low") right against the grid's label, and how many of the off runs get one."""
+    table = Table(title="the probe's yardstick: what following it does (targets: ≥ 50% won back, ≤ 0.02 cost, "
+                        "≥ 90% of confident calls right)")
+    for col in ("family", "off runs", "won back", "good runs", "cost on good", "confident calls right",
+                "coverage of off runs", "probe cost (runs)"):
+        table.add_column(col, justify="right")
+    families = sorted({str(r["family"]) for r in rows})
+    for family in (*families, None):
+        group = [r for r in rows if family is None or r["family"] == family]
+        off = [r for r in group if float(r["regret"]) >= OFF]
+        good = [r for r in group if float(r["regret"]) < GOOD]
+        won = [(float(r["regret"]) - float(r["after"])) / float(r["regret"]) for r in off]
+        cost = [float(r["after"]) - float(r["regret"]) for r in good]
+        calls = [r for r in group if r["said"] != "keep"]
+        right = sum(r["said"] == r["label"] for r in calls)
+        covered = sum(r["said"] != "keep" for r in off)
+        table.add_row("all" if family is None else family, str(len(off)),
+                      f"{np.mean(won):.0%}" if won else "–", str(len(good)),
+                      f"{np.mean(cost):+.3f}" if cost else "–", f"{right}/{len(calls)}",
+                      f"{covered}/{len(off)}" if off else "–", f"{np.mean([float(r['cost']) for r in group]):.3f}")
+    console.print(table)
 
 
 if __name__ == "__main__":
