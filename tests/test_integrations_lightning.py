@@ -72,6 +72,26 @@ def test_find_lr_uses_the_module_s_pieces_and_leaves_its_weights_as_they_were(tm
         find_lr(trainer(tmp_path), nn.Linear(2, 3))  # type: ignore[arg-type]
 
 
+def test_the_callback_stops_training_when_the_stop_file_appears(tmp_path):
+    """What ``gradpilot watch --stop-file`` creates from outside the process: training ends at the next step."""
+    stop = tmp_path / "STOP"
+
+    class AppearsAtStep40(pl.Callback):  # the watcher's file, created while the run trains
+        def on_train_batch_end(self, trainer, *args) -> None:
+            del args
+            if trainer.global_step == 40:
+                stop.write_text("stopped by gradpilot watch\n")
+
+    torch.manual_seed(0)
+    module = Spirals(0.05)
+    t = trainer(tmp_path, GradpilotCallback(stop_file=stop), epochs=10)
+    t.callbacks.append(AppearsAtStep40())
+    t.fit(module, datamodule=Data())
+    assert 40 <= t.global_step <= 42 and t.global_step < 10 * 32  # stopped, not at its tenth epoch's end
+    report = json.loads((Path(t.log_dir) / DIAGNOSIS_FILE).read_text())
+    assert any("STOP appeared" in json.dumps(a) for a in report.get("raised", []) + report.get("actions", []))
+
+
 def test_the_callback_names_the_divergence_a_100x_lr_causes(tmp_path, caplog):
     good, bad = GradpilotCallback(check_every=5), GradpilotCallback(check_every=5)
     torch.manual_seed(0)
