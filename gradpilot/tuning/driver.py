@@ -82,6 +82,8 @@ class TuneResult:
     spent_items: float  # runs of items trained
     wall_seconds: float = math.nan  # the tune call's, start to end (the report included)
     process_seconds: float = math.nan  # the whole command's: the process's age at the end (start-up included)
+    metric_label: str = "metric"  # what the score is called (the task's metric, or the validation loss)
+    higher_is_better: bool = True
 
     @property
     def folder(self) -> TuneFolder:
@@ -228,7 +230,7 @@ def _result(now: SoFar, done: tuple[Stage, ...], finished: TuneRecord, began: fl
     return TuneResult(finished.plan, done, now.budget_runs, now.spent_runs, finished.metric, ctx.task.model,
                       ctx.folder.root, ctx.run_items, now.decided.need("clock").run_seconds,
                       time.perf_counter() - began, now.spent.items / ctx.run_items, finished.wall_seconds,
-                      finished.process_seconds)
+                      finished.process_seconds, ctx.task.metric_label, ctx.task.higher_is_better)
 
 
 def _context(task: Task, budget: Budget, folder: TuneFolder, fixed: Fixed, storage: str | BaseStorage | None,

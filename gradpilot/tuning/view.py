@@ -79,7 +79,10 @@ def summary(result: TuneResult, console: Console) -> None:
     for key, value in result.plan.items():
         plan.add_row(key, f"{value:.3g}" if isinstance(value, float) else str(value))
     console.print(plan)
-    console.print(f"validation metric of the trained model: {result.metric:.4g}")
+    way = "higher" if result.higher_is_better else "lower"
+    console.print(f"{result.metric_label} of the trained model on the validation set: {result.metric:.4g} ({way} is "
+                  "better; the same set chose the LR and the epochs, so a held-out test set will read a little worse)",
+                  highlight=False)
     console.print(f"plan:   {result.plan_path}\nmodel:  {result.model_path}\nrecord: {result.record_path}"
                   + (f"\nreport: {result.report_path}" if result.report_path.exists() else ""),
                   soft_wrap=True, highlight=False)
