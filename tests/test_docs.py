@@ -18,12 +18,18 @@ BLOCK = re.compile(r'^```python title="([\w.-]+\.py)"\n(.*?)^```$', re.S | re.M)
 
 
 def programs() -> list[tuple[str, str, str]]:
-    return [(page.name, name, body) for page in PAGES for name, body in BLOCK.findall(page.read_text())]
+    """Each distinct program once (the README shows two of the trainers page's), with the first page it is on."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for page in PAGES:
+        for name, body in BLOCK.findall(page.read_text()):
+            seen.setdefault(body, (page.name, name, body))
+    return list(seen.values())
 
 
-def test_the_trainers_programs_are_there():
+def test_the_trainers_programs_are_there_and_the_readme_s_are_the_docs_own():
     named = {name for _, name, _ in programs()}
     assert {"hf_quickstart.py", "lightning_quickstart.py", "make_trainer_task.py"} <= named
+    assert len([p for p in programs() if p[1] == "hf_quickstart.py"]) == 1  # one program, shown twice
 
 
 @pytest.mark.parametrize(("page", "name", "body"), programs(), ids=lambda v: v if v.endswith((".py", ".md")) else "")
