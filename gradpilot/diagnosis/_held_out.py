@@ -147,6 +147,22 @@ def _warming(history: History, steps: np.ndarray, low: int) -> bool:
     return len(finite) > 0 and low == int(finite[0]) and _lr_rose(history, float(steps[low]), float(steps[-1]))
 
 
+def _worsening(v: Series) -> tuple[np.ndarray, np.ndarray, int, float] | None:
+    """The finite evaluations, their steps, the low's position and the rise above it, where the validation loss
+    worsened steadily from its low (see ``validation_worsened``); else None."""
+    keep = np.isfinite(v.values)
+    y, steps = v.values[keep], v.steps[keep]
+    if len(y) < MIN_EVALUATIONS or (y <= 0).any() or swing(y) >= WORSENED_SWING:
+        return None  # a validation loss that swings up and down is the oscillation detector's to name
+    s = smooth3(y)
+    low = int(np.argmin(s))
+    rise = float((s[-1] - s[low]) / s[low])
+    enough = OVERFIT_RISE if low == 0 else STRONG_RISE  # a validation never better than at its first is never healthy
+    if rise < enough or low > LATE_LOW * (len(y) - 1) or rising_share(y[low:]) < STEADY_RISE:
+        return None
+    return y, steps, low, rise
+
+
 def validation_worsened(history: History, shape: RunShape) -> list[Finding]:
     """A validation loss that ended ``STRONG_RISE`` or more above its low — from its very first evaluation, or
     after one not in the last quarter — across at least ``MIN_EVALUATIONS`` evaluations, while the logged metric
@@ -154,21 +170,13 @@ def validation_worsened(history: History, shape: RunShape) -> list[Finding]:
     "healthy"; stop at the low. Rising from the first evaluation while the LR still rose (a warmup) hints at a
     too-high LR."""
     v = history.val_loss
-    if v is None or shape.diverged:
+    found = None if v is None or shape.diverged else _worsening(v)
+    if v is None or found is None:
         return []
-    keep = np.isfinite(v.values)
-    y, steps = v.values[keep], v.steps[keep]
-    if len(y) < MIN_EVALUATIONS or (y <= 0).any() or swing(y) >= WORSENED_SWING:
-        return []  # a validation loss that swings up and down is the oscillation detector's to name
-    s = smooth3(y)
-    low = int(np.argmin(s))
-    rise = (s[-1] - s[low]) / s[low]
-    enough = OVERFIT_RISE if low == 0 else STRONG_RISE  # a validation never better than at its first is never healthy
-    if rise < enough or low > LATE_LOW * (len(y) - 1) or rising_share(y[low:]) < STEADY_RISE:
-        return []
+    y, steps, low, rise = found
     if metric_later(history, float(steps[low])) is not None:
         return []  # the metric kept improving: detect_metric_disagrees says so
-    i = int(np.flatnonzero(keep)[low])
+    i = int(np.flatnonzero(np.isfinite(v.values))[low])
     where, remedy, stop = stop_at(history, shape, i)
     warming = low == 0 and _lr_rose(history, float(steps[0]), float(steps[-1]))
     evidence = (f"validation loss was lowest ({y[low]:.4g}) at {where} and ended at {y[-1]:.4g}, {rise:.0%} above "

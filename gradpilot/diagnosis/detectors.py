@@ -312,11 +312,15 @@ def _one_direction(findings: list[Finding]) -> list[Finding]:
     ways = {f.lr for f in findings if f.lr is not None}
     if ways != {"lower", "raise"}:
         return findings
-    if any(f.lr == "lower" and f.sure for f in findings):
-        return [_without_lr(f, f.advice.split(", or ")[-1]) if f.lr == "raise" else f for f in findings]
-    if any(f.lr == "raise" and f.sure for f in findings):
-        return [_without_lr(f, _BOTH_WAYS) if f.lr == "lower" else f for f in findings]
-    return [_without_lr(f, _BOTH_WAYS) if f.lr is not None else f for f in findings]
+    sure = {f.lr for f in findings if f.lr is not None and f.sure}
+    keep = "lower" if "lower" in sure else "raise" if "raise" in sure else None  # the sure way wins
+    return [f if f.lr is None or f.lr == keep else _without_lr(f, _advice_without_lr(f, keep)) for f in findings]
+
+
+def _advice_without_lr(finding: Finding, kept: str | None) -> str:
+    """What a finding whose LR remedy is dropped still says: its other advice where a sure sign lowers the LR,
+    else that the log points both ways."""
+    return finding.advice.split(", or ")[-1] if kept == "lower" else _BOTH_WAYS
 
 
 _BOTH_WAYS = ("the signs in this log point the learning rate both ways, so it says neither: measure it from a "

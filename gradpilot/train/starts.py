@@ -212,14 +212,22 @@ def fitted(weights: dict[str, torch.Tensor], model: nn.Module, path: Path) -> di
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     prefix = _prefix(weights, {k: v for k, v in wanted.items() if k not in frozen})
     keyed = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-    missing = [k for k in wanted if k not in keyed and k not in frozen]
-    shapes = [k for k in wanted if k in keyed and tuple(keyed[k].shape) != tuple(wanted[k].shape)]
-    if missing or shapes:
-        what = f"{len(missing)} of its tensors are missing (e.g. {missing[0]!r})" if missing else (
-            f"{shapes[0]!r} has shape {tuple(keyed[shapes[0]].shape)}, not {tuple(wanted[shapes[0]].shape)}")
-        raise GradpilotError(f"{path} does not match the task's model: {what}; give the task file the run was "
+    mismatch = _mismatch(keyed, wanted, frozen)
+    if mismatch:
+        raise GradpilotError(f"{path} does not match the task's model: {mismatch}; give the task file the run was "
                              "trained with")
     return {k: keyed[k] for k in wanted if k in keyed}
+
+
+def _mismatch(keyed: dict[str, torch.Tensor], wanted: dict[str, torch.Tensor], frozen: set[str]) -> str:
+    """What keeps a checkpoint's tensors off the model, in words ("" where they fit)."""
+    missing = [k for k in wanted if k not in keyed and k not in frozen]
+    if missing:
+        return f"{len(missing)} of its tensors are missing (e.g. {missing[0]!r})"
+    shapes = [k for k in wanted if k in keyed and tuple(keyed[k].shape) != tuple(wanted[k].shape)]
+    if shapes:
+        return f"{shapes[0]!r} has shape {tuple(keyed[shapes[0]].shape)}, not {tuple(wanted[shapes[0]].shape)}"
+    return ""
 
 
 def _prefix(weights: dict[str, torch.Tensor], wanted: dict[str, torch.Tensor]) -> str:
