@@ -734,3 +734,33 @@ def test_a_metric_declared_the_wrong_way_round_is_warned_of(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         tune(small_task(), budget=1.5, out_dir=tmp_path / "right")  # the right way round: no word of it
+
+
+def test_the_search_leaves_its_bracket_where_its_lowest_lr_wins(tmp_path):
+    """A winner at the edge of the LRs tried says the best lies past it: the reserve half a decade beyond races
+    too. Here the validation labels are the training labels shifted, so the less a run learns the better it
+    scores: the lowest LR of the grid wins the first rung, and the reserve below it runs and wins."""
+    import warnings
+
+    from gradpilot.tuning.halving import Candidate, Plan
+
+    plan = Plan((Candidate(1e-3, 32), Candidate(1e-2, 32), Candidate(1e-4, 32), Candidate(1e-4 / 10**0.5, 32)),
+                (100,), 0.2, 10**6, ((2, 3),))
+    assert plan.first() == [0, 1, 2]
+    assert plan.beyond({0: 0.5, 1: 0.4, 2: 0.7}, higher_is_better=True) == [3]  # the lowest LR won: go past it
+    assert plan.beyond({0: 0.9, 1: 0.4, 2: 0.7}, higher_is_better=True) == []  # a winner inside the bracket
+    assert plan.beyond({0: float("nan")}, higher_is_better=True) == []
+    assert Plan.read(plan.note()) == plan
+    task = small_task()
+    x, y = spirals(256, seed=1).tensors
+    shifted = torch.utils.data.TensorDataset(x, (y + 1) % 3)  # learning the task makes it worse here
+    task = Task(**{**task.__dict__, "val_data": shifted})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = tune(task, budget=3, out_dir=tmp_path)
+    search = next(s for s in result.stages if s.name == "lr_search")
+    trials = search.evidence.trials
+    lowest_planned = sorted(t.lr for t in trials)[1]  # the grid's lowest; below it, the reserve
+    reserve = min(trials, key=lambda t: t.lr)
+    assert reserve.lr == pytest.approx(lowest_planned / 10**0.5) and reserve.scores  # it raced
+    assert search.decision.learning_rate <= lowest_planned  # the plan is not held inside the first bracket

@@ -38,6 +38,7 @@ MAX_SEARCH_SHARE = 0.5  # no candidate trains more than half a run in the search
 TIMING_STEPS = 2  # the fewest steps the clock times (after a first one, which warms caches up and is not counted)
 TIMING_S = 0.1  # it times more, while they take less than this together
 TIMING_SHARE = 0.05  # and are under this share of a run
+COUNTED_TIMING_STEPS = 8  # under a budget in runs, the clock times this many (a count: the same at any load)
 
 
 VALIDATION_SHARE = 1 / 3  # a validated item costs this share of a trained one: the forward of forward + backward

@@ -72,16 +72,34 @@ class Plan:
     rungs: tuple[int, ...]
     cooldown: float
     allowance: int
+    edges: tuple[tuple[int, int], ...] = ()  # (an edge candidate, the reserve beyond it): run where the edge wins
 
     def note(self) -> dict[str, Any]:
         """The plan as the first worker writes it for the others (JSON)."""
         return {"candidates": [[c.lr, c.micro_batch, c.accumulation, c.warmup_steps] for c in self.candidates],
-                "rungs": list(self.rungs), "cooldown": self.cooldown, "allowance": self.allowance}
+                "rungs": list(self.rungs), "cooldown": self.cooldown, "allowance": self.allowance,
+                "edges": [list(e) for e in self.edges]}
 
     @staticmethod
     def read(note: dict[str, Any]) -> Plan:
         cands = tuple(Candidate(float(lr), int(m), int(k), int(w)) for lr, m, k, w in note["candidates"])
-        return Plan(cands, tuple(int(r) for r in note["rungs"]), float(note["cooldown"]), int(note["allowance"]))
+        edges = tuple((int(e), int(r)) for e, r in note.get("edges", ()))
+        return Plan(cands, tuple(int(r) for r in note["rungs"]), float(note["cooldown"]), int(note["allowance"]),
+                    edges)
+
+    def first(self) -> list[int]:
+        """The candidates the first rung races: all but the reserves."""
+        held = {r for _, r in self.edges}
+        return [i for i in range(len(self.candidates)) if i not in held]
+
+    def beyond(self, scores: dict[int, float], higher_is_better: bool) -> list[int]:
+        """The search leaves its bracket: where the first rung's best (``scores``: candidate → score) is an LR at
+        the edge of those tried, the reserve half a decade past it races too."""
+        finite = {i: v for i, v in scores.items() if not math.isnan(v)}
+        if not finite:
+            return []
+        best = min(finite, key=lambda i: sort_key(higher_is_better)(finite[i]))
+        return [r for e, r in self.edges if e == best]
 
     def steps(self, index: int, k: int) -> tuple[int, int]:
         """Candidate ``index``'s optimizer steps at rung ``k``, and the cooldown it is scored after."""
@@ -159,17 +177,28 @@ class Halving:
         study = self.study()
         for k in range(len(plan.rungs)):
             if self.backend is not None:
-                alive = list(range(len(plan.candidates))) if k == 0 else self.halve(study, plan, k - 1)
+                alive = plan.first() if k == 0 else self.halve(study, plan, k - 1)
                 self._elsewhere(self.backend, study, plan, k, alive)
+                if k == 0 and plan.edges:
+                    self._elsewhere(self.backend, study, plan, 0, self._beyond(study, plan))
             else:
                 self._rung(study, plan, k)
+                if k == 0 and plan.edges:
+                    self._rung(study, plan, 0, edge=True)
 
-    def _rung(self, study: optuna.Study, plan: Plan, k: int) -> None:
-        """This worker's part in rung ``k``: fill its queue if first there (with every candidate, or the rung
-        before's promoted), then take its jobs until none is left."""
-        queue = Queue(self.storage, f"{self.prefix}:lr_search:rung-{k}")
+    def _beyond(self, study: optuna.Study, plan: Plan) -> list[int]:
+        rung = plan.rungs[0]
+        scores = {int(t.user_attrs["index"]): t.intermediate_values[rung] for t in study.get_trials(deepcopy=False)
+                  if rung in t.intermediate_values and int(t.user_attrs["index"]) in plan.first()}
+        return plan.beyond(scores, self.task.higher_is_better)
+
+    def _rung(self, study: optuna.Study, plan: Plan, k: int, *, edge: bool = False) -> None:
+        """This worker's part in rung ``k``: fill its queue if first there (with every candidate, the rung
+        before's promoted, or — ``edge`` — the reserve past the first rung's best), then take its jobs until none
+        is left."""
+        queue = Queue(self.storage, f"{self.prefix}:lr_search:rung-{k}" + ("-edge" if edge else ""))
         if queue.claim_filling():
-            alive = range(len(plan.candidates)) if k == 0 else self.halve(study, plan, k - 1)
+            alive = self._beyond(study, plan) if edge else plan.first() if k == 0 else self.halve(study, plan, k - 1)
             queue.fill([{"index": i} for i in alive])
         queue.work(functools.partial(self._rung_job, study, plan, k), self.wait)
 

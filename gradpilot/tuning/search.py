@@ -14,6 +14,7 @@ annealed away. So each rung is scored after a brief cooldown — a branch that d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -153,23 +154,51 @@ def _plan_note(now: SoFar) -> dict[str, Any]:
     counts = [5] + [3] * (len(_splits(now)) - 1)
     for plan in (trunk, budget.TrunkPlan(trunk.epochs[-1:], trunk.steps_per_epoch, trunk.decay_share)):
         for count in budget.search_candidates(counts):
-            cands = _candidates(now, count)
-            for rungs in sorted({budget.rung_count(count), 1}, reverse=True):  # a final between two, else none
-                r0 = budget.rung0(now.purse(), [c.batch for c in cands], cooldown, plan, run_items=ctx.run_items,
-                                  reuse=not ctx.fixed.fresh, rungs=rungs)
-                if r0 is not None:
-                    return _note(cands, r0, rungs, cooldown, plan, ctx.fixed.fresh)
+            for cands, edges in _with_and_without_reserves(now, _candidates(now, count)):
+                batches = [c.batch for c in cands[: len(cands) - len(edges)]]
+                batches += [cands[-1].batch] if edges else []  # one reserve at most runs
+                for rungs in sorted({budget.rung_count(count), 1}, reverse=True):  # a final between two, else none
+                    r0 = budget.rung0(now.purse(), batches, cooldown, plan, run_items=ctx.run_items,
+                                      reuse=not ctx.fixed.fresh, rungs=rungs)
+                    if r0 is not None:
+                        return _note(Plan(tuple(cands), (r0,), cooldown, 0, edges), batches, rungs, plan,
+                                     ctx.fixed.fresh)
     return {"skipped": "budget", "trunk": list(trunk.epochs)}
 
 
-def _note(cands: list[Candidate], r0: int, count: int, cooldown: float, trunk: budget.TrunkPlan,
-          fresh: bool) -> dict[str, Any]:
-    """The plan's note, the warmups held to half the first rung (a run is scored after its warmup)."""
+def _with_and_without_reserves(now: SoFar, cands: list[Candidate]
+                               ) -> list[tuple[list[Candidate], tuple[tuple[int, int], ...]]]:
+    """The candidates with their reserves, then without (where the budget cannot pay for a reserve)."""
+    more, edges = _reserves(now, cands)
+    return [(more, edges), (cands, ())] if edges else [(cands, ())]
+
+
+def _reserves(now: SoFar, cands: list[Candidate]) -> tuple[list[Candidate], tuple[tuple[int, int], ...]]:
+    """The candidates, and a reserve half a decade past each edge of the first batch's LRs (the top one only
+    below where the range test's loss broke): it races only where the first rung's best is that edge — the search
+    leaves its bracket; one reserve at most runs, and the plan pays for it."""
+    first = [i for i, c in enumerate(cands) if (c.micro_batch, c.accumulation) == _splits(now)[0]]
+    if len(first) < 3:
+        return cands, ()
+    low, high = min(first, key=lambda i: cands[i].lr), max(first, key=lambda i: cands[i].lr)
+    ceiling = _scaled(now, cands[high].batch) / _range(now).suggestion * _range(now).high  # where the curve broke
+    past = [(low, dataclasses.replace(cands[low], lr=cands[low].lr / math.sqrt(10)))]
+    if cands[high].lr * math.sqrt(10) <= ceiling * 1.0001:  # never past the LR the range test saw diverge
+        past.append((high, dataclasses.replace(cands[high], lr=cands[high].lr * math.sqrt(10))))
+    return cands + [c for _, c in past], tuple((edge, len(cands) + j) for j, (edge, _) in enumerate(past))
+
+
+def _note(plan: Plan, batches: list[int], count: int, trunk: budget.TrunkPlan, fresh: bool) -> dict[str, Any]:
+    """The plan's note (``plan``'s first rung ``r0``, ``count`` rungs; ``batches``: what the search may train,
+    a reserve included), the warmups held to half the first rung (a run is scored after its warmup)."""
+    r0, cooldown = plan.rungs[0], plan.cooldown
     rungs = tuple(r0 * budget.ETA**k for k in range(count))
-    cands = [Candidate(c.lr, c.micro_batch, c.accumulation, min(c.warmup_steps, r0 // c.batch // 2)) for c in cands]
-    cost = budget.search_cost(r0, [c.batch for c in cands], cooldown, count)
-    reached = trunk.reachable(0 if fresh else cost.winner_items // max(c.batch for c in cands))
-    return {**Plan(tuple(cands), rungs, cooldown, cost.items).note(), "trunk": list(reached.epochs), "fresh": fresh}
+    cands = [Candidate(c.lr, c.micro_batch, c.accumulation, min(c.warmup_steps, r0 // c.batch // 2))
+             for c in plan.candidates]
+    cost = budget.search_cost(r0, batches, cooldown, count)
+    reached = trunk.reachable(0 if fresh else cost.winner_items // max(batches))
+    note = Plan(tuple(cands), rungs, cooldown, cost.items, plan.edges).note()
+    return {**note, "trunk": list(reached.epochs), "fresh": fresh}
 
 
 def _trunk(now: SoFar) -> budget.TrunkPlan:

@@ -71,7 +71,7 @@ def clock(now: SoFar) -> Stage:
     start = run.evaluate()
     run.advance(1)
     one = _timed(run, 2)
-    more, steps = _longer_call(ctx, run, one)
+    more, steps = _longer_call(ctx, run, one, counted=now.counted)
     step = max(1e-9, (more - one) / max(1, steps - 1))
     item, validation = budget.fixed_clock() or (step / batch, run.cost.validation)
     call = 0.0 if budget.fixed_clock() else max(0.0, one - step)
@@ -95,11 +95,16 @@ def clock(now: SoFar) -> Stage:
     return Stage("clock", measured, why, seen, spent=run.cost)
 
 
-def _longer_call(ctx: Context, run: Run, one: float) -> tuple[float, int]:
+def _longer_call(ctx: Context, run: Run, one: float, *, counted: bool = False) -> tuple[float, int]:
     """A call of more steps than the first, timed: at least TIMING_STEPS, and four times as many again while its
     steps do not stand out of a call's own cost (they take less than the one-step call did), up to TIMING_SHARE
-    of a run (or TIMING_S of steps where a step is quick). Its seconds and its steps."""
+    of a run (or TIMING_S of steps where a step is quick). Its seconds and its steps. Where the budget is
+    counted, a fixed ``COUNTED_TIMING_STEPS`` (within TIMING_SHARE): the items tune spends never hang on the
+    machine's speed."""
     most = max(budget.TIMING_STEPS, math.ceil(budget.TIMING_SHARE * ctx.run_items / ctx.task.batch))
+    if counted:
+        steps = min(most, budget.COUNTED_TIMING_STEPS)
+        return _timed(run, run.steps + steps), steps
     steps = min(most, max(budget.TIMING_STEPS, math.ceil(budget.TIMING_S / max(one, 1e-9))))
     while True:
         more = _timed(run, run.steps + steps)
