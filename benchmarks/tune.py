@@ -53,7 +53,7 @@ def tuned(bt: lr_tasks.BenchTask, budget: float, seed: int) -> dict[str, Any]:
         wall = time.perf_counter() - start
         peak = json.loads((Path(out) / "tune.json").read_text())["peak_disk_bytes"]
     stages = {s.name: {"seconds": round(s.seconds, 3), "training": round(s.spent.training, 3),
-                       "evaluation": round(s.spent.evaluation, 3), "io": round(s.spent.io, 3),
+                       "validation": round(s.spent.validation, 3), "io": round(s.spent.io, 3),
                        "other": round(s.spent.other, 3)} for s in r.stages}
     return {"metric": r.metric, "seconds": wall, "plan": r.plan, "spent": r.spent, "stages": stages,
             "clock_run_seconds": r.run_seconds, "peak_disk_bytes": peak}

@@ -16,7 +16,7 @@ import torch
 from gradpilot import Task, fit
 from gradpilot.train.batches import compute_loss, to_device
 from gradpilot.train.evaluation import evaluate
-from gradpilot.train.run import LocalRun, Setting
+from gradpilot.train.run import Setting, local_run
 from gradpilot.train.state import model_state
 
 
@@ -116,7 +116,7 @@ def optuna_study(bt: lr_tasks.BenchTask, seed: int, seconds: float, lrs: list[fl
 
     def objective(trial: optuna.Trial) -> float:
         made = as_written(bt, seed)
-        run = LocalRun(made, Setting(trial.suggest_float("lr", min(lrs), max(lrs), log=True), made.batch_size),
+        run = local_run(made, Setting(trial.suggest_float("lr", min(lrs), max(lrs), log=True), made.batch_size),
                        seed=seed + trial.number, weights=model_state(made.model))
         value = math.nan
         for epoch in range(1, epochs + 1):
@@ -143,7 +143,7 @@ def checkpoint_bytes(bt: lr_tasks.BenchTask) -> int:
     from pathlib import Path
 
     task = as_written(bt, 0)
-    run = LocalRun(task, Setting(task.lr, task.batch_size), seed=0, weights=model_state(task.model))
+    run = local_run(task, Setting(task.lr, task.batch_size), seed=0, weights=model_state(task.model))
     run.advance(1)  # the optimizer's state exists once it has stepped
     with tempfile.TemporaryDirectory() as folder:
         run.save(Path(folder) / "run.pt")
