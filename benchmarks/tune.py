@@ -7,13 +7,20 @@ it cost, as a multiple of one run of the task measured in the same process just 
     tune@B    gradpilot.tune at budgets 1.5, 2 and 3 (runs of wall time); the metric of the model it trained
     prodigy   Prodigy at lr=1 with cosine annealing (its README's advice), one run
     sfree     AdamWScheduleFree at its default lr with 5% warmup, evaluated in eval mode, one run
+    sf-algoperf  AdamWScheduleFree with the self-tuning AlgoPerf recipe the schedulefree package ships (lr 0.0025,
+              beta2 0.9955, weight decay 0.081, 2% warmup, r 0.75, weight power 2), one run
+    sfplus    ScheduleFree+ (benchmarks/schedulefree_plus.py: written from the paper's equations), one run
     optuna    a study a user would hand-wire: TPE over log-LR in the grid's range, HyperbandPruner on epochs,
               stopped after tune@2's wall time; the best trial's metric
 
 Regret is the relative gap to the grid's best: (best - x) / |best| when higher is better (negative: x beats the
 grid). Every method runs on seeds 0 and 1 (the task's seed and the method's); the table shows their mean.
 
-    python benchmarks/tune.py [--tasks a,b] [--skip-minilm] [--seeds 0,1] [--out benchmarks/results/tune.json]
+    python benchmarks/tune.py [--tasks a,b | --late] [--skip-minilm] [--seeds 0,1] [--threads 1]
+                              [--out benchmarks/results/tune.json]
+
+--late runs the five tasks written after tune's rules (benchmarks/lr_tasks_late.py) instead. The seeds' spread is
+in the last table (the largest gap between the two seeds' regrets, per method).
 
 Results are cached per task in --out: a second call runs only the tasks not there yet.
 """
@@ -42,7 +49,8 @@ from gradpilot.tuning import tune
 CHOSEN = ("spirals-mlp-adamw", "digits-cnn-sgdm", "friedman-mlp-sgd", "count-gru-rmsprop", "max-transformer-adamw",
           "charlm-lstm-adam", "moons-mlp-nesterov", "regression-mlp-nadam", "minilm-finetune-adamw")
 BUDGETS = (1.5, 2.0, 3.0)
-METHODS = ("grid", "cosine", *(f"tune@{b:g}" for b in BUDGETS), "prodigy", "sfree", "optuna")
+LR_FREE = ("prodigy", "sfree", "sf-algoperf", "sfplus")
+METHODS = ("grid", "cosine", *(f"tune@{b:g}" for b in BUDGETS), *LR_FREE, "optuna")
 
 
 def tuned(bt: lr_tasks.BenchTask, budget: float, seed: int) -> dict[str, Any]:
@@ -70,8 +78,8 @@ def bench(bt: lr_tasks.BenchTask, seeds: list[int]) -> dict[str, Any]:
     rows["cosine"] = [base.cosine_grid(bt, seeds, grid["best_lr"])]
     for b in BUDGETS:
         rows[f"tune@{b:g}"] = [tuned(bt, b, s) for s in seeds]
-    rows["prodigy"] = [base.lr_free(bt, "prodigy", s) for s in seeds]
-    rows["sfree"] = [base.lr_free(bt, "sfree", s) for s in seeds]
+    for kind in LR_FREE:
+        rows[kind] = [base.lr_free(bt, kind, s) for s in seeds]
     wall = statistics.fmean(r["seconds"] for r in rows["tune@2"])
     rows["optuna"] = [base.optuna_study(bt, s, wall, grid["lrs"]) for s in seeds]
     summary = {}
@@ -100,7 +108,7 @@ def print_tables(results: list[dict[str, Any]]) -> None:
     Console(width=300).print(table)
     summary = Table(title="regret against the best constant LR of the grid (mean of 2 seeds per task)")
     for col in ("method", "mean", "median", "worst", "at or above the grid (≤ 0.005)", "wall time (runs): mean",
-                "worst on runs ≥ 5 s"):
+                "worst on runs ≥ 5 s", "seed spread (mean max−min regret)"):
         summary.add_column(col, justify="right")
     for m in METHODS:
         regrets = [r["summary"][m]["regret"] for r in results]
@@ -108,9 +116,19 @@ def print_tables(results: list[dict[str, Any]]) -> None:
         long = [r["summary"][m]["cost"] for r in results if r["run_seconds"] >= 5] or [math.nan]
         summary.add_row(m, f"{statistics.fmean(regrets):.3f}", f"{statistics.median(regrets):.3f}",
                         f"{max(regrets):.3f}", f"{sum(x <= 0.005 for x in regrets)}/{len(regrets)}",
-                        f"{statistics.fmean(costs):.2f}", f"{max(long):.2f}")
+                        f"{statistics.fmean(costs):.2f}", f"{max(long):.2f}", f"{_spread(results, m):.3f}")
     Console(width=200).print(summary)
     print_breakdown(results)
+
+
+def _spread(results: list[dict[str, Any]], method: str) -> float:
+    """The mean over tasks of the gap between the best and the worst seed's regret (0 for the grid: one mean)."""
+    gaps = []
+    for r in results:
+        best, higher = r["grid"]["best"], r["higher_is_better"]
+        regrets = [base.regret(x["metric"], best, higher) for x in r["rows"][method]]
+        gaps.append(max(regrets) - min(regrets))
+    return statistics.fmean(gaps)
 
 
 def print_breakdown(results: list[dict[str, Any]]) -> None:
@@ -137,10 +155,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", default=",".join(CHOSEN))
     parser.add_argument("--skip-minilm", action="store_true")
+    parser.add_argument("--late", action="store_true", help="the five tasks written after tune's rules")
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the issue's figures: one)")
     parser.add_argument("--out", default="benchmarks/results/tune.json")
     args = parser.parse_args()
-    names = [n for n in args.tasks.split(",") if not (args.skip_minilm and n.startswith("minilm"))]
+    torch.set_num_threads(args.threads)
+    tasks = ",".join(bt.name for bt in lr_corpus.TASKS if bt.held_out) if args.late else args.tasks
+    names = [n for n in tasks.split(",") if not (args.skip_minilm and n.startswith("minilm"))]
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -155,5 +177,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
     main()

@@ -65,36 +65,51 @@ def cosine_grid(bt: lr_tasks.BenchTask, seeds: list[int], center: float) -> dict
     return {"metric": means[best], "lr": best, "seconds": sum(r["seconds"] for rs in runs.values() for r in rs)}
 
 
-def lr_free(bt: lr_tasks.BenchTask, kind: str, seed: int) -> dict[str, Any]:
-    """One run of an LR-free optimizer, as its README recommends."""
-    task = as_written(bt, seed)
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    model, loader = task.model, task.train_loader(seed)
-    total = len(loader) * task.epochs
-    decay = float(task.optimizer_kwargs.get("weight_decay", 0.0))
-    params = [p for p in model.parameters() if p.requires_grad]
-    sched = None
+def _lr_free_optimizer(kind: str, params: list[torch.nn.Parameter], total: int, decay: float) -> tuple[Any, Any]:
+    """The optimizer (and scheduler) of an LR-free row, as its authors recommend it."""
     if kind == "prodigy":
         from prodigyopt import Prodigy
 
         opt: Any = Prodigy(params, lr=1.0, weight_decay=decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    else:
-        from schedulefree import AdamWScheduleFree
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if kind == "sfplus":
+        from schedulefree_plus import ScheduleFreePlus
 
-        opt = AdamWScheduleFree(params, weight_decay=decay, warmup_steps=max(1, total // 20))
+        warm = max(1, total // 20)
+        return ScheduleFreePlus(params, warmup_steps=warm, anneal_steps=total // 2, weight_decay=decay), None
+    from schedulefree import AdamWScheduleFree
+
+    if kind == "sf-algoperf":  # the self-tuning recipe schedulefree ships for AlgoPerf (algoperf/self_tuning)
+        return AdamWScheduleFree(params, lr=0.0025, betas=(0.9, 0.9955159689799007), weight_decay=0.08121616522670176,
+                                 warmup_steps=max(1, round(0.02 * total)), r=0.75, weight_lr_power=2.0), None
+    return AdamWScheduleFree(params, weight_decay=decay, warmup_steps=max(1, total // 20)), None
+
+
+SCHEDULE_FREE = ("sfree", "sf-algoperf", "sfplus")
+
+
+def lr_free(bt: lr_tasks.BenchTask, kind: str, seed: int) -> dict[str, Any]:
+    """One run of an LR-free optimizer (prodigy, sfree, sf-algoperf, sfplus), as its authors recommend it; the
+    schedule-free ones are validated at their average (eval mode)."""
+    task = as_written(bt, seed)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    model, loader = task.model, task.train_loader(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, sched = _lr_free_optimizer(kind, params, len(loader) * task.epochs,
+                                    float(task.optimizer_kwargs.get("weight_decay", 0.0)))
     for _ in range(task.epochs):
         model.train()
-        if kind == "sfree":
+        if kind in SCHEDULE_FREE:
             opt.train()
         for batch in loader:
             opt.zero_grad()
-            compute_loss(model, to_device(batch, torch.device("cpu")), task.loss_fn, None).backward()
-            opt.step()
+            loss = compute_loss(model, to_device(batch, torch.device("cpu")), task.loss_fn, None)
+            loss.backward()
+            opt.step(loss.item()) if kind == "sfplus" else opt.step()
             if sched is not None:
                 sched.step()
-        if kind == "sfree":
+        if kind in SCHEDULE_FREE:
             opt.eval()
         evaluate(model, task.val_loader(), task.loss_fn, task.metric)  # the run as written validates each epoch
     return {"metric": evaluate(model, task.val_loader(), task.loss_fn, task.metric),

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from gradpilot.cli.logs import run as cli
-from gradpilot.diagnosis.watch import FailOn, Watcher, follow, stopper
+from gradpilot.diagnosis.findings import FailOn
+from gradpilot.diagnosis.watch import Watcher, follow, stopper
 from gradpilot.errors import GradpilotError
 
 HEALTHY = [2.0 * math.exp(-s / 40) + 0.2 + 0.01 * math.sin(s) for s in range(200)]

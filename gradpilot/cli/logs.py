@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 from gradpilot.errors import GradpilotError, describe
 
 if TYPE_CHECKING:
-    from gradpilot.diagnosis.findings import Diagnosis
+    from gradpilot.diagnosis.findings import Diagnosis, FailOn
     from gradpilot.diagnosis.history import History
-    from gradpilot.diagnosis.watch import FailOn, Seen
+    from gradpilot.diagnosis.watch import Seen
 
 FAIL_ON_HELP = ("what fails the run (exit 1): 'sure' problems (default), 'any' finding, or kinds, e.g. "
                 "nan,divergence")
@@ -91,7 +91,7 @@ def _shared(parser: argparse.ArgumentParser) -> None:
 
 
 def _fail_on(text: str) -> FailOn:
-    from gradpilot.diagnosis.watch import FailOn
+    from gradpilot.diagnosis.findings import FailOn
 
     return FailOn.parse(text)
 

@@ -14,6 +14,7 @@ import numpy as np
 from gradpilot.diagnosis._run_shape import MIN_EVALUATIONS, RunShape, Thresholds, point_noise, swing
 from gradpilot.diagnosis.findings import Finding, lr_remedy
 from gradpilot.diagnosis.history import History, Series
+from gradpilot.diagnosis.signal import median
 
 OVERFIT_RISE = 0.1  # validation loss this share above its low, at the end
 LATE_LOW = 0.75  # a low in the last quarter of the evaluations is too recent to call a rise
@@ -105,7 +106,7 @@ def metric_later(history: History, at_step: float) -> tuple[int, int] | None:
     if not len(later) or not np.isfinite(values[at]):
         return None
     best = int(later[np.argmax(values[later])])
-    level = float(np.median(np.abs(m.values[np.isfinite(m.values)])))
+    level = float(median(np.abs(m.values[np.isfinite(m.values)])))
     gain = float(values[best] - values[at])
     return (at, best) if gain > max(METRIC_NOISE * point_noise(m.values), 0.005 * level) else None
 
@@ -227,7 +228,7 @@ def validation_blew_up(history: History) -> tuple[str, float, float] | None:
     y = v.values[np.isfinite(v.values)]
     if len(y) < MIN_EVALUATIONS or (y <= 0).any():
         return None
-    typical = float(np.exp(np.median(np.abs(np.diff(np.log(y))))))
+    typical = float(np.exp(median(np.abs(np.diff(np.log(y))))))
     if typical < WILD_SWING or y[-1] < y[0]:
         return None
     evidence = (f"validation loss jumped about {typical:.1f}× between typical evaluations, between {y.min():.4g} "
@@ -235,10 +236,10 @@ def validation_blew_up(history: History) -> tuple[str, float, float] | None:
                 "descending")
     m = history.val_metric
     if m is not None and len(m) >= MIN_EVALUATIONS:
-        share = float(np.mean(m.values == np.median(m.values)))
+        share = float(np.mean(m.values == median(m.values)))
         if share >= 0.5:
             name = history.metric_name or "the metric"
-            evidence += f"; {name} sat at {np.median(m.values):.4g} in {share:.0%} of them"
+            evidence += f"; {name} sat at {median(m.values):.4g} in {share:.0%} of them"
     return evidence, float(v.steps[0]), float(v.steps[-1])
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from gradpilot.diagnosis.history import History
-from gradpilot.diagnosis.signal import centred_smooth, robust_noise
+from gradpilot.diagnosis.signal import centred_smooth, median, robust_noise
 
 MIN_POINTS = 8  # logged training losses needed to judge a curve's shape
 
@@ -72,7 +72,7 @@ class Curve:
         y, n = self.raw, len(self.raw)
         half = max(3, n // 20) // 2
         centres = {(n - 1) // 2, n // 2}  # the middle point, or the two around the middle
-        middle = float(np.mean([np.median(y[max(0, c - half): c + half + 1]) for c in centres]))
+        middle = float(np.mean([median(y[max(0, c - half): c + half + 1]) for c in centres]))
         share = (middle - self.end) / max(self.start - self.end, 1e-12)
         return float(np.clip(share, -1.0, 1.5))  # a loss that never fell has no meaningful share: keep it bounded
 
@@ -114,7 +114,7 @@ def curve(values: np.ndarray, steps: np.ndarray) -> Curve | None:
     s = centred_smooth(y, max(2.0, n / 40))
     edge = max(3, n // 20)
     low_i = int(np.argmin(s))
-    return Curve(x, y, s, robust_noise(y, s), float(np.median(y[:edge])), float(np.median(y[-edge:])),
+    return Curve(x, y, s, robust_noise(y, s), float(median(y[:edge])), float(median(y[-edge:])),
                   float(s[low_i]), float(x[low_i]))
 
 
@@ -147,7 +147,7 @@ def point_noise(values: np.ndarray) -> float:
     if len(a) < 3:
         return 0.0
     bend = a[1:-1] - (a[:-2] + a[2:]) / 2  # white noise of width s gives bends of width s·√1.5
-    return 1.4826 * float(np.median(np.abs(bend))) / math.sqrt(1.5)
+    return 1.4826 * float(median(np.abs(bend))) / math.sqrt(1.5)
 
 
 def swing(values: np.ndarray) -> float:
@@ -169,7 +169,7 @@ def swinging(history: History, train: Curve | None, th: Thresholds) -> tuple[str
     found = []
     if history.val_metric is not None:
         v = history.val_metric.values
-        level = float(np.median(np.abs(v[np.isfinite(v)]))) if np.isfinite(v).any() else 0.0
+        level = float(median(np.abs(v[np.isfinite(v)]))) if np.isfinite(v).any() else 0.0
         found.append((history.metric_name or "metric", v, level))
     if history.val_loss is not None and train is not None:
         found.append(("loss", history.val_loss.values, train.scale))

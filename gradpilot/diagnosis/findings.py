@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from gradpilot._files import json_safe
 from gradpilot.diagnosis._run_shape import RunShape
+from gradpilot.errors import GradpilotError
 
 KINDS = ("divergence", "nan", "oscillation", "plateau", "slow_convergence", "overfitting", "metric_disagrees",
          "underfitting", "healthy", "insufficient_data")
@@ -76,3 +77,40 @@ def lr_remedy(shape: RunShape, factor: float) -> tuple[dict[str, Any], str]:
         return {}, f"{verb} the learning rate about {max(factor, 1 / factor):.0f}× (the log has no learning rate)"
     new = float(f"{peak * factor:.2g}")
     return {"learning_rate": new}, f"lr {fmt_lr(peak)} → {fmt_lr(new)}"
+
+
+QUIET = frozenset({"healthy", "insufficient_data"})  # kinds that are no trouble
+# kinds that say how the run could do better, not that it went wrong: they fail only under ``any`` or by name
+ADVICE = frozenset({"underfitting", "slow_convergence", "metric_disagrees"})
+
+
+@dataclass(frozen=True)
+class FailOn:
+    """Which findings are trouble enough to fail on (exit 1, stop the job): ``sure`` problems (the default: a
+    hint never fails a run, nor advice such as "train longer"), ``any`` finding, or those of the kinds named
+    (``nan,divergence``)."""
+
+    level: str = "sure"
+    kinds: frozenset[str] = frozenset()
+
+    @staticmethod
+    def parse(text: str) -> FailOn:
+        words = {w.strip() for w in text.split(",") if w.strip()}
+        if words in ({"sure"}, {"any"}):
+            return FailOn(words.pop())
+        unknown = words - (set(KINDS) - QUIET)  # healthy is no trouble to fail on
+        if not words or unknown:
+            raise GradpilotError(f"--fail-on takes 'sure', 'any' or finding kinds separated by commas "
+                                 f"({', '.join(k for k in KINDS if k not in QUIET)}), got {text!r}")
+        return FailOn("kinds", frozenset(words))
+
+    def __call__(self, finding: Finding) -> bool:
+        if finding.kind in QUIET:
+            return False
+        if self.level == "kinds":
+            return finding.kind in self.kinds
+        return self.level == "any" or (finding.sure and finding.kind not in ADVICE)
+
+    def code(self, diagnosis: Diagnosis) -> int:
+        """The exit code a CI reads: 1 where a finding fails, else 0 (healthy, or hints only)."""
+        return 1 if any(self(f) for f in diagnosis.findings) else 0

@@ -8,54 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from gradpilot.diagnosis.detectors import diagnose
-from gradpilot.diagnosis.findings import KINDS, Diagnosis, Finding
+from gradpilot.diagnosis.findings import QUIET, Diagnosis, FailOn, Finding
 from gradpilot.diagnosis.history import History
 from gradpilot.diagnosis.logs import read_log
 from gradpilot.errors import GradpilotError
 
-QUIET = frozenset({"healthy", "insufficient_data"})  # kinds that are no trouble
-# kinds that say how the run could do better, not that it went wrong: they fail only under ``any`` or by name
-ADVICE = frozenset({"underfitting", "slow_convergence", "metric_disagrees"})
 LOG_FILES = ("*.csv", "*.jsonl", "*.json", "events.out.tfevents*")
-
-
-@dataclass(frozen=True)
-class FailOn:
-    """Which findings are trouble enough to fail on (exit 1, stop the job): ``sure`` problems (the default: a
-    hint never fails a run, nor advice such as "train longer"), ``any`` finding, or those of the kinds named
-    (``nan,divergence``)."""
-
-    level: str = "sure"
-    kinds: frozenset[str] = frozenset()
-
-    @staticmethod
-    def parse(text: str) -> FailOn:
-        words = {w.strip() for w in text.split(",") if w.strip()}
-        if words in ({"sure"}, {"any"}):
-            return FailOn(words.pop())
-        unknown = words - (set(KINDS) - QUIET)  # healthy is no trouble to fail on
-        if not words or unknown:
-            raise GradpilotError(f"--fail-on takes 'sure', 'any' or finding kinds separated by commas "
-                                 f"({', '.join(k for k in KINDS if k not in QUIET)}), got {text!r}")
-        return FailOn("kinds", frozenset(words))
-
-    def __call__(self, finding: Finding) -> bool:
-        if finding.kind in QUIET:
-            return False
-        if self.level == "kinds":
-            return finding.kind in self.kinds
-        return self.level == "any" or (finding.sure and finding.kind not in ADVICE)
-
-    def code(self, diagnosis: Diagnosis) -> int:
-        """The exit code a CI reads: 1 where a finding fails, else 0 (healthy, or hints only)."""
-        return 1 if any(self(f) for f in diagnosis.findings) else 0
 
 
 @dataclass(frozen=True)
@@ -134,6 +98,8 @@ def stopper(pid: int | None, sig: str, stop_file: Path | None) -> Callable[[], N
     ``stop_file=`` polls it); None when neither is given."""
     if pid is None and stop_file is None:
         return None
+    import signal  # only where a job is to be stopped
+
     number = getattr(signal, f"SIG{sig.upper().removeprefix('SIG')}", None)
     if pid is not None and not isinstance(number, signal.Signals):
         raise GradpilotError(f"--signal must name a signal (TERM, INT, KILL, USR1), got {sig!r}")
