@@ -10,6 +10,7 @@ done is printed before anything that may still fail (a plot) is attempted.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -23,6 +24,10 @@ def main() -> None:
     (a usage mistake told in one line like every other error)."""
     argv = sys.argv[1:]
     if argv and argv[0] in LOG_COMMANDS:
+        # Reading logs needs no threaded linear algebra: one BLAS thread starts NumPy about a third faster, and
+        # a watcher beside a training job takes no cores from it. A value the user set is kept.
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
         from gradpilot.cli.logs import run
 
         sys.exit(run(argv))
