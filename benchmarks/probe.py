@@ -74,7 +74,7 @@ def one(bt: BenchTask, m: float, scorer: Scorer) -> dict[str, object]:
         gradpilot.fit(task, task.make_optimizer(lr), epochs=max(1, task.epochs // 2), checkpoint_dir=folder)
         found = probe(task, folder)
         every, told = _every_branch(task, folder)
-    said = {"too high": "lower", "too low": "raise", "about right": "keep"}[found.verdict]
+    said = {"too high": "lower", "too low": "raise", "about right": "keep", "unsure": "keep"}[found.verdict]
     before = scorer.regret(lr)
     after = scorer.regret(found.suggested_learning_rate) if said != "keep" else before
     return {"task": bt.name, "family": bt.family, "m": m, "label": label(scorer, lr, m), "said": said,

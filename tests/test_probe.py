@@ -244,3 +244,21 @@ def test_a_live_probe_at_an_lr_of_zero_says_so_in_one_line():
     with pytest.raises(GradpilotError, match="the run's LR is 0") as err:
         probe_live(task, optimizer)
     assert "\n" not in str(err.value)
+
+
+def test_a_log_and_branches_that_point_opposite_ways_are_unsure_and_the_lr_is_kept(tmp_path, monkeypatch):
+    from gradpilot.probing import measure
+
+    assert measure.reconcile("about right", "too high", "the log's words") == ("too high", ("the log's words",))
+    verdict, notes = measure.reconcile("too low", "too high", "divergence — the loss rose")
+    assert verdict == "unsure" and "divergence" in notes[0] and "opposite (too low)" in notes[0]
+    # a run at a far-too-low LR (its branches: "too low", the test above) whose log is taken to say "too high"
+    # — as a noisy log did at 1/100 of the best LR in benchmarks/probe.py — is kept at its LR, not sent lower
+    task = trained(tmp_path, 1e-5)
+    monkeypatch.setattr(measure, "_told_by_log", lambda *_: ("too high", "the run's log decides: noise", 1 / 3))
+    found = measure.probe(task, tmp_path / "run")
+    assert found.verdict == "unsure" and found.suggested_learning_rate == pytest.approx(found.learning_rate)
+    losses = dict(found.losses)
+    assert losses[3.0] < losses[1.0]  # what the branches saw is still reported
+    assert any("opposite" in n for n in found.notes)
+    assert found.to_json()["verdict"] == "unsure"

@@ -52,7 +52,9 @@ def _print_result(result: ProbeResult) -> None:
     console.print(table)
     for note in result.notes:
         console.print(f"note: {note}")
-    console.print(f"[bold]The learning rate {result.learning_rate:.3g} is {result.verdict}[/]"
-                  + (f": use {result.suggested_learning_rate:.3g}" if result.verdict != "about right" else "")
+    moves = result.verdict in ("too high", "too low")
+    said = "cannot be called (unsure): keep it" if result.verdict == "unsure" else f"is {result.verdict}"
+    console.print(f"[bold]The learning rate {result.learning_rate:.3g} {said}[/]"
+                  + (f": use {result.suggested_learning_rate:.3g}" if moves else "")
                   + f" — measured on {result.samples:,} items, {result.cost_runs:.1%} of one run, "
                   f"{result.seconds:.1f} s")

@@ -189,7 +189,7 @@ class GradpilotCallback(pl.Callback):
         self.probes.append((step, found))
         log.warning("gradpilot probe at step %d: the learning rate %.3g is %s (use %.3g), measured on %.1f%% of a run",
                     step, found.learning_rate, found.verdict, found.suggested_learning_rate, 100 * found.cost_runs)
-        if self.monitor.autopilot and found.verdict != "about right":
+        if self.monitor.autopilot and found.verdict in ("too high", "too low"):
             factor = found.suggested_learning_rate / found.learning_rate
             before, after = schedules.multiply_lr(optimizer, scheduler, factor)
             self.monitor.record(step, "probe", f"probe: lr {before:.3g} → {after:.3g} ({found.verdict})")

@@ -32,6 +32,7 @@ from gradpilot.train.starts import Start, read_start
 from gradpilot.train.state import load_weights, model_state, preserved
 from gradpilot.train.task import Task
 
+UNSURE = "unsure"
 FACTORS = (1.0, 3.0, 1 / 3)
 MAX_BRANCHES = 5  # the first three, then up to two more ×3 steps towards the better end
 SHARE = 0.1  # of one run's items, all branches together
@@ -46,7 +47,7 @@ TIE_LOWER = 0.05  # ... a lower one's, to lower it — where the run's log also 
 class ProbeResult:
     """The probe's answer: the verdict, the LR now and the one to use, each branch's score and the cost."""
 
-    verdict: str  # "too high", "too low" or "about right"
+    verdict: str  # "too high", "too low", "about right", or "unsure" (the log and the branches disagree)
     learning_rate: float  # the run's LR at the checkpoint
     suggested_learning_rate: float
     scores: tuple[tuple[float, float], ...]  # (factor, the task's validation score after the branch's cooldown)
@@ -167,14 +168,27 @@ def _probe_in(walk: _Walk, share: float) -> ProbeResult:
     verdict, best, said = _verdict(at_start, walk.losses, _hints_high(start))
     told = _told_by_log(start, lr)
     notes: tuple[str, ...] = (said,) if said else ()
-    if told is not None and told[0] != verdict:  # a sign in the log that has proved right: it decides
-        verdict, notes = told[0], (told[1],)
+    if told is not None and told[0] != verdict:
+        verdict, notes = reconcile(verdict, told[0], told[1])
+        if verdict == UNSURE:
+            return walk.result(verdict, 1.0, share, notes)
     best = walk.on(verdict)
     if told is not None and told[0] == verdict == "too high":
         best = min(best, told[2])  # a run the log says broke: at least the diagnosis's own cut
     if verdict == "about right" and all(not math.isfinite(loss) for _, loss in walk.losses):
         verdict, best = "too high", 0.1  # every branch blew up, ×⅓ included
     return walk.result(verdict, best, share, notes)
+
+
+def reconcile(branches: str, log: str, words: str) -> tuple[str, tuple[str, ...]]:
+    """The verdict where the run's log (a sign calibrated to be right) differs from the branches': the log
+    decides over branches that saw no clear difference, but where the two point opposite ways neither is followed
+    — "unsure", the LR kept, both said (benchmarks/probe.py: in such cases each was right about half the time,
+    and a far-too-low LR told to go lower by a noisy log is advice that plainly hurts)."""
+    if branches == "about right":
+        return log, (words,)
+    return UNSURE, (f"unsure: {words}; but the branches from the checkpoint say the opposite ({branches}): the LR is "
+                    "kept — a longer branch (--share) or the run's full log will tell",)
 
 
 class _Walk:
