@@ -8,6 +8,12 @@ last rows the median over logs and the share of logs where gradpilot was no slow
 
     python benchmarks/diagnose_speed.py                         # losslint from PATH
     python benchmarks/diagnose_speed.py --losslint /opt/ll/bin/losslint --repeats 5 --limit 20
+
+Each tool in a venv of its own, as users install them (a development venv with torch, transformers and an
+editable install starts every Python ~50 ms slower):
+
+    python -m venv /tmp/g && /tmp/g/bin/pip install --no-deps . numpy
+    python benchmarks/diagnose_speed.py --gradpilot /tmp/g/bin/gradpilot --losslint /tmp/ll/bin/losslint
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ def measure(log: Path, gradpilot: list[str], losslint: list[str] | None, repeats
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--losslint", help="the losslint command (default: losslint on PATH)")
+    parser.add_argument("--gradpilot", help="the gradpilot command (default: this Python's -m gradpilot.cli); an "
+                        "installed copy in a venv of its own times what a user gets, as losslint's venv does")
     parser.add_argument("--logs", type=Path, default=WILD, help="a folder of real runs (format/run/...)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--limit", type=int, default=12, help="at most this many real runs")
@@ -71,7 +79,7 @@ def main() -> None:
     losslint = [found] if found else None
     if losslint is None:
         print("losslint not found (pip install losslint, or --losslint PATH): gradpilot's times alone")
-    gradpilot = [sys.executable, "-m", "gradpilot.cli"]
+    gradpilot = [args.gradpilot] if args.gradpilot else [sys.executable, "-m", "gradpilot.cli"]
     with tempfile.TemporaryDirectory() as folder:
         logs = [small_csv(Path(folder)), *real_logs(args.logs, args.limit)]
         rows = [measure(log, gradpilot, losslint, args.repeats) for log in logs]
