@@ -451,3 +451,11 @@ def test_a_log_of_validation_loss_alone_is_read_and_a_wild_non_descending_one_is
     calm = [2.0, 1.6, 1.3, 1.1, 1.0, 0.95, 0.92, 0.9, 0.89, 0.9]
     (tmp_path / "calm.csv").write_text("step,val_loss\n" + "".join(f"{i},{v}\n" for i, v in enumerate(calm)))
     assert diagnose(read_log(tmp_path / "calm.csv")).kinds == {"healthy"}
+
+
+def test_a_log_of_validation_alone_still_falling_is_told_to_train_longer_in_its_own_steps(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,val_loss\n100,2.0\n200,1.5\n300,1.2\n400,0.9\n")
+    found = diagnose(read_log(path))
+    longer = [f for f in found.findings if f.kind == "underfitting"]
+    assert longer and longer[0].remedy == {"max_steps": 800}  # twice the last step the log holds

@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gradpilot import GradpilotError, diagnose, read_log
@@ -41,6 +41,7 @@ def test_random_bytes(tmp_path, name, content):
 
 
 @SETTINGS
+@example(header=["step", "val_loss"], rows=[["0.0", "0.0"], ["0.0", "0.0"], ["", "-1.0"]], cut=0, tsv=False)
 @given(header=st.lists(COLUMN, min_size=1, max_size=6, unique=True),
        rows=st.lists(st.lists(CELL, max_size=7), max_size=40), cut=st.integers(0, 30), tsv=st.booleans())
 def test_csv_shaped_text(tmp_path, header, rows, cut, tsv):

@@ -341,5 +341,8 @@ def train_longer(history: History, shape: RunShape) -> tuple[dict[str, Any], str
     if epochs is not None and len(epochs) and epochs[-1] >= 1:
         n = int(epochs[-1])
         return {"num_train_epochs": 2 * n}, f"{n} → {2 * n} epochs"
-    steps = int(history.train_loss.steps[-1])
+    logged = history.train_loss if len(history.train_loss) else history.val_loss  # a log of validation alone
+    if logged is None or not len(logged):
+        return {}, "a longer run"
+    steps = int(logged.steps[-1])
     return {"max_steps": 2 * steps}, f"{steps} → {2 * steps} steps"
