@@ -1,7 +1,8 @@
 """The LR search stage: a few LRs around the range test's suggestion (rescaled to each batch), raced by
 successive halving (``halving``) over short real runs at a constant LR, each scored after a cooldown. The
 winner is not restarted: its run is where the trunk goes on from (``trunk``), so the search and the trunk are
-planned together, against one purse (``budget.rung0``).
+planned together, against one purse (``budget.rung0``) — unless every finalist overfit within the search: then
+the trunk starts afresh at the LR corrected for the full run's length (``horizon``).
 
 In three steps, each once or by every worker: the first worker to arrive plans the search (``planned``, kept in
 the storage for the others); every worker races its rungs (``race``); the one that takes the stage decides
@@ -21,10 +22,10 @@ from typing import Any
 from gradpilot import scaling
 from gradpilot.errors import GradpilotError
 from gradpilot.train.seam import Cost
-from gradpilot.tuning import budget, queue
+from gradpilot.tuning import budget, horizon, queue
 from gradpilot.tuning.context import SoFar
-from gradpilot.tuning.halving import Candidate, Halving, Plan, best, seconds_in, spent_in, trial_records
-from gradpilot.tuning.state import Batches, Chosen, RangeTest, SearchSeen, Splits, Stage, TrialRecord
+from gradpilot.tuning.halving import Candidate, Halving, Plan, best, remove, seconds_in, spent_in, trial_records
+from gradpilot.tuning.state import Batches, Chosen, Overtrained, RangeTest, SearchSeen, Splits, Stage, TrialRecord
 
 UNSURE = 0.5  # a range test less confident than this leaves the search centred between its pick and its edge
 
@@ -73,15 +74,34 @@ def decide(now: SoFar) -> Stage:
     cand = plan.candidates[int(trial.user_attrs["index"])]
     keeps = not note.get("fresh")
     parts = seconds_in(study)
-    goes_on = "; the trunk goes on from its run" if keeps else ""
+    spent = Cost(spent_in(study), parts["training"], parts["validation"], parts["io"], 0.0, int(parts["validations"]))
+    over = horizon.overtrained(trials, plan.rungs, plan.cooldown, now.ctx.task.higher_is_better)
+    goes_on = "; the trunk goes on from its run" if keeps and over is None else ""
     goes_on += _broke(trials)
     seen = SearchSeen(plan.rungs, plan.cooldown, score, int(study.user_attrs.get("peak_disk", 0)),
-                      round(sum(t.seconds for t in trials), 3), tuple(trials))
-    return Stage("lr_search", _chosen(cand, trial.number if keeps else None, trunk),
-                 f"{len(trials)} short runs; lr {cand.lr:.3g} at batch {cand.batch} scored best ({score:.4g}) after "
-                 f"{rung:,} items and a cooldown{goes_on}", seen,
-                 spent=Cost(spent_in(study), parts["training"], parts["validation"], parts["io"], 0.0,
-                            int(parts["validations"])))
+                      round(sum(t.seconds for t in trials), 3), tuple(trials), over)
+    why = (f"{len(trials)} short runs; lr {cand.lr:.3g} at batch {cand.batch} scored best ({score:.4g}) after "
+           f"{rung:,} items and a cooldown{goes_on}")
+    chosen = _chosen(cand, trial.number if keeps else None, trunk)
+    if over is not None:
+        remove(now.ctx.folder.trial(trial.number))  # the trunk starts afresh: nothing goes on from this run
+        chosen, why = _afresh(dataclasses.replace(now, spent=now.spent + spent), chosen, over, why)
+    return Stage("lr_search", chosen, why, seen, spent=spent)
+
+
+def _afresh(now: SoFar, chosen: Chosen, over: Overtrained, raced: str) -> tuple[Chosen, str]:
+    """The winner overfit within the search: the trunk starts from the initial weights, over the epochs the purse
+    left pays for, at the LR that trains them as far as the best short run got (``horizon``)."""
+    ctx = now.ctx
+    branches = (ctx.fixed.epochs or ctx.task.epochs,) if ctx.fixed.fresh else _trunk(now).epochs
+    horizon_items = branches[-1] * ctx.train_items
+    lr = horizon.corrected(over.lr, over.best_items, horizon_items)
+    scores = ", ".join(f"{lr_:.3g}: {a:.4g} → {b:.4g}" for lr_, a, b in over.finalists)
+    why = (f"{raced}. But every finalist validated worse at the last rung than at the one before (lr: {scores}): "
+           f"at these LRs the task overfits within {over.best_items:,} items, so the trunk starts afresh at lr "
+           f"{lr:.3g} = {over.lr:.3g} × {over.best_items:,} / {horizon_items:,} items (the same LR × items, over "
+           f"{branches[-1]} epochs; the best LR falls as the run grows longer)")
+    return dataclasses.replace(chosen, learning_rate=lr, trial=None, branches=branches), why
 
 
 def _broken(trials: tuple[TrialRecord, ...]) -> list[TrialRecord]:

@@ -177,6 +177,17 @@ class TrialRecord:
 
 
 @dataclass(frozen=True)
+class Overtrained:
+    """The evidence: the finalist that validated best at the rung before the last (its LR and score there), the
+    items its run had trained when so scored (its cooldown included), and every finalist's two scores."""
+
+    lr: float
+    score: float
+    best_items: int
+    finalists: tuple[tuple[float, float, float], ...]  # (lr, score at the rung before, score at the last)
+
+
+@dataclass(frozen=True)
 class SearchSeen:
     rungs: tuple[int, ...]
     cooldown: float
@@ -184,6 +195,7 @@ class SearchSeen:
     peak_disk_bytes: int
     run_seconds: float
     trials: tuple[TrialRecord, ...]
+    overtrained: Overtrained | None = None  # where the finalists overfit: the trunk started afresh, its LR lowered
 
 
 @dataclass(frozen=True)
@@ -376,6 +388,7 @@ __all__ = [
     "Decided",
     "Decision",
     "Evidence",
+    "Overtrained",
     "RangeTest",
     "SearchSeen",
     "Splits",
