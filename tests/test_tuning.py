@@ -25,7 +25,7 @@ from gradpilot.examples import accuracy, spirals
 from gradpilot.train import fingerprint as _fingerprint
 from gradpilot.train.task import Task
 from gradpilot.tuning import tune
-from gradpilot.tuning.search import lr_grid
+from gradpilot.tuning.search import above, lr_grid
 from tests.conftest import KILL_AFTER_RUNS, small_task, tune_task_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -313,6 +313,9 @@ def test_search_helpers():
     squeezed = lr_grid(1e-3, 2e-3, floor=1e-3)  # no room above: the edge wins over the floor
     assert max(squeezed) <= 2e-3
     assert sorted(lr_grid(1e-3, 1.0, 3)) == pytest.approx([10**-3.5, 1e-3, 10**-2.5])
+    assert above(1e-2, 1.0) == pytest.approx(10**-1.5)  # half a decade up, well below the edge
+    assert above(0.0128, 0.0369) == 0.0369  # the edge is nearer: the reserve sits on it, not past it
+    assert above(1e-2, 1.5e-2) is None  # within a quarter decade of the highest tried: no reserve
 
 
 def _tune_cli(task_file: Path, out: Path) -> list[str]:

@@ -194,18 +194,27 @@ def _with_and_without_reserves(now: SoFar, cands: list[Candidate]
 
 
 def _reserves(now: SoFar, cands: list[Candidate]) -> tuple[list[Candidate], tuple[tuple[int, int], ...]]:
-    """The candidates, and a reserve half a decade past each edge of the first batch's LRs (the top one only
-    below where the range test's loss broke): it races only where the first rung's best is that edge — the search
-    leaves its bracket; one reserve at most runs, and the plan pays for it."""
+    """The candidates, and a reserve half a decade past each edge of the first batch's LRs (the top one never past
+    where the range test's loss broke: at that LR where it is nearer, none where it is within a quarter decade):
+    it races only where the first rung's best is that edge — the search leaves its bracket; one reserve at most
+    runs, and the plan pays for it."""
     first = [i for i, c in enumerate(cands) if (c.micro_batch, c.accumulation) == _splits(now)[0]]
     if len(first) < 3:
         return cands, ()
     low, high = min(first, key=lambda i: cands[i].lr), max(first, key=lambda i: cands[i].lr)
     ceiling = _scaled(now, cands[high].batch) / _range(now).suggestion * _range(now).high  # where the curve broke
     past = [(low, dataclasses.replace(cands[low], lr=cands[low].lr / math.sqrt(10)))]
-    if cands[high].lr * math.sqrt(10) <= ceiling * 1.0001:  # never past the LR the range test saw diverge
-        past.append((high, dataclasses.replace(cands[high], lr=cands[high].lr * math.sqrt(10))))
+    top = above(cands[high].lr, ceiling)
+    if top is not None:
+        past.append((high, dataclasses.replace(cands[high], lr=top)))
     return cands + [c for _, c in past], tuple((edge, len(cands) + j) for j, (edge, _) in enumerate(past))
+
+
+def above(lr: float, ceiling: float) -> float | None:
+    """The reserve above the highest LR tried: half a decade up, but never past ``ceiling`` (where the range
+    test's loss broke) — at it where it is nearer; None where it is within a quarter decade."""
+    top = min(lr * math.sqrt(10), ceiling)
+    return top if top >= lr * 10**0.25 else None
 
 
 def _note(plan: Plan, batches: list[int], count: int, trunk: budget.TrunkPlan, fresh: bool) -> dict[str, Any]:
