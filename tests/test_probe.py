@@ -262,3 +262,25 @@ def test_a_log_and_branches_that_point_opposite_ways_are_unsure_and_the_lr_is_ke
     assert losses[3.0] < losses[1.0]  # what the branches saw is still reported
     assert any("opposite" in n for n in found.notes)
     assert found.to_json()["verdict"] == "unsure"
+
+
+def test_a_tune_folder_whose_lr_was_lowered_for_the_run_s_length_is_not_told_to_raise_it(tmp_path):
+    """tune lowered the plan's LR because every finalist of its search overfit within short runs; the probe's
+    branches are shorter still and favour a higher LR the same way: that is said, and the LR is kept. The same
+    folder without that evidence in tune.json gets the branches' own verdict (too low) — the absolute reference."""
+    from gradpilot.tuning import tune
+    from tests.test_tuning_horizon import noisy_regression
+
+    tuned = tune(noisy_regression(), budget=2, out_dir=tmp_path / "tuned")
+    assert next(s for s in tuned.stages if s.name == "lr_search").evidence.overtrained is not None
+    assert read_start(tmp_path / "tuned", noisy_regression().model).lowered_for_length
+    found = probe(noisy_regression(), tmp_path / "tuned")
+    assert found.verdict == "unsure" and found.suggested_learning_rate == pytest.approx(tuned.plan["learning_rate"])
+    assert any("lowered its LR on purpose" in n for n in found.notes)
+    losses = dict(found.losses)
+    assert min(losses[3.0], losses.get(9.0, math.inf)) < losses[1.0]  # a higher LR did win the short branches
+    record = json.loads((tmp_path / "tuned" / "tune.json").read_text())
+    record["stages"]["lr_search"]["evidence"]["value"]["overtrained"] = None
+    (tmp_path / "tuned" / "tune.json").write_text(json.dumps(record))
+    assert not read_start(tmp_path / "tuned", noisy_regression().model).lowered_for_length
+    assert probe(noisy_regression(), tmp_path / "tuned").verdict == "too low"

@@ -43,6 +43,11 @@ TIE_LOWER = 0.05  # ... a lower one's, to lower it — where the run's log also 
 # cooldown's quick gain, a good LR's as much as a too-high one's — so the branches alone never say "too high")
 
 
+LOWERED = ("unsure: a higher LR won the short branches, but the tune that wrote this plan lowered its LR on purpose: "
+           "at higher LRs every finalist of its search overfit within runs far shorter than the plan's, and branches "
+           "this short favour a higher LR the same way — the LR is kept")
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     """The probe's answer: the verdict, the LR now and the one to use, each branch's score and the cost."""
@@ -158,26 +163,34 @@ def probe_from(task: Task, start: Start, lr: float, *, share: float = SHARE, see
 
 
 def _probe_in(walk: _Walk, share: float) -> ProbeResult:
-    start, lr = walk.start, walk.lr
     at_start = walk.evaluate_start()
     if not math.isfinite(at_start):
         return walk.result("too high", 0.1, share, ("the checkpoint's validation loss is not finite: the run has "
                                                     "already blown up; restart from an earlier checkpoint",))
     for factor in FACTORS:
         walk.branch(factor)
-    verdict, best, said = _verdict(at_start, walk.losses, _hints_high(start))
-    told = _told_by_log(start, lr)
-    notes: tuple[str, ...] = (said,) if said else ()
-    if told is not None and told[0] != verdict:
-        verdict, notes = reconcile(verdict, told[0], told[1])
-        if verdict == UNSURE:
-            return walk.result(verdict, 1.0, share, notes)
+    verdict, notes, told = _weighed(walk, at_start)
+    if verdict == UNSURE:
+        return walk.result(verdict, 1.0, share, notes)
     best = walk.on(verdict)
     if told is not None and told[0] == verdict == "too high":
         best = min(best, told[2])  # a run the log says broke: at least the diagnosis's own cut
     if verdict == "about right" and all(not math.isfinite(loss) for _, loss in walk.losses):
         verdict, best = "too high", 0.1  # every branch blew up, ×⅓ included
     return walk.result(verdict, best, share, notes)
+
+
+def _weighed(walk: _Walk, at_start: float) -> tuple[str, tuple[str, ...], tuple[str, str, float] | None]:
+    """The branches' verdict weighed against what else is known — a tune's LR lowered on purpose for the run's
+    length, the run's own log — with its notes, and what the log told (or None)."""
+    verdict, _, said = _verdict(at_start, walk.losses, _hints_high(walk.start))
+    if verdict == "too low" and walk.start.lowered_for_length:
+        return UNSURE, (LOWERED,), None
+    told = _told_by_log(walk.start, walk.lr)
+    notes: tuple[str, ...] = (said,) if said else ()
+    if told is not None and told[0] != verdict:
+        verdict, notes = reconcile(verdict, told[0], told[1])
+    return verdict, notes, told
 
 
 def reconcile(branches: str, log: str, words: str) -> tuple[str, tuple[str, ...]]:

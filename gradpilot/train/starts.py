@@ -36,6 +36,7 @@ class Start:
     lr: float | None
     notes: tuple[str, ...] = ()
     history: History | None = None  # the run's log up to the checkpoint, where it is kept beside it
+    lowered_for_length: bool = False  # a tune's plan whose LR was lowered for the full run's length on purpose
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class _Read:
     lr: float | None
     log: Path | None
     notes: tuple[str, ...] = ()
+    lowered_for_length: bool = False
 
 
 def read_start(path: Path, model: nn.Module) -> Start:
@@ -53,7 +55,8 @@ def read_start(path: Path, model: nn.Module) -> Start:
         raise GradpilotError(f"{path} does not exist: give {KINDS}")
     read = _read(path)
     notes = read.notes + ((FRESH,) if read.optimizer is None else ())
-    return Start(fitted(read.weights, model, path), read.optimizer, read.lr, notes, _history(read.log))
+    return Start(fitted(read.weights, model, path), read.optimizer, read.lr, notes, _history(read.log),
+                 read.lowered_for_length)
 
 
 def _read(path: Path) -> _Read:
@@ -103,7 +106,17 @@ def _tune_folder(folder: Path) -> _Read:
     lr = _plan_lr(folder / "plan.yaml")
     note = (f"a tune folder: its model.pt probed at the plan's learning rate ({lr:.3g})" if lr else
             "a tune folder without plan.yaml: give the LR with --lr")
-    return _Read(weights, None, lr, folder / "runs" / "final" / "metrics.csv", (note,))
+    return _Read(weights, None, lr, folder / "runs" / "final" / "metrics.csv", (note,), _lowered(folder))
+
+
+def _lowered(folder: Path) -> bool:
+    """Whether the tune lowered its LR for the full run's length, its search having seen every finalist overfit
+    within the short runs (``tune.json``: the search's evidence ``overtrained``)."""
+    try:
+        stage = json.loads((folder / "tune.json").read_text())["stages"]["lr_search"]
+        return bool(stage["evidence"]["value"].get("overtrained"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def _plan_lr(plan: Path) -> float | None:
